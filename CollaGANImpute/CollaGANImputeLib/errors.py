@@ -1,0 +1,31 @@
+"""Exceptions and warnings of CollaGANImputeLib.
+
+Every error says what is wrong and how to fix it, so that the CLI and the Slicer panel can show the
+message as it is.
+"""
+
+from __future__ import annotations
+
+
+class CollaGANError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InputError(CollaGANError, ValueError):
+    """An input volume, file or folder cannot be used (wrong dimension, empty, NaN, missing, ...)."""
+
+
+class ModelError(CollaGANError):
+    """A model file is not a usable CollaGAN model (not TorchScript, no metadata, too new, mismatch)."""
+
+
+class NoBundledModelError(ModelError):
+    """No trained model is bundled with this installation."""
+
+
+class Cancelled(CollaGANError):
+    """The user cancelled a running imputation; nothing was written."""
+
+
+class GeometryWarning(UserWarning):
+    """Inputs were not on one grid and were resampled onto the reference."""

@@ -1,0 +1,64 @@
+"""Foreground mask and p99 intensity normalization, exactly as ../shared/docs/EVALUATION.md defines them.
+
+The mask is computed from the inputs only, never from the target. Because the rule thresholds the mean of
+the *normalized* inputs while normalization needs the mask, inputs are first scaled by the 99th percentile
+of their non-zero voxels, the mask is found, and each volume is then scaled by its 99th percentile in M.
+
+Example:
+    >>> mask = foreground_mask([t1n, t2f])          # doctest: +SKIP
+    >>> t1n_p99 = normalize(t1n, mask)              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+PERCENTILE = 99.0
+
+
+def p99(array: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """The 99th percentile of ``array`` inside ``mask`` (or of its non-zero voxels when no mask)."""
+    values = array[mask] if mask is not None else array[array != 0]
+    if values.size == 0:
+        raise InputError("Cannot normalize: the foreground mask is empty (the volume looks blank).")
+    scale = float(np.percentile(values, PERCENTILE))
+    if not np.isfinite(scale) or scale <= 0:
+        raise InputError(
+            f"Cannot normalize: the {PERCENTILE:g}th percentile inside the mask is {scale}; the volume must "
+            "have positive intensities inside the head (is it empty, or already zero-mean standardized?)."
+        )
+    return scale
+
+
+def normalize(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``array`` in p99 units: divided by its own 99th percentile inside ``mask``."""
+    return (np.asarray(array, dtype=np.float32) / np.float32(p99(array, mask))).astype(np.float32)
+
+
+def foreground_mask(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Head/brain mask from the input volumes (z, y, x): Otsu on their normalized mean, holes filled,
+    largest connected component kept."""
+    if len(arrays) == 0:
+        raise InputError("At least one input contrast is needed to compute the foreground mask.")
+    mean = np.zeros(arrays[0].shape, dtype=np.float32)
+    for array in arrays:
+        mean += np.asarray(array, dtype=np.float32) / np.float32(p99(array))
+    mean /= len(arrays)
+    image = sitk.GetImageFromArray(mean)
+    # Otsu's foreground is the bright class: inside=0, outside=1 maps voxels above the threshold to 1.
+    binary = sitk.OtsuThreshold(image, 0, 1, 256)
+    # Fill holes slice by slice as well as in 3-D: thick slices leave ventricles open between slices.
+    binary = sitk.BinaryFillhole(binary, fullyConnected=False, foregroundValue=1)
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(binary), sortByObjectSize=True)
+    mask = sitk.GetArrayFromImage(components) == 1
+    for index in range(mask.shape[0]):
+        filled = sitk.BinaryFillhole(sitk.GetImageFromArray(mask[index].astype(np.uint8)), foregroundValue=1)
+        mask[index] = sitk.GetArrayFromImage(filled).astype(bool)
+    if not mask.any():
+        raise InputError("The foreground mask is empty: the inputs contain no recognisable head.")
+    return mask

@@ -1,0 +1,183 @@
+"""From contrast volumes to imputed volumes: the one pipeline behind the CLI, the Slicer module and training.
+
+Example (in memory, as Slicer calls it):
+    >>> model = load_model("model.pt")                                            # doctest: +SKIP
+    >>> result = impute({"t1n": t1n_image, "t2f": t2f_image}, model)              # doctest: +SKIP
+    >>> result.images["t1c"]                       # SimpleITK image, geometry of t1n, labeled synthetic
+
+Example (from disk, as the CLI calls it):
+    >>> impute_case("cases/TCGA-CS-4941", model, out_dir="out")                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import __version__
+from .contract import LoadedModel
+from .errors import InputError
+from .geometry import align_to_reference, from_canonical_array, to_canonical_array
+from .inference import CancelFlag, ProgressCallback, impute_slices
+from .io import PathLike, case_name, find_case_files, read_volume, synthetic_filename, write_volume
+from .normalization import foreground_mask, normalize
+
+
+@dataclass
+class PreparedCase:
+    """Inputs on one grid, as canonical axial arrays (S, P, L) in p99 units, with their mask."""
+
+    reference: sitk.Image
+    arrays: dict[str, np.ndarray]
+    mask: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+    def to_image(self, array: np.ndarray) -> sitk.Image:
+        """A canonical array back as an image with the reference's exact geometry."""
+        return from_canonical_array(array, self.reference)
+
+    def normalize_like_inputs(self, image: sitk.Image) -> np.ndarray:
+        """Another volume of the case (e.g. the real target) in p99 units with this case's mask."""
+        aligned = align_to_reference({"ref": self.reference, "other": image}, reference="ref")["other"]
+        return normalize(to_canonical_array(aligned), self.mask)
+
+
+def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = None) -> PreparedCase:
+    """Align the inputs to the reference grid, compute the mask from them and normalize each to p99 units."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        aligned = align_to_reference(images, reference)
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    ref = aligned[reference or next(iter(images))]
+    raw = {name: to_canonical_array(image) for name, image in aligned.items()}
+    mask = foreground_mask(list(raw.values()))
+    arrays = {name: normalize(array, mask) for name, array in raw.items()}
+    return PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=[str(w.message) for w in caught])
+
+
+@dataclass
+class ImputationResult:
+    """Imputed volumes (target → image in p99 units, reference geometry) and what produced them."""
+
+    images: dict[str, sitk.Image]
+    case: PreparedCase
+    model_name: str
+    inputs: list[str]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # canonical p99 arrays, for scoring
+
+
+def synthetic_metadata(model: LoadedModel, inputs: Sequence[str], target: str) -> dict[str, str]:
+    """The labels every imputed volume carries (file header, Slicer node attributes)."""
+    return {
+        "collagan_synthetic": "true",
+        "collagan_target": target,
+        "collagan_inputs": ",".join(inputs),
+        "collagan_model": model.card.name,
+        "collagan_model_sha256": model.sha256,
+        "collagan_units": "p99 (1.0 = 99th percentile of the target inside the head mask)",
+        "collagan_created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "collagan_software": f"CollaGANImpute {__version__}",
+    }
+
+
+def synthetic_description(target: str, inputs: Sequence[str]) -> str:
+    return f"SYNTHETIC {target} imputed by CollaGAN from {'+'.join(inputs)}; not acquired"
+
+
+def impute(
+    images: Mapping[str, sitk.Image],
+    model: LoadedModel,
+    targets: Optional[Sequence[str]] = None,
+    reference: Optional[str] = None,
+    device: Union[str, torch.device, None] = "auto",
+    batch_size: int = 8,
+    progress: Optional[ProgressCallback] = None,
+    cancel: CancelFlag = None,
+) -> ImputationResult:
+    """Impute each target (default: every model contrast not among ``images``) from the given images."""
+    card = model.card
+    unknown = [name for name in images if name not in card.contrasts]
+    if unknown:
+        raise InputError(f"Inputs {unknown} are not contrasts of model '{card.name}' ({card.contrasts}). "
+                         "Name the inputs with the model's contrast names.")
+    if targets is None:
+        targets = [c for c in card.contrasts if c not in images]
+        if not targets:
+            raise InputError(f"Every contrast of the model ({card.contrasts}) is already present: nothing is "
+                             "missing. Name a target explicitly to re-impute one from the others.")
+    for target in targets:
+        if target not in card.contrasts:
+            raise InputError(f"Target '{target}' is not one of the model's contrasts {card.contrasts}.")
+    inputs_by_target = {t: [c for c in card.contrasts if c in images and c != t] for t in targets}
+    for target, used in inputs_by_target.items():
+        if not used:
+            raise InputError(f"No input left to impute '{target}' from; give at least one other contrast.")
+    case = prepare_case(images, reference)
+    n_slices = case.mask.shape[0]
+    total = n_slices * len(targets)
+    result = ImputationResult(images={}, case=case, model_name=card.name, inputs=sorted(images))
+    for index, target in enumerate(targets):
+        inputs = {c: case.arrays[c] for c in inputs_by_target[target]}
+        array = impute_slices(model, inputs, target, device=device, batch_size=batch_size, progress=progress,
+                              cancel=cancel, progress_offset=index * n_slices, progress_total=total)
+        image = case.to_image(array)
+        for key, value in synthetic_metadata(model, inputs_by_target[target], target).items():
+            image.SetMetaData(key, value)
+        result.images[target] = image
+        result.arrays[target] = array
+    return result
+
+
+def read_case(folder: PathLike, contrasts: Sequence[str]) -> dict[str, sitk.Image]:
+    """Read every contrast of a BraTS-named case folder that exists (synthetic files ignored)."""
+    files = find_case_files(folder, contrasts)
+    if not files:
+        raise InputError(f"No volume named <case>-<contrast> with contrast in {list(contrasts)} found in "
+                         f"{folder}. Rename the files (e.g. case-t1n.nii.gz) or pass them explicitly.")
+    return {contrast: read_volume(path) for contrast, path in files.items()}
+
+
+def impute_case(
+    case: Union[PathLike, Mapping[str, PathLike]],
+    model: LoadedModel,
+    out_dir: Optional[PathLike] = None,
+    targets: Optional[Sequence[str]] = None,
+    reference: Optional[str] = None,
+    device: Union[str, torch.device, None] = "auto",
+    batch_size: int = 8,
+    progress: Optional[ProgressCallback] = None,
+    cancel: CancelFlag = None,
+    name: Optional[str] = None,
+) -> dict[str, Path]:
+    """Impute the missing contrasts of a case and write them; returns target → written file.
+
+    ``case`` is a BraTS-named folder or a mapping contrast → file. Outputs go to ``out_dir`` (default: next to
+    the inputs) as ``<case>-<target>-synthetic-collagan.nii.gz``. Every target is computed before anything is
+    written, so an error or a cancel leaves no output.
+    """
+    if isinstance(case, Mapping):
+        paths = {c: Path(p) for c, p in case.items()}
+        images = {c: read_volume(p) for c, p in paths.items()}
+        default_dir = next(iter(paths.values())).parent
+        name = name or default_dir.name
+    else:
+        images = read_case(case, model.card.contrasts)
+        default_dir = Path(case)
+        name = name or case_name(case)
+    result = impute(images, model, targets=targets, reference=reference, device=device,
+                    batch_size=batch_size, progress=progress, cancel=cancel)
+    out = Path(out_dir) if out_dir is not None else default_dir
+    written = {}
+    for target, image in result.images.items():
+        path = out / synthetic_filename(name, target)
+        inputs = image.GetMetaData("collagan_inputs").split(",")
+        written[target] = write_volume(image, path, description=synthetic_description(target, inputs))
+    return written
