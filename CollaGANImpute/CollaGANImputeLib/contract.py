@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -158,7 +159,9 @@ def save_model(model: torch.nn.Module, card: ModelCard, path: PathLike, example_
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: card.to_json()})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated.*")
+            torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: card.to_json()})
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -177,7 +180,10 @@ def _load(path: PathLike, device: Union[str, torch.device]) -> tuple[torch.jit.S
         raise ModelError(f"Model file not found: {path}. Give the path of a CollaGAN TorchScript .pt file.")
     extra = {METADATA_FILE: ""}
     try:
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        with warnings.catch_warnings():
+            # TorchScript is the artifact Slicer's bundled torch can run; its deprecation note is noise here.
+            warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated.*")
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError/ValueError variants for non-archives
         raise ModelError(
             f"{path} is not a TorchScript model file ({type(exc).__name__}). CollaGANImpute needs the .pt "

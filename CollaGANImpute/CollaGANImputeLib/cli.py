@@ -1,0 +1,222 @@
+"""``collagan-impute``: impute, evaluate, demo and info from the command line (also ``python -m CollaGANImputeLib``).
+
+Exit codes a script can rely on: 0 done, 1 unexpected failure, 2 bad input or usage, 3 unusable model,
+4 no trained model bundled (pass --model), 130 cancelled (Ctrl-C). Errors go to stderr as one clear line.
+
+Examples:
+    collagan-impute impute cases/TCGA-CS-4941 --out out/            # every missing contrast of the case
+    collagan-impute impute --input t1n=a.nii.gz --input t2f=b.nrrd --target t1c --out out/
+    collagan-impute evaluate ../shared/data/lgg/complete --out eval/ --model model.pt
+    collagan-impute demo --out demo-output
+    collagan-impute info
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+from tqdm import tqdm
+
+from . import __version__
+from .contract import LoadedModel, load_model
+from .errors import Cancelled, CollaGANError, InputError, ModelError, NoBundledModelError
+from .evaluate import evaluate_cases, markdown_table, summary_table, write_report
+from .models import bundled_models, default_model, sample_case_dir
+from .pipeline import impute_case
+
+EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_MODEL, EXIT_NO_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 4, 130
+
+
+def _load(model: Optional[str]) -> LoadedModel:
+    """--model is a file path or a bundled model's name; absent means the default bundled model."""
+    if model is None:
+        return default_model()
+    for bundled in bundled_models():
+        if bundled.name == model:
+            return bundled.load()
+    return load_model(model)
+
+
+class _Progress:
+    """tqdm bar fed by the core's (done, total) callback."""
+
+    def __init__(self, description: str) -> None:
+        self.bar: Optional[tqdm] = None
+        self.description = description
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.description, unit="slice", file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _parse_inputs(pairs: Sequence[str]) -> dict[str, Path]:
+    inputs = {}
+    for pair in pairs:
+        contrast, sep, path = pair.partition("=")
+        if not sep or not contrast or not path:
+            raise InputError(f"--input expects CONTRAST=PATH (e.g. t1n=case-t1n.nii.gz), got '{pair}'.")
+        inputs[contrast] = Path(path)
+    return inputs
+
+
+def cmd_impute(args: argparse.Namespace) -> int:
+    if bool(args.case) == bool(args.input):
+        raise InputError("Give either a case folder or --input CONTRAST=PATH pairs (not both, not neither).")
+    model = _load(args.model)
+    case = _parse_inputs(args.input) if args.input else Path(args.case)
+    progress = _Progress("imputing")
+    try:
+        written = impute_case(
+            case, model, out_dir=args.out, targets=args.target or None, reference=args.reference,
+            device=args.device, batch_size=args.batch_size, progress=progress, name=args.name)
+    finally:
+        progress.close()
+    for target, path in written.items():
+        print(f"{target}: {path}  (SYNTHETIC, model {model.card.name})")
+    return EXIT_OK
+
+
+def _case_dirs(data: Path, cases: Optional[Sequence[str]], split: Optional[Path], subset: str) -> list[Path]:
+    if not data.is_dir():
+        raise InputError(f"Data folder not found: {data}.")
+    if split is not None:
+        names = json.loads(split.read_text()).get(subset)
+        if names is None:
+            raise InputError(f"{split} has no '{subset}' list; use --split-set with one of its keys.")
+    elif cases:
+        names = list(cases)
+    else:
+        names = sorted(p.name for p in data.iterdir() if p.is_dir())
+    dirs = [data / name for name in names]
+    missing = [d.name for d in dirs if not d.is_dir()]
+    if missing:
+        raise InputError(f"Case folders not found in {data}: {missing}.")
+    if not dirs:
+        raise InputError(f"No case folders in {data}.")
+    return dirs
+
+
+def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argparse.Namespace,
+                    save_volumes: bool) -> list[dict]:
+    steps = tqdm(desc="evaluating", unit="case-target", file=sys.stderr)
+    rows = evaluate_cases(
+        model, dirs, targets=args.target or None, all_subsets=args.all_subsets, device=args.device,
+        batch_size=args.batch_size, montage_dir=out, volumes_dir=out if save_volumes else None,
+        on_case=lambda case, target, inputs: (steps.update(1), steps.set_postfix_str(
+            f"{case} {target}<-{'+'.join(inputs)}")))
+    steps.close()
+    paths = write_report(rows, out)
+    print(markdown_table(summary_table(rows)))
+    print(f"Scores: {paths['summary_csv']}, {paths['cases_csv']}, {paths['json']}; montages in {out}")
+    return rows
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model = _load(args.model)
+    dirs = _case_dirs(Path(args.data), args.cases, Path(args.split) if args.split else None, args.split_set)
+    _run_evaluation(model, dirs, Path(args.out), args, save_volumes=args.save_volumes)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    model = default_model()
+    case = sample_case_dir()
+    print(f"Demo: {case.name} (bundled sample case) with model '{model.card.name}'; every contrast imputed "
+          "from the other two and scored against the real one.")
+    _run_evaluation(model, [case], Path(args.out), args, save_volumes=True)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"Demo done in {time.perf_counter() - start:.1f} s, peak memory {peak_mib:.0f} MiB. Output: {args.out}")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    model = _load(args.model)
+    if args.json:
+        print(model.card.to_json())
+    else:
+        print(model.card.summary())
+        print(f"File: {model.path}\nSHA-256: {model.sha256}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="collagan-impute", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="model .pt file or bundled model name (default: the bundled model)")
+        p.add_argument("--device", default="auto", help="auto (CUDA if available), cuda or cpu")
+        p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (halved on CUDA OOM)")
+        p.add_argument("--target", action="append", help="contrast to impute (repeatable; default: the missing)")
+
+    p = sub.add_parser("impute", help="impute the missing contrast(s) of one case")
+    p.add_argument("case", nargs="?", help="case folder with <case>-<contrast>.nii.gz files")
+    p.add_argument("--input", action="append", default=[], metavar="CONTRAST=PATH", help="explicit input file")
+    p.add_argument("--out", help="output folder (default: next to the inputs)")
+    p.add_argument("--reference", help="contrast whose grid the output takes (default: the first input)")
+    p.add_argument("--name", help="case name used in output file names (default: folder name)")
+    common(p)
+    p.set_defaults(func=cmd_impute)
+
+    p = sub.add_parser("evaluate", help="score imputation on complete cases (EVALUATION.md protocol)")
+    p.add_argument("data", help="folder of case folders")
+    p.add_argument("--out", required=True, help="folder for CSV, JSON, Markdown and montage PNGs")
+    p.add_argument("--cases", nargs="+", help="case folder names to use (default: all)")
+    p.add_argument("--split", help="JSON split file; scores the cases listed under --split-set")
+    p.add_argument("--split-set", default="validation", help="key of the split file (default: validation)")
+    p.add_argument("--all-subsets", action="store_true", help="also score every smaller input set (missing-N study)")
+    p.add_argument("--save-volumes", action="store_true", help="also write the imputed volumes")
+    common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the bundled sample case with the bundled model")
+    p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    common(p)
+    p.set_defaults(func=cmd_demo, all_subsets=False)
+
+    p = sub.add_parser("info", help="print a model's card")
+    p.add_argument("model", nargs="?", help="model .pt file or bundled name (default: the bundled model)")
+    p.add_argument("--json", action="store_true", help="print the raw metadata JSON")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda message, category, *rest: print(
+                f"warning: {message}", file=sys.stderr)
+            return args.func(args)
+    except NoBundledModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NO_MODEL
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    except (InputError, CollaGANError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except (KeyboardInterrupt, Cancelled):
+        print("cancelled: nothing was written", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Score a model on complete cases with the protocol of EVALUATION.md: every contrast imputed from the others.
+
+Example:
+    >>> rows = evaluate_cases(model, ["data/case1", "data/case2"])           # doctest: +SKIP
+    >>> write_report(rows, "out/", model_name=model.card.name)               # CSV, JSON, montages
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import itertools
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from .contract import LoadedModel
+from .errors import InputError
+from .figures import montage_png
+from .geometry import to_canonical_array
+from .inference import CancelFlag
+from .io import case_name, find_lesion_mask, read_volume, synthetic_filename, write_volume
+from .metrics import METRIC_NAMES, score_volume, summarize
+from .pipeline import impute, read_case, synthetic_description
+
+CaseCallback = Callable[[str, str, Sequence[str]], None]
+
+
+def input_subsets(contrasts: Sequence[str], target: str, all_subsets: bool) -> list[tuple[str, ...]]:
+    """The input sets to score ``target`` from: all others, or every non-empty subset of them."""
+    others = [c for c in contrasts if c != target]
+    if not all_subsets:
+        return [tuple(others)]
+    return [combo for size in range(len(others), 0, -1) for combo in itertools.combinations(others, size)]
+
+
+def evaluate_cases(
+    model: LoadedModel,
+    case_dirs: Iterable[os.PathLike | str],
+    targets: Optional[Sequence[str]] = None,
+    all_subsets: bool = False,
+    device: str = "auto",
+    batch_size: int = 8,
+    montage_dir: Optional[os.PathLike | str] = None,
+    volumes_dir: Optional[os.PathLike | str] = None,
+    on_case: Optional[CaseCallback] = None,
+    cancel: CancelFlag = None,
+) -> list[dict]:
+    """One row per (case, target, input set) with the protocol's scores; optional montage per target.
+
+    Cases lacking a target contrast are skipped for that target (nothing to compare with). With
+    ``volumes_dir`` the imputed volumes are written there too (labeled synthetic, one file per input set).
+    """
+    contrasts = model.card.contrasts
+    targets = list(targets or contrasts)
+    rows: list[dict] = []
+    montaged: set[str] = set()
+    for folder in case_dirs:
+        images = read_case(folder, contrasts)
+        lesion_path = find_lesion_mask(folder)
+        lesion_image = read_volume_allow_empty(lesion_path) if lesion_path else None
+        for target in targets:
+            if target not in images:
+                continue
+            for inputs in input_subsets([c for c in contrasts if c in images], target, all_subsets):
+                if not inputs:
+                    continue
+                if on_case:
+                    on_case(case_name(folder), target, inputs)
+                result = impute({c: images[c] for c in inputs}, model, targets=[target], device=device,
+                                batch_size=batch_size, cancel=cancel)
+                case = result.case
+                pred = result.arrays[target]
+                real = case.normalize_like_inputs(images[target])
+                lesion = to_canonical_array(lesion_image) > 0 if lesion_image is not None else None
+                scores = score_volume(pred, real, case.mask, lesion)
+                rows.append({"case": case_name(folder), "target": target, "inputs": "+".join(inputs),
+                             "n_inputs": len(inputs), "model": model.card.name, **scores})
+                if volumes_dir is not None:
+                    name = f"{case_name(folder)}-from-{'+'.join(inputs)}" if all_subsets else case_name(folder)
+                    write_volume(result.images[target], Path(volumes_dir) / synthetic_filename(name, target),
+                                 description=synthetic_description(target, inputs))
+                key = f"{target}|{'+'.join(inputs)}"
+                if montage_dir is not None and key not in montaged:
+                    montaged.add(key)
+                    montage_png(Path(montage_dir) / f"montage_{target}_from_{'+'.join(inputs)}.png",
+                                {c: case.arrays[c] for c in inputs}, pred, target, real=real, mask=case.mask,
+                                lesion=lesion, rows=2,
+                                title=f"{case_name(folder)}: {target} from {'+'.join(inputs)} "
+                                      f"(NMSE {scores['nmse']:.3f}, SSIM {scores['ssim']:.3f}) - {model.card.name}")
+    return rows
+
+
+def read_volume_allow_empty(path: Path):
+    """A lesion mask may be all zeros (no visible lesion): read it without the all-zero refusal."""
+    import SimpleITK as sitk
+
+    try:
+        return read_volume(path)
+    except InputError:
+        return sitk.ReadImage(str(path))
+
+
+def summary_table(rows: list[dict]) -> list[dict]:
+    """Mean ± std per (model, target, inputs) over cases."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["target"], row["inputs"]), []).append(row)
+    table = []
+    for (model, target, inputs), group in groups.items():
+        stats = summarize(group)
+        entry = {"model": model, "target": target, "inputs": inputs, "cases": len(group)}
+        for key in METRIC_NAMES:
+            entry[f"{key}_mean"] = stats[key]["mean"]
+            entry[f"{key}_std"] = stats[key]["std"]
+        table.append(entry)
+    return table
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = _io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def markdown_table(table: list[dict]) -> str:
+    """The summary as a Markdown table (mean ± std; lesion scores included)."""
+    def fmt(entry: dict, key: str, digits: int) -> str:
+        mean, std = entry[f"{key}_mean"], entry[f"{key}_std"]
+        return "n/a" if not math.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    lines = ["| model | target | inputs | cases | NMSE | PSNR (dB) | SSIM | lesion NMSE | lesion SSIM |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in table:
+        lines.append(f"| {e['model']} | {e['target']} | {e['inputs']} | {e['cases']} | {fmt(e, 'nmse', 4)} | "
+                     f"{fmt(e, 'psnr', 2)} | {fmt(e, 'ssim', 4)} | {fmt(e, 'lesion_nmse', 4)} | "
+                     f"{fmt(e, 'lesion_ssim', 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(value):
+    """NaN/inf (no lesion, identical images) become null: strict JSON readers refuse NaN."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_report(rows: list[dict], out_dir: os.PathLike | str) -> dict[str, Path]:
+    """Write per-case CSV, summary CSV/JSON/Markdown into ``out_dir``; returns the written paths."""
+    out = Path(out_dir)
+    table = summary_table(rows)
+    paths = {"cases_csv": out / "scores_per_case.csv", "summary_csv": out / "scores_summary.csv",
+             "json": out / "scores.json", "markdown": out / "scores_summary.md"}
+    _atomic_text(paths["cases_csv"], _csv(rows))
+    _atomic_text(paths["summary_csv"], _csv(table))
+    report = {"protocol": "EVALUATION.md v1", "summary": table, "cases": rows}
+    _atomic_text(paths["json"], json.dumps(_json_safe(report), indent=2))
+    _atomic_text(paths["markdown"], markdown_table(table))
+    return paths
+
+
+def summary_by_target(rows: list[dict]) -> dict[str, dict]:
+    """Compact mean scores per target (for model cards): {target: {metric: mean}}."""
+    result: dict[str, dict] = {}
+    for entry in summary_table(rows):
+        result[f"{entry['target']}<-{entry['inputs']}"] = {
+            k: round(entry[f"{k}_mean"], 5) for k in METRIC_NAMES if math.isfinite(entry[f"{k}_mean"])
+        } | {"cases": entry["cases"]}
+    return result
