@@ -1,0 +1,106 @@
+"""The command line end to end on the bundled sample case, and the exit codes scripts rely on."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import SimpleITK as sitk
+from CollaGANImputeLib.cli import EXIT_INPUT, EXIT_MODEL, EXIT_NO_MODEL, EXIT_OK, main
+from CollaGANImputeLib.contract import sha256_of
+
+
+def test_impute_case_folder(tiny_model_path, copied_sample, tmp_path, capsys):
+    (copied_sample / "TCGA-HT-7882-t1c.nii.gz").unlink()
+    out = tmp_path / "out"
+    assert main(["impute", str(copied_sample), "--model", str(tiny_model_path), "--out", str(out),
+                 "--device", "cpu"]) == EXIT_OK
+    written = out / "TCGA-HT-7882-t1c-synthetic-collagan.nii.gz"
+    assert written.is_file() and "SYNTHETIC" in capsys.readouterr().out
+    assert sitk.ReadImage(str(written)).GetSize() == (256, 256, 32)
+
+
+def test_impute_explicit_files(tiny_model_path, sample_case, tmp_path):
+    out = tmp_path / "explicit"
+    code = main(["impute", "--input", f"t2f={sample_case / 'TCGA-HT-7882-t2f.nii.gz'}", "--target", "t1n",
+                 "--target", "t1c", "--model", str(tiny_model_path), "--out", str(out), "--name", "p1"])
+    assert code == EXIT_OK
+    assert sorted(p.name for p in out.iterdir()) == ["p1-t1c-synthetic-collagan.nii.gz",
+                                                     "p1-t1n-synthetic-collagan.nii.gz"]
+
+
+def test_evaluate_writes_scores_and_montages(tiny_model_path, sample_case, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copytree(sample_case, data / sample_case.name)
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(data), "--out", str(out), "--model", str(tiny_model_path),
+                 "--target", "t2f", "--device", "cpu"]) == EXIT_OK
+    rows = list(csv.DictReader((out / "scores_per_case.csv").open()))
+    assert [(r["case"], r["target"], r["inputs"]) for r in rows] == [("TCGA-HT-7882", "t2f", "t1n+t1c")]
+    assert float(rows[0]["nmse"]) > 0 and 0 < float(rows[0]["ssim"]) < 1
+    assert float(rows[0]["lesion_voxels"]) > 0
+    report = json.loads((out / "scores.json").read_text())
+    assert report["summary"][0]["target"] == "t2f"
+    assert (out / "montage_t2f_from_t1n+t1c.png").stat().st_size > 10_000
+    assert "| t2f |" in (out / "scores_summary.md").read_text()
+
+
+def _resources_with(tmp_path, sample_case, model_path=None):
+    resources = tmp_path / "Resources"
+    shutil.copytree(sample_case, resources / "SampleData" / sample_case.name)
+    (resources / "Models").mkdir(parents=True)
+    if model_path is not None:
+        shutil.copy(model_path, resources / "Models" / "tiny.pt")
+        (resources / "Models" / "models.json").write_text(json.dumps({"default": "tiny-test", "models": [
+            {"name": "tiny-test", "file": "tiny.pt", "sha256": sha256_of(model_path), "card": None}]}))
+    return resources
+
+
+def test_demo_without_bundled_model_says_so(tmp_path, sample_case, monkeypatch, capsys):
+    monkeypatch.setenv("COLLAGAN_RESOURCES", str(_resources_with(tmp_path, sample_case)))
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == EXIT_NO_MODEL
+    assert "No trained model is bundled" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_with_bundled_model(tmp_path, sample_case, tiny_model_path, monkeypatch, capsys):
+    monkeypatch.setenv("COLLAGAN_RESOURCES", str(_resources_with(tmp_path, sample_case, tiny_model_path)))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--target", "t1c", "--device", "cpu"]) == EXIT_OK
+    assert (out / "TCGA-HT-7882-t1c-synthetic-collagan.nii.gz").is_file()
+    assert (out / "montage_t1c_from_t1n+t2f.png").is_file() and (out / "scores_summary.csv").is_file()
+    assert "peak memory" in capsys.readouterr().out
+
+
+def test_tampered_bundled_model_is_refused(tmp_path, sample_case, tiny_model_path, monkeypatch):
+    resources = _resources_with(tmp_path, sample_case, tiny_model_path)
+    with open(resources / "Models" / "tiny.pt", "ab") as handle:
+        handle.write(b"tampered")
+    monkeypatch.setenv("COLLAGAN_RESOURCES", str(resources))
+    assert main(["info"]) == EXIT_MODEL
+
+
+def test_exit_codes_for_bad_input_and_bad_model(tmp_path, tiny_model_path, capsys):
+    assert main(["impute", str(tmp_path / "nope"), "--model", str(tiny_model_path)]) == EXIT_INPUT
+    assert "Case folder not found" in capsys.readouterr().err
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_text("no")
+    assert main(["info", str(bogus)]) == EXIT_MODEL
+    assert main(["impute", "--input", "t1n", "--model", str(tiny_model_path)]) == EXIT_INPUT
+    with pytest.raises(SystemExit) as usage:
+        main(["impute", "--bogus-flag"])
+    assert usage.value.code == 2
+
+
+def test_info_and_module_entry_point(tiny_model_path):
+    result = subprocess.run([sys.executable, "-m", "CollaGANImputeLib", "info", str(tiny_model_path)],
+                            capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Contrasts (channel order): t1n, t1c, t2f" in result.stdout
+    assert "SHA-256: " + sha256_of(tiny_model_path) in result.stdout

@@ -1,0 +1,89 @@
+"""The model contract: round trip, and every refusal with a message that says what to do."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+import torch
+from CollaGANImputeLib import ModelCard, ModelError, load_model, read_card, save_model
+from CollaGANImputeLib.contract import FORMAT_VERSION, METADATA_FILE, sha256_of
+from core_fixtures import CONTRASTS, TinyGenerator
+
+
+def test_round_trip_keeps_card_and_outputs(tmp_path):
+    model = TinyGenerator().eval()
+    card = ModelCard(name="rt", contrasts=CONTRASTS, metrics={"t1c": {"nmse": 0.1}}, licence="CC BY-NC-SA 4.0")
+    digest = save_model(model, card, tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt", contrasts=["t1n", "t2f"], sha256=digest)
+    assert loaded.card == card
+    assert loaded.sha256 == digest == sha256_of(tmp_path / "m.pt")
+    x = torch.rand(2, 6, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.module(x), model(x), atol=1e-6)
+    assert read_card(tmp_path / "m.pt").contrasts == CONTRASTS
+    assert not list(tmp_path.glob(".*tmp")), "atomic save leaves no temporary file"
+
+
+def test_refuses_missing_file(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        load_model(tmp_path / "absent.pt")
+
+
+def test_refuses_non_torchscript_file(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("this is not a model")
+    with pytest.raises(ModelError, match="not a TorchScript model file"):
+        load_model(path)
+
+
+def test_refuses_torchscript_without_metadata(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(TinyGenerator()), str(path))
+    with pytest.raises(ModelError, match="not a CollaGAN model"):
+        load_model(path)
+
+
+def _rewrite_card(path, **changes):
+    """Edit the embedded JSON in place, as a file from another tool or a newer release would have it."""
+    with zipfile.ZipFile(path) as archive:
+        entries = {info.filename: archive.read(info.filename) for info in archive.infolist()}
+    name = next(n for n in entries if n.endswith(f"extra/{METADATA_FILE}"))
+    data = json.loads(entries[name])
+    data.update(changes)
+    entries[name] = json.dumps(data).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for entry, content in entries.items():
+            archive.writestr(entry, content)
+
+
+def test_refuses_newer_format(tmp_path):
+    path = tmp_path / "future.pt"
+    save_model(TinyGenerator(), ModelCard(name="f", contrasts=CONTRASTS), path)
+    _rewrite_card(path, format_version=FORMAT_VERSION + 1)
+    with pytest.raises(ModelError, match="newer than this CollaGANImpute reads.*Upgrade"):
+        load_model(path)
+
+
+def test_refuses_foreign_format(tmp_path):
+    path = tmp_path / "foreign.pt"
+    save_model(TinyGenerator(), ModelCard(name="f", contrasts=CONTRASTS), path)
+    _rewrite_card(path, format="someone-else")
+    with pytest.raises(ModelError, match="not a CollaGANImpute model"):
+        load_model(path)
+
+
+def test_refuses_contrast_mismatch(tiny_model_path):
+    with pytest.raises(ModelError, match=r"\['t2w'\] are not among them"):
+        load_model(tiny_model_path, contrasts=["t1n", "t2w"])
+
+
+def test_refuses_checksum_mismatch(tiny_model_path):
+    with pytest.raises(ModelError, match="SHA-256"):
+        load_model(tiny_model_path, sha256="0" * 64)
+
+
+def test_card_needs_two_distinct_contrasts():
+    with pytest.raises(ModelError, match="two distinct"):
+        ModelCard(name="x", contrasts=["t1n", "t1n"])

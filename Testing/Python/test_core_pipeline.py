@@ -1,0 +1,133 @@
+"""The imputation pipeline: subsets, progress, cancel, determinism, OOM back-off, the mask and p99 rule."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from CollaGANImputeLib import Cancelled, InputError, impute, impute_case, load_model, prepare_case
+from CollaGANImputeLib.inference import build_input, impute_slices
+from CollaGANImputeLib.normalization import foreground_mask, normalize, p99
+from core_fixtures import head_phantom, make_image
+
+
+def test_mask_is_head_and_p99_is_one(sample_case):
+    images = {c: sitk.ReadImage(str(sample_case / f"TCGA-HT-7882-{c}.nii.gz")) for c in ("t1n", "t2f")}
+    case = prepare_case(images)
+    assert 0.2 < case.mask.mean() < 0.8
+    assert not case.mask[:, 0, :].any() and not case.mask[:, :, 0].any(), "image borders are background"
+    for array in case.arrays.values():
+        assert np.percentile(array[case.mask], 99) == pytest.approx(1.0, abs=1e-3)
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_case / "TCGA-HT-7882-seg.nii.gz"))) > 0
+    assert case.mask[lesion].mean() > 0.99, "the tumour lies inside the head mask"
+
+
+def test_mask_uses_only_inputs():
+    a, b = head_phantom(seed=1), head_phantom(seed=2)
+    mask = foreground_mask([a, b])
+    assert np.array_equal(mask, foreground_mask([a, b]))
+    expected = head_phantom(noise=0.0) > 0
+    assert (mask == expected).mean() > 0.97
+
+
+def test_normalize_refuses_blank_mask():
+    with pytest.raises(InputError, match="mask is empty"):
+        normalize(np.ones((2, 3, 3)), np.zeros((2, 3, 3), bool))
+    assert p99(np.arange(101, dtype=float), np.ones(101, bool)) == pytest.approx(99.0)
+
+
+def test_build_input_layout():
+    shape = (2, 4, 4)
+    x = build_input({"t1n": torch.ones(shape), "t1c": torch.full(shape, 5.0)}, ["t1n", "t1c", "t2f"], "t1c", shape)
+    assert x.shape == (2, 6, 4, 4)
+    assert x[:, 0].eq(1).all() and x[:, 1].eq(0).all() and x[:, 2].eq(0).all(), "target and missing are zeros"
+    assert x[:, 3].eq(0).all() and x[:, 4].eq(1).all() and x[:, 5].eq(0).all(), "one-hot target mask"
+
+
+def _phantoms():
+    return {"t1n": make_image(head_phantom(seed=1)), "t2f": make_image(head_phantom(seed=2))}
+
+
+def test_every_missing_contrast_from_any_subset(tiny_model_path):
+    model = load_model(tiny_model_path)
+    one = impute({"t2f": _phantoms()["t2f"]}, model, device="cpu")
+    assert sorted(one.images) == ["t1c", "t1n"]
+    assert one.images["t1n"].GetMetaData("collagan_inputs") == "t2f"
+    two = impute(_phantoms(), model, targets=["t1c"], device="cpu")
+    assert list(two.images) == ["t1c"]
+
+
+def test_refuses_unknown_contrast_and_nothing_missing(tiny_model_path):
+    model = load_model(tiny_model_path)
+    with pytest.raises(InputError, match="not contrasts of model"):
+        impute({"t2w": _phantoms()["t1n"]}, model)
+    full = dict(_phantoms(), t1c=make_image(head_phantom(seed=3)))
+    with pytest.raises(InputError, match="nothing is missing"):
+        impute(full, model)
+    with pytest.raises(InputError, match="No input left"):
+        impute({"t1c": full["t1c"]}, model, targets=["t1c"])
+
+
+def test_progress_reaches_total_and_cpu_is_deterministic(tiny_model_path):
+    model = load_model(tiny_model_path)
+    seen = []
+    first = impute(_phantoms(), model, device="cpu", batch_size=5, progress=lambda d, t: seen.append((d, t)))
+    second = impute(_phantoms(), model, device="cpu", batch_size=3)
+    assert seen[-1] == (12, 12) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert np.array_equal(first.arrays["t1c"], second.arrays["t1c"]), "batch size does not change the result"
+
+
+def test_cancel_mid_run_writes_nothing(tiny_model_path, copied_sample):
+    model = load_model(tiny_model_path)
+    flag = threading.Event()
+    before = sorted(p.name for p in copied_sample.iterdir())
+
+    def progress(done, total):
+        if done >= 8:
+            flag.set()  # the user presses Cancel after the first batch
+
+    with pytest.raises(Cancelled):
+        impute_case(copied_sample, model, targets=["t1c"], device="cpu", batch_size=8, progress=progress,
+                    cancel=flag)
+    assert sorted(p.name for p in copied_sample.iterdir()) == before
+
+
+class _OutOfMemoryAboveTwo(torch.nn.Module):
+    """Acts like a GPU that runs out of memory for batches larger than two slices."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.batches = []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_batch(tiny_model_path):
+    model = load_model(tiny_model_path)
+    inputs = {"t1n": np.random.default_rng(0).random((5, 16, 16)).astype(np.float32)}
+    reference = impute_slices(model, inputs, "t1c", device="cpu", batch_size=8)
+    model.module = _OutOfMemoryAboveTwo(model.module)
+    out = impute_slices(model, inputs, "t1c", device="cpu", batch_size=8)
+    assert model.module.batches == [5, 4, 2, 2, 1]  # 8 fails on 5 slices, 4 fails, then 2 + 2 + 1
+    np.testing.assert_allclose(out, reference, atol=1e-6)
+
+
+def test_impute_case_writes_labeled_output_and_keeps_inputs(tiny_model_path, copied_sample, tmp_path):
+    (copied_sample / "TCGA-HT-7882-t1c.nii.gz").unlink()
+    before = {p.name: p.read_bytes() for p in copied_sample.iterdir()}
+    written = impute_case(copied_sample, load_model(tiny_model_path), out_dir=tmp_path / "out", device="cpu")
+    assert list(written) == ["t1c"]
+    assert written["t1c"].name == "TCGA-HT-7882-t1c-synthetic-collagan.nii.gz"
+    image = sitk.ReadImage(str(written["t1c"]))
+    assert image.GetMetaData("descrip").startswith("SYNTHETIC t1c")
+    reference = sitk.ReadImage(str(copied_sample / "TCGA-HT-7882-t1n.nii.gz"))
+    assert image.GetSize() == reference.GetSize() and image.GetOrigin() == reference.GetOrigin()
+    assert {p.name: p.read_bytes() for p in copied_sample.iterdir()} == before
