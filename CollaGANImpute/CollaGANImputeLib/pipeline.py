@@ -49,8 +49,13 @@ class PreparedCase:
         return normalize(to_canonical_array(aligned), self.mask)
 
 
-def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = None) -> PreparedCase:
-    """Align the inputs to the reference grid, compute the mask from them and normalize each to p99 units."""
+def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = None,
+                 mask_from: Optional[Sequence[str]] = None) -> PreparedCase:
+    """Align the images to the reference grid, compute the mask and normalize each to p99 units.
+
+    ``mask_from`` names the inputs the mask is computed from (default: all); a volume to be predicted or
+    compared with must not be among them (EVALUATION.md: the mask comes from the inputs only).
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         aligned = align_to_reference(images, reference)
@@ -58,20 +63,25 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     ref = aligned[reference or next(iter(images))]
     raw = {name: to_canonical_array(image) for name, image in aligned.items()}
-    mask = foreground_mask(list(raw.values()))
+    mask = foreground_mask([raw[name] for name in (mask_from or list(raw))])
     arrays = {name: normalize(array, mask) for name, array in raw.items()}
     return PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=[str(w.message) for w in caught])
 
 
 @dataclass
 class ImputationResult:
-    """Imputed volumes (target → image in p99 units, reference geometry) and what produced them."""
+    """Imputed volumes (target → image in p99 units, reference geometry) and what produced them.
+
+    ``case`` is the prepared case of the first target; ``cases`` holds each target's (masks differ when the
+    input sets differ).
+    """
 
     images: dict[str, sitk.Image]
     case: PreparedCase
     model_name: str
     inputs: list[str]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # canonical p99 arrays, for scoring
+    cases: dict[str, PreparedCase] = field(default_factory=dict)  # per target: its inputs' mask and arrays
 
 
 def synthetic_metadata(model: LoadedModel, inputs: Sequence[str], target: str) -> dict[str, str]:
@@ -120,11 +130,17 @@ def impute(
     for target, used in inputs_by_target.items():
         if not used:
             raise InputError(f"No input left to impute '{target}' from; give at least one other contrast.")
-    case = prepare_case(images, reference)
-    n_slices = case.mask.shape[0]
+    # One mask per input set: a target that is also given (re-imputation) never shapes its own mask.
+    prepared: dict[tuple[str, ...], PreparedCase] = {}
+    for used in inputs_by_target.values():
+        if tuple(used) not in prepared:
+            prepared[tuple(used)] = prepare_case(images, reference, mask_from=used)
+    first = prepared[tuple(next(iter(inputs_by_target.values())))]
+    n_slices = first.mask.shape[0]
     total = n_slices * len(targets)
-    result = ImputationResult(images={}, case=case, model_name=card.name, inputs=sorted(images))
+    result = ImputationResult(images={}, case=first, model_name=card.name, inputs=sorted(images), cases={})
     for index, target in enumerate(targets):
+        case = prepared[tuple(inputs_by_target[target])]
         inputs = {c: case.arrays[c] for c in inputs_by_target[target]}
         array = impute_slices(model, inputs, target, device=device, batch_size=batch_size, progress=progress,
                               cancel=cancel, progress_offset=index * n_slices, progress_total=total)
@@ -133,6 +149,7 @@ def impute(
             image.SetMetaData(key, value)
         result.images[target] = image
         result.arrays[target] = array
+        result.cases[target] = case
     return result
 
 

@@ -131,3 +131,11 @@ def test_impute_case_writes_labeled_output_and_keeps_inputs(tiny_model_path, cop
     reference = sitk.ReadImage(str(copied_sample / "TCGA-HT-7882-t1n.nii.gz"))
     assert image.GetSize() == reference.GetSize() and image.GetOrigin() == reference.GetOrigin()
     assert {p.name: p.read_bytes() for p in copied_sample.iterdir()} == before
+
+
+def test_given_target_never_shapes_its_own_mask(tiny_model_path):
+    # A 'target' volume with a much larger head: if it entered the mask, the mask would grow.
+    images = dict(_phantoms(), t1c=make_image(head_phantom(shape=(12, 48, 40), seed=5) + 50.0))
+    result = impute(images, load_model(tiny_model_path), targets=["t1c"], device="cpu")
+    expected = prepare_case(_phantoms()).mask
+    assert np.array_equal(result.cases["t1c"].mask, expected)
