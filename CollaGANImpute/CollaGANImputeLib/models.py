@@ -23,14 +23,15 @@ RESOURCES_ENV = "COLLAGAN_RESOURCES"
 
 
 def resources_dir() -> Path:
-    """The ``Resources`` folder: $COLLAGAN_RESOURCES, the source tree's, or the installed Slicer module's."""
+    """The ``Resources`` folder: $COLLAGAN_RESOURCES, the source tree's, a wheel's or the Slicer module's."""
     if os.environ.get(RESOURCES_ENV):
         return Path(os.environ[RESOURCES_ENV])
     here = Path(__file__).resolve().parent
     candidates = [here.parents[1] / "Resources",  # source tree / editable install: <repo>/Resources
+                  here / "Resources",              # wheel: CollaGANImputeLib/Resources (pyproject package-dir)
                   here.parent / "Resources"]       # Slicer install: qt-scripted-modules/Resources
     for candidate in candidates:
-        if (candidate / "Models").is_dir():
+        if (candidate / "Models").is_dir() or (candidate / "SampleData").is_dir():
             return candidate
     return candidates[0]
 
