@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 import warnings
@@ -137,9 +136,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Demo: {case.name} (bundled sample case) with model '{model.card.name}'; every contrast imputed "
           "from the other two and scored against the real one.")
     _run_evaluation(model, [case], Path(args.out), args, save_volumes=True)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"Demo done in {time.perf_counter() - start:.1f} s, peak memory {peak_mib:.0f} MiB. Output: {args.out}")
+    print(f"Demo done in {time.perf_counter() - start:.1f} s, peak memory {_peak_memory()}. Output: {args.out}")
     return EXIT_OK
+
+
+def _peak_memory() -> str:
+    try:
+        import resource  # POSIX only; the CLI must also start on Windows
+    except ImportError:
+        return "n/a"
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return f"{kib / 1024:.0f} MiB"
 
 
 def cmd_info(args: argparse.Namespace) -> int:

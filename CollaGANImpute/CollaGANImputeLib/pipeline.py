@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import torch
 
 from . import __version__
-from .contract import LoadedModel
+from .contract import LoadedModel, ModelCard
 from .errors import InputError
 from .geometry import align_to_reference, from_canonical_array, to_canonical_array
 from .inference import CancelFlag, ProgressCallback, impute_slices
@@ -98,6 +98,29 @@ def synthetic_metadata(model: LoadedModel, inputs: Sequence[str], target: str) -
     }
 
 
+def label_synthetic(image: sitk.Image, model: LoadedModel, inputs: Sequence[str], target: str) -> sitk.Image:
+    """Attach :func:`synthetic_metadata` to ``image`` (in place) and return it."""
+    for key, value in synthetic_metadata(model, inputs, target).items():
+        image.SetMetaData(key, value)
+    return image
+
+
+def check_request(card: ModelCard, inputs: Sequence[str], targets: Sequence[str]) -> dict[str, list[str]]:
+    """Refuse unknown contrasts and targets without inputs; return target → inputs used, in model order."""
+    unknown = [name for name in inputs if name not in card.contrasts]
+    if unknown:
+        raise InputError(f"Inputs {unknown} are not contrasts of model '{card.name}' ({card.contrasts}). "
+                         "Name the inputs with the model's contrast names.")
+    for target in targets:
+        if target not in card.contrasts:
+            raise InputError(f"Target '{target}' is not one of the model's contrasts {card.contrasts}.")
+    inputs_by_target = {t: [c for c in card.contrasts if c in inputs and c != t] for t in targets}
+    for target, used in inputs_by_target.items():
+        if not used:
+            raise InputError(f"No input left to impute '{target}' from; give at least one other contrast.")
+    return inputs_by_target
+
+
 def synthetic_description(target: str, inputs: Sequence[str]) -> str:
     return f"SYNTHETIC {target} imputed by CollaGAN from {'+'.join(inputs)}; not acquired"
 
@@ -114,22 +137,12 @@ def impute(
 ) -> ImputationResult:
     """Impute each target (default: every model contrast not among ``images``) from the given images."""
     card = model.card
-    unknown = [name for name in images if name not in card.contrasts]
-    if unknown:
-        raise InputError(f"Inputs {unknown} are not contrasts of model '{card.name}' ({card.contrasts}). "
-                         "Name the inputs with the model's contrast names.")
     if targets is None:
         targets = [c for c in card.contrasts if c not in images]
         if not targets:
             raise InputError(f"Every contrast of the model ({card.contrasts}) is already present: nothing is "
                              "missing. Name a target explicitly to re-impute one from the others.")
-    for target in targets:
-        if target not in card.contrasts:
-            raise InputError(f"Target '{target}' is not one of the model's contrasts {card.contrasts}.")
-    inputs_by_target = {t: [c for c in card.contrasts if c in images and c != t] for t in targets}
-    for target, used in inputs_by_target.items():
-        if not used:
-            raise InputError(f"No input left to impute '{target}' from; give at least one other contrast.")
+    inputs_by_target = check_request(card, list(images), targets)
     # One mask per input set: a target that is also given (re-imputation) never shapes its own mask.
     prepared: dict[tuple[str, ...], PreparedCase] = {}
     for used in inputs_by_target.values():
@@ -144,10 +157,7 @@ def impute(
         inputs = {c: case.arrays[c] for c in inputs_by_target[target]}
         array = impute_slices(model, inputs, target, device=device, batch_size=batch_size, progress=progress,
                               cancel=cancel, progress_offset=index * n_slices, progress_total=total)
-        image = case.to_image(array)
-        for key, value in synthetic_metadata(model, inputs_by_target[target], target).items():
-            image.SetMetaData(key, value)
-        result.images[target] = image
+        result.images[target] = label_synthetic(case.to_image(array), model, inputs_by_target[target], target)
         result.arrays[target] = array
         result.cases[target] = case
     return result

@@ -34,7 +34,7 @@ from .errors import Cancelled, InputError
 from .geometry import align_to_reference, to_canonical_array
 from .inference import impute_slices, resolve_device
 from .metrics import error_map, per_slice_ssim, score_volume, ssim_map
-from .pipeline import ImputationResult, PreparedCase, prepare_case, synthetic_metadata
+from .pipeline import ImputationResult, PreparedCase, check_request, label_synthetic, prepare_case
 
 #: Canonical contrast keys (BraTS 2023 names) and what each looks like in a series or file name.
 CANONICAL_CONTRASTS = ("t1n", "t1c", "t2w", "t2f")
@@ -174,19 +174,10 @@ class ChunkedImputation:
     result: Optional[ImputationResult] = None
 
     def __post_init__(self) -> None:
-        card = self.model.card
-        unknown = [name for name in self.images if name not in card.contrasts]
-        if unknown:
-            raise InputError(f"Inputs {unknown} are not contrasts of model '{card.name}' ({card.contrasts}). "
-                             "Pick one volume per model contrast.")
-        if self.target not in card.contrasts:
-            raise InputError(f"Target '{self.target}' is not one of the model's contrasts {card.contrasts}.")
-        # Metadata lists inputs in model order (as the core does); preparation keeps the caller's order, whose
-        # first volume is the reference grid and whose sum order fixes the mask to the last bit.
-        self.inputs = [c for c in card.contrasts if c in self.images and c != self.target]
+        # Model order for the metadata and the mask (as the core's impute does); the caller's order for the
+        # reference grid (its first volume).
+        self.inputs = check_request(self.model.card, list(self.images), [self.target])[self.target]
         self._prepare_order = [c for c in self.images if c != self.target]
-        if not self.inputs:
-            raise InputError(f"No input left to impute '{self.target}' from: select at least one other contrast.")
         self.device = resolve_device(self.device)
         if self.slices_per_step is None:
             # Small CPU steps keep each timer tick short; a GPU does a whole batch in milliseconds.
@@ -200,6 +191,10 @@ class ChunkedImputation:
     @property
     def total_slices(self) -> int:
         return 0 if self._case is None else self._case.mask.shape[0]
+
+    @property
+    def slices_done(self) -> int:
+        return self._next_slice
 
     @property
     def done(self) -> bool:
@@ -224,18 +219,18 @@ class ChunkedImputation:
         if self._cancel.is_set():
             raise Cancelled("Imputation cancelled; nothing was added to the scene.")
         if self._case is None:
-            self._case = prepare_case({c: self.images[c] for c in self._prepare_order}, self.reference)
+            self._case = prepare_case({c: self.images[c] for c in self._prepare_order}, self.reference,
+                                      mask_from=self.inputs)
             self.warnings = list(self._case.warnings)
             self._output = np.zeros(self._case.mask.shape, dtype=np.float32)
             return False
         if self._next_slice < self.total_slices:
             self._run_chunk()
             return False
-        image = self._case.to_image(self._output)
-        for key, value in synthetic_metadata(self.model, self.inputs, self.target).items():
-            image.SetMetaData(key, value)
+        image = label_synthetic(self._case.to_image(self._output), self.model, self.inputs, self.target)
         self.result = ImputationResult(images={self.target: image}, case=self._case, model_name=self.model.card.name,
-                                       inputs=sorted(self.inputs), arrays={self.target: self._output})
+                                       inputs=sorted(self.inputs), arrays={self.target: self._output},
+                                       cases={self.target: self._case})
         return True
 
     def run(self, progress: Optional[Callable[[float], None]] = None) -> ImputationResult:

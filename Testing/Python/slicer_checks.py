@@ -1,0 +1,296 @@
+"""Static checks of the Slicer module against Slicer's real API, without a Slicer binary.
+
+``../shared/slicer-api/slicer_api.json`` (extracted from the Slicer sources) lists every public function and class
+method of ``slicer.util``, ``slicer.packaging``, ``sitkUtils``, ``slicer.ScriptedLoadableModule`` and
+``slicer.parameterNodeWrapper`` with its parameters. These helpers walk a module's syntax tree and report each call
+or import that Slicer would reject at run time.
+
+Example:
+    >>> api = load_api(API_PATH)                                              # doctest: +SKIP
+    >>> problems = check_source(Path("CollaGANImpute/CollaGANImpute.py").read_text(), api)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import unittest
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+REPO = Path(__file__).resolve().parents[2]
+API_PATH = REPO.parent / "shared" / "slicer-api" / "slicer_api.json"
+MODULE_DIR = REPO / "CollaGANImpute"
+MODULE_FILE = MODULE_DIR / "CollaGANImpute.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "CollaGANImpute.ui"
+CHECKED_MODULES = ("slicer.util", "slicer.packaging", "sitkUtils")
+SLM_MODULE = "slicer.ScriptedLoadableModule"
+MIXIN = ("slicer.util", "VTKObservationMixin")
+
+
+@dataclass(frozen=True)
+class Signature:
+    params: tuple[str, ...]
+    defaults: int
+    varargs: bool
+    varkw: bool
+
+    @classmethod
+    def from_json(cls, data: dict) -> Signature:
+        return cls(tuple(data["params"]) + tuple(data.get("kwonly", [])), data["defaults"], data["varargs"],
+                   data["varkw"])
+
+    def problems(self, name: str, call: ast.Call, bound: bool) -> list[str]:
+        """Keywords it does not take, or more positional arguments than it has."""
+        params = self.params[1:] if bound and self.params[:1] == ("self",) else self.params
+        found = []
+        if not self.varkw:
+            for keyword in call.keywords:
+                if keyword.arg is not None and keyword.arg not in params:
+                    found.append(f"line {call.lineno}: {name}() takes no keyword '{keyword.arg}' (takes {params})")
+        positional = [a for a in call.args if not isinstance(a, ast.Starred)]
+        if not self.varargs and len(positional) > len(params):
+            found.append(f"line {call.lineno}: {name}() takes at most {len(params)} positional arguments, "
+                         f"{len(positional)} given")
+        return found
+
+
+def load_api(path: Path = API_PATH) -> dict:
+    return json.loads(path.read_text())["modules"]
+
+
+def _functions(api: dict, module: str) -> dict[str, Signature]:
+    return {name: Signature.from_json(sig) for name, sig in api.get(module, {}).get("functions", {}).items()}
+
+
+def _classes(api: dict, module: str) -> dict[str, dict[str, Signature]]:
+    return {name: {m: Signature.from_json(sig) for m, sig in cls["methods"].items()}
+            for name, cls in api.get(module, {}).get("classes", {}).items()}
+
+
+def _dotted(node: ast.AST) -> Optional[str]:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def _exported(api: dict, module: str) -> set[str]:
+    """Names importable from ``module`` (its functions and classes; a package also re-exports submodules')."""
+    names: set[str] = set()
+    for name, content in api.items():
+        if name == module or name.startswith(module + "."):
+            names |= set(content.get("functions", {})) | set(content.get("classes", {}))
+            names |= {n for n in content.get("names", []) if n != "*"}
+    return names
+
+
+def check_imports(tree: ast.AST, api: dict) -> list[str]:
+    """``from slicer.<checked module> import X``: X must exist there."""
+    problems = []
+    checked = set(CHECKED_MODULES) | {SLM_MODULE, "slicer.parameterNodeWrapper", "slicer.i18n"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in checked:
+            exported = _exported(api, node.module)
+            for alias in node.names:
+                if alias.name not in exported:
+                    problems.append(f"line {node.lineno}: {node.module} has no '{alias.name}'")
+    return problems
+
+
+def check_module_calls(tree: ast.AST, api: dict, extra_aliases: Optional[dict[str, str]] = None) -> list[str]:
+    """Calls ``slicer.util.f(...)``, ``slicer.packaging.f(...)``, ``sitkUtils.f(...)`` (and names imported from
+    them, e.g. ``from slicer.util import getNode``) against the API."""
+    aliases = dict(extra_aliases or {})
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in CHECKED_MODULES:
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    functions = {module: _functions(api, module) for module in CHECKED_MODULES}
+    classes = {module: _classes(api, module) for module in CHECKED_MODULES}
+    problems = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = _dotted(node.func)
+        if name is None:
+            continue
+        head, _, rest = name.partition(".")
+        if head in aliases:
+            name = aliases[head] + (f".{rest}" if rest else "")
+        for module in CHECKED_MODULES:
+            if not name.startswith(module + "."):
+                continue
+            member = name[len(module) + 1:]
+            if "." in member:
+                continue  # attribute of a returned object, e.g. slicer.util.mainWindow().x: not an API function
+            if member in functions[module]:
+                problems += functions[module][member].problems(name, node, bound=False)
+            elif member in classes[module]:
+                init = classes[module][member].get("__init__")
+                if init is not None:
+                    problems += init.problems(name, node, bound=True)
+            else:
+                problems.append(f"line {node.lineno}: {module} has no function '{member}'")
+    return problems
+
+
+def _class_methods(cls: ast.ClassDef) -> set[str]:
+    return {n.name for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def check_scripted_module_classes(tree: ast.AST, api: dict) -> list[str]:
+    """In classes deriving from ScriptedLoadableModule*: every ``Base.m(self, ...)``, ``super().m(...)`` and
+    ``self.m(...)`` (m not defined in the class) must be a method the bases really have, called correctly."""
+    slm = _classes(api, SLM_MODULE)
+    mixin = _classes(api, MIXIN[0]).get(MIXIN[1], {})
+    testcase = {name for name in dir(unittest.TestCase) if not name.startswith("_")}
+    problems = []
+    for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]:
+        bases = [_dotted(b) for b in cls.bases]
+        slm_bases = [b for b in bases if b in slm]
+        if not slm_bases:
+            continue
+        available: dict[str, Signature] = {}
+        for base in slm_bases:
+            available.update(slm[base])
+        if "VTKObservationMixin" in bases:
+            available.update(mixin)
+        own = _class_methods(cls)
+        is_test = "ScriptedLoadableModuleTest" in slm_bases
+        for node in ast.walk(cls):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            method, target = node.func.attr, node.func.value
+            if isinstance(target, ast.Name) and target.id in slm:  # Base.method(self, ...)
+                signature = slm[target.id].get(method)
+                if signature is None:
+                    problems.append(f"line {node.lineno}: {target.id} has no method '{method}'")
+                else:
+                    call = ast.Call(func=node.func, args=node.args[1:], keywords=node.keywords)
+                    call.lineno = node.lineno
+                    problems += signature.problems(f"{target.id}.{method}", call, bound=True)
+            elif (isinstance(target, ast.Call) and _dotted(target.func) == "super") or (
+                    isinstance(target, ast.Name) and target.id == "self" and method not in own):
+                if method in available:
+                    problems += available[method].problems(f"{cls.name}.{method}", node, bound=True)
+                elif not (is_test and method in testcase):
+                    problems.append(f"line {node.lineno}: {cls.name}.{method}() is neither defined in the class "
+                                    f"nor a method of {', '.join(slm_bases)}")
+    return problems
+
+
+def check_source(source: str, api: dict) -> list[str]:
+    tree = ast.parse(source)
+    return check_imports(tree, api) + check_module_calls(tree, api) + check_scripted_module_classes(tree, api)
+
+
+# --- .ui file ------------------------------------------------------------------------------------------------
+
+def ui_widgets(path: Path = UI_FILE) -> dict[str, str]:
+    """Widget name -> class in a Qt Designer file."""
+    root = ET.parse(path).getroot()
+    names = [(w.get("name"), w.get("class")) for w in root.iter("widget")]
+    duplicates = {n for n, _ in names if [m for m, _ in names].count(n) > 1}
+    if duplicates:
+        raise AssertionError(f"{path.name}: duplicate widget names {sorted(duplicates)}")
+    return dict(names)
+
+
+def ui_parameter_names(path: Path = UI_FILE) -> dict[str, str]:
+    """Widget name -> its SlicerParameterName dynamic property."""
+    found = {}
+    for widget in ET.parse(path).getroot().iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                found[widget.get("name")] = prop.findtext("string")
+    return found
+
+
+def ui_attributes_used(tree: ast.AST) -> dict[str, int]:
+    """Every ``self.ui.X`` / ``widget.ui.X`` the Python reads: X -> first line."""
+    used: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui":
+            used.setdefault(node.attr, node.lineno)
+    return used
+
+
+def parameter_fields(tree: ast.AST) -> dict[str, str]:
+    """Fields of the @parameterNodeWrapper class: name -> annotation source."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(_dotted(d) == "parameterNodeWrapper" for d in node.decorator_list):
+            return {s.target.id: ast.unparse(s.annotation) for s in node.body
+                    if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+    return {}
+
+
+#: Widget class -> predicate on the field's annotation, after Slicer's GUI connectors (guiConnectors.py).
+CONNECTABLE = {
+    "QComboBox": lambda a: "Choice(" in a or re.search(r"\bEnum\b", a) is not None,
+    "QSpinBox": lambda a: re.search(r"\bint\b", a) is not None,
+    "QSlider": lambda a: re.search(r"\bint\b", a) is not None and "WithinRange" in a,
+    "QDoubleSpinBox": lambda a: re.search(r"\bfloat\b", a) is not None,
+    "ctkSliderWidget": lambda a: re.search(r"\bfloat\b", a) is not None and "WithinRange" in a,
+    "QCheckBox": lambda a: a == "bool",
+    "QLineEdit": lambda a: a == "str",
+    "ctkPathLineEdit": lambda a: "Path" in a,
+    "ctkDirectoryButton": lambda a: "Path" in a,
+    "qMRMLNodeComboBox": lambda a: "vtkMRML" in a and "Node" in a,
+}
+
+
+# --- CMake ---------------------------------------------------------------------------------------------------
+
+def cmake_list(text: str, variable: str, substitutions: Optional[dict[str, str]] = None) -> list[str]:
+    """Items of ``set(VARIABLE item item ...)`` (comments dropped, ${VAR} substituted)."""
+    match = re.search(rf"set\(\s*{re.escape(variable)}\s+(.*?)\)", text, re.DOTALL)
+    if match is None:
+        raise AssertionError(f"set({variable} ...) not found")
+    body = "\n".join(line.split("#", 1)[0] for line in match.group(1).splitlines())
+    items = body.split()
+    for key, value in (substitutions or {}).items():
+        items = [item.replace("${" + key + "}", value) for item in items]
+    return items
+
+
+def cmake_value(text: str, variable: str) -> str:
+    match = re.search(rf'set\(\s*{re.escape(variable)}\s+"([^"]*)"\s*\)', text)
+    if match is None:
+        raise AssertionError(f'set({variable} "...") not found')
+    return match.group(1)
+
+
+def files_under(folder: Path, exclude_dirs: Iterable[str] = ("__pycache__",)) -> set[str]:
+    excluded = set(exclude_dirs)
+
+    def ignored(parts: tuple[str, ...]) -> bool:  # build/packaging leftovers and hidden files are no sources
+        return bool(excluded & set(parts)) or any(p.endswith(".egg-info") or p.startswith(".") for p in parts)
+
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+            if p.is_file() and not ignored(p.relative_to(folder).parts) and p.suffix != ".pyc"}
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (refuses anything that is not a PNG)."""
+    data = path.read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise AssertionError(f"{path} is not a PNG file")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+# --- Markdown ------------------------------------------------------------------------------------------------
+
+def python_blocks(markdown: str) -> list[tuple[bool, str]]:
+    """(runnable, code) of each ```python block; runnable ones follow a ``<!-- runnable -->`` line."""
+    blocks = []
+    for match in re.finditer(r"(<!-- runnable -->\s*\n)?```python\n(.*?)```", markdown, re.DOTALL):
+        blocks.append((match.group(1) is not None, match.group(2)))
+    return blocks
