@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for CSV, JSON, Markdown and montage PNGs")
     p.add_argument("--cases", nargs="+", help="case folder names to use (default: all)")
     p.add_argument("--split", help="JSON split file; scores the cases listed under --split-set")
-    p.add_argument("--split-set", default="validation", help="key of the split file (default: validation)")
+    p.add_argument("--split-set", default="val", help="key of the split file (default: val)")
     p.add_argument("--all-subsets", action="store_true", help="also score every smaller input set (missing-N study)")
     p.add_argument("--save-volumes", action="store_true", help="also write the imputed volumes")
     common(p)
