@@ -5,6 +5,7 @@ Exit codes a script can rely on: 0 done, 1 unexpected failure, 2 bad input or us
 
 Examples:
     collagan-impute impute cases/TCGA-CS-4941 --out out/            # every missing contrast of the case
+    collagan-impute impute cases/* --out out/ --montage             # a batch, with a picture per case
     collagan-impute impute --input t1n=a.nii.gz --input t2f=b.nrrd --target t1c --out out/
     collagan-impute evaluate ../shared/data/lgg/complete --out eval/ --model model.pt
     collagan-impute demo --out demo-output
@@ -72,18 +73,33 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, Path]:
 
 def cmd_impute(args: argparse.Namespace) -> int:
     if bool(args.case) == bool(args.input):
-        raise InputError("Give either a case folder or --input CONTRAST=PATH pairs (not both, not neither).")
+        raise InputError("Give case folder(s) or --input CONTRAST=PATH pairs (not both, not neither).")
+    if args.name and len(args.case) > 1:
+        raise InputError("--name names one case; with several case folders the folder names are used.")
     model = _load(args.model)
-    case = _parse_inputs(args.input) if args.input else Path(args.case)
-    progress = _Progress("imputing")
-    try:
-        written = impute_case(
-            case, model, out_dir=args.out, targets=args.target or None, reference=args.reference,
-            device=args.device, batch_size=args.batch_size, progress=progress, name=args.name)
-    finally:
-        progress.close()
-    for target, path in written.items():
-        print(f"{target}: {path}  (SYNTHETIC, model {model.card.name})")
+    cases = [_parse_inputs(args.input)] if args.input else [Path(c) for c in args.case]
+    failed = []
+    for case in cases:
+        label = case.name if isinstance(case, Path) else (args.name or "inputs")
+        progress = _Progress(f"imputing {label}")
+        try:
+            written = impute_case(
+                case, model, out_dir=args.out, targets=args.target or None, reference=args.reference,
+                device=args.device, batch_size=args.batch_size, progress=progress, name=args.name,
+                montage=args.montage)
+        except InputError as exc:
+            if len(cases) == 1:
+                raise
+            failed.append(label)
+            print(f"error: {label}: {exc}", file=sys.stderr)  # a batch goes on past one bad case
+            continue
+        finally:
+            progress.close()
+        for target, path in written.items():
+            print(f"{target}: {path}  (SYNTHETIC, model {model.card.name})")
+    if failed:
+        print(f"error: {len(failed)} of {len(cases)} cases failed: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_INPUT
     return EXIT_OK
 
 
@@ -172,11 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--target", action="append", help="contrast to impute (repeatable; default: the missing)")
 
     p = sub.add_parser("impute", help="impute the missing contrast(s) of one case")
-    p.add_argument("case", nargs="?", help="case folder with <case>-<contrast>.nii.gz files")
+    p.add_argument("case", nargs="*", help="case folder(s) with <case>-<contrast>.nii.gz files")
     p.add_argument("--input", action="append", default=[], metavar="CONTRAST=PATH", help="explicit input file")
     p.add_argument("--out", help="output folder (default: next to the inputs)")
     p.add_argument("--reference", help="contrast whose grid the output takes (default: the first input)")
     p.add_argument("--name", help="case name used in output file names (default: folder name)")
+    p.add_argument("--montage", action="store_true", help="also write a PNG per target: inputs | synthetic")
     common(p)
     p.set_defaults(func=cmd_impute)
 

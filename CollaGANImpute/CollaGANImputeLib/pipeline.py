@@ -183,12 +183,14 @@ def impute_case(
     progress: Optional[ProgressCallback] = None,
     cancel: CancelFlag = None,
     name: Optional[str] = None,
+    montage: bool = False,
 ) -> dict[str, Path]:
     """Impute the missing contrasts of a case and write them; returns target → written file.
 
     ``case`` is a BraTS-named folder or a mapping contrast → file. Outputs go to ``out_dir`` (default: next to
     the inputs) as ``<case>-<target>-synthetic-collagan.nii.gz``. Every target is computed before anything is
-    written, so an error or a cancel leaves no output.
+    written, so an error or a cancel leaves no output. ``montage`` adds a PNG per target (inputs | synthetic),
+    for cases without a real target to compare with.
     """
     if isinstance(case, Mapping):
         paths = {c: Path(p) for c, p in case.items()}
@@ -207,4 +209,12 @@ def impute_case(
         path = out / synthetic_filename(name, target)
         inputs = image.GetMetaData("collagan_inputs").split(",")
         written[target] = write_volume(image, path, description=synthetic_description(target, inputs))
+        if montage:
+            from .figures import montage_png  # matplotlib only when a picture is asked for
+
+            case_arrays = result.cases[target]
+            montage_png(out / synthetic_filename(name, target, ".png"), {c: case_arrays.arrays[c] for c in inputs},
+                        result.arrays[target], target, mask=case_arrays.mask, rows=2,
+                        title=f"{name}: {target} imputed from {'+'.join(inputs)} (SYNTHETIC; no acquired {target} "
+                              f"to compare with) - {model.card.name}")
     return written

@@ -104,3 +104,16 @@ def test_info_and_module_entry_point(tiny_model_path):
     assert result.returncode == 0, result.stderr
     assert "Contrasts (channel order): t1n, t1c, t2f" in result.stdout
     assert "SHA-256: " + sha256_of(tiny_model_path) in result.stdout
+
+
+def test_impute_batch_goes_on_past_a_bad_case_and_draws_montages(tiny_model_path, copied_sample, tmp_path, capsys):
+    (copied_sample / "TCGA-HT-7882-t1c.nii.gz").unlink()
+    empty = tmp_path / "empty-case"
+    empty.mkdir()
+    out = tmp_path / "batch"
+    code = main(["impute", str(empty), str(copied_sample), "--model", str(tiny_model_path), "--out", str(out),
+                 "--montage", "--device", "cpu"])
+    assert code == EXIT_INPUT
+    assert "1 of 2 cases failed: empty-case" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["TCGA-HT-7882-t1c-synthetic-collagan.nii.gz",
+                                                     "TCGA-HT-7882-t1c-synthetic-collagan.png"]

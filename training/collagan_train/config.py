@@ -1,0 +1,126 @@
+"""Training configuration: one flat, documented dataclass read from JSON and overridden by ``--set k=v``.
+
+Example:
+    >>> cfg = load_config("training/collagan_train/configs/tiny.json", ["steps=5", "lr_g=1e-4"])  # doctest: +SKIP
+    >>> cfg.steps
+    5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+#: Loss-weight presets of the paper's methods and ablations (Table 9, EVALUATION.md baselines).
+#: Keys set on top of the config; "collagan" uses the config's own (author) weights.
+METHODS = {
+    "collagan": {},
+    "no_ssim": {"w_cyc_ssim": 0.0},
+    # MCC replaced by direct L1 (+SSIM) on the first-pass output; adversarial and classification kept.
+    "no_mcc": {"w_cyc_l1": 0.0, "w_cyc_ssim": 0.0, "w_direct_l1": 10.0, "w_direct_ssim": 1.0},
+    # Table 9 "l1": direct regression from multiple inputs only, no MCC, no SSIM, no adversarial loss.
+    "l1": {"w_cyc_l1": 0.0, "w_cyc_ssim": 0.0, "w_direct_l1": 1.0, "w_direct_ssim": 0.0, "w_gan": 0.0,
+           "w_g_clsf": 0.0, "w_d_clsf": 0.0, "clsf_warmup_steps": 0},
+    # pix2pix/StarGAN-style single-input translation with the same G: one input, direct L1 + adversarial.
+    "single_input": {"w_cyc_l1": 0.0, "w_cyc_ssim": 0.0, "w_direct_l1": 10.0, "w_direct_ssim": 0.0,
+                     "single_input": True},
+}
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---
+    data_dir: str = ""              # LGG root or its complete/ folder; "" = $COLLAGAN_LGG_DIR or <repo>/../shared
+    contrasts: List[str] = field(default_factory=lambda: ["t1n", "t1c", "t2f"])
+    split_file: str = "training/splits/lgg_split.json"
+    split_seed: int = 2019
+    n_val: int = 12
+    val_cases_required: List[str] = field(default_factory=lambda: ["TCGA-HT-7882"])
+    max_cases: int = 0              # >0: use only the first cases of each split (tests)
+    min_foreground: float = 0.05    # a slice is used when at least this fraction of it is head
+    cache_dir: str = "runs/cache"
+    crop: int = 0                   # >0: random in-plane crops of this size (multiple of 32)
+    flip: bool = True               # random left-right flip (authors' code)
+    intensity_scale: float = 0.1    # global intensity scale U(1-s, 1+s) per image (authors' code: 0.1)
+    # --- model ---
+    g_base: int = 16                # Table 2: 16..256 channels over 5 levels
+    g_levels: int = 5
+    d_dropout: float = 0.5
+    d_sigmoid: bool = True          # Table 3 ends D_gan with a sigmoid
+    # --- method / losses (authors' MRI code weights, COLLAGAN.md) ---
+    method: str = "collagan"
+    w_cyc_l1: float = 10.0
+    w_cyc_ssim: float = 1.0
+    w_gan: float = 1.0
+    w_g_clsf: float = 1.0
+    w_d_clsf: float = 1.0
+    w_direct_l1: float = 0.0
+    w_direct_ssim: float = 0.0
+    input_dropout_max_extra: int = 1  # besides the target, null 0..this many more inputs (>=1 input stays)
+    single_input: bool = False
+    clsf_warmup_steps: int = -1     # classifier-only steps first; -1 = clsf_warmup_epochs epochs
+    clsf_warmup_epochs: float = 10.0  # paper §4.3: 10 epochs
+    # --- optimisation (paper: Adam lr 1e-5; authors' code: beta1 0.5, x0.99 every 400 steps, L2 0.01 on G) ---
+    steps: int = 100000
+    batch_size: int = 1
+    lr_g: float = 1e-5
+    lr_d: float = 1e-5
+    beta1: float = 0.5
+    beta2: float = 0.999
+    weight_decay_g: float = 0.01
+    lr_decay_every: int = 400
+    lr_decay: float = 0.99
+    seed: int = 0
+    # --- running ---
+    threads: int = 0                # torch.set_num_threads; 0 = leave torch's default
+    device: str = "auto"
+    bf16: bool = False              # bf16 autocast (CUDA, or CPUs with bf16 support)
+    channels_last: bool = False
+    log_every: int = 10
+    val_every: int = 500
+    val_slices: int = 48            # fixed validation slices scored at each validation
+    ckpt_every: int = 500
+    ckpt_every_s: float = 600.0     # also checkpoint when this many seconds passed since the last one
+    out_dir: str = "runs/collagan"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method '{self.method}'; choose one of {sorted(METHODS)}.")
+        if self.crop and self.crop % 32:
+            raise ValueError(f"crop={self.crop} must be a multiple of 32 (generator pooling and D strides).")
+
+    def with_method(self) -> TrainConfig:
+        """This config with the method's preset weights applied."""
+        return dataclasses.replace(self, **METHODS[self.method])
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # bare strings: method=l1, out_dir=runs/x
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a JSON config (unknown keys refused) and apply ``key=value`` overrides (values parsed as JSON)."""
+    data = {}
+    if path:
+        data = json.loads(Path(path).read_text())
+        data.pop("_comment", None)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"Override '{item}' is not key=value (e.g. --set steps=1000).")
+        key, value = item.split("=", 1)
+        data[key.strip()] = _parse_value(value)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"Unknown config keys {unknown}; known keys: {sorted(known)}.")
+    return TrainConfig(**data)

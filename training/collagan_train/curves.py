@@ -1,0 +1,61 @@
+"""Training-curve PNG from a run folder's log.csv and val.csv.
+
+Example:
+    >>> plot_curves("runs/collagan")      # writes runs/collagan/curves.png   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _read(path: Path) -> Dict[str, List[float]]:
+    if not path.is_file():
+        return {}
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle))
+    columns: Dict[str, List[float]] = {}
+    for key in rows[0] if rows else []:
+        try:
+            columns[key] = [float(r[key]) if r[key] not in ("", None) else float("nan") for r in rows]
+        except ValueError:
+            continue
+    return columns
+
+
+def plot_curves(run_dir) -> Path:
+    run = Path(run_dir)
+    log, val = _read(run / "log.csv"), _read(run / "val.csv")
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
+    for key in ("loss_g", "cyc_l1", "cyc_ssim", "direct_l1", "g_gan", "g_clsf"):
+        if key in log and any(v == v for v in log[key]):
+            axes[0].plot(log["step"], log[key], label=key, lw=0.8)
+    for key in ("loss_d", "d_gan", "d_clsf"):
+        if key in log and any(v == v for v in log[key]):
+            axes[1].plot(log["step"], log[key], label=key, lw=0.8)
+    for key in sorted(val):
+        for ax, suffix in ((axes[2], "_nmse"), (axes[3], "_ssim")):
+            if key.endswith(suffix):
+                ax.plot(val["step"], val[key], marker="o", ms=3, label=key)
+    titles = ("generator losses", "discriminator losses", "validation NMSE (lower better)",
+              "validation SSIM (higher better)")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = run / "curves.png"
+    tmp = run / ".curves.tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,167 @@
+"""LGG slices for training: locate the data, split by patient, normalize through the core, cache, batch.
+
+Every case goes through ``CollaGANImputeLib.pipeline.prepare_case`` on all its contrasts (canonical axial
+orientation, inputs-only head mask, p99 units), exactly as inference and evaluation see it. Slices with enough
+head are cached as float16 (S, N, H, W) memmaps under ``runs/cache`` (git-ignored; ~1 GB for the 52 training
+cases), so later runs start in seconds.
+
+Example:
+    >>> split = load_or_make_split(cfg)                                   # doctest: +SKIP
+    >>> data = SliceData.build(split["train"], cfg)                       # doctest: +SKIP
+    >>> images, masks = data.batch([0, 1], torch.Generator(), crop=128)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import CollaGANImputeLib
+import numpy as np
+import torch
+from CollaGANImputeLib.errors import InputError
+from CollaGANImputeLib.pipeline import prepare_case, read_case
+
+from .config import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA_ENV = "COLLAGAN_LGG_DIR"
+IN_PLANE = 256
+
+
+def repo_path(path: str) -> Path:
+    """Config paths are relative to the repository root, whatever the working directory."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def locate_lgg(data_dir: str = "") -> Optional[Path]:
+    """The folder of complete LGG cases: ``data_dir``, $COLLAGAN_LGG_DIR or <repo>/../shared/data/lgg; None if
+    absent (tests skip)."""
+    candidates = [data_dir] if data_dir else [os.environ.get(DATA_ENV, ""), str(REPO_ROOT.parent / "shared/data/lgg")]
+    for candidate in filter(None, candidates):
+        root = repo_path(candidate)
+        for folder in (root / "complete", root):
+            if folder.is_dir() and any(p.is_dir() for p in folder.iterdir()):
+                return folder
+    return None
+
+
+def list_cases(folder: Path) -> List[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def make_split(cases: Sequence[str], n_val: int, seed: int, required_val: Sequence[str] = ()) -> dict:
+    """Patient-level split: ``required_val`` (the bundled demo case) plus a seeded random pick in validation."""
+    missing = [c for c in required_val if c not in cases]
+    if missing:
+        raise InputError(f"Cases {missing} must be in validation but are not in the data folder.")
+    rest = sorted(c for c in cases if c not in required_val)
+    random.Random(seed).shuffle(rest)
+    n_pick = max(0, n_val - len(required_val))
+    val = sorted(list(required_val) + rest[:n_pick])
+    return {"seed": seed, "n_cases": len(cases), "required_val": list(required_val),
+            "train": sorted(rest[n_pick:]), "val": val}
+
+
+def load_or_make_split(cfg: TrainConfig, folder: Path) -> dict:
+    """Read the split file (reused by every run), or write it once from the cases in ``folder``."""
+    path = repo_path(cfg.split_file)
+    cases = list_cases(folder)
+    if path.is_file():
+        split = json.loads(path.read_text())
+        absent = sorted(set(split["train"] + split["val"]) - set(cases))
+        if absent:
+            raise InputError(f"Split {path} names cases absent from {folder}: {absent[:5]}. Point data_dir at "
+                             "the LGG complete/ folder or delete the split file to make a new one.")
+        return split
+    split = make_split(cases, cfg.n_val, cfg.split_seed, cfg.val_cases_required)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(split, indent=2) + "\n")
+    os.replace(tmp, path)
+    return split
+
+
+def prepare_slices(case_dir: Path, contrasts: Sequence[str], min_foreground: float
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """One case through the core: (S, N, H, W) p99 arrays and (S, H, W) mask of the slices with enough head."""
+    images = read_case(case_dir, contrasts)
+    missing = [c for c in contrasts if c not in images]
+    if missing:
+        raise InputError(f"{case_dir} lacks {missing}; training needs complete cases.")
+    case = prepare_case({c: images[c] for c in contrasts})
+    stack = np.stack([case.arrays[c] for c in contrasts], axis=1)
+    mask = case.mask
+    if stack.shape[-2:] != (IN_PLANE, IN_PLANE):
+        from CollaGANImputeLib.geometry import pad_or_crop
+        stack = pad_or_crop(torch.from_numpy(stack), (IN_PLANE, IN_PLANE)).numpy()
+        mask = pad_or_crop(torch.from_numpy(mask.astype(np.uint8)), (IN_PLANE, IN_PLANE)).numpy().astype(bool)
+    keep = mask.mean(axis=(1, 2)) >= min_foreground
+    return stack[keep], mask[keep]
+
+
+class SliceData:
+    """Cached slices of a list of cases: ``images`` (S, N, H, W) float16 memmap, ``masks`` (S, H, W) bool."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, index: List[Tuple[str, int]]) -> None:
+        self.images, self.masks, self.index = images, masks, index
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @classmethod
+    def build(cls, cases: Sequence[str], cfg: TrainConfig, folder: Path) -> SliceData:
+        """Load the cache for these cases and settings, or build it (atomically) through the core."""
+        key = hashlib.sha1(json.dumps([sorted(cases), list(cfg.contrasts), cfg.min_foreground,
+                                       CollaGANImputeLib.__version__, IN_PLANE]).encode()).hexdigest()[:16]
+        cache = repo_path(cfg.cache_dir)
+        paths = {k: cache / f"{key}.{k}.npy" for k in ("images", "masks")}
+        meta = cache / f"{key}.json"
+        if not meta.is_file():
+            cache.mkdir(parents=True, exist_ok=True)
+            stacks, masks, index = [], [], []
+            for case in sorted(cases):
+                stack, mask = prepare_slices(folder / case, cfg.contrasts, cfg.min_foreground)
+                stacks.append(stack.astype(np.float16))
+                masks.append(mask)
+                index += [(case, i) for i in range(len(stack))]
+            for name, arrays in (("images", stacks), ("masks", masks)):
+                tmp = paths[name].with_suffix(".tmp.npy")
+                np.save(tmp, np.concatenate(arrays))
+                os.replace(tmp, paths[name])
+            tmp = meta.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"cases": sorted(cases), "contrasts": list(cfg.contrasts), "index": index}))
+            os.replace(tmp, meta)  # written last: its presence means the cache is complete
+        index = [tuple(x) for x in json.loads(meta.read_text())["index"]]
+        return cls(np.load(paths["images"], mmap_mode="r"), np.load(paths["masks"], mmap_mode="r"), index)
+
+    def batch(self, indices: Sequence[int], gen: torch.Generator, crop: int = 0, flip: bool = False,
+              intensity_scale: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Slices ``indices`` as float32 (B, N, h, w) and masks (B, h, w), augmented with ``gen`` only."""
+        images = torch.from_numpy(np.stack([self.images[i] for i in indices]).astype(np.float32))
+        masks = torch.from_numpy(np.stack([self.masks[i] for i in indices]).astype(bool))
+        if crop:
+            out_i, out_m = [], []
+            for img, msk in zip(images, masks):
+                # Centre the crop on a random head voxel so crops rarely show only background.
+                ys, xs = torch.nonzero(msk, as_tuple=True)
+                pick = int(torch.randint(len(ys), (1,), generator=gen))
+                size = img.shape[-1]
+                top = min(max(int(ys[pick]) - crop // 2, 0), size - crop)
+                left = min(max(int(xs[pick]) - crop // 2, 0), size - crop)
+                out_i.append(img[:, top:top + crop, left:left + crop])
+                out_m.append(msk[top:top + crop, left:left + crop])
+            images, masks = torch.stack(out_i), torch.stack(out_m)
+        if flip:
+            flips = torch.rand(len(indices), generator=gen) < 0.5
+            images = torch.where(flips[:, None, None, None], images.flip(-1), images)
+            masks = torch.where(flips[:, None, None], masks.flip(-1), masks)
+        if intensity_scale:
+            scale = 1 + (torch.rand(images.shape[:2], generator=gen) * 2 - 1) * intensity_scale
+            images = images * scale[:, :, None, None]
+        return images.contiguous(), masks.contiguous()

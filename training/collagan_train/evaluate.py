@@ -1,0 +1,215 @@
+"""Score model files on validation patients with the core's pipeline and metrics (EVALUATION.md) and write a
+paper-style table: Markdown + CSV, methods side by side, one row per target, lesion scores included, plus a
+montage PNG.
+
+Each target of each case is imputed from the other contrasts through ``CollaGANImputeLib.pipeline.impute``
+(the CLI/Slicer path) and scored with ``CollaGANImputeLib.metrics.score_volume``. A model whose card says
+``single_input`` is run from each single input in turn and the best input per target (lowest mean NMSE) is
+reported, as EVALUATION.md asks for the single-input baseline.
+
+Example:
+    python -m training.collagan_train.main evaluate --model voxreg=runs/voxreg/voxreg.pt \
+        --model collagan=runs/collagan_lgg_cpu/model.pt --out runs/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from CollaGANImputeLib.contract import load_model
+from CollaGANImputeLib.geometry import align_to_reference, to_canonical_array
+from CollaGANImputeLib.io import find_lesion_mask, read_volume
+from CollaGANImputeLib.metrics import METRIC_NAMES, score_volume, summarize
+from CollaGANImputeLib.pipeline import impute, read_case
+
+from .data_loader import locate_lgg, repo_path
+
+LABELS = {"nmse": "NMSE", "psnr": "PSNR (dB)", "ssim": "SSIM", "lesion_nmse": "lesion NMSE",
+          "lesion_ssim": "lesion SSIM"}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def score_case(model, case_dir: Path, target: str, inputs: Sequence[str], device: str = "cpu",
+               images: Optional[dict] = None):
+    """Impute ``target`` of one case from ``inputs`` and score it; returns (scores, pred, gt, mask, lesion)."""
+    images = images or read_case(case_dir, model.card.contrasts)
+    result = impute({c: images[c] for c in inputs}, model, targets=[target], device=device)
+    case = result.case
+    gt = case.normalize_like_inputs(images[target])
+    lesion = None
+    lesion_path = find_lesion_mask(case_dir)
+    if lesion_path is not None:
+        aligned = align_to_reference({"ref": case.reference, "seg": read_volume(lesion_path)}, "ref")["seg"]
+        lesion = to_canonical_array(aligned) > 0.5
+    pred = result.arrays[target]
+    return score_volume(pred, gt, case.mask, lesion), pred, gt, case.mask, lesion
+
+
+def evaluate(models: Dict[str, str], case_dirs: Sequence[Path], out_dir: Path, device: str = "cpu",
+             montage_case: Optional[str] = None) -> dict:
+    """Score every model on every case and target; write rows.csv, table.csv, table.md, summary.json and
+    montage.png under ``out_dir``; returns the summary {method: {target: {metric: {mean, std, n}}}}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: List[dict] = []
+    montage: Dict[str, Dict[str, np.ndarray]] = {}
+    montage_dir = next((c for c in case_dirs if c.name == montage_case), case_dirs[0])
+    contrasts: List[str] = []
+    for method, path in models.items():
+        model = load_model(path)
+        contrasts = contrasts or list(model.card.contrasts)
+        single = bool(model.card.training.get("single_input", False))
+        for case_dir in case_dirs:
+            images = read_case(case_dir, model.card.contrasts)
+            for target in model.card.contrasts:
+                others = [c for c in model.card.contrasts if c != target]
+                for inputs in ([[c] for c in others] if single else [others]):
+                    scores, pred, gt, mask, lesion = score_case(model, case_dir, target, inputs, device, images)
+                    rows.append({"method": method, "case": case_dir.name, "target": target,
+                                 "inputs": "+".join(inputs), **scores})
+                    if case_dir == montage_dir:
+                        montage.setdefault(target, {"gt": gt, "mask": mask, "lesion": lesion})
+                        montage[target][f"{method}:{'+'.join(inputs)}"] = pred
+    rows = _best_single_input(rows)
+    summary = {m: {t: summarize([r for r in rows if r["method"] == m and r["target"] == t])
+                   for t in contrasts} for m in models}
+    for m in models:
+        summary[m]["inputs"] = {t: next(r["inputs"] for r in rows if r["method"] == m and r["target"] == t)
+                                for t in contrasts}
+    _write_rows(out_dir / "rows.csv", rows)
+    _write_table(out_dir, summary, list(models), contrasts, len(case_dirs))
+    _atomic_write(out_dir / "summary.json", json.dumps({"protocol": "EVALUATION.md v1", "cases": [c.name for c in
+                                                         case_dirs], "methods": summary}, indent=2))
+    _montage(out_dir / "montage.png", montage, rows, montage_dir.name)
+    return summary
+
+
+def _best_single_input(rows: List[dict]) -> List[dict]:
+    """Keep, per (method, target), only the input set with the lowest mean NMSE (matters for single-input)."""
+    keep = []
+    for key in sorted({(r["method"], r["target"]) for r in rows}):
+        group = [r for r in rows if (r["method"], r["target"]) == key]
+        best = min({r["inputs"] for r in group},
+                   key=lambda i: np.mean([r["nmse"] for r in group if r["inputs"] == i]))
+        keep += [r for r in group if r["inputs"] == best]
+    return keep
+
+
+def _write_rows(path: Path, rows: List[dict]) -> None:
+    fields = ["method", "case", "target", "inputs", *METRIC_NAMES, "lesion_voxels"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _fmt(stat: dict, metric: str) -> str:
+    if not np.isfinite(stat["mean"]):
+        return "n/a"
+    digits = 2 if metric == "psnr" else 4
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def _write_table(out_dir: Path, summary: dict, methods: List[str], contrasts: List[str], n_cases: int) -> None:
+    lines = [f"# Imputation on {n_cases} validation patients (EVALUATION.md v1; mean ± std over patients)", ""]
+    csv_rows = []
+    for metric in METRIC_NAMES:
+        better = "lower is better" if "nmse" in metric else "higher is better"
+        lines += [f"## {LABELS[metric]} ({better})", "", "| target | " + " | ".join(methods) + " |",
+                  "|---|" + "---|" * len(methods)]
+        for target in contrasts:
+            cells = []
+            for m in methods:
+                stat = summary[m][target][metric]
+                cells.append(_fmt(stat, metric))
+                csv_rows.append({"target": target, "method": m, "inputs": summary[m]["inputs"][target],
+                                 "metric": metric, **stat})
+            lines.append(f"| {target} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Inputs per method and target: " + "; ".join(
+        f"{m}: " + ", ".join(f"{t}<-{summary[m]['inputs'][t]}" for t in contrasts) for m in methods))
+    _atomic_write(out_dir / "table.md", "\n".join(lines) + "\n")
+    tmp = out_dir / ".table.csv.tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["target", "method", "inputs", "metric", "mean", "std", "n"])
+        writer.writeheader()
+        writer.writerows(csv_rows)
+    os.replace(tmp, out_dir / "table.csv")
+
+
+def _montage(path: Path, montage: dict, rows: List[dict], case: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept = {(r["method"], r["target"]): r["inputs"] for r in rows}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    targets = list(montage)
+    columns = ["gt"] + methods
+    fig, axes = plt.subplots(len(targets), len(columns), figsize=(2.6 * len(columns), 2.7 * len(targets)),
+                             squeeze=False)
+    for r, target in enumerate(targets):
+        entry = montage[target]
+        lesion = entry["lesion"]
+        area = (lesion.sum(axis=(1, 2)) if lesion is not None else entry["mask"].sum(axis=(1, 2)))
+        z = int(np.argmax(area)) if area.max() > 0 else entry["mask"].shape[0] // 2
+        for c, method in enumerate(columns):
+            ax = axes[r, c]
+            key = "gt" if method == "gt" else f"{method}:{kept[(method, target)]}"
+            image = np.where(entry["mask"][z], entry[key][z], 0)
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1.2)
+            if lesion is not None and lesion[z].any():
+                ax.contour(lesion[z], levels=[0.5], colors="r", linewidths=0.5)
+            title = f"{target} real" if method == "gt" else f"SYNTHETIC {target}\n{method} <- {kept[(method, target)]}"
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.suptitle(f"{case}: slice with the largest lesion; red = lesion mask; p99 units [0, 1.2]", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def validation_cases(split_file: str, data_dir: str = "", limit: int = 0) -> List[Path]:
+    folder = locate_lgg(data_dir)
+    if folder is None:
+        raise SystemExit("LGG data not found: pass --data-dir or set COLLAGAN_LGG_DIR.")
+    cases = json.loads(repo_path(split_file).read_text())["val"]
+    return [folder / c for c in (cases[:limit] if limit else cases)]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    models = {}
+    for item in args.model:
+        name, _, path = item.rpartition("=")
+        models[name or Path(path).stem] = path
+    cases = [Path(c) for c in args.case] if args.case else validation_cases(args.split, args.data_dir, args.limit)
+    evaluate(models, cases, repo_path(args.out), device=args.device, montage_case=args.montage_case)
+    print((repo_path(args.out) / "table.md").read_text())
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="score model files on validation patients; writes table.md/csv, montage")
+    p.add_argument("--model", action="append", required=True, metavar="NAME=PATH")
+    p.add_argument("--out", default="runs/eval")
+    p.add_argument("--split", default="training/splits/lgg_split.json")
+    p.add_argument("--data-dir", default="")
+    p.add_argument("--case", action="append", help="case folders instead of the split's validation patients")
+    p.add_argument("--limit", type=int, default=0, help="only the first N validation patients")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--montage-case", default="TCGA-HT-7882")
+    p.set_defaults(func=cmd_evaluate)

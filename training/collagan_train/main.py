@@ -1,0 +1,108 @@
+"""Command line: train (or resume) from a config, export a checkpoint, fit baselines, evaluate.
+
+Run from the repository root:
+    python -m training.collagan_train.main train --config training/collagan_train/configs/lgg_cpu.json
+    python -m training.collagan_train.main train --resume runs/lgg_cpu/latest.pt
+    torchrun --nproc_per_node 2 -m training.collagan_train.main train --config ... --set threads=1
+    python -m training.collagan_train.main export --checkpoint runs/lgg_cpu/best.pt --out runs/lgg_cpu/model.pt
+    python -m training.collagan_train.main baseline --out runs/voxreg/voxreg.pt
+    python -m training.collagan_train.main evaluate --model collagan=runs/lgg_cpu/model.pt --out runs/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+
+from .config import TrainConfig, load_config
+from .data_loader import SliceData, load_or_make_split, locate_lgg, repo_path
+
+
+def _dist_setup(cfg: TrainConfig):
+    """(rank, world, device) from torchrun's environment; gloo on CPU, NCCL on GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def load_data(cfg: TrainConfig):
+    folder = locate_lgg(cfg.data_dir)
+    if folder is None:
+        raise SystemExit("LGG data not found: set data_dir in the config (--set data_dir=PATH), or "
+                         "COLLAGAN_LGG_DIR, or place shared/data/lgg beside the repository.")
+    split = load_or_make_split(cfg, folder)
+    train_cases, val_cases = split["train"], split["val"]
+    if cfg.max_cases:
+        train_cases, val_cases = train_cases[:cfg.max_cases], val_cases[:max(1, cfg.max_cases // 4)]
+    return SliceData.build(train_cases, cfg, folder), SliceData.build(val_cases, cfg, folder), split
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .solver import Solver
+
+    if args.resume:
+        state = torch.load(args.resume, map_location="cpu", weights_only=False)
+        # The checkpoint's own config, its folder as out_dir, then --set (e.g. a larger steps).
+        base = {**state["config"], "out_dir": str(Path(args.resume).resolve().parent)}
+        cfg = load_config(None, [f"{k}={json.dumps(v)}" for k, v in base.items()] + args.set)
+    else:
+        cfg = load_config(args.config, args.set)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world, device = _dist_setup(cfg)
+    train, val, split = load_data(cfg)
+    out_dir = repo_path(cfg.out_dir)
+    if args.resume:
+        solver = Solver.from_checkpoint(args.resume, train, val, cfg, out_dir=str(out_dir), rank=rank,
+                                        world=world, device=device)
+    else:
+        solver = Solver(cfg, train, val, out_dir=str(out_dir), rank=rank, world=world, device=device)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        with open(out_dir / "commands.txt", "a") as handle:
+            handle.write(f"{'torchrun x' + str(world) + ' ' if world > 1 else ''}python -m "
+                         f"training.collagan_train.main {shlex.join(sys.argv[1:])}\n")
+        print(f"train slices {len(train)} ({len(split['train'])} cases), val slices {len(val)}; "
+              f"{solver.steps_per_epoch} steps/epoch, classifier warm-up {solver.warmup} steps; device {device}, "
+              f"{torch.get_num_threads()} threads, world {world}; out {out_dir}", flush=True)
+    solver.train()
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.collagan_train.main", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train from a config, or resume a checkpoint")
+    train.add_argument("--config", help="JSON config (training/collagan_train/configs/*.json)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (value parsed as JSON), e.g. --set steps=2000")
+    train.add_argument("--resume", help="checkpoint to continue exactly (its config, then --set)")
+    train.set_defaults(func=cmd_train)
+    from . import baselines, evaluate, export
+    export.add_parser(sub)
+    baselines.add_parser(sub)
+    evaluate.add_parser(sub)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

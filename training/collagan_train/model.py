@@ -1,0 +1,124 @@
+"""Generator (CCNR U-Net, paper Table 2) and multi-scale two-head discriminator (paper Table 3).
+
+Example:
+    >>> g = Generator(n_contrasts=3, base=16)
+    >>> g(torch.zeros(2, 6, 64, 64)).shape
+    torch.Size([2, 1, 64, 64])
+    >>> d = Discriminator(n_contrasts=3)
+    >>> [t.shape for t in d(torch.zeros(2, 1, 64, 64))]
+    [torch.Size([2, 1, 2, 2]), torch.Size([2, 3])]
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torch import nn
+
+
+class CCNR(nn.Module):
+    """Parallel 1x1 and 3x3 convolutions, concatenated, instance norm, leaky ReLU (the paper's CCNR unit).
+
+    Each branch gives half of ``out_ch``: the 1x1 branch keeps voxel-wise (MR-parameter) processing, the 3x3
+    branch adds neighbourhood context.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, slope: float = 0.2) -> None:
+        super().__init__()
+        half = out_ch // 2
+        self.conv1 = nn.Conv2d(in_ch, half, kernel_size=1)
+        self.conv3 = nn.Conv2d(in_ch, out_ch - half, kernel_size=3, padding=1)
+        self.norm = nn.InstanceNorm2d(out_ch, affine=True)
+        self.act = nn.LeakyReLU(slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(torch.cat([self.conv1(x), self.conv3(x)], dim=1)))
+
+
+def _double(in_ch: int, out_ch: int) -> nn.Sequential:
+    return nn.Sequential(CCNR(in_ch, out_ch), CCNR(out_ch, out_ch))
+
+
+class Generator(nn.Module):
+    """U-Net of CCNR units: ``levels`` resolutions with ``base * 2**i`` channels (16..256 for the paper).
+
+    Input (B, 2N, H, W): N contrasts (target/missing slots zero) + N one-hot target planes; output (B, 1, H, W)
+    in p99 units. H and W must be divisible by ``2**(levels-1)`` (16 for 5 levels).
+    """
+
+    def __init__(self, n_contrasts: int, base: int = 16, levels: int = 5) -> None:
+        super().__init__()
+        if levels < 2:
+            raise ValueError("The generator needs at least 2 levels.")
+        self.n_contrasts = n_contrasts
+        self.levels = levels
+        widths = [base * 2**i for i in range(levels)]
+        self.encoders = nn.ModuleList()
+        in_ch = 2 * n_contrasts
+        for width in widths[:-1]:
+            self.encoders.append(_double(in_ch, width))
+            in_ch = width
+        self.pool = nn.AvgPool2d(2)
+        self.bottom = _double(widths[-2], widths[-1])
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for i in range(levels - 2, -1, -1):
+            self.ups.append(nn.ConvTranspose2d(widths[i + 1], widths[i], kernel_size=2, stride=2))
+            self.decoders.append(_double(2 * widths[i], widths[i]))
+        self.out = nn.Conv2d(widths[0], 1, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips: List[torch.Tensor] = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottom(x)
+        i = 0
+        for up, decoder in zip(self.ups, self.decoders):
+            x = up(x)
+            x = decoder(torch.cat([skips[len(skips) - 1 - i], x], dim=1))
+            i += 1
+        return self.out(x)
+
+
+def _conv(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
+    """4x4 conv + leaky ReLU: stride 1 keeps the size, 2 halves it, 4 quarters it (TF 'same' padding)."""
+    pad = {1: (1, 2, 1, 2), 2: (1, 1, 1, 1), 4: (0, 0, 0, 0)}[stride]
+    return nn.Sequential(nn.ZeroPad2d(pad), nn.Conv2d(in_ch, out_ch, 4, stride=stride), nn.LeakyReLU(0.2))
+
+
+class Discriminator(nn.Module):
+    """Three branches at different scales (Table 3), concatenated at 1/4 resolution, three strided convs, then
+    D_gan (1-channel patch map, LSGAN) and D_clsf (N-way logits).
+
+    Dropout follows each shared strided conv: the paper found it "very effective to prevent the overfitting
+    of the discriminator" (§4.2). D_clsf uses global average pooling + a linear layer so any H, W divisible by
+    32 works (Table 3's 8x8-kernel FC is the same thing at 256x256).
+    """
+
+    def __init__(self, n_contrasts: int, dropout: float = 0.5, sigmoid: bool = True) -> None:
+        super().__init__()
+        self.branch_a = nn.Sequential(_conv(1, 4, 1), _conv(4, 4, 1), _conv(4, 4, 1), _conv(4, 4, 1),
+                                      _conv(4, 16, 4))
+        self.branch_b = nn.Sequential(_conv(1, 4, 1), _conv(4, 8, 2), _conv(8, 8, 1), _conv(8, 16, 2),
+                                      _conv(16, 16, 1))
+        self.branch_c = nn.Sequential(_conv(1, 16, 4), _conv(16, 16, 1), _conv(16, 16, 1), _conv(16, 16, 1),
+                                      _conv(16, 16, 1))
+        self.trunk = nn.Sequential(_conv(48, 32, 2), nn.Dropout(dropout), _conv(32, 64, 2), nn.Dropout(dropout),
+                                   _conv(64, 128, 2), nn.Dropout(dropout))
+        self.gan_head = nn.Conv2d(128, 1, kernel_size=3, padding=1)
+        self.sigmoid = sigmoid
+        self.clsf_head = nn.Linear(128, n_contrasts)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(torch.cat([self.branch_a(x), self.branch_b(x), self.branch_c(x)], dim=1))
+        gan = self.gan_head(h)
+        if self.sigmoid:
+            gan = torch.sigmoid(gan)
+        return gan, self.clsf_head(h.mean(dim=(2, 3)))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,358 @@
+"""The training loop: classifier warm-up, then D and G steps with multiple cycle consistency; validation,
+CSV log, curve PNG, atomic checkpoints and exact resume; gradient all-reduce for torchrun (gloo/NCCL).
+
+Example:
+    >>> solver = Solver(cfg, train_data, val_data, out_dir="runs/x")     # doctest: +SKIP
+    >>> solver.train()                                                    # doctest: +SKIP
+    >>> solver = Solver.from_checkpoint("runs/x/latest.pt", train_data, val_data)  # resume exactly
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from CollaGANImputeLib.metrics import score_volume
+from torch import nn
+
+from . import losses
+from .config import TrainConfig
+from .data_loader import SliceData
+from .model import Discriminator, Generator
+
+LOG_FIELDS = ["step", "epoch", "phase", "lr_g", "sec_per_step", "loss_d", "d_gan", "d_clsf", "loss_g", "g_gan",
+              "g_clsf", "direct_l1", "direct_ssim", "cyc_l1", "cyc_ssim", "n_cycle"]
+
+
+def one_hot_planes(index: torch.Tensor, n: int, shape: Tuple[int, int]) -> torch.Tensor:
+    """(B,) class indices -> (B, n, H, W) one-hot target-mask planes of the model contract."""
+    return nn.functional.one_hot(index, n).float()[:, :, None, None].expand(-1, -1, *shape)
+
+
+def build_input(images: torch.Tensor, available: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Model input: contrasts with unavailable slots zeroed (target included), then the target's mask planes."""
+    x = images * available[:, :, None, None].to(images.dtype)
+    return torch.cat([x, one_hot_planes(target, images.shape[1], images.shape[-2:])], dim=1)
+
+
+class Solver:
+    """Owns models, optimizers, schedulers, RNG streams and the data position: everything a resume needs."""
+
+    def __init__(self, cfg: TrainConfig, train: SliceData, val: Optional[SliceData], out_dir: Optional[str] = None,
+                 rank: int = 0, world: int = 1, device: Optional[torch.device] = None) -> None:
+        self.base_cfg = cfg
+        self.cfg = cfg = cfg.with_method()
+        self.train_data, self.val_data = train, val
+        self.rank, self.world = rank, world
+        self.device = device or torch.device("cpu")
+        self.out_dir = Path(out_dir or cfg.out_dir)
+        self.n = len(cfg.contrasts)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank (and broadcast below)
+        self.G = Generator(self.n, cfg.g_base, cfg.g_levels).to(self.device)
+        self.D = Discriminator(self.n, cfg.d_dropout, cfg.d_sigmoid).to(self.device)
+        if cfg.channels_last:
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
+        # Adam's weight_decay adds wd * w to the gradient: the authors' L2 regularisation of G.
+        self.opt_g = torch.optim.Adam(self.G.parameters(), cfg.lr_g, (cfg.beta1, cfg.beta2),
+                                      weight_decay=cfg.weight_decay_g)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
+        self.sched_g = torch.optim.lr_scheduler.StepLR(self.opt_g, cfg.lr_decay_every, cfg.lr_decay)
+        self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, cfg.lr_decay_every, cfg.lr_decay)
+        if world > 1:
+            for module in (self.G, self.D):
+                for tensor in module.state_dict().values():
+                    dist.broadcast(tensor, 0)
+        # Per-rank streams: sampling/augmentation (self.gen) and D dropout (the global torch RNG).
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 1)
+        torch.manual_seed(cfg.seed * 1000 + rank + 2)
+        self.step, self.epoch, self.cursor = 0, 0, 0
+        self.best = math.inf
+        self.train_seconds = 0.0
+        self._perm: Optional[torch.Tensor] = None
+        per_epoch = max(1, len(train) // (cfg.batch_size * world))
+        self.steps_per_epoch = per_epoch
+        self.warmup = (cfg.clsf_warmup_steps if cfg.clsf_warmup_steps >= 0
+                       else int(math.ceil(cfg.clsf_warmup_epochs * per_epoch)))
+        if cfg.w_d_clsf == 0:
+            self.warmup = 0
+
+    # ----- data -----
+    def _shard(self) -> torch.Tensor:
+        if self._perm is None:  # the epoch's order depends only on (seed, epoch): resumable without state
+            order = torch.randperm(len(self.train_data), generator=torch.Generator().manual_seed(
+                self.cfg.seed * 7919 + self.epoch))
+            self._perm = order[self.rank::self.world]
+        return self._perm
+
+    def _next_indices(self) -> List[int]:
+        b = self.cfg.batch_size
+        if self.cursor + b > len(self._shard()):
+            self.epoch, self.cursor, self._perm = self.epoch + 1, 0, None
+        idx = self._shard()[self.cursor:self.cursor + b].tolist()
+        self.cursor += b
+        return idx
+
+    def sample(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch: images (B, N, h, w), target (B,), available (B, N) after input dropout."""
+        cfg = self.cfg
+        images, _ = self.train_data.batch(self._next_indices(), self.gen, cfg.crop, cfg.flip, cfg.intensity_scale)
+        b, n = images.shape[:2]
+        target = torch.randint(n, (b,), generator=self.gen)
+        available = torch.ones(b, n, dtype=torch.bool)
+        for i in range(b):
+            others = [k for k in torch.randperm(n, generator=self.gen).tolist() if k != int(target[i])]
+            if cfg.single_input:
+                n_null = n - 1  # all but one input nulled: single-input translation
+            else:  # input dropout (§7.1): null 0..max_extra more inputs besides the target, keep at least one
+                top = max(0, min(cfg.input_dropout_max_extra, n - 2))
+                n_null = 1 + int(torch.randint(top + 1, (1,), generator=self.gen))
+            for k in [int(target[i])] + others[:n_null - 1]:
+                available[i, k] = False
+        return images.to(self.device), target.to(self.device), available.to(self.device)
+
+    # ----- one step -----
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    def _sync(self, module: nn.Module) -> None:
+        """Average gradients over ranks (G and D are each called several times per step, which DDP's
+        one-forward-per-backward hooks do not allow; one flat all-reduce does the same job)."""
+        if self.world == 1:
+            return
+        params = [p for p in module.parameters() if p.grad is not None]
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+
+    def train_step(self) -> Dict[str, float]:
+        """One optimisation step; returns the loss terms as floats."""
+        cfg = self.cfg
+        self.G.train()
+        self.D.train()
+        images, target, available = self.sample()
+        b, n = images.shape[:2]
+        rows = torch.arange(b, device=self.device)
+        real_t = images[rows, target][:, None]
+        out: Dict[str, float] = {"phase": "clsf" if self.step < self.warmup else "gan"}
+        if self.step < self.warmup:  # eq. 4 only: the classifier learns the contrasts from real images
+            with self._autocast():
+                _, logits = self.D(self._prep(images.reshape(b * n, 1, *images.shape[-2:])))
+            loss_d = cfg.w_d_clsf * losses.classification(logits.float(), torch.arange(n, device=self.device).repeat(b))
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self._sync(self.D)
+            self.opt_d.step()
+            out.update(loss_d=loss_d.item(), d_clsf=loss_d.item())
+        else:
+            with self._autocast():
+                fake = self.G(self._prep(build_input(images, available, target))).float()
+            use_d = cfg.w_gan > 0 or cfg.w_g_clsf > 0 or cfg.w_d_clsf > 0
+            if use_d:
+                self.D.requires_grad_(True)
+                with self._autocast():
+                    gan_real, logits_real = self.D(self._prep(real_t))
+                    gan_fake, _ = self.D(self._prep(fake.detach()))
+                d_gan = cfg.w_gan * losses.lsgan_d(gan_real.float(), gan_fake.float())
+                d_clsf = cfg.w_d_clsf * losses.classification(logits_real.float(), target)
+                loss_d = d_gan + d_clsf
+                self.opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                self._sync(self.D)
+                self.opt_d.step()
+                out.update(loss_d=loss_d.item(), d_gan=d_gan.item(), d_clsf=d_clsf.item())
+                self.D.requires_grad_(False)  # G's step must not touch D
+            terms: Dict[str, torch.Tensor] = {}
+            if cfg.w_gan > 0 or cfg.w_g_clsf > 0:
+                with self._autocast():
+                    gan_fake, logits_fake = self.D(self._prep(fake))
+                terms["g_gan"] = cfg.w_gan * losses.lsgan_g(gan_fake.float())
+                terms["g_clsf"] = cfg.w_g_clsf * losses.classification(logits_fake.float(), target)
+            if cfg.w_direct_l1 > 0:
+                terms["direct_l1"] = cfg.w_direct_l1 * losses.l1(fake, real_t)
+            if cfg.w_direct_ssim > 0:
+                terms["direct_ssim"] = cfg.w_direct_ssim * losses.ssim_loss(fake, real_t)
+            if cfg.w_cyc_l1 > 0 or cfg.w_cyc_ssim > 0:
+                terms.update(self._cycle(images, target, available, fake))
+                out["n_cycle"] = float(int(available.sum()))
+            loss_g = sum(terms.values())
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self._sync(self.G)
+            self.opt_g.step()
+            out.update({k: v.item() for k, v in terms.items()}, loss_g=loss_g.item())
+        if out["phase"] == "gan":  # G's schedule starts with G's training
+            self.sched_g.step()
+        if "loss_d" in out:  # methods without D (l1) never step it
+            self.sched_d.step()
+        self.step += 1
+        return out
+
+    def _cycle(self, images: torch.Tensor, target: torch.Tensor, available: torch.Tensor, fake: torch.Tensor
+               ) -> Dict[str, torch.Tensor]:
+        """Eq. 2-3: put the fake in the target slot and reconstruct every *available* input from the rest,
+        all (sample, input) pairs in one batched G call. Nulled slots get no cycle term (authors' code)."""
+        n = images.shape[1]
+        bi, ki = torch.nonzero(available, as_tuple=True)
+        t_hot = nn.functional.one_hot(target[bi], n).to(images.dtype)[:, :, None, None]
+        k_hot = nn.functional.one_hot(ki, n).to(images.dtype)[:, :, None, None]
+        x = images[bi] * available[bi][:, :, None, None].to(images.dtype) + t_hot * fake[bi]
+        x = x * (1 - k_hot)
+        with self._autocast():
+            recon = self.G(self._prep(build_input(x, torch.ones_like(available[bi]), ki))).float()
+        return losses.cycle(recon, images[bi, ki][:, None], self.cfg.w_cyc_ssim, self.cfg.w_cyc_l1)
+
+    # ----- validation -----
+    @torch.no_grad()
+    def validate(self) -> Dict[str, float]:
+        """Score a fixed set of validation slices (full size, all other inputs) with the core's metrics."""
+        if self.val_data is None or len(self.val_data) == 0:
+            return {}
+        self.G.eval()
+        picks = np.unique(np.linspace(0, len(self.val_data) - 1, min(self.cfg.val_slices, len(self.val_data)))
+                          .round().astype(int)).tolist()
+        images, masks = self.val_data.batch(picks, torch.Generator())
+        result: Dict[str, float] = {}
+        for t, name in enumerate(self.cfg.contrasts):
+            target = torch.full((len(picks),), t, dtype=torch.long)
+            available = torch.ones(len(picks), self.n, dtype=torch.bool)
+            available[:, t] = False
+            preds = []
+            for start in range(0, len(picks), 8):
+                sl = slice(start, start + 8)
+                with self._autocast():
+                    x = build_input(images[sl], available[sl], target[sl]).to(self.device)
+                    preds.append(self.G(self._prep(x)).float().cpu()[:, 0])
+            scores = score_volume(torch.cat(preds).numpy(), images[:, t].numpy(), masks.numpy())
+            for key in ("nmse", "psnr", "ssim"):
+                result[f"{name}_{key}"] = scores[key]
+        for key in ("nmse", "psnr", "ssim"):
+            result[f"mean_{key}"] = float(np.mean([result[f"{c}_{key}"] for c in self.cfg.contrasts]))
+        return result
+
+    # ----- checkpoints -----
+    def state(self) -> dict:
+        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
+                "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
+                "sched_d": self.sched_d.state_dict(), "step": self.step, "epoch": self.epoch,
+                "cursor": self.cursor, "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "best": self.best, "train_seconds": self.train_seconds, "config": self.base_cfg.to_dict(),
+                "world": self.world}
+
+    def load_state(self, state: dict) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
+        self._perm = None
+        if state.get("world", 1) == self.world and self.rank == 0:
+            self.gen.set_state(state["gen"])
+            torch.set_rng_state(state["torch_rng"])
+        else:  # other ranks (or a changed world size): fresh but step-dependent streams
+            self.gen.manual_seed(self.cfg.seed * 1000 + self.rank + 1 + 7 * self.step)
+            torch.manual_seed(self.cfg.seed * 1000 + self.rank + 2 + 7 * self.step)
+        self.best, self.train_seconds = state["best"], state["train_seconds"]
+
+    def save(self, name: str) -> Path:
+        """Write ``out_dir/name`` atomically (rank 0 only)."""
+        path = self.out_dir / name
+        if self.rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(self.state(), tmp)
+            os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_checkpoint(cls, path: str, train: SliceData, val: Optional[SliceData], cfg: Optional[TrainConfig]
+                        = None, **kwargs) -> Solver:
+        """A solver that continues exactly where ``path`` stopped (``cfg`` may change e.g. ``steps``)."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        solver = cls(cfg or TrainConfig(**state["config"]), train, val, **kwargs)
+        solver.load_state(state)
+        return solver
+
+    # ----- the loop -----
+    def _log(self, name: str, fields: List[str], row: dict) -> None:
+        path = self.out_dir / name
+        new = not path.is_file()
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _truncate_logs(self) -> None:
+        """On resume, drop log rows written after the checkpoint (they will be produced again)."""
+        for name in ("log.csv", "val.csv"):
+            path = self.out_dir / name
+            if path.is_file():
+                with open(path) as handle:
+                    rows = list(csv.reader(handle))
+                keep = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= self.step]
+                with open(path, "w", newline="") as handle:
+                    csv.writer(handle).writerows(keep)
+
+    def train(self, on_step=None) -> None:
+        """Train until ``cfg.steps``; logs, validates and checkpoints on rank 0."""
+        from tqdm import tqdm
+
+        from .curves import plot_curves
+
+        cfg = self.cfg
+        main = self.rank == 0
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._truncate_logs()
+        last_ckpt = time.time()
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and cfg.progress), dynamic_ncols=True)
+        window: List[float] = []
+        while self.step < cfg.steps:
+            t0 = time.time()
+            out = self.train_step()
+            dt = time.time() - t0
+            self.train_seconds += dt
+            window = (window + [dt])[-50:]
+            if on_step is not None:
+                on_step(self.step, out)
+            if not main:
+                continue
+            bar.update(1)
+            bar.set_postfix(phase=out["phase"], g=f"{out.get('loss_g', float('nan')):.3f}",
+                            d=f"{out.get('loss_d', float('nan')):.3f}", s_it=f"{np.mean(window):.2f}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self._log("log.csv", LOG_FIELDS, dict(out, step=self.step, epoch=self.epoch,
+                                                       lr_g=self.sched_g.get_last_lr()[0],
+                                                       sec_per_step=float(np.mean(window))))
+            checkpoint = (self.step % cfg.ckpt_every == 0 or time.time() - last_ckpt >= cfg.ckpt_every_s
+                          or self.step == cfg.steps)
+            if (self.step % cfg.val_every == 0 or self.step == cfg.steps) and self.step > self.warmup:
+                scores = self.validate()
+                if scores:
+                    self._log("val.csv", ["step"] + sorted(scores), dict(scores, step=self.step))
+                    if scores["mean_nmse"] < self.best:
+                        self.best = scores["mean_nmse"]
+                        self.save("best.pt")
+                    checkpoint = True
+            if checkpoint:
+                self.save("latest.pt")
+                plot_curves(self.out_dir)
+                last_ckpt = time.time()
+        bar.close()
