@@ -86,7 +86,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
             written = impute_case(
                 case, model, out_dir=args.out, targets=args.target or None, reference=args.reference,
                 device=args.device, batch_size=args.batch_size, progress=progress, name=args.name,
-                montage=args.montage)
+                montage=args.montage, precision=args.precision)
         except InputError as exc:
             if len(cases) == 1:
                 raise
@@ -129,6 +129,7 @@ def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argpa
     rows = evaluate_cases(
         model, dirs, targets=args.target or None, all_subsets=args.all_subsets, device=args.device,
         batch_size=args.batch_size, montage_dir=out, volumes_dir=out if save_volumes else None,
+        precision=args.precision,
         on_case=lambda case, target, inputs: (steps.update(1), steps.set_postfix_str(
             f"{case} {target}<-{'+'.join(inputs)}")))
     steps.close()
@@ -181,10 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, precision: str = "auto") -> None:
         p.add_argument("--model", help="model .pt file or bundled model name (default: the bundled model)")
         p.add_argument("--device", default="auto", help="auto (CUDA if available), cuda or cpu")
-        p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (halved on CUDA OOM)")
+        p.add_argument("--batch-size", type=int, default=None,
+                       help="slices per forward pass on CUDA (default: chosen for the device; halved on OOM)")
+        p.add_argument("--precision", default=precision, choices=["auto", "fp32", "bf16", "fp16"],
+                       help=f"auto = bf16 where the hardware runs it natively, fp32 = reproducible everywhere "
+                            f"(default: {precision})")
+        p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
         p.add_argument("--target", action="append", help="contrast to impute (repeatable; default: the missing)")
 
     p = sub.add_parser("impute", help="impute the missing contrast(s) of one case")
@@ -205,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-set", default="val", help="key of the split file (default: val)")
     p.add_argument("--all-subsets", action="store_true", help="also score every smaller input set (missing-N study)")
     p.add_argument("--save-volumes", action="store_true", help="also write the imputed volumes")
-    common(p)
+    common(p, precision="fp32")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the bundled sample case with the bundled model")
@@ -222,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")

@@ -45,14 +45,16 @@ def evaluate_cases(
     targets: Optional[Sequence[str]] = None,
     all_subsets: bool = False,
     device: str = "auto",
-    batch_size: int = 8,
+    batch_size: Optional[int] = None,
     montage_dir: Optional[os.PathLike | str] = None,
     volumes_dir: Optional[os.PathLike | str] = None,
     on_case: Optional[CaseCallback] = None,
     cancel: CancelFlag = None,
+    precision: str = "fp32",
 ) -> list[dict]:
     """One row per (case, target, input set) with the protocol's scores; optional montage per target.
 
+    Scores use fp32 by default so that they do not depend on the machine's CPU (``precision="auto"`` is faster).
     Cases lacking a target contrast are skipped for that target (nothing to compare with). With
     ``volumes_dir`` the imputed volumes are written there too (labeled synthetic, one file per input set).
     """
@@ -73,7 +75,7 @@ def evaluate_cases(
                 if on_case:
                     on_case(case_name(folder), target, inputs)
                 result = impute({c: images[c] for c in inputs}, model, targets=[target], device=device,
-                                batch_size=batch_size, cancel=cancel)
+                                batch_size=batch_size, cancel=cancel, precision=precision)
                 case = result.case
                 pred = result.arrays[target]
                 real = case.normalize_like_inputs(images[target])

@@ -1,8 +1,13 @@
 """Slice-wise inference of a CollaGAN TorchScript model on normalized axial slices.
 
+How the model is run (bf16/fp16 or fp32, channels-last) is chosen by :mod:`.acceleration`
+(``precision="auto"``); slices whose inputs are all zero (outside the head) are computed once, since the model
+maps identical inputs to identical outputs.
+
 Example:
     >>> model = load_model("model.pt")                                        # doctest: +SKIP
     >>> t1c = impute_slices(model, {"t1n": t1n_p99, "t2f": t2f_p99}, "t1c")   # (S, H, W) p99 units
+    >>> exact = impute_slices(model, inputs, "t1c", precision="fp32")         # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Callable, Mapping, Optional, Union
 import numpy as np
 import torch
 
+from .acceleration import InferencePlan, default_batch_size, plan_inference
 from .contract import LoadedModel
 from .errors import Cancelled, InputError
 from .geometry import pad_or_crop, undo_pad_or_crop
@@ -57,21 +63,35 @@ def build_input(slices: Mapping[str, torch.Tensor], contrasts: list[str], target
     return torch.stack(channels, dim=1)
 
 
+def empty_slices(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Boolean (S,): True where every input array is zero on the whole slice."""
+    arrays = list(inputs.values())
+    nonzero = np.zeros(arrays[0].shape[0], dtype=bool)
+    for array in arrays:
+        nonzero |= np.asarray(array).reshape(array.shape[0], -1).any(axis=1)
+    return ~nonzero
+
+
 def impute_slices(
     model: LoadedModel,
     inputs: Mapping[str, np.ndarray],
     target: str,
     device: Union[str, torch.device, None] = "auto",
-    batch_size: int = 8,
+    batch_size: Optional[int] = 8,
     progress: Optional[ProgressCallback] = None,
     cancel: CancelFlag = None,
     progress_offset: int = 0,
     progress_total: Optional[int] = None,
+    precision: str = "auto",
+    channels_last: Optional[bool] = None,
 ) -> np.ndarray:
     """Impute ``target`` from ``inputs`` (contrast → (S, H, W) float array in p99 units), slice by slice.
 
     Returns the (S, H, W) float32 prediction in p99 units. On CUDA out-of-memory the batch is halved and the
-    work goes on; ``cancel`` is checked between batches and raises :class:`Cancelled`.
+    work goes on; ``cancel`` is checked between batches and raises :class:`Cancelled`. ``precision``
+    (``auto``, ``fp32``, ``bf16``, ``fp16``) and ``channels_last`` (None = choose) set how the model runs
+    (:func:`.acceleration.plan_inference`); ``batch_size=None`` picks a size for the device. Results do not
+    depend on the batch size.
     """
     card = model.card
     if target not in card.contrasts:
@@ -89,29 +109,46 @@ def impute_slices(
     total = progress_total if progress_total is not None else n_slices
     device = resolve_device(device)
     module = model.module.to(device)
+    plan = plan_inference(module, device, precision, channels_last)
     output = np.zeros((n_slices, height, width), dtype=np.float32)
+    # Slices with all-zero inputs give one and the same output: run the first of them only, then copy it.
+    is_empty = empty_slices(usable)
+    empty = np.flatnonzero(is_empty)
+    order = np.concatenate([empty[:1], np.flatnonzero(~is_empty)]).astype(np.int64)
     start = 0
-    batch = max(1, int(batch_size))
+    batch = max(1, int(batch_size if batch_size is not None else default_batch_size(device)))
     with torch.inference_mode():
-        while start < n_slices:
+        while start < len(order):
             if is_cancelled(cancel):
                 raise Cancelled("Imputation cancelled; nothing was written.")
-            stop = min(start + batch, n_slices)
-            slices = {c: torch.from_numpy(np.ascontiguousarray(a[start:stop], dtype=np.float32))
-                      for c, a in usable.items()}
-            x = build_input(slices, card.contrasts, target, (stop - start, height, width))
-            x = pad_or_crop(x, card.in_plane_size).to(device)
+            stop = min(start + batch, len(order))
+            index = order[start:stop]
             try:
-                y = module(x)
+                y = _run_batch(plan, usable, index, card.contrasts, target, (height, width), card.in_plane_size)
             except torch.cuda.OutOfMemoryError:
                 if batch == 1:
                     raise
                 torch.cuda.empty_cache()
                 batch = max(1, batch // 2)  # retry the same slices with a smaller batch
                 continue
-            y = undo_pad_or_crop(y.float().cpu(), (height, width))
-            output[start:stop] = y[:, 0].numpy()
+            output[index] = y
+            if start == 0 and len(empty):
+                output[empty] = output[empty[0]]
             start = stop
             if progress is not None:
-                progress(progress_offset + start, total)
+                done = start + max(0, len(empty) - 1)  # the copied empty slices count as done
+                progress(progress_offset + done, total)
     return output
+
+
+def _run_batch(plan: InferencePlan, usable: Mapping[str, np.ndarray], index: np.ndarray, contrasts: list[str],
+               target: str, shape: tuple[int, int], in_plane_size: tuple[int, int]) -> np.ndarray:
+    """Model output (len(index), H, W) for the slices ``index``."""
+    first = int(index[0])
+    contiguous = bool(np.all(np.diff(index) == 1))  # a plain slice avoids a gather copy
+    slices = {c: torch.from_numpy(np.ascontiguousarray(a[first:first + len(index)] if contiguous else a[index],
+                                                       dtype=np.float32))
+              for c, a in usable.items()}
+    x = pad_or_crop(build_input(slices, contrasts, target, (len(index), *shape)), in_plane_size)
+    y = undo_pad_or_crop(plan(x).cpu(), shape)
+    return y[:, 0].numpy()

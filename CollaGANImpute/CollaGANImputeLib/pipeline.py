@@ -131,11 +131,16 @@ def impute(
     targets: Optional[Sequence[str]] = None,
     reference: Optional[str] = None,
     device: Union[str, torch.device, None] = "auto",
-    batch_size: int = 8,
+    batch_size: Optional[int] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: CancelFlag = None,
+    precision: str = "auto",
 ) -> ImputationResult:
-    """Impute each target (default: every model contrast not among ``images``) from the given images."""
+    """Impute each target (default: every model contrast not among ``images``) from the given images.
+
+    ``precision``: ``auto`` (bf16 where the CPU/GPU runs it natively, within the quality rule of
+    docs/PERFORMANCE.md), ``fp32`` (bit-reproducible across machines), ``bf16`` or ``fp16``.
+    """
     card = model.card
     if targets is None:
         targets = [c for c in card.contrasts if c not in images]
@@ -156,7 +161,8 @@ def impute(
         case = prepared[tuple(inputs_by_target[target])]
         inputs = {c: case.arrays[c] for c in inputs_by_target[target]}
         array = impute_slices(model, inputs, target, device=device, batch_size=batch_size, progress=progress,
-                              cancel=cancel, progress_offset=index * n_slices, progress_total=total)
+                              cancel=cancel, progress_offset=index * n_slices, progress_total=total,
+                              precision=precision)
         result.images[target] = label_synthetic(case.to_image(array), model, inputs_by_target[target], target)
         result.arrays[target] = array
         result.cases[target] = case
@@ -179,11 +185,12 @@ def impute_case(
     targets: Optional[Sequence[str]] = None,
     reference: Optional[str] = None,
     device: Union[str, torch.device, None] = "auto",
-    batch_size: int = 8,
+    batch_size: Optional[int] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: CancelFlag = None,
     name: Optional[str] = None,
     montage: bool = False,
+    precision: str = "auto",
 ) -> dict[str, Path]:
     """Impute the missing contrasts of a case and write them; returns target → written file.
 
@@ -202,7 +209,7 @@ def impute_case(
         default_dir = Path(case)
         name = name or case_name(case)
     result = impute(images, model, targets=targets, reference=reference, device=device,
-                    batch_size=batch_size, progress=progress, cancel=cancel)
+                    batch_size=batch_size, progress=progress, cancel=cancel, precision=precision)
     out = Path(out_dir) if out_dir is not None else default_dir
     written = {}
     for target, image in result.images.items():

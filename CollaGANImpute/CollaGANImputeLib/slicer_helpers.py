@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .acceleration import default_batch_size
 from .contract import LoadedModel
 from .errors import Cancelled, InputError
 from .geometry import align_to_reference, to_canonical_array
@@ -167,7 +168,8 @@ class ChunkedImputation:
     model: LoadedModel
     target: str
     device: Union[str, torch.device, None] = "auto"
-    batch_size: int = 8
+    batch_size: Optional[int] = None  # None: chosen for the device (acceleration.default_batch_size)
+    precision: str = "auto"
     slices_per_step: Optional[int] = None
     reference: Optional[str] = None
     notes: list[str] = field(default_factory=list)
@@ -181,7 +183,8 @@ class ChunkedImputation:
         self.device = resolve_device(self.device)
         if self.slices_per_step is None:
             # Small CPU steps keep each timer tick short; a GPU does a whole batch in milliseconds.
-            self.slices_per_step = self.batch_size if self.device.type == "cuda" else 2
+            self.slices_per_step = (self.batch_size or default_batch_size(self.device)
+                                    if self.device.type == "cuda" else 2)
         self._cancel = threading.Event()
         self._case: Optional[PreparedCase] = None
         self._output: Optional[np.ndarray] = None
@@ -248,6 +251,7 @@ class ChunkedImputation:
         chunk = {c: self._case.arrays[c][start:stop] for c in self.inputs}
         try:
             predicted = impute_slices(self.model, chunk, self.target, device=self.device, batch_size=self.batch_size,
+                                      precision=self.precision,
                                       cancel=self._cancel)
         except torch.cuda.OutOfMemoryError:
             if self.device.type != "cuda":
@@ -257,6 +261,7 @@ class ChunkedImputation:
             self.slices_per_step = 2
             self.notes.append("The GPU ran out of memory even one slice at a time; the rest ran on the CPU.")
             predicted = impute_slices(self.model, chunk, self.target, device=self.device, batch_size=1,
+                                      precision=self.precision,
                                       cancel=self._cancel)
         self._output[start:stop] = predicted
         self._next_slice = stop
