@@ -87,16 +87,22 @@ def align_to_reference(images: Mapping[str, sitk.Image], reference: Optional[str
 
 def to_canonical_array(image: sitk.Image) -> np.ndarray:
     """Voxels as a float32 array of axial slices (S, P, L) whatever the file's orientation."""
-    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, CANONICAL_ORIENTATION)).astype(np.float32)
+    if _orientation(image) != CANONICAL_ORIENTATION:
+        image = sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
+    return sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+
+
+def _orientation(image: sitk.Image) -> str:
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
 
 
 def from_canonical_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """Inverse of :func:`to_canonical_array`: an image with exactly the reference's geometry."""
-    canonical_ref = sitk.DICOMOrient(reference, CANONICAL_ORIENTATION)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
-    image.CopyInformation(canonical_ref)
-    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(reference.GetDirection())
-    image = sitk.DICOMOrient(image, code)
+    code = _orientation(reference)
+    if code != CANONICAL_ORIENTATION:
+        image.CopyInformation(sitk.DICOMOrient(reference, CANONICAL_ORIENTATION))
+        image = sitk.DICOMOrient(image, code)
     if image.GetSize() != reference.GetSize():  # pragma: no cover - DICOMOrient only permutes/flips
         raise AssertionError("re-orientation changed the volume size")
     image.CopyInformation(reference)  # exact copy: removes rounding of origin/direction
