@@ -26,7 +26,7 @@ from torch import nn
 from .config import load_config
 from .data_loader import SliceData, repo_path
 
-LICENCE = "CC BY-NC-SA 4.0 (inherited from TCGA-LGG curated set, research use)"
+LICENCE = "CC BY-NC-SA 4.0 (inherited from the TCGA-LGG curated set; research use only)"
 
 
 def n_features(n: int) -> int:

@@ -20,7 +20,7 @@ from CollaGANImputeLib.contract import ModelCard, load_model, save_model
 from .config import TrainConfig
 from .model import Generator, count_parameters
 
-LICENCE = "CC BY-NC-SA 4.0 (inherited from TCGA-LGG curated set, research use)"
+LICENCE = "CC BY-NC-SA 4.0 (inherited from the TCGA-LGG curated set; research use only)"
 DATA = ("TCGA-LGG (TCIA) as curated by Buda et al. 2019 / Mazurowski et al. 2017 (kaggle_3m 'LGG segmentation'), "
         "BraTS-named NIfTI: t1n, t1c, t2f")
 
@@ -50,9 +50,23 @@ def last_validation(run_dir: Path) -> dict:
             **{k: float(v) for k, v in best.items()}}
 
 
+def _optimized(g: torch.nn.Module) -> torch.nn.Module:
+    """The core's exact export-time rewrite of the CCNR units (faster inference, same contract), when the
+    installed core has it; the plain generator otherwise."""
+    try:
+        from CollaGANImputeLib.acceleration import optimize_for_inference
+    except ImportError:
+        return g
+    return optimize_for_inference(g)
+
+
 def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, metrics: Optional[dict] = None,
-                      description: str = "") -> Path:
-    """Write ``out`` from ``checkpoint`` (G weights + config) through ``CollaGANImputeLib.save_model``."""
+                      description: str = "", optimize: bool = True) -> Path:
+    """Write ``out`` from ``checkpoint`` (G weights + config) through ``CollaGANImputeLib.save_model``.
+
+    With ``optimize`` the CCNR units are rewritten by ``CollaGANImputeLib.acceleration.optimize_for_inference``
+    (same function, ~1e-6 apart in fp32); the file is checked against the original eager generator either way.
+    """
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**state["config"]).with_method()
     g = Generator(len(cfg.contrasts), cfg.g_base, cfg.g_levels)
@@ -88,7 +102,7 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                                    "only, not for diagnosis. Outputs are synthetic.",
     )
     path = Path(out)
-    save_model(g, card, path)
+    save_model(_optimized(g) if optimize else g, card, path)
     x = torch.rand(2, 2 * len(cfg.contrasts), 64, 64)
     x[:, len(cfg.contrasts):] = 0
     x[:, len(cfg.contrasts)] = 1
@@ -102,8 +116,12 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--name")
     p.add_argument("--metrics", help="JSON file of metrics for the card (e.g. evaluate's summary.json)")
+    p.add_argument("--description", default="", help="model card description (default: a generic one)")
+    p.add_argument("--no-optimize", dest="optimize", action="store_false",
+                   help="export the plain generator, without the core's fast-CCNR rewrite")
     p.set_defaults(func=lambda a: print(export_checkpoint(
-        a.checkpoint, a.out, a.name, json.loads(Path(a.metrics).read_text()) if a.metrics else None)))
+        a.checkpoint, a.out, a.name, json.loads(Path(a.metrics).read_text()) if a.metrics else None,
+        a.description, a.optimize)))
 
 
 def _main(argv=None) -> None:

@@ -1,4 +1,4 @@
-"""Command line: train (or resume) from a config, export a checkpoint, fit baselines, evaluate.
+"""Command line: train (or resume) from a config, export a checkpoint, fit baselines, evaluate, report.
 
 Run from the repository root:
     python -m training.collagan_train.main train --config training/collagan_train/configs/lgg_cpu.json
@@ -7,6 +7,7 @@ Run from the repository root:
     python -m training.collagan_train.main export --checkpoint runs/lgg_cpu/best.pt --out runs/lgg_cpu/model.pt
     python -m training.collagan_train.main baseline --out runs/voxreg/voxreg.pt
     python -m training.collagan_train.main evaluate --model collagan=runs/lgg_cpu/model.pt --out runs/eval
+    python -m training.collagan_train.main report --run voxreg=runs/eval_core/voxreg --run collagan=... --out r.md
 """
 
 from __future__ import annotations
@@ -96,10 +97,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                        help="override a config key (value parsed as JSON), e.g. --set steps=2000")
     train.add_argument("--resume", help="checkpoint to continue exactly (its config, then --set)")
     train.set_defaults(func=cmd_train)
-    from . import baselines, evaluate, export
+    from . import baselines, evaluate, export, report
     export.add_parser(sub)
     baselines.add_parser(sub)
     evaluate.add_parser(sub)
+    report.add_parser(sub)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -260,6 +260,14 @@ class Solver:
         self.opt_d.load_state_dict(state["opt_d"])
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
+        # The optimizer state carries the checkpoint's learning rate; a resume with a new lr_g/lr_d
+        # (--set) restarts the schedule from the new base at the same decay position.
+        for opt, sched, base in ((self.opt_g, self.sched_g, self.cfg.lr_g), (self.opt_d, self.sched_d, self.cfg.lr_d)):
+            if sched.base_lrs[0] != base:
+                sched.base_lrs = [base for _ in sched.base_lrs]
+                for group in opt.param_groups:
+                    group["initial_lr"] = base
+                    group["lr"] = base * sched.gamma ** (sched.last_epoch // sched.step_size)
         self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
         self._perm = None
         if state.get("world", 1) == self.world and self.rank == 0:

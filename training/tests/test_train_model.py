@@ -32,7 +32,7 @@ def test_ccnr_concatenates_1x1_and_3x3():
     assert out.shape == (1, 8, 8, 8)
     # Instance norm: every channel of every sample is standardised before the leaky ReLU.
     pre = unit.norm(torch.cat([unit.conv1(torch.ones(1, 2, 8, 8)), unit.conv3(torch.ones(1, 2, 8, 8))], 1))
-    assert pre.mean(dim=(2, 3)).abs().max() < 1e-5
+    assert pre.mean(dim=(2, 3)).abs().max() < 1e-4  # float32 rounding of a 64-voxel mean
 
 
 def test_discriminator_two_heads():
@@ -45,3 +45,33 @@ def test_discriminator_two_heads():
     a, _ = d(torch.ones(1, 1, 64, 64))
     b, _ = d(torch.ones(1, 1, 64, 64))
     assert not torch.equal(a, b)  # dropout active in training
+
+
+def _pooled_spread(d: Discriminator, x: torch.Tensor) -> float:
+    """How much D's pooled trunk features differ between images (what D_clsf can tell apart)."""
+    h = d.trunk(torch.cat([d.branch_a(x), d.branch_b(x), d.branch_c(x)], dim=1)).mean(dim=(2, 3))
+    return float(h.std(dim=0).mean() / h.abs().mean())
+
+
+def test_discriminator_classifier_learns(sample_slices):
+    """D_clsf must learn the contrast of real slices: memorise 2 slices x 3 contrasts (64x64 centre crops)
+    at the CPU config's lr 1e-4. Measured after 40 steps: 0.12-0.17 with the fix, 0.88-1.02 under PyTorch's
+    default init (seeds 0-2)."""
+    torch.manual_seed(0)
+    mid = len(sample_slices) // 2
+    x = torch.from_numpy(sample_slices.images[[mid - 3, mid + 3]].astype("float32"))[..., 96:160, 96:160]
+    x = x.reshape(-1, 1, 64, 64)
+    y = torch.arange(3).repeat(2)
+    d = Discriminator(n_contrasts=3, dropout=0.0)
+    with torch.no_grad():  # at init the pooled features must depend on the image, not only on the biases
+        assert _pooled_spread(d, x) > 0.05
+    opt = torch.optim.Adam(d.parameters(), 1e-4, (0.5, 0.999))
+    first = None
+    for _ in range(40):
+        loss = torch.nn.functional.cross_entropy(d(x)[1], y)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 0.9  # starts near chance (ln 3 = 1.10)
+    assert loss.item() < 0.4, f"D_clsf did not learn: loss {loss.item():.3f} after 40 steps"

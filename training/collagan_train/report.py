@@ -1,0 +1,161 @@
+"""Side-by-side tables from several ``collagan-impute evaluate`` runs (one per model): the main comparison
+(every target from all other inputs), per-patient wins, and the missing-N study (``--all-subsets``).
+
+Each run folder holds the core's ``scores.json`` (rows per case, target and input set). This module only
+reads and arranges those numbers; scoring stays in ``CollaGANImputeLib.evaluate`` / ``metrics``.
+
+Example:
+    python -m training.collagan_train.main report --run voxreg=runs/eval_core/voxreg \
+        --run collagan=runs/eval_core/collagan --out runs/eval_core/report.md --card-metrics runs/eval_core/card.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+METRICS = (("nmse", "NMSE", False, 4), ("psnr", "PSNR (dB)", True, 2), ("ssim", "SSIM", True, 4),
+           ("lesion_nmse", "lesion NMSE", False, 4), ("lesion_ssim", "lesion SSIM", True, 4))
+
+
+def load_rows(run_dir: Path) -> List[dict]:
+    """Rows of one evaluate run; refuses a folder without the core's scores.json."""
+    path = Path(run_dir) / "scores.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: run `collagan-impute evaluate ... --out {run_dir}` first.")
+    return json.loads(path.read_text())["cases"]
+
+
+def _values(rows: List[dict], target: str, inputs: str, metric: str) -> Dict[str, float]:
+    """{case: value} of finite values (lesion scores are null for cases without lesion voxels)."""
+    out = {}
+    for r in rows:
+        v = r.get(metric)
+        if r["target"] == target and r["inputs"] == inputs and v is not None and math.isfinite(v):
+            out[r["case"]] = float(v)
+    return out
+
+
+def _cell(values: Dict[str, float], digits: int, bold: bool) -> str:
+    if not values:
+        return "n/a"
+    arr = np.array(list(values.values()))
+    text = f"{arr.mean():.{digits}f} ± {arr.std():.{digits}f}"
+    return f"**{text}**" if bold else text
+
+
+def _full_inputs(contrasts: Sequence[str], target: str) -> str:
+    return "+".join(c for c in contrasts if c != target)
+
+
+def comparison_tables(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> str:
+    """Per metric: one row per target (from all other inputs), methods side by side, best in bold."""
+    names = list(runs)
+    lines: List[str] = []
+    for metric, label, higher, digits in METRICS:
+        lines += [f"**{label}** ({'higher' if higher else 'lower'} is better)", "",
+                  "| target | inputs | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for t in contrasts:
+            inputs = _full_inputs(contrasts, t)
+            vals = {m: _values(runs[m], t, inputs, metric) for m in names}
+            means = {m: np.mean(list(v.values())) for m, v in vals.items() if v}
+            best = (max if higher else min)(means, key=means.get) if means else None
+            cells = [_cell(vals[m], digits, m == best and len(means) > 1) for m in names]
+            lines.append(f"| {t} | {inputs} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def wins_table(runs: Dict[str, List[dict]], contrasts: Sequence[str], challenger: str, reference: str) -> str:
+    """How many patients ``challenger`` beats ``reference`` on (paired by case), per target and metric."""
+    lines = ["| target | " + " | ".join(label for _, label, _, _ in METRICS) + " |",
+             "|---|" + "---|" * len(METRICS)]
+    for t in contrasts:
+        inputs = _full_inputs(contrasts, t)
+        cells = []
+        for metric, _, higher, _ in METRICS:
+            a = _values(runs[challenger], t, inputs, metric)
+            b = _values(runs[reference], t, inputs, metric)
+            cases = sorted(set(a) & set(b))
+            wins = sum((a[c] > b[c]) if higher else (a[c] < b[c]) for c in cases)
+            cells.append(f"{wins}/{len(cases)}")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def missing_n_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> str:
+    """The missing-N study: every target from each input set (two inputs, then each single input)."""
+    names = list(runs)
+    header = "| target | inputs | " + " | ".join(f"{m} NMSE | {m} SSIM" for m in names) + " |"
+    lines = [header, "|---|---|" + "---|---|" * len(names)]
+    for t in contrasts:
+        sets = sorted({r["inputs"] for rows in runs.values() for r in rows if r["target"] == t},
+                      key=lambda s: (-len(s.split("+")), s))
+        for inputs in sets:
+            cells = []
+            for m in names:
+                cells += [_cell(_values(runs[m], t, inputs, "nmse"), 4, False),
+                          _cell(_values(runs[m], t, inputs, "ssim"), 4, False)]
+            lines.append(f"| {t} | {inputs} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def card_metrics(runs: Dict[str, List[dict]], contrasts: Sequence[str], model: str) -> dict:
+    """Compact validation metrics for the model card: mean per target (all other inputs) for every run."""
+    cases = sorted({r["case"] for r in runs[model]})
+    out: dict = {"protocol": "EVALUATION.md v1 via `collagan-impute evaluate --split training/splits/"
+                             "lgg_split.json` (full volumes, masks from inputs, p99 units)",
+                 "validation_patients": len(cases)}
+    for m, rows in runs.items():
+        out[m] = {}
+        for t in contrasts:
+            inputs = _full_inputs(contrasts, t)
+            out[m][f"{t}<-{inputs}"] = {
+                metric: round(float(np.mean(list(v.values()))), 4)
+                for metric, *_ in METRICS if (v := _values(rows, t, inputs, metric))}
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    runs: Dict[str, List[dict]] = {}
+    for item in args.run:
+        name, _, folder = item.rpartition("=")
+        runs[name or Path(folder).name] = load_rows(Path(folder))
+    contrasts = args.contrasts
+    challenger = args.challenger or list(runs)[-1]
+    reference = args.reference or list(runs)[0]
+    text = ["## Every target from all other inputs (mean ± std over patients; best in bold)", "",
+            comparison_tables(runs, contrasts),
+            f"## Patients on which {challenger} beats {reference} (paired)", "",
+            wins_table(runs, contrasts, challenger, reference),
+            "## Missing-N study: each target from two inputs and from each single input", "",
+            missing_n_table(runs, contrasts)]
+    _atomic_write(Path(args.out), "\n".join(text))
+    if args.card_metrics:
+        _atomic_write(Path(args.card_metrics), json.dumps(card_metrics(runs, contrasts, challenger), indent=2))
+    print("\n".join(text))
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="side-by-side tables from several `collagan-impute evaluate` folders")
+    p.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER",
+                   help="an evaluate --out folder (holding scores.json); the first is the reference")
+    p.add_argument("--out", required=True, help="Markdown file to write")
+    p.add_argument("--contrasts", nargs="+", default=["t1n", "t1c", "t2f"])
+    p.add_argument("--challenger", help="run compared against the reference in the wins table (default: last)")
+    p.add_argument("--reference", help="reference run (default: first)")
+    p.add_argument("--card-metrics", help="also write compact metrics JSON for `export --metrics`")
+    p.set_defaults(func=cmd_report)
