@@ -92,7 +92,7 @@ def evaluate_cases(
                     montaged.add(key)
                     montage_png(Path(montage_dir) / f"montage_{target}_from_{'+'.join(inputs)}.png",
                                 {c: case.arrays[c] for c in inputs}, pred, target, real=real, mask=case.mask,
-                                lesion=lesion, rows=2,
+                                lesion=lesion, rows=2, method=model.card.name,
                                 title=f"{case_name(folder)}: {target} from {'+'.join(inputs)} "
                                       f"(NMSE {scores['nmse']:.3f}, SSIM {scores['ssim']:.3f}) - {model.card.name}")
     return rows

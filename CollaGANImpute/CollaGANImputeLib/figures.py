@@ -52,17 +52,19 @@ def montage_png(
     slices: Optional[Sequence[int]] = None,
     title: str = "",
     rows: int = 1,
+    method: str = "CollaGAN",
 ) -> Path:
     """One row per shown slice: each input, the imputed target (marked SYNTHETIC), the real one, |error|.
 
     Arrays are canonical (S, H, W) in p99 units; images are shown on [0, 1.2] p99 units, |error| on [0, 0.5].
+    ``method`` names what made the synthetic image (a model name), shown in its column title.
     """
     if mask is None:
         mask = np.ones(imputed.shape, dtype=bool)
     if slices is None:
         slices = representative_slices(mask, lesion, rows)
     columns: list[tuple[str, np.ndarray, str]] = [(f"{name} (input)", array, "gray") for name, array in inputs.items()]
-    columns.append((f"{target} SYNTHETIC (CollaGAN)", imputed, "gray"))
+    columns.append((f"{target} SYNTHETIC ({method})", imputed, "gray"))
     if real is not None:
         columns.append((f"{target} real", real, "gray"))
         columns.append(("|error| in mask", np.abs(imputed - real) * mask, "magma"))

@@ -221,7 +221,7 @@ def impute_case(
 
             case_arrays = result.cases[target]
             montage_png(out / synthetic_filename(name, target, ".png"), {c: case_arrays.arrays[c] for c in inputs},
-                        result.arrays[target], target, mask=case_arrays.mask, rows=2,
+                        result.arrays[target], target, mask=case_arrays.mask, rows=2, method=model.card.name,
                         title=f"{name}: {target} imputed from {'+'.join(inputs)} (SYNTHETIC; no acquired {target} "
                               f"to compare with) - {model.card.name}")
     return written
