@@ -14,19 +14,21 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 from .contract import LoadedModel
 from .errors import InputError
 from .figures import montage_png
-from .geometry import to_canonical_array
+from .geometry import align_to_reference, to_canonical_array
 from .inference import CancelFlag
 from .io import case_name, find_lesion_mask, read_volume, synthetic_filename, write_volume
 from .metrics import METRIC_NAMES, score_volume, summarize
-from .pipeline import impute, read_case, synthetic_description
+from .pipeline import ImputationResult, impute, read_case, synthetic_description
 
 CaseCallback = Callable[[str, str, Sequence[str]], None]
 
@@ -37,6 +39,46 @@ def input_subsets(contrasts: Sequence[str], target: str, all_subsets: bool) -> l
     if not all_subsets:
         return [tuple(others)]
     return [combo for size in range(len(others), 0, -1) for combo in itertools.combinations(others, size)]
+
+
+@dataclass
+class ScoredImputation:
+    """One target of one case imputed and scored: canonical p99 arrays and the protocol's scores."""
+
+    result: ImputationResult
+    pred: np.ndarray
+    real: np.ndarray
+    lesion: Optional[np.ndarray]
+    scores: dict[str, float]
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.result.case.mask
+
+
+def score_imputation(
+    model: LoadedModel,
+    images: Mapping[str, sitk.Image],
+    target: str,
+    inputs: Sequence[str],
+    lesion_image: Optional[sitk.Image] = None,
+    device: str = "auto",
+    batch_size: Optional[int] = None,
+    cancel: CancelFlag = None,
+    precision: str = "fp32",
+) -> ScoredImputation:
+    """Impute ``target`` from ``inputs`` and score it against the real ``images[target]`` (EVALUATION.md):
+    mask from the inputs only, the real target in its own p99 units, lesion scores inside ``M ∩ lesion``."""
+    result = impute({c: images[c] for c in inputs}, model, targets=[target], device=device,
+                    batch_size=batch_size, cancel=cancel, precision=precision)
+    case = result.case
+    real = case.normalize_like_inputs(images[target])
+    lesion = None
+    if lesion_image is not None:
+        aligned = align_to_reference({"ref": case.reference, "seg": lesion_image}, "ref")["seg"]
+        lesion = to_canonical_array(aligned) > 0.5
+    pred = result.arrays[target]
+    return ScoredImputation(result, pred, real, lesion, score_volume(pred, real, case.mask, lesion))
 
 
 def evaluate_cases(
@@ -74,13 +116,10 @@ def evaluate_cases(
                     continue
                 if on_case:
                     on_case(case_name(folder), target, inputs)
-                result = impute({c: images[c] for c in inputs}, model, targets=[target], device=device,
-                                batch_size=batch_size, cancel=cancel, precision=precision)
-                case = result.case
-                pred = result.arrays[target]
-                real = case.normalize_like_inputs(images[target])
-                lesion = to_canonical_array(lesion_image) > 0 if lesion_image is not None else None
-                scores = score_volume(pred, real, case.mask, lesion)
+                scored = score_imputation(model, images, target, inputs, lesion_image, device=device,
+                                          batch_size=batch_size, cancel=cancel, precision=precision)
+                result, case, pred, real, lesion, scores = (scored.result, scored.result.case, scored.pred,
+                                                            scored.real, scored.lesion, scored.scores)
                 rows.append({"case": case_name(folder), "target": target, "inputs": "+".join(inputs),
                              "n_inputs": len(inputs), "model": model.card.name, **scores})
                 if volumes_dir is not None:
@@ -100,8 +139,6 @@ def evaluate_cases(
 
 def read_volume_allow_empty(path: Path):
     """A lesion mask may be all zeros (no visible lesion): read it without the all-zero refusal."""
-    import SimpleITK as sitk
-
     try:
         return read_volume(path)
     except InputError:

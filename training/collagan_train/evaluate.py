@@ -23,10 +23,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from CollaGANImputeLib.contract import load_model
-from CollaGANImputeLib.geometry import align_to_reference, to_canonical_array
-from CollaGANImputeLib.io import find_lesion_mask, read_volume
-from CollaGANImputeLib.metrics import METRIC_NAMES, score_volume, summarize
-from CollaGANImputeLib.pipeline import impute, read_case
+from CollaGANImputeLib.evaluate import read_volume_allow_empty, score_imputation
+from CollaGANImputeLib.io import find_lesion_mask
+from CollaGANImputeLib.metrics import METRIC_NAMES, summarize
+from CollaGANImputeLib.pipeline import read_case
 
 from .data_loader import locate_lgg, repo_path
 
@@ -44,16 +44,10 @@ def score_case(model, case_dir: Path, target: str, inputs: Sequence[str], device
                images: Optional[dict] = None):
     """Impute ``target`` of one case from ``inputs`` and score it; returns (scores, pred, gt, mask, lesion)."""
     images = images or read_case(case_dir, model.card.contrasts)
-    result = impute({c: images[c] for c in inputs}, model, targets=[target], device=device)
-    case = result.case
-    gt = case.normalize_like_inputs(images[target])
-    lesion = None
     lesion_path = find_lesion_mask(case_dir)
-    if lesion_path is not None:
-        aligned = align_to_reference({"ref": case.reference, "seg": read_volume(lesion_path)}, "ref")["seg"]
-        lesion = to_canonical_array(aligned) > 0.5
-    pred = result.arrays[target]
-    return score_volume(pred, gt, case.mask, lesion), pred, gt, case.mask, lesion
+    lesion_image = read_volume_allow_empty(lesion_path) if lesion_path is not None else None
+    scored = score_imputation(model, images, target, inputs, lesion_image, device=device)
+    return scored.scores, scored.pred, scored.real, scored.mask, scored.lesion
 
 
 def evaluate(models: Dict[str, str], case_dirs: Sequence[Path], out_dir: Path, device: str = "cpu",
