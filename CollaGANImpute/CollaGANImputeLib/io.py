@@ -8,8 +8,10 @@ Example:
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Union
@@ -26,6 +28,7 @@ VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Name part that marks this package's outputs; such files are never taken as real inputs.
 SYNTHETIC_TAG = "synthetic"
 LESION_SUFFIX = "seg"
+GZIP_LEVEL = 1  # .nii.gz outputs: fastest zlib level (see write_volume)
 
 
 def _strip_extension(name: str) -> str:
@@ -138,10 +141,20 @@ def write_volume(image: sitk.Image, path: PathLike, description: str = "", metad
     extension = next((e for e in VOLUME_EXTENSIONS if name.lower().endswith(e)), path.suffix)
     fd, tmp = tempfile.mkstemp(prefix=f".{_strip_extension(name)}.", suffix=f".tmp{extension}", dir=path.parent)
     os.close(fd)
+    plain = tmp[: -len(".gz")] if extension.lower() == ".nii.gz" and compress else ""
     try:
-        sitk.WriteImage(image, tmp, useCompression=compress)
+        if plain:
+            # ITK's NIfTI writer gzips at zlib's default level (0.9 s for a 240x240x155 float volume); level 1
+            # takes a third of that for files about 40 % larger, and any NIfTI reader reads it the same.
+            sitk.WriteImage(image, plain, useCompression=False)
+            with open(plain, "rb") as source, open(tmp, "wb") as raw:
+                with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as gz:
+                    shutil.copyfileobj(source, gz, length=1 << 22)
+        else:
+            sitk.WriteImage(image, tmp, useCompression=compress)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in filter(None, (tmp, plain)):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
     return path

@@ -66,6 +66,28 @@ def test_write_is_labeled_and_atomic(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [path.name]
 
 
+def test_nifti_gz_output_is_gzip_with_the_same_voxels_and_geometry(tmp_path):
+    image = make_image(head_phantom().astype(np.float32) / 7)
+    image.SetOrigin((3.0, -2.0, 1.5))
+    path = write_volume(image, tmp_path / "c-t2f-synthetic-collagan.nii.gz", "SYNTHETIC")
+    assert path.read_bytes()[:2] == b"\x1f\x8b"  # gzip magic: really compressed
+    back = sitk.ReadImage(str(path))
+    assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))
+    assert back.GetOrigin() == image.GetOrigin() and back.GetSpacing() == image.GetSpacing()
+    assert back.GetMetaData("descrip") == "SYNTHETIC"
+
+
+def test_failed_compression_leaves_nothing(tmp_path, monkeypatch):
+    import CollaGANImputeLib.io as io_module
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(io_module.shutil, "copyfileobj", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_volume(make_image(head_phantom()), tmp_path / "c-t1c-synthetic-collagan.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         write_volume(make_image(head_phantom()), tmp_path / "out.unknownformat")

@@ -24,6 +24,9 @@ METHODS = {
     # Table 9 "l1": direct regression from multiple inputs only, no MCC, no SSIM, no adversarial loss.
     "l1": {"w_cyc_l1": 0.0, "w_cyc_ssim": 0.0, "w_direct_l1": 1.0, "w_direct_ssim": 0.0, "w_gan": 0.0,
            "w_g_clsf": 0.0, "w_d_clsf": 0.0, "clsf_warmup_steps": 0},
+    # Not in the paper: "l1" with squared error, the loss NMSE (the protocol's first metric) measures.
+    "l2": {"w_cyc_l1": 0.0, "w_cyc_ssim": 0.0, "w_direct_l1": 0.0, "w_direct_l2": 1.0, "w_direct_ssim": 0.0,
+           "w_gan": 0.0, "w_g_clsf": 0.0, "w_d_clsf": 0.0, "clsf_warmup_steps": 0},
     # pix2pix/StarGAN-style single-input translation with the same G: one input, direct L1 + adversarial.
     "single_input": {"w_cyc_l1": 0.0, "w_cyc_ssim": 0.0, "w_direct_l1": 10.0, "w_direct_ssim": 0.0,
                      "single_input": True},
@@ -48,6 +51,8 @@ class TrainConfig:
     # --- model ---
     g_base: int = 16                # Table 2: 16..256 channels over 5 levels
     g_levels: int = 5
+    g_voxel_prior: bool = False     # U-Net adds to the fixed voxel-regression polynomial (not in the paper)
+    init_g: str = ""                # warm start: G weights from this training checkpoint (D, optimizers fresh)
     d_dropout: float = 0.5
     d_sigmoid: bool = True          # Table 3 ends D_gan with a sigmoid
     # --- method / losses (authors' MRI code weights, COLLAGAN.md) ---
@@ -59,6 +64,7 @@ class TrainConfig:
     w_d_clsf: float = 1.0
     w_direct_l1: float = 0.0
     w_direct_ssim: float = 0.0
+    w_direct_l2: float = 0.0        # squared error on the imputed target (not in the paper: NMSE is its metric)
     input_dropout_max_extra: int = 1  # besides the target, null 0..this many more inputs (>=1 input stays)
     single_input: bool = False
     clsf_warmup_steps: int = -1     # classifier-only steps first; -1 = clsf_warmup_epochs epochs
@@ -73,6 +79,7 @@ class TrainConfig:
     weight_decay_g: float = 0.01
     lr_decay_every: int = 400
     lr_decay: float = 0.99
+    ema_decay: float = 0.0          # >0: validate and export an exponential moving average of G's weights
     seed: int = 0
     # --- running ---
     threads: int = 0                # torch.set_num_threads; 0 = leave torch's default

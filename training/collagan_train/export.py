@@ -69,8 +69,8 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**state["config"]).with_method()
-    g = Generator(len(cfg.contrasts), cfg.g_base, cfg.g_levels)
-    g.load_state_dict(state["G"])
+    g = Generator(len(cfg.contrasts), cfg.g_base, cfg.g_levels, cfg.g_voxel_prior)
+    g.load_state_dict(state.get("G_ema") or state["G"])  # the weight average where the run kept one
     g.eval()
     run_dir = Path(checkpoint).resolve().parent
     commands = (run_dir / "commands.txt").read_text().splitlines() if (run_dir / "commands.txt").is_file() else []
@@ -80,8 +80,10 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
         name=name or f"collagan-{cfg.method}-{'-'.join(cfg.contrasts)}",
         contrasts=list(cfg.contrasts),
         in_plane_size=(256, 256),
-        architecture={"generator": "CCNR U-Net (CollaGAN CVPR 2019 Table 2)", "base_channels": cfg.g_base,
-                      "levels": cfg.g_levels, "parameters": count_parameters(g),
+        architecture={"generator": "CCNR U-Net (CollaGAN CVPR 2019 Table 2)" + (
+                          " added to a fixed voxel-regression polynomial (voxel prior)" if cfg.g_voxel_prior else ""),
+                      "base_channels": cfg.g_base, "levels": cfg.g_levels, "parameters": count_parameters(g),
+                      "voxel_prior": cfg.g_voxel_prior,
                       "input": f"(B, {2 * len(cfg.contrasts)}, H, W): contrasts + one-hot target planes",
                       "any_size": f"H, W divisible by {2 ** (cfg.g_levels - 1)}"},
         training={"data": DATA, "split": f"{cfg.split_file}: {len(split.get('train', []))} train / "

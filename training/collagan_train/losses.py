@@ -48,6 +48,10 @@ def l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x - y).abs().mean()
 
 
+def l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.mean((x - y) ** 2)
+
+
 def lsgan_d(real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
     """Discriminator LSGAN loss: E[(D(real) - 1)^2] + E[D(fake)^2]."""
     return ((real_out - 1) ** 2).mean() + (fake_out**2).mean()

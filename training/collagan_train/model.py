@@ -16,6 +16,8 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
+from .baselines import VoxelRegression, n_features
+
 
 class CCNR(nn.Module):
     """Parallel 1x1 and 3x3 convolutions, concatenated, instance norm, leaky ReLU (the paper's CCNR unit).
@@ -45,14 +47,25 @@ class Generator(nn.Module):
 
     Input (B, 2N, H, W): N contrasts (target/missing slots zero) + N one-hot target planes; output (B, 1, H, W)
     in p99 units. H and W must be divisible by ``2**(levels-1)`` (16 for 5 levels).
+
+    ``voxel_prior`` (not in the paper) adds a voxel-wise path: the output is the voxel-regression baseline's
+    quadratic polynomial of the available inputs (``baselines.VoxelRegression``, one per target and input
+    subset, fitted once by least squares on the training split and then fixed) plus the U-Net, which learns
+    the residual: the anatomy and contrast a voxel's own intensities cannot explain. Why: on 2 CPU cores a few
+    thousand steps left the plain U-Net behind that baseline (training/README.md).
     """
 
-    def __init__(self, n_contrasts: int, base: int = 16, levels: int = 5) -> None:
+    __constants__ = ["voxel_prior"]  # TorchScript compiles only the branch in use
+
+    def __init__(self, n_contrasts: int, base: int = 16, levels: int = 5, voxel_prior: bool = False) -> None:
         super().__init__()
         if levels < 2:
             raise ValueError("The generator needs at least 2 levels.")
         self.n_contrasts = n_contrasts
         self.levels = levels
+        self.voxel_prior = voxel_prior
+        if voxel_prior:  # coefficients are a buffer: set by start_from_voxel_prior or loaded with the state dict
+            self.prior = VoxelRegression(torch.zeros(n_contrasts, 2**n_contrasts, n_features(n_contrasts)))
         widths = [base * 2**i for i in range(levels)]
         self.encoders = nn.ModuleList()
         in_ch = 2 * n_contrasts
@@ -69,6 +82,7 @@ class Generator(nn.Module):
         self.out = nn.Conv2d(widths[0], 1, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs = x
         skips: List[torch.Tensor] = []
         for encoder in self.encoders:
             x = encoder(x)
@@ -80,7 +94,19 @@ class Generator(nn.Module):
             x = up(x)
             x = decoder(torch.cat([skips[len(skips) - 1 - i], x], dim=1))
             i += 1
+        if self.voxel_prior:
+            return self.prior(inputs) + self.out(x)
         return self.out(x)
+
+    @torch.no_grad()
+    def start_from_voxel_prior(self, coef: torch.Tensor) -> None:
+        """Set the prior's coefficients and zero the U-Net's output layer: the generator then starts as the
+        voxel regression, and the U-Net's (e.g. warm-started) features begin to add to it from there."""
+        if not self.voxel_prior:
+            raise ValueError("This generator was built without voxel_prior=True.")
+        self.prior.coef.copy_(coef)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
 
 def _conv(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -28,7 +29,7 @@ from .data_loader import SliceData
 from .model import Discriminator, Generator
 
 LOG_FIELDS = ["step", "epoch", "phase", "lr_g", "sec_per_step", "loss_d", "d_gan", "d_clsf", "loss_g", "g_gan",
-              "g_clsf", "direct_l1", "direct_ssim", "cyc_l1", "cyc_ssim", "n_cycle"]
+              "g_clsf", "direct_l1", "direct_ssim", "cyc_l1", "cyc_ssim", "n_cycle", "direct_l2"]
 
 
 def one_hot_planes(index: torch.Tensor, n: int, shape: Tuple[int, int]) -> torch.Tensor:
@@ -40,6 +41,25 @@ def build_input(images: torch.Tensor, available: torch.Tensor, target: torch.Ten
     """Model input: contrasts with unavailable slots zeroed (target included), then the target's mask planes."""
     x = images * available[:, :, None, None].to(images.dtype)
     return torch.cat([x, one_hot_planes(target, images.shape[1], images.shape[-2:])], dim=1)
+
+
+def load_generator_weights(path: str, cfg: TrainConfig) -> Dict[str, torch.Tensor]:
+    """G's state dict from a training checkpoint, refused when its contrasts or architecture differ."""
+    from .data_loader import repo_path
+
+    file = repo_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"init_g={path}: no such checkpoint; give a training checkpoint (latest.pt/best.pt).")
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "G" not in state:
+        raise ValueError(f"init_g={path} is not a training checkpoint (no 'G' weights); exported TorchScript "
+                         "models cannot seed training.")
+    theirs = state.get("config", {})
+    for key in ("contrasts", "g_base", "g_levels"):
+        if key in theirs and theirs[key] != getattr(cfg, key):
+            raise ValueError(f"init_g={path} was trained with {key}={theirs[key]}, this run has "
+                             f"{key}={getattr(cfg, key)}; they must match.")
+    return state.get("G_ema") or state["G"]  # the averaged weights where the run kept them
 
 
 class Solver:
@@ -55,11 +75,25 @@ class Solver:
         self.out_dir = Path(out_dir or cfg.out_dir)
         self.n = len(cfg.contrasts)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (and broadcast below)
-        self.G = Generator(self.n, cfg.g_base, cfg.g_levels).to(self.device)
+        self.G = Generator(self.n, cfg.g_base, cfg.g_levels, cfg.g_voxel_prior).to(self.device)
         self.D = Discriminator(self.n, cfg.d_dropout, cfg.d_sigmoid).to(self.device)
+        fit_prior = cfg.g_voxel_prior
+        if cfg.init_g:  # a staged schedule: e.g. CollaGAN fine-tuning of a generator pre-trained with direct L1
+            missing, unexpected = self.G.load_state_dict(load_generator_weights(cfg.init_g, cfg), strict=False)
+            # A plain generator may seed a voxel-prior one (the prior is then fitted); nothing else may differ.
+            if unexpected or set(missing) - {"prior.coef", "prior.bits"}:
+                raise ValueError(f"init_g={cfg.init_g} does not fit this generator (missing {missing}, unexpected "
+                                 f"{unexpected}); set g_voxel_prior as in that checkpoint's run.")
+            fit_prior = "prior.coef" in missing
+        if fit_prior:
+            from .baselines import fit
+
+            self.G.start_from_voxel_prior(fit(train.images, train.masks, seed=cfg.seed).to(self.device))
         if cfg.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
+        # Batch-1 steps are noisy; the weight average is what validation scores and export ships.
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.ema_decay > 0 else None
         # Adam's weight_decay adds wd * w to the gradient: the authors' L2 regularisation of G.
         self.opt_g = torch.optim.Adam(self.G.parameters(), cfg.lr_g, (cfg.beta1, cfg.beta2),
                                       weight_decay=cfg.weight_decay_g)
@@ -184,6 +218,8 @@ class Solver:
                 terms["g_clsf"] = cfg.w_g_clsf * losses.classification(logits_fake.float(), target)
             if cfg.w_direct_l1 > 0:
                 terms["direct_l1"] = cfg.w_direct_l1 * losses.l1(fake, real_t)
+            if cfg.w_direct_l2 > 0:
+                terms["direct_l2"] = cfg.w_direct_l2 * losses.l2(fake, real_t)
             if cfg.w_direct_ssim > 0:
                 terms["direct_ssim"] = cfg.w_direct_ssim * losses.ssim_loss(fake, real_t)
             if cfg.w_cyc_l1 > 0 or cfg.w_cyc_ssim > 0:
@@ -194,6 +230,10 @@ class Solver:
             loss_g.backward()
             self._sync(self.G)
             self.opt_g.step()
+            if self.G_ema is not None:
+                with torch.no_grad():
+                    for avg, live in zip(self.G_ema.parameters(), self.G.parameters()):
+                        avg.lerp_(live, 1 - cfg.ema_decay)
             out.update({k: v.item() for k, v in terms.items()}, loss_g=loss_g.item())
         if out["phase"] == "gan":  # G's schedule starts with G's training
             self.sched_g.step()
@@ -222,7 +262,8 @@ class Solver:
         """Score a fixed set of validation slices (full size, all other inputs) with the core's metrics."""
         if self.val_data is None or len(self.val_data) == 0:
             return {}
-        self.G.eval()
+        generator = self.G_ema if self.G_ema is not None else self.G
+        generator.eval()
         picks = np.unique(np.linspace(0, len(self.val_data) - 1, min(self.cfg.val_slices, len(self.val_data)))
                           .round().astype(int)).tolist()
         images, masks = self.val_data.batch(picks, torch.Generator())
@@ -236,7 +277,7 @@ class Solver:
                 sl = slice(start, start + 8)
                 with self._autocast():
                     x = build_input(images[sl], available[sl], target[sl]).to(self.device)
-                    preds.append(self.G(self._prep(x)).float().cpu()[:, 0])
+                    preds.append(generator(self._prep(x)).float().cpu()[:, 0])
             scores = score_volume(torch.cat(preds).numpy(), images[:, t].numpy(), masks.numpy())
             for key in ("nmse", "psnr", "ssim"):
                 result[f"{name}_{key}"] = scores[key]
@@ -251,10 +292,12 @@ class Solver:
                 "sched_d": self.sched_d.state_dict(), "step": self.step, "epoch": self.epoch,
                 "cursor": self.cursor, "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "best": self.best, "train_seconds": self.train_seconds, "config": self.base_cfg.to_dict(),
-                "world": self.world}
+                "world": self.world, **({"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {})}
 
     def load_state(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(state.get("G_ema", state["G"]))
         self.D.load_state_dict(state["D"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])

@@ -75,3 +75,28 @@ def test_discriminator_classifier_learns(sample_slices):
         opt.step()
     assert first > 0.9  # starts near chance (ln 3 = 1.10)
     assert loss.item() < 0.4, f"D_clsf did not learn: loss {loss.item():.3f} after 40 steps"
+
+
+def test_voxel_prior_generator_starts_as_the_voxel_regression_and_scripts():
+    from training.collagan_train.baselines import VoxelRegression, n_features
+
+    torch.manual_seed(0)
+    coef = torch.randn(3, 8, n_features(3)) * 0.1
+    g = Generator(n_contrasts=3, base=4, levels=3, voxel_prior=True).eval()
+    g.start_from_voxel_prior(coef)
+    x = torch.rand(2, 6, 32, 32)
+    x[:, 0] = 0
+    x[:, 3:] = 0
+    x[:, 3] = 1  # target: contrast 0 from contrasts 1 and 2
+    expected = VoxelRegression(coef)(x)
+    assert torch.allclose(g(x), expected, atol=1e-6)
+    with torch.no_grad():
+        g.out.weight.fill_(0.1)  # the U-Net's residual now adds to the prior
+    assert not torch.allclose(g(x), expected, atol=1e-3)
+    scripted = torch.jit.script(g)
+    assert torch.allclose(scripted(x), g(x), atol=1e-6)
+    clone = Generator(n_contrasts=3, base=4, levels=3, voxel_prior=True)
+    clone.load_state_dict(g.state_dict())  # the coefficients travel with the weights
+    assert torch.equal(clone.prior.coef, coef)
+    with pytest.raises(ValueError, match="voxel_prior"):
+        Generator(n_contrasts=3, base=4, levels=3).start_from_voxel_prior(coef)

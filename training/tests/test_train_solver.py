@@ -164,3 +164,55 @@ def test_bf16_autocast_and_channels_last_step(tiny_cfg, sample_slices):
     out = solver.train_step()
     assert all(torch.isfinite(torch.tensor(v)) for k, v in out.items() if k != "phase")
     assert solver.G.out.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_init_g_warm_starts_only_the_generator(tiny_cfg, sample_slices, tmp_path):
+    donor = Solver(tiny_cfg("method=l1", "seed=3"), sample_slices, None, out_dir=str(tmp_path / "donor"))
+    donor.train_step()
+    ckpt = donor.save("latest.pt")
+    fresh = Solver(tiny_cfg(), sample_slices, None)
+    seeded = Solver(tiny_cfg(f"init_g={ckpt}"), sample_slices, None)
+    assert all(torch.equal(a, b) for a, b in zip(seeded.G.state_dict().values(), donor.G.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(seeded.D.state_dict().values(), fresh.D.state_dict().values()))
+    assert seeded.step == 0 and seeded.train_step()["phase"] == "clsf"  # its own warm-up and schedule
+
+
+def test_init_g_refuses_a_different_architecture(tiny_cfg, sample_slices, tmp_path):
+    donor = Solver(tiny_cfg("g_base=8"), sample_slices, None, out_dir=str(tmp_path / "donor"))
+    ckpt = donor.save("latest.pt")
+    with pytest.raises(ValueError, match="g_base"):
+        Solver(tiny_cfg(f"init_g={ckpt}", "g_base=4"), sample_slices, None)
+
+
+def test_init_g_from_a_plain_generator_fits_the_voxel_prior(tiny_cfg, sample_slices, tmp_path):
+    donor = Solver(tiny_cfg("method=l1"), sample_slices, None, out_dir=str(tmp_path / "donor"))
+    ckpt = donor.save("latest.pt")
+    seeded = Solver(tiny_cfg(f"init_g={ckpt}", "g_voxel_prior=true"), sample_slices, None)
+    assert seeded.G.prior.coef.abs().sum() > 0  # fitted on the training slices
+    assert float(seeded.G.out.weight.abs().sum()) == 0.0  # starts as the voxel regression
+    shared = {k: v for k, v in seeded.G.state_dict().items() if not k.startswith(("prior.", "out."))}
+    assert all(torch.equal(v, donor.G.state_dict()[k]) for k, v in shared.items())
+    out = seeded.train_step()
+    assert out["phase"] == "clsf" and seeded.G.voxel_prior
+
+
+def test_ema_weights_average_g_survive_resume_and_are_exported(tiny_cfg, sample_slices, tmp_path):
+    from training.collagan_train.export import export_checkpoint
+
+    solver = Solver(tiny_cfg("method=l1", "ema_decay=0.5", "w_direct_l2=1.0"), sample_slices, None,
+                    out_dir=str(tmp_path / "run"))
+    start = [p.clone() for p in solver.G_ema.parameters()]
+    out = [solver.train_step() for _ in range(3)][-1]
+    assert "direct_l2" in out
+    live, avg = list(solver.G.parameters()), list(solver.G_ema.parameters())
+    moved = [not torch.equal(a, s) for a, s in zip(avg, start)]
+    assert any(moved) and not all(torch.equal(a, b) for a, b in zip(avg, live))  # between start and G
+    ckpt = solver.save("latest.pt")
+    resumed = Solver.from_checkpoint(str(ckpt), sample_slices, None)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.G_ema.parameters(), avg))
+    model = export_checkpoint(str(ckpt), str(tmp_path / "m.pt"), optimize=False)
+    images, target, available = solver.sample()
+    x = build_input(images, available, target)
+    loaded = torch.jit.load(str(model))
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), solver.G_ema.eval()(x), atol=1e-5)
