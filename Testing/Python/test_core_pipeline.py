@@ -33,6 +33,41 @@ def test_mask_uses_only_inputs():
     assert (mask == expected).mean() > 0.97
 
 
+def _full_grid_mask(arrays):
+    """The mask rule computed on the whole grid with scipy's fill (what foreground_mask did before it worked
+    on the head's bounding box with a labelling fill): the reference for exactness."""
+    from CollaGANImputeLib.normalization import IN_PLANE
+    from scipy import ndimage
+
+    mean = sum(np.asarray(a, np.float32) / np.float32(p99(a)) for a in arrays) / len(arrays)
+    binary = sitk.OtsuThreshold(sitk.GetImageFromArray(mean.astype(np.float32)), 0, 1, 256)
+    binary = sitk.BinaryFillhole(binary, fullyConnected=False, foregroundValue=1)
+    largest = sitk.GetArrayFromImage(sitk.RelabelComponent(sitk.ConnectedComponent(binary),
+                                                           sortByObjectSize=True)) == 1
+    return ndimage.binary_fill_holes(largest, structure=IN_PLANE)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_mask_on_the_bounding_box_equals_the_full_grid_rule(seed):
+    rng = np.random.default_rng(seed)
+    a = head_phantom(seed=seed).astype(np.float32)
+    a[:, 20:26, 30:34] = 0  # a hole open through the slices: only the in-plane fill closes it
+    a[rng.integers(0, a.shape[0]), 0, rng.integers(0, a.shape[2])] = a.max()  # a bright speck on the edge
+    arrays = [a, head_phantom(seed=seed + 10)]
+    assert np.array_equal(foreground_mask(arrays), _full_grid_mask(arrays))
+
+
+def test_in_plane_fill_equals_scipy_on_random_masks():
+    from CollaGANImputeLib.normalization import IN_PLANE, fill_holes_in_plane
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        mask = rng.random((int(rng.integers(1, 6)), int(rng.integers(3, 40)), int(rng.integers(3, 40))))
+        mask = mask < rng.uniform(0.2, 0.9)
+        assert np.array_equal(fill_holes_in_plane(mask), ndimage.binary_fill_holes(mask, structure=IN_PLANE))
+
+
 def test_normalize_refuses_blank_mask():
     with pytest.raises(InputError, match="mask is empty"):
         normalize(np.ones((2, 3, 3)), np.zeros((2, 3, 3), bool))

@@ -91,3 +91,21 @@ def test_voxel_regression_exports_and_scores_through_evaluate(sample_slices, tin
     # fitted on this very case, the regression must beat a 3-step tiny GAN
     assert summary["voxreg"]["t1n"]["nmse"]["mean"] < summary["tiny"]["t1n"]["nmse"]["mean"]
     assert json.loads((out / "summary.json").read_text())["cases"] == [SAMPLE.name]
+
+
+def test_slice_scale_report_separates_brightness_from_anatomy(sample_slices):
+    from training.collagan_train.diagnose import slice_scale_report
+
+    images, masks = sample_slices.batch(list(range(4)), torch.Generator())
+    n = images.shape[1]
+    factors = torch.tensor([1.0, 2.0, 0.5, 1.0])
+
+    def brightness_wrong(x):  # the real target, each slice scaled by its own wrong factor
+        target = x[:, n:].mean(dim=(2, 3)).argmax(dim=1)
+        real = torch.stack([images[i, int(t)] for i, t in enumerate(target)])[:, None]
+        return real * factors[: len(x), None, None, None]
+
+    report = slice_scale_report(brightness_wrong, images, masks, ["t1n", "t1c", "t2f"])
+    for row in report.values():
+        assert row["nmse"] > 0.1 and row["nmse_slice_rescaled"] < 1e-10
+        assert np.isclose(row["scale_mean"], float((1 / factors).mean()), atol=1e-5)
