@@ -17,11 +17,12 @@ from typing import Callable, List, Optional
 
 import numpy as np
 import torch
+from CollaGANImputeLib.metrics import nmse
 
 from .config import load_config
 from .main import load_data
 from .model import Generator
-from .solver import build_input
+from .solver import build_input, fixed_validation_slices, generator_weights
 
 
 def load_predictor(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -33,7 +34,7 @@ def load_predictor(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if isinstance(state, dict) and "G" in state:
         cfg = load_config(None, [f"{k}={json.dumps(v)}" for k, v in state["config"].items()])
         generator = Generator(len(cfg.contrasts), cfg.g_base, cfg.g_levels, cfg.g_voxel_prior)
-        generator.load_state_dict(state.get("G_ema") or state["G"])
+        generator.load_state_dict(generator_weights(state))
         return generator.eval()
     return torch.jit.load(path, map_location="cpu").eval()
 
@@ -54,10 +55,9 @@ def slice_scale_report(predict: Callable[[torch.Tensor], torch.Tensor], images: 
         truth = images[:, t].numpy()
         factors = np.array([float((p[m] * r[m]).sum() / max(float((p[m] ** 2).sum()), 1e-12))
                             for p, r, m in zip(pred, truth, masks_np)])
-        energy = float((truth[masks_np] ** 2).sum())
         report[name] = {
-            "nmse": float(((pred - truth)[masks_np] ** 2).sum()) / energy,
-            "nmse_slice_rescaled": float(((pred * factors[:, None, None] - truth)[masks_np] ** 2).sum()) / energy,
+            "nmse": nmse(pred, truth, masks_np),
+            "nmse_slice_rescaled": nmse(pred * factors[:, None, None], truth, masks_np),
             "scale_mean": float(factors.mean()), "scale_sd": float(factors.std()),
         }
     return report
@@ -71,7 +71,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
     _, val, _ = load_data(cfg)
-    picks = np.unique(np.linspace(0, len(val) - 1, min(args.slices, len(val))).round().astype(int)).tolist()
+    picks = fixed_validation_slices(len(val), args.slices)
     images, masks = val.batch(picks, torch.Generator())
     for path in args.models:
         for name, row in slice_scale_report(load_predictor(path), images, masks, cfg.contrasts).items():

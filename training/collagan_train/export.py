@@ -19,6 +19,7 @@ from CollaGANImputeLib.contract import ModelCard, load_model, save_model
 
 from .config import TrainConfig
 from .model import Generator, count_parameters
+from .solver import generator_weights
 
 LICENCE = "CC BY-NC-SA 4.0 (inherited from the TCGA-LGG curated set; research use only)"
 DATA = ("TCGA-LGG (TCIA) as curated by Buda et al. 2019 / Mazurowski et al. 2017 (kaggle_3m 'LGG segmentation'), "
@@ -70,7 +71,7 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**state["config"]).with_method()
     g = Generator(len(cfg.contrasts), cfg.g_base, cfg.g_levels, cfg.g_voxel_prior)
-    g.load_state_dict(state.get("G_ema") or state["G"])  # the weight average where the run kept one
+    g.load_state_dict(generator_weights(state))
     g.eval()
     run_dir = Path(checkpoint).resolve().parent
     commands = (run_dir / "commands.txt").read_text().splitlines() if (run_dir / "commands.txt").is_file() else []

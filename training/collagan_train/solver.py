@@ -43,6 +43,16 @@ def build_input(images: torch.Tensor, available: torch.Tensor, target: torch.Ten
     return torch.cat([x, one_hot_planes(target, images.shape[1], images.shape[-2:])], dim=1)
 
 
+def generator_weights(state: dict) -> Dict[str, torch.Tensor]:
+    """G's weights from a training checkpoint: the weight average where the run kept one (``ema_decay``)."""
+    return state.get("G_ema") or state["G"]
+
+
+def fixed_validation_slices(length: int, count: int) -> List[int]:
+    """The evenly spaced validation slices every validation (and the diagnostics) score."""
+    return np.unique(np.linspace(0, length - 1, min(count, length)).round().astype(int)).tolist()
+
+
 def load_generator_weights(path: str, cfg: TrainConfig) -> Dict[str, torch.Tensor]:
     """G's state dict from a training checkpoint, refused when its contrasts or architecture differ."""
     from .data_loader import repo_path
@@ -59,7 +69,7 @@ def load_generator_weights(path: str, cfg: TrainConfig) -> Dict[str, torch.Tenso
         if key in theirs and theirs[key] != getattr(cfg, key):
             raise ValueError(f"init_g={path} was trained with {key}={theirs[key]}, this run has "
                              f"{key}={getattr(cfg, key)}; they must match.")
-    return state.get("G_ema") or state["G"]  # the averaged weights where the run kept them
+    return generator_weights(state)
 
 
 class Solver:
@@ -264,8 +274,7 @@ class Solver:
             return {}
         generator = self.G_ema if self.G_ema is not None else self.G
         generator.eval()
-        picks = np.unique(np.linspace(0, len(self.val_data) - 1, min(self.cfg.val_slices, len(self.val_data)))
-                          .round().astype(int)).tolist()
+        picks = fixed_validation_slices(len(self.val_data), self.cfg.val_slices)
         images, masks = self.val_data.batch(picks, torch.Generator())
         result: Dict[str, float] = {}
         for t, name in enumerate(self.cfg.contrasts):
