@@ -44,6 +44,9 @@ P99_NORMALIZATION: dict[str, Any] = {
 PathLike = Union[str, os.PathLike]
 
 
+OUTSIDE_HEAD = ("model", "zero")
+
+
 @dataclass
 class ModelCard:
     """Metadata embedded in every model file: what the model expects and what it was trained on."""
@@ -55,6 +58,9 @@ class ModelCard:
     slice_orientation: str = "axial slices of the volume re-oriented to LPS (SimpleITK DICOMOrient)"
     normalization: dict[str, Any] = field(default_factory=lambda: dict(P99_NORMALIZATION))
     output: str = "the target contrast in p99 units of the target (1.0 = its 99th percentile in the mask)"
+    #: "model": keep the network's output everywhere; "zero": set voxels outside the inputs' head mask to 0
+    #: (for models trained with losses inside the head only, whose output there is untrained).
+    outside_head: str = "model"
     architecture: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     licence: str = "unspecified"
@@ -66,6 +72,9 @@ class ModelCard:
     def __post_init__(self) -> None:
         self.contrasts = [str(c) for c in self.contrasts]
         self.in_plane_size = (int(self.in_plane_size[0]), int(self.in_plane_size[1]))
+        if self.outside_head not in OUTSIDE_HEAD:
+            raise ModelError(f"outside_head must be one of {OUTSIDE_HEAD}, got '{self.outside_head}'. "
+                             "Re-export the model with a supported value.")
         if len(self.contrasts) < 2 or len(set(self.contrasts)) != len(self.contrasts):
             raise ModelError(
                 f"A CollaGAN model needs at least two distinct contrast names, got {self.contrasts}."
@@ -109,7 +118,7 @@ class ModelCard:
             f"Contrasts (channel order): {', '.join(self.contrasts)}",
             f"In-plane size: {self.in_plane_size[0]}x{self.in_plane_size[1]} ({self.pad_crop})",
             f"Normalization: {self.normalization.get('method')} ({self.normalization.get('mask')})",
-            f"Output: {self.output}",
+            f"Output: {self.output}" + ("; 0 outside the head mask" if self.outside_head == "zero" else ""),
             f"Licence: {self.licence}",
         ]
         if self.description:

@@ -163,6 +163,8 @@ def impute(
         array = impute_slices(model, inputs, target, device=device, batch_size=batch_size, progress=progress,
                               cancel=cancel, progress_offset=index * n_slices, progress_total=total,
                               precision=precision)
+        if card.outside_head == "zero":
+            array = np.where(case.mask, array, 0).astype(array.dtype, copy=False)
         result.images[target] = label_synthetic(case.to_image(array), model, inputs_by_target[target], target)
         result.arrays[target] = array
         result.cases[target] = case

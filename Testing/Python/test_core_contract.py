@@ -87,3 +87,9 @@ def test_refuses_checksum_mismatch(tiny_model_path):
 def test_card_needs_two_distinct_contrasts():
     with pytest.raises(ModelError, match="two distinct"):
         ModelCard(name="x", contrasts=["t1n", "t1n"])
+
+
+def test_card_outside_head_is_checked():
+    assert ModelCard(name="x", contrasts=["t1n", "t2f"]).outside_head == "model"
+    with pytest.raises(ModelError, match="outside_head"):
+        ModelCard(name="x", contrasts=["t1n", "t2f"], outside_head="blank")

@@ -174,3 +174,20 @@ def test_given_target_never_shapes_its_own_mask(tiny_model_path):
     result = impute(images, load_model(tiny_model_path), targets=["t1c"], device="cpu")
     expected = prepare_case(_phantoms()).mask
     assert np.array_equal(result.cases["t1c"].mask, expected)
+
+
+def test_outside_head_zero_blanks_only_outside_the_mask(tmp_path):
+    from CollaGANImputeLib import ModelCard, save_model
+    from core_fixtures import CONTRASTS, TinyGenerator
+
+    torch.manual_seed(0)
+    generator, results = TinyGenerator(), {}
+    for rule in ("model", "zero"):
+        path = tmp_path / f"{rule}.pt"
+        save_model(generator, ModelCard(name=rule, contrasts=CONTRASTS, outside_head=rule), path)
+        results[rule] = impute(_phantoms(), load_model(path), targets=["t1c"], device="cpu", precision="fp32")
+    mask = results["zero"].cases["t1c"].mask
+    kept, zeroed = results["model"].arrays["t1c"], results["zero"].arrays["t1c"]
+    assert np.abs(kept[~mask]).max() > 0, "the tiny model's output is non-zero outside the head"
+    assert not zeroed[~mask].any()
+    assert np.array_equal(zeroed[mask], kept[mask])

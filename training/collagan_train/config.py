@@ -65,6 +65,7 @@ class TrainConfig:
     w_direct_l1: float = 0.0
     w_direct_ssim: float = 0.0
     w_direct_l2: float = 0.0        # squared error on the imputed target (not in the paper: NMSE is its metric)
+    head_only_loss: bool = False    # losses see G's output inside the head mask only (not in the paper, see README)
     input_dropout_max_extra: int = 1  # besides the target, null 0..this many more inputs (>=1 input stays)
     single_input: bool = False
     clsf_warmup_steps: int = -1     # classifier-only steps first; -1 = clsf_warmup_epochs epochs

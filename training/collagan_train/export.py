@@ -92,13 +92,15 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                   "method": cfg.method, "steps": state["step"], "epochs": state["epoch"],
                   "batch_size": cfg.batch_size, "crop": cfg.crop,
                   "losses": {k: getattr(cfg, k) for k in ("w_cyc_l1", "w_cyc_ssim", "w_gan", "w_g_clsf",
-                                                            "w_d_clsf", "w_direct_l1", "w_direct_ssim")},
+                                                            "w_d_clsf", "w_direct_l1", "w_direct_l2",
+                                                            "w_direct_ssim", "head_only_loss")},
                   "optimizer": f"Adam lr_g {cfg.lr_g} lr_d {cfg.lr_d} betas ({cfg.beta1}, {cfg.beta2}), "
                                f"x{cfg.lr_decay}/{cfg.lr_decay_every} steps, G weight decay {cfg.weight_decay_g}",
                   "input_dropout_max_extra": cfg.input_dropout_max_extra, "single_input": cfg.single_input,
                   "command": commands, "cost": f"{state['train_seconds'] / 3600:.2f} h of training steps on "
                   f"{platform.processor() or platform.machine()} ({state.get('world', 1)} process(es))",
                   "checkpoint": Path(checkpoint).name},
+        outside_head="zero" if cfg.head_only_loss else "model",
         licence=LICENCE,
         metrics=metrics if metrics is not None else last_validation(run_dir),
         description=description or "CollaGAN generator imputing one MR contrast from the others; research use "

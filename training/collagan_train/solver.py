@@ -144,10 +144,10 @@ class Solver:
         self.cursor += b
         return idx
 
-    def sample(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A batch: images (B, N, h, w), target (B,), available (B, N) after input dropout."""
+    def sample(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch: images (B, N, h, w), target (B,), available (B, N) after input dropout, head masks (B, h, w)."""
         cfg = self.cfg
-        images, _ = self.train_data.batch(self._next_indices(), self.gen, cfg.crop, cfg.flip, cfg.intensity_scale)
+        images, masks = self.train_data.batch(self._next_indices(), self.gen, cfg.crop, cfg.flip, cfg.intensity_scale)
         b, n = images.shape[:2]
         target = torch.randint(n, (b,), generator=self.gen)
         available = torch.ones(b, n, dtype=torch.bool)
@@ -160,7 +160,7 @@ class Solver:
                 n_null = 1 + int(torch.randint(top + 1, (1,), generator=self.gen))
             for k in [int(target[i])] + others[:n_null - 1]:
                 available[i, k] = False
-        return images.to(self.device), target.to(self.device), available.to(self.device)
+        return images.to(self.device), target.to(self.device), available.to(self.device), masks.to(self.device)
 
     # ----- one step -----
     def _autocast(self):
@@ -188,7 +188,8 @@ class Solver:
         cfg = self.cfg
         self.G.train()
         self.D.train()
-        images, target, available = self.sample()
+        images, target, available, masks = self.sample()
+        head = masks[:, None] if cfg.head_only_loss else None
         b, n = images.shape[:2]
         rows = torch.arange(b, device=self.device)
         real_t = images[rows, target][:, None]
@@ -205,6 +206,8 @@ class Solver:
         else:
             with self._autocast():
                 fake = self.G(self._prep(build_input(images, available, target))).float()
+            if head is not None:  # only the head is scored: outside it every loss sees the real image
+                fake = torch.where(head, fake, real_t)
             use_d = cfg.w_gan > 0 or cfg.w_g_clsf > 0 or cfg.w_d_clsf > 0
             if use_d:
                 self.D.requires_grad_(True)
@@ -233,7 +236,7 @@ class Solver:
             if cfg.w_direct_ssim > 0:
                 terms["direct_ssim"] = cfg.w_direct_ssim * losses.ssim_loss(fake, real_t)
             if cfg.w_cyc_l1 > 0 or cfg.w_cyc_ssim > 0:
-                terms.update(self._cycle(images, target, available, fake))
+                terms.update(self._cycle(images, target, available, fake, head))
                 out["n_cycle"] = float(int(available.sum()))
             loss_g = sum(terms.values())
             self.opt_g.zero_grad(set_to_none=True)
@@ -252,8 +255,8 @@ class Solver:
         self.step += 1
         return out
 
-    def _cycle(self, images: torch.Tensor, target: torch.Tensor, available: torch.Tensor, fake: torch.Tensor
-               ) -> Dict[str, torch.Tensor]:
+    def _cycle(self, images: torch.Tensor, target: torch.Tensor, available: torch.Tensor, fake: torch.Tensor,
+               head: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Eq. 2-3: put the fake in the target slot and reconstruct every *available* input from the rest,
         all (sample, input) pairs in one batched G call. Nulled slots get no cycle term (authors' code)."""
         n = images.shape[1]
@@ -264,7 +267,10 @@ class Solver:
         x = x * (1 - k_hot)
         with self._autocast():
             recon = self.G(self._prep(build_input(x, torch.ones_like(available[bi]), ki))).float()
-        return losses.cycle(recon, images[bi, ki][:, None], self.cfg.w_cyc_ssim, self.cfg.w_cyc_l1)
+        real = images[bi, ki][:, None]
+        if head is not None:
+            recon = torch.where(head[bi], recon, real)
+        return losses.cycle(recon, real, self.cfg.w_cyc_ssim, self.cfg.w_cyc_l1)
 
     # ----- validation -----
     @torch.no_grad()
