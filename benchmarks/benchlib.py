@@ -26,6 +26,7 @@ if str(REPO) not in sys.path:  # the generator class lives in the training tree
     sys.path.insert(0, str(REPO))
 
 from training.collagan_train.model import Generator  # noqa: E402
+from training.collagan_train.solver import generator_weights  # noqa: E402
 
 BRATS_SHAPE = (155, 240, 240)  # (slices, rows, columns) of a BraTS volume
 
@@ -160,13 +161,14 @@ def find_checkpoint(runs: Path = REPO / "runs", base: int = 16, levels: int = 5)
 
 def load_weights(checkpoint: Optional[str], contrasts: int = 3, base: int = 16, levels: int = 5) -> Weights:
     """Paper-sized generator (Table 2) from ``checkpoint`` ("auto": newest under runs/, "none": random)."""
-    generator = Generator(contrasts, base, levels).eval()
     path = find_checkpoint(base=base, levels=levels) if checkpoint == "auto" else (
         None if checkpoint in (None, "none") else Path(checkpoint))
     if path is not None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
-            generator.load_state_dict(state["G"])
+            prior = bool(state.get("config", {}).get("g_voxel_prior", False))
+            generator = Generator(contrasts, base, levels, voxel_prior=prior).eval()
+            generator.load_state_dict(generator_weights(state))  # the weights export ships (EMA if kept)
             return Weights(generator, f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path} "
                                       f"(step {state.get('step', '?')})", True)
         except Exception as exc:  # a checkpoint being written right now, or another architecture
