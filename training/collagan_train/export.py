@@ -51,6 +51,31 @@ def last_validation(run_dir: Path) -> dict:
             **{k: float(v) for k, v in best.items()}}
 
 
+def warm_start_lineage(cfg: TrainConfig, max_depth: int = 5) -> list:
+    """The runs this one was warm-started from (``init_g``, followed back): method, steps, cost, commands.
+
+    Why: a staged recipe's card must name every stage, not only the last one's command and cost.
+    """
+    from .data_loader import repo_path
+
+    stages, init = [], cfg.init_g
+    while init and len(stages) < max_depth:
+        path = repo_path(init)
+        stage = {"checkpoint": init}
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            theirs = state.get("config", {})
+            commands = path.parent / "commands.txt"
+            stage.update(method=theirs.get("method"), steps=state.get("step"),
+                         hours=round(state.get("train_seconds", 0.0) / 3600, 2),
+                         command=commands.read_text().splitlines() if commands.is_file() else [])
+            init = theirs.get("init_g", "")
+        else:
+            init = ""
+        stages.append(stage)
+    return stages
+
+
 def _optimized(g: torch.nn.Module) -> torch.nn.Module:
     """The core's exact export-time rewrite of the CCNR units (faster inference, same contract), when the
     installed core has it; the plain generator otherwise."""
@@ -99,7 +124,7 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                   "input_dropout_max_extra": cfg.input_dropout_max_extra, "single_input": cfg.single_input,
                   "command": commands, "cost": f"{state['train_seconds'] / 3600:.2f} h of training steps on "
                   f"{platform.processor() or platform.machine()} ({state.get('world', 1)} process(es))",
-                  "checkpoint": Path(checkpoint).name},
+                  "checkpoint": Path(checkpoint).name, "warm_start": warm_start_lineage(cfg)},
         outside_head="zero" if cfg.head_only_loss else "model",
         licence=LICENCE,
         metrics=metrics if metrics is not None else last_validation(run_dir),

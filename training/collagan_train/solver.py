@@ -76,7 +76,8 @@ class Solver:
     """Owns models, optimizers, schedulers, RNG streams and the data position: everything a resume needs."""
 
     def __init__(self, cfg: TrainConfig, train: SliceData, val: Optional[SliceData], out_dir: Optional[str] = None,
-                 rank: int = 0, world: int = 1, device: Optional[torch.device] = None) -> None:
+                 rank: int = 0, world: int = 1, device: Optional[torch.device] = None, warm_start: bool = True
+                 ) -> None:
         self.base_cfg = cfg
         self.cfg = cfg = cfg.with_method()
         self.train_data, self.val_data = train, val
@@ -87,8 +88,9 @@ class Solver:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (and broadcast below)
         self.G = Generator(self.n, cfg.g_base, cfg.g_levels, cfg.g_voxel_prior).to(self.device)
         self.D = Discriminator(self.n, cfg.d_dropout, cfg.d_sigmoid).to(self.device)
-        fit_prior = cfg.g_voxel_prior
-        if cfg.init_g:  # a staged schedule: e.g. CollaGAN fine-tuning of a generator pre-trained with direct L1
+        # warm_start=False (a resume): every weight, the prior's included, comes from the checkpoint instead.
+        fit_prior = cfg.g_voxel_prior and warm_start
+        if cfg.init_g and warm_start:  # staged schedule, e.g. CollaGAN fine-tuning of a directly trained G
             missing, unexpected = self.G.load_state_dict(load_generator_weights(cfg.init_g, cfg), strict=False)
             # A plain generator may seed a voxel-prior one (the prior is then fitted); nothing else may differ.
             if unexpected or set(missing) - {"prior.coef", "prior.bits"}:
@@ -351,7 +353,7 @@ class Solver:
                         = None, **kwargs) -> Solver:
         """A solver that continues exactly where ``path`` stopped (``cfg`` may change e.g. ``steps``)."""
         state = torch.load(path, map_location="cpu", weights_only=False)
-        solver = cls(cfg or TrainConfig(**state["config"]), train, val, **kwargs)
+        solver = cls(cfg or TrainConfig(**state["config"]), train, val, warm_start=False, **kwargs)
         solver.load_state(state)
         return solver
 

@@ -109,3 +109,18 @@ def test_slice_scale_report_separates_brightness_from_anatomy(sample_slices):
     for row in report.values():
         assert row["nmse"] > 0.1 and row["nmse_slice_rescaled"] < 1e-10
         assert np.isclose(row["scale_mean"], float((1 / factors).mean()), atol=1e-5)
+
+
+def test_card_names_every_warm_start_stage_and_the_head_rule(tiny_cfg, sample_slices, tmp_path):
+    (tmp_path / "first").mkdir()
+    _, first = _trained_checkpoint(tiny_cfg, sample_slices, tmp_path / "first")
+    (tmp_path / "first" / "commands.txt").write_text("python -m training.collagan_train.main train --stage one\n")
+    second = Solver(tiny_cfg("method=l2", f"init_g={first}", "head_only_loss=true"), sample_slices, None,
+                    out_dir=str(tmp_path / "second"))
+    second.train_step()
+    card = load_model(export_checkpoint(str(second.save("latest.pt")), str(tmp_path / "model.pt"))).card
+    lineage = card.training["warm_start"]
+    assert [stage["checkpoint"] for stage in lineage] == [str(first)]
+    assert lineage[0]["steps"] == 3 and lineage[0]["method"] == "collagan"
+    assert lineage[0]["command"] == ["python -m training.collagan_train.main train --stage one"]
+    assert card.outside_head == "zero" and card.training["losses"]["head_only_loss"] is True

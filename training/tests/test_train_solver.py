@@ -225,3 +225,17 @@ def test_head_only_loss_ignores_everything_outside_the_mask(tiny_cfg, sample_sli
     assert solver.train_step()["direct_l1"] == 0.0  # no head: the output is never compared with anything
     solver.sample = lambda: (images, target, available, masks)
     assert solver.train_step()["direct_l1"] > 0.0
+
+
+def test_resume_needs_no_warm_start_file(tiny_cfg, sample_slices, tmp_path):
+    # A committed stage-2 checkpoint names its stage-1 init_g, which a fresh clone does not have.
+    seed = Solver(tiny_cfg("method=l2"), sample_slices, None, out_dir=str(tmp_path / "seed")).save("seed.pt")
+    staged = Solver(tiny_cfg("method=l2", "g_voxel_prior=true", f"init_g={seed}"), sample_slices, None,
+                    out_dir=str(tmp_path / "staged"))
+    staged.train_step()
+    path = staged.save("latest.pt")
+    seed.unlink()
+    resumed = Solver.from_checkpoint(str(path), sample_slices, None, out_dir=str(tmp_path / "staged"))
+    assert resumed.step == 1 and resumed.cfg.init_g == str(seed)  # kept for the card's lineage
+    for a, b in zip(staged.G.state_dict().values(), resumed.G.state_dict().values()):
+        assert torch.equal(a, b)
