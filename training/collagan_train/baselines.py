@@ -53,6 +53,9 @@ class VoxelRegression(nn.Module):
         self.register_buffer("bits", 2 ** torch.arange(self.n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The fast inference plan feeds channels-last input; these narrow element-wise maps and reductions
+        # run ~6x slower in that layout on CPU (5.0 vs 0.8 ms per 256x256 slice in bf16), so use NCHW.
+        x = x.contiguous()
         images = x[:, :self.n]
         target = x[:, self.n:].mean(dim=(2, 3)).argmax(dim=1)
         present = images.abs().amax(dim=(2, 3)) > 0

@@ -124,3 +124,13 @@ def test_card_names_every_warm_start_stage_and_the_head_rule(tiny_cfg, sample_sl
     assert lineage[0]["steps"] == 3 and lineage[0]["method"] == "collagan"
     assert lineage[0]["command"] == ["python -m training.collagan_train.main train --stage one"]
     assert card.outside_head == "zero" and card.training["losses"]["head_only_loss"] is True
+
+
+def test_voxel_regression_gives_the_same_output_for_channels_last_input():
+    torch.manual_seed(0)
+    module = VoxelRegression(torch.randn(3, 8, 10))
+    x = torch.rand(2, 6, 32, 32)
+    x[:, 3:] = 0
+    x[:, 4] = 1
+    with torch.no_grad():
+        assert torch.allclose(module(x.contiguous(memory_format=torch.channels_last)), module(x), atol=1e-6)
