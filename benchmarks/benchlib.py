@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:  # the generator class lives in the training tree
     sys.path.insert(0, str(REPO))
 
 from training.collagan_train.model import Generator  # noqa: E402
-from training.collagan_train.solver import generator_weights  # noqa: E402
+from training.collagan_train.solver import generator_from_checkpoint  # noqa: E402
 
 BRATS_SHAPE = (155, 240, 240)  # (slices, rows, columns) of a BraTS volume
 
@@ -166,9 +166,10 @@ def load_weights(checkpoint: Optional[str], contrasts: int = 3, base: int = 16, 
     if path is not None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
-            prior = bool(state.get("config", {}).get("g_voxel_prior", False))
-            generator = Generator(contrasts, base, levels, voxel_prior=prior).eval()
-            generator.load_state_dict(generator_weights(state))  # the weights export ships (EMA if kept)
+            generator, cfg = generator_from_checkpoint(state)  # the weights export ships (EMA if kept)
+            if (len(cfg.contrasts), cfg.g_base, cfg.g_levels) != (contrasts, base, levels):
+                raise ValueError(f"not the paper-sized {contrasts}-contrast generator (base {cfg.g_base}, "
+                                 f"{cfg.g_levels} levels)")
             return Weights(generator, f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path} "
                                       f"(step {state.get('step', '?')})", True)
         except Exception as exc:  # a checkpoint being written right now, or another architecture

@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -21,8 +20,7 @@ from CollaGANImputeLib.metrics import nmse
 
 from .config import load_config
 from .main import load_data
-from .model import Generator
-from .solver import build_input, fixed_validation_slices, generator_weights
+from .solver import build_input, fixed_validation_slices, generator_from_checkpoint
 
 
 def load_predictor(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -32,10 +30,7 @@ def load_predictor(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
     except RuntimeError:  # a TorchScript archive
         return torch.jit.load(path, map_location="cpu").eval()
     if isinstance(state, dict) and "G" in state:
-        cfg = load_config(None, [f"{k}={json.dumps(v)}" for k, v in state["config"].items()])
-        generator = Generator(len(cfg.contrasts), cfg.g_base, cfg.g_levels, cfg.g_voxel_prior)
-        generator.load_state_dict(generator_weights(state))
-        return generator.eval()
+        return generator_from_checkpoint(state)[0]
     return torch.jit.load(path, map_location="cpu").eval()
 
 

@@ -18,8 +18,8 @@ import torch
 from CollaGANImputeLib.contract import ModelCard, load_model, save_model
 
 from .config import TrainConfig
-from .model import Generator, count_parameters
-from .solver import generator_weights
+from .model import count_parameters
+from .solver import generator_from_checkpoint
 
 LICENCE = "CC BY-NC-SA 4.0 (inherited from the TCGA-LGG curated set; research use only)"
 DATA = ("TCGA-LGG (TCIA) as curated by Buda et al. 2019 / Mazurowski et al. 2017 (kaggle_3m 'LGG segmentation'), "
@@ -94,10 +94,7 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
     (same function, ~1e-6 apart in fp32); the file is checked against the original eager generator either way.
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    cfg = TrainConfig(**state["config"]).with_method()
-    g = Generator(len(cfg.contrasts), cfg.g_base, cfg.g_levels, cfg.g_voxel_prior)
-    g.load_state_dict(generator_weights(state))
-    g.eval()
+    g, cfg = generator_from_checkpoint(state)
     run_dir = Path(checkpoint).resolve().parent
     commands = (run_dir / "commands.txt").read_text().splitlines() if (run_dir / "commands.txt").is_file() else []
     split_file = Path(__file__).resolve().parents[2] / cfg.split_file

@@ -48,6 +48,15 @@ def generator_weights(state: dict) -> Dict[str, torch.Tensor]:
     return state.get("G_ema") or state["G"]
 
 
+def generator_from_checkpoint(state: dict) -> Tuple[Generator, TrainConfig]:
+    """The generator a training checkpoint describes (its config's architecture, :func:`generator_weights`),
+    in eval mode, with that config."""
+    cfg = TrainConfig(**state["config"]).with_method()
+    generator = Generator(len(cfg.contrasts), cfg.g_base, cfg.g_levels, cfg.g_voxel_prior)
+    generator.load_state_dict(generator_weights(state))
+    return generator.eval(), cfg
+
+
 def fixed_validation_slices(length: int, count: int) -> List[int]:
     """The evenly spaced validation slices every validation (and the diagnostics) score."""
     return np.unique(np.linspace(0, length - 1, min(count, length)).round().astype(int)).tolist()
