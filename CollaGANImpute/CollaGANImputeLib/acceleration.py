@@ -155,7 +155,8 @@ class InferencePlan:
 
     ``mode`` is ``"weights"`` (a converted bf16/fp16 copy of a TorchScript model runs; CPU), ``"autocast"``
     (the model runs under torch.autocast; CUDA, or any non-TorchScript module) or ``"fp32"``. With
-    ``one_slice_at_a_time`` the module sees batches of one slice.
+    ``one_slice_at_a_time`` the module sees batches of one slice. ``optimized_executor=False`` runs a
+    TorchScript graph as scripted, without the profiling executor's first calls.
     """
 
     module: nn.Module
@@ -164,6 +165,7 @@ class InferencePlan:
     channels_last: bool
     mode: str
     one_slice_at_a_time: bool = False
+    optimized_executor: bool = True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.one_slice_at_a_time and x.shape[0] > 1:
@@ -179,7 +181,7 @@ class InferencePlan:
             x = x.contiguous(memory_format=torch.channels_last)
         context = (torch.autocast(self.device.type, dtype=_DTYPES[self.precision]) if self.mode == "autocast"
                    else contextlib.nullcontext())
-        with context:
+        with context, torch.jit.optimized_execution(self.optimized_executor):
             return self.module(x).float()
 
     def describe(self) -> str:
@@ -205,12 +207,15 @@ def plan_inference(module: nn.Module, device: torch.device, precision: str = "au
     if channels_last is None:
         channels_last = not _has_instance_norm(module)
     scripted_cpu = device.type == "cpu" and isinstance(module, torch.jit.ScriptModule)
+    # On the CPU TorchScript's profiling executor fuses nothing (no CPU fuser is on by default) but spends its
+    # first two calls profiling: 130 and 90 ms against 60 and 20 ms without it, the same speed afterwards.
+    optimized = not scripted_cpu
     if precision == "fp32":
         # A channels-last input is enough: convolutions follow the input's layout, so no copy is needed.
-        return InferencePlan(module, device, "fp32", channels_last, "fp32", scripted_cpu)
+        return InferencePlan(module, device, "fp32", channels_last, "fp32", scripted_cpu, optimized)
     if scripted_cpu:
         converted = _converted_copy(module, device, _DTYPES[precision], channels_last)
-        return InferencePlan(converted, device, precision, channels_last, "weights", True)
+        return InferencePlan(converted, device, precision, channels_last, "weights", True, optimized)
     return InferencePlan(module, device, precision, channels_last, "autocast")
 
 

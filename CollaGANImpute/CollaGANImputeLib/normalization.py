@@ -27,13 +27,50 @@ def p99(array: np.ndarray, mask: np.ndarray | None = None) -> float:
     values = array[mask] if mask is not None else array[array != 0]
     if values.size == 0:
         raise InputError("Cannot normalize: the foreground mask is empty (the volume looks blank).")
-    scale = float(np.percentile(values, PERCENTILE, overwrite_input=True))  # values is our own copy
+    scale = float(upper_percentile(values, PERCENTILE))  # values is our own copy
     if not np.isfinite(scale) or scale <= 0:
         raise InputError(
             f"Cannot normalize: the {PERCENTILE:g}th percentile inside the mask is {scale}; the volume must "
             "have positive intensities inside the head (is it empty, or already zero-mean standardized?)."
         )
     return scale
+
+
+def _lerp(low: np.generic, high: np.generic, fraction: float) -> np.generic:
+    """NumPy's linear interpolation between two order statistics (``numpy.percentile``, method "linear"), in
+    the values' dtype: the same rounding, so the same result to the last bit."""
+    difference = high - low
+    if fraction >= 0.5:
+        return high - difference * (1 - fraction)
+    return low + difference * fraction
+
+
+def upper_percentile(values: np.ndarray, q: float) -> np.generic:
+    """``numpy.percentile(values, q)`` for a high ``q`` (e.g. 99), bit for bit, about 5x faster on a head.
+
+    Only the top few percent of the values are partitioned: a bound below the percentile is taken from a
+    strided sample, and the order statistics are counted from the top. ``values`` (1-D, finite) may be
+    reordered. Falls back to ``numpy.percentile`` when the sample's bound is not below the percentile, for
+    small arrays and when there are NaNs.
+
+    Example:
+        >>> float(upper_percentile(np.arange(101.0), 99))
+        99.0
+    """
+    count = values.size
+    position = (count - 1) * (q / 100)  # numpy's virtual index and interpolation weight
+    below = int(np.floor(position))
+    above = min(below + 1, count - 1)
+    if count < 20_000 or np.isnan(values).any():
+        return np.percentile(values, q, overwrite_input=True)
+    sample = values[:: max(1, count // 50_000)]
+    rank = int(sample.size * max(0.0, q - 2 * (100 - q) - 0.5) / 100)  # about 3.5 points below q
+    top = values[values >= np.partition(sample, rank)[rank]]
+    offset = count - top.size  # values below the bound: all rank before ``below``
+    if offset > below:
+        return np.percentile(values, q, overwrite_input=True)
+    top.partition([below - offset, above - offset])
+    return _lerp(top[below - offset], top[above - offset], position - below)
 
 
 def normalize(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -60,10 +97,10 @@ def foreground_mask(arrays: Sequence[np.ndarray]) -> np.ndarray:
         raise InputError("The foreground mask is empty: the inputs contain no recognisable head.")
     # The rest runs on the foreground's bounding box plus a one-voxel background margin: every background
     # voxel outside it reaches the border, so hole filling and components are the same as on the full grid.
-    binary = sitk.GetImageFromArray(np.ascontiguousarray(otsu[box]))
-    # Fill holes slice by slice as well as in 3-D: thick slices leave ventricles open between slices.
-    binary = sitk.BinaryFillhole(binary, fullyConnected=False, foregroundValue=1)
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(binary), sortByObjectSize=True)
+    # Fill holes in 3-D and, below, slice by slice as well: thick slices leave ventricles open between slices.
+    filled = fill_holes_3d(otsu[box] != 0)
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(filled.view(np.uint8))),
+                                       sortByObjectSize=True)
     largest = sitk.GetArrayViewFromImage(components) == 1
     mask[box] = fill_holes_in_plane(largest)  # never empty: Otsu found foreground, so component 1 exists
     return mask
@@ -72,19 +109,34 @@ def foreground_mask(arrays: Sequence[np.ndarray]) -> np.ndarray:
 #: 4-connected neighbours within a slice, none through the plane: slice-by-slice morphology in one call.
 IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
+#: 6-connected (face) neighbours: the background connectivity of ``sitk.BinaryFillhole(fullyConnected=False)``.
+FACES = ndimage.generate_binary_structure(3, 1)
+
+
+def _fill_holes(mask: np.ndarray, structure: np.ndarray, border_axes: tuple[int, ...]) -> np.ndarray:
+    """``mask`` with every background region that does not reach a face of ``border_axes`` filled: one
+    labelling of the background (regions connected by ``structure``) instead of iterative dilation."""
+    labels, count = ndimage.label(~mask, structure=structure)
+    outside = np.zeros(count + 1, dtype=bool)
+    for axis in border_axes:
+        outside[np.take(labels, 0, axis=axis)] = True
+        outside[np.take(labels, -1, axis=axis)] = True
+    outside[0] = True  # label 0: the foreground itself
+    return mask | ~outside[labels]
 
 
 def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_fill_holes(mask, structure=IN_PLANE)`` (every axial slice filled on its own),
-    computed by one labelling of the background instead of dilating from the border until nothing changes
-    (a third faster on a 240x240x155 head): background regions that touch a slice's edge are outside, every
+    a third faster on a 240x240x155 head: background regions that touch a slice's edge are outside, every
     other background region is a hole."""
-    labels, count = ndimage.label(~mask, structure=IN_PLANE)
-    outside = np.zeros(count + 1, dtype=bool)
-    outside[0] = True  # label 0: the foreground itself
-    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
-        outside[edge] = True
-    return mask | ~outside[labels]
+    return _fill_holes(mask, IN_PLANE, border_axes=(1, 2))
+
+
+def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
+    """``sitk.BinaryFillhole(mask, fullyConnected=False)`` (background regions 6-connected; those not reaching
+    the volume's faces are holes) on a boolean array, about 3x faster on a 240x240x155 head (0.1 against
+    0.3 s): one labelling of the background instead of ITK's reconstruction by erosion."""
+    return _fill_holes(mask, FACES, border_axes=(0, 1, 2))
 
 
 def _bounding_box(array: np.ndarray, margin: int) -> tuple[slice, ...] | None:

@@ -160,6 +160,19 @@ def test_batch_size_and_empty_slices_do_not_change_results(models, sample):
     assert not np.array_equal(four[0], four[1])
 
 
+def test_cpu_plan_skips_the_profiling_executor_without_changing_results(models, sample):
+    arrays, _ = sample
+    plan = plan_inference(models["fast"].module, CPU, "bf16")
+    assert not plan.optimized_executor, "on the CPU the profiling executor only costs its first calls"
+    inputs = {c: torch.from_numpy(arrays[c][:2]) for c in ("t1n", "t2f")}
+    x = build_input(inputs, CONTRASTS, "t1c", (2, CROP, CROP))
+    with torch.inference_mode():
+        plain = plan(x)
+        plan.optimized_executor = True
+        profiled = [plan(x) for _ in range(3)][-1]  # the third call runs the profiled, optimized graph
+    assert torch.equal(plain, profiled)
+
+
 def test_bf16_run_leaves_the_loaded_model_untouched(models, sample):
     arrays, _ = sample
     before = {k: v.clone() for k, v in models["fast"].module.state_dict().items()}

@@ -68,6 +68,47 @@ def test_in_plane_fill_equals_scipy_on_random_masks():
         assert np.array_equal(fill_holes_in_plane(mask), ndimage.binary_fill_holes(mask, structure=IN_PLANE))
 
 
+def test_3d_fill_equals_itk_binary_fillhole_on_random_masks():
+    from CollaGANImputeLib.normalization import fill_holes_3d
+
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        shape = tuple(int(n) for n in rng.integers(2, 24, 3))
+        mask = rng.random(shape) < rng.uniform(0.3, 0.85)  # dense masks: many enclosed background pockets
+        expected = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(mask.astype(np.uint8)),
+                                                              fullyConnected=False, foregroundValue=1)) == 1
+        filled = fill_holes_3d(mask)
+        assert np.array_equal(filled, expected), shape
+        assert not filled[~mask].all() or mask.all(), "some background reaches the faces and stays background"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_upper_percentile_is_numpys_percentile_bit_for_bit(dtype):
+    from CollaGANImputeLib.normalization import upper_percentile
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        values = rng.gamma(2.0, 1.0, int(rng.integers(20_000, 400_000))) * rng.uniform(0.01, 1000)
+        if trial % 2:
+            values = np.round(values)  # 8-bit-like data: many ties at the percentile
+        values = values.astype(dtype)
+        for q in (99.0, 95.0, 99.9):
+            expected = np.percentile(values, q)
+            got = upper_percentile(values.copy(), q)
+            assert got == expected and np.asarray(got).dtype == np.asarray(expected).dtype, (trial, q)
+
+
+def test_upper_percentile_falls_back_when_the_sample_misleads():
+    from CollaGANImputeLib.normalization import upper_percentile
+
+    values = np.zeros(200_000, np.float32)
+    values[::4] = np.arange(50_000, dtype=np.float32) + 10  # the strided sample sees only these
+    assert upper_percentile(values.copy(), 99.0) == np.percentile(values, 99.0)
+    with_nan = values.copy()
+    with_nan[1] = np.nan
+    assert np.isnan(upper_percentile(with_nan, 99.0))
+
+
 def test_normalize_refuses_blank_mask():
     with pytest.raises(InputError, match="mask is empty"):
         normalize(np.ones((2, 3, 3)), np.zeros((2, 3, 3), bool))
