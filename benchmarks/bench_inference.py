@@ -13,8 +13,9 @@ Run it with the background training paused (it is resumed even on error):
     benchmarks/paused.sh python benchmarks/bench_inference.py                 # ~1-2 min
     benchmarks/paused.sh python benchmarks/bench_inference.py --full --rounds 5 --json out.json
 
-Weights: ``--checkpoint auto`` (default) takes the newest paper-sized (base 16, 5 levels) checkpoint under
-runs/*/, else random weights (timings are the same; the quality check then must be re-run on the bundled model).
+Weights: ``--checkpoint bundled`` (default) times the bundled model's weights (its fast export turned back into
+the eager generator for the naive path); ``auto`` takes the newest paper-sized (base 16, 5 levels) checkpoint under
+runs/*/; ``none`` random weights (timings are the same; the quality check then means nothing).
 """
 
 from __future__ import annotations
@@ -303,7 +304,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per option (the best is reported)")
     parser.add_argument("--slices", type=int, default=32, help="sample-case slices per timed round (max 32)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--checkpoint", default="auto", help="auto | none | path to a training checkpoint")
+    parser.add_argument("--checkpoint", default="bundled",
+                        help="bundled (the bundled model's weights) | auto (newest under runs/) | none | a path")
     parser.add_argument("--full", action="store_true", help="also time the options that lost (slower)")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end runs")
     parser.add_argument("--json", help="also write the results to this JSON file")

@@ -159,8 +159,44 @@ def find_checkpoint(runs: Path = REPO / "runs", base: int = 16, levels: int = 5)
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
+def eager_from_model(module: torch.jit.ScriptModule, contrasts: int, base: int, levels: int) -> Generator:
+    """The eager generator whose fast export (``optimize_for_inference``) is ``module``: the rewrite undone.
+
+    A merged unit's 3x3 kernel holds the 1x1 branch at its centre (first half of the outputs, zero rim); a
+    fast unit keeps both convolutions; the norm's affine parameters go back to ``norm``.
+    """
+    state = module.state_dict()
+    voxel_prior = any(key.startswith("prior.") for key in state)
+    generator = Generator(contrasts, base, levels, voxel_prior)
+    eager: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        unit, _, name = key.rpartition(".")
+        if name in ("norm_weight", "norm_bias"):
+            eager[f"{unit}.norm.{name[5:]}"] = value
+        elif unit.endswith(".conv") and f"{unit[:-5]}.norm_weight" in state:  # a merged unit
+            half = value.shape[0] // 2
+            if name == "weight":
+                if value[:half, :, [0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 2, 0, 2, 0, 1, 2]].abs().max() > 0:
+                    raise ValueError(f"{key}: the 1x1 half has a non-zero rim; not a merged CCNR unit")
+                eager[f"{unit[:-5]}.conv1.weight"] = value[:half, :, 1:2, 1:2].clone()
+                eager[f"{unit[:-5]}.conv3.weight"] = value[half:].clone()
+            else:
+                eager[f"{unit[:-5]}.conv1.bias"], eager[f"{unit[:-5]}.conv3.bias"] = value[:half], value[half:]
+        else:
+            eager[key] = value
+    generator.load_state_dict(eager)
+    return generator.eval()
+
+
 def load_weights(checkpoint: Optional[str], contrasts: int = 3, base: int = 16, levels: int = 5) -> Weights:
-    """Paper-sized generator (Table 2) from ``checkpoint`` ("auto": newest under runs/, "none": random)."""
+    """Paper-sized generator (Table 2): "bundled" (the bundled model's weights, the rewrite of its fast export
+    undone), "auto" (the newest checkpoint under runs/), "none" (random) or a training checkpoint's path."""
+    if checkpoint == "bundled":
+        from CollaGANImputeLib import default_model
+
+        model = default_model()
+        generator = eager_from_model(model.module, contrasts, base, levels)
+        return Weights(generator, f"bundled model {model.card.name} (sha256 {model.sha256[:8]})", True)
     path = find_checkpoint(base=base, levels=levels) if checkpoint == "auto" else (
         None if checkpoint in (None, "none") else Path(checkpoint))
     if path is not None:

@@ -31,3 +31,32 @@ def test_default_model_imputes_the_sample_case_better_than_a_blank(sample_case, 
     assert nmse(prediction, truth, case.mask) < 0.5  # a blank (all-zero) prediction scores 1.0
     if model.card.outside_head == "zero":
         assert not prediction[~case.mask].any()
+
+
+def test_benchmarks_naive_path_runs_the_bundled_weights():
+    """bench_inference/bench_volume time the naive eager path on the bundled model's own weights: the fast
+    export's rewrite, undone, must give the same function (and a corrupted merged kernel is refused)."""
+    import sys
+
+    import torch
+    from core_fixtures import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from benchlib import eager_from_model
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    model = default_model()
+    architecture = model.card.architecture
+    generator = eager_from_model(model.module, 3, architecture["base_channels"], architecture["levels"])
+    assert sum(p.numel() for p in generator.parameters()) == architecture["parameters"]
+    x = torch.rand(2, 6, 64, 64)
+    x[:, 1], x[:, 3:] = 0, 0
+    x[:, 4] = 1  # target t1c
+    with torch.no_grad():
+        np.testing.assert_allclose(generator(x).numpy(), model.module(x).numpy(), atol=1e-5)
+    broken = torch.jit.load(str(bundled_models()[0].path))
+    with torch.no_grad():
+        broken.state_dict()["encoders.0.0.conv.weight"][0, 0, 0, 0] = 1.0  # a rim tap in the 1x1 half
+    with pytest.raises(ValueError, match="non-zero rim"):
+        eager_from_model(broken, 3, architecture["base_channels"], architecture["levels"])

@@ -1,0 +1,135 @@
+"""One BraTS-sized volume, warm, in memory: what a GPU (or the CPU) takes from images to the imputed image.
+
+The issue's CUDA target is timed "warm, end to end excluding file IO": the 240x240x155 case (the sample case,
+as in bench_inference.py) is read once; then ``pipeline.impute`` (align, mask + normalize on the CPU, infer on
+the device, back to an image labelled synthetic) runs ``--repeats`` times after one warm-up call. Printed: each
+stage's best time, slices per second of the inference, the naive path (eager fp32 generator, slice by slice, on
+the same device) for the ratio, peak GPU memory, and the quality rule (masked SSIM within 0.002 and NMSE within
+1 % of the fp32 output, scored against the real T1+Gd).
+
+    python benchmarks/bench_volume.py --device cuda          # on a GPU machine
+    python benchmarks/bench_volume.py --device cpu --repeats 2
+
+The CPU figure is a warm in-memory twin of bench_inference.py's fresh-process end-to-end run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from benchlib import eager_from_model, peak_rss_mb, write_brats_sized_case
+from CollaGANImputeLib import default_model, load_model
+from CollaGANImputeLib import pipeline as pipeline_module
+from CollaGANImputeLib.geometry import pad_or_crop, undo_pad_or_crop
+from CollaGANImputeLib.inference import build_input, describe_device, resolve_device
+from CollaGANImputeLib.metrics import score_volume
+from CollaGANImputeLib.models import sample_case_dir
+
+INPUTS, TARGET = ["t1n", "t2f"], "t1c"
+
+
+def timed_stages(times: dict[str, list[float]]) -> Callable[[], None]:
+    """Wrap the functions ``pipeline.impute`` calls with timers; returns the function that undoes it."""
+    originals = {name: getattr(pipeline_module, name) for name in ("prepare_case", "impute_slices", "label_synthetic")}
+    stages = {"prepare_case": "mask + normalize (CPU)", "impute_slices": "infer", "label_synthetic": "label"}
+
+    def wrap(name: str) -> Callable:
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return originals[name](*args, **kwargs)
+            finally:
+                times[stages[name]][-1] += time.perf_counter() - start
+        return timed
+
+    for name in originals:
+        setattr(pipeline_module, name, wrap(name))
+    return lambda: [setattr(pipeline_module, name, function) for name, function in originals.items()]
+
+
+def naive_slices_per_second(generator: torch.nn.Module, inputs: dict[str, np.ndarray], contrasts: list[str],
+                            device: torch.device, size: tuple[int, int], slices: int = 32) -> float:
+    """The eager fp32 generator called on one slice at a time (the path before any acceleration)."""
+    generator = generator.to(device)
+    shape = next(iter(inputs.values())).shape[1:]
+    batches = [pad_or_crop(build_input({c: torch.from_numpy(a[i:i + 1]) for c, a in inputs.items()}, contrasts,
+                                       TARGET, (1, *shape)), size) for i in range(slices)]
+    with torch.inference_mode():
+        undo_pad_or_crop(generator(batches[0].to(device)).cpu(), shape)  # warm-up
+        start = time.perf_counter()
+        for x in batches:
+            undo_pad_or_crop(generator(x.to(device)).cpu(), shape)
+    return slices / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="auto | cuda | cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--model", help="a model file (default: the bundled model)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model = load_model(args.model) if args.model else default_model()
+    with tempfile.TemporaryDirectory(prefix="bench-volume-") as work:
+        case = write_brats_sized_case(sample_case_dir(), Path(work), INPUTS + [TARGET])
+        images = pipeline_module.read_case(case, INPUTS + [TARGET])
+    truth_image = images.pop(TARGET)
+    print(f"{describe_device(device)}, torch {torch.__version__}; model {model.card.name}; "
+          f"case {truth_image.GetSize()} ({len(INPUTS)} inputs -> {TARGET}), read once")
+
+    times: dict[str, list[float]] = defaultdict(list)
+    undo = timed_stages(times)
+    try:
+        for _ in range(args.repeats + 1):  # the first call is the warm-up
+            for stage in ("mask + normalize (CPU)", "infer", "label", "total"):
+                times[stage].append(0.0)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            result = pipeline_module.impute(images, model, targets=[TARGET], device=device, batch_size=None)
+            times["total"][-1] = time.perf_counter() - start
+    finally:
+        undo()
+    slices = result.case.mask.shape[0]
+    times["other (align, to image)"] = [total - sum(times[s][i] for s in ("mask + normalize (CPU)", "infer", "label"))
+                                        for i, total in enumerate(times["total"])]
+    print(f"\nwarm, in memory, best of {args.repeats} (median):")
+    for stage, values in times.items():
+        best, median = min(values[1:]), float(np.median(values[1:]))
+        print(f"  {stage:24s} {best * 1000:8.1f} ms ({median * 1000:.1f})")
+    infer_rate = slices / min(times["infer"][1:])
+    generator = eager_from_model(model.module, len(model.card.contrasts), model.card.architecture["base_channels"],
+                                 model.card.architecture["levels"])
+    naive = naive_slices_per_second(generator, {c: result.case.arrays[c] for c in INPUTS}, model.card.contrasts,
+                                    device, model.card.in_plane_size)
+    print(f"  inference: {infer_rate:.0f} slices/s (naive eager fp32, slice by slice: {naive:.0f} slices/s; "
+          f"{infer_rate / naive:.2f}x)")
+    if device.type == "cuda":
+        print(f"  peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
+    print(f"  peak RSS {peak_rss_mb():.0f} MB")
+
+    case = result.case
+    truth = case.normalize_like_inputs(truth_image)
+    exact = pipeline_module.impute(images, model, targets=[TARGET], device=device, precision="fp32")
+    default_scores = score_volume(result.arrays[TARGET], truth, case.mask)
+    fp32_scores = score_volume(exact.arrays[TARGET], truth, case.mask)
+    d_ssim = abs(default_scores["ssim"] - fp32_scores["ssim"])
+    d_nmse = abs(default_scores["nmse"] - fp32_scores["nmse"]) / fp32_scores["nmse"]
+    verdict = "ok" if d_ssim <= 0.002 and d_nmse <= 0.01 else "BROKEN"
+    print(f"quality, default vs fp32 on the whole volume: SSIM {default_scores['ssim']:.4f} vs "
+          f"{fp32_scores['ssim']:.4f}, NMSE {default_scores['nmse']:.4f} vs {fp32_scores['nmse']:.4f} "
+          f"(dSSIM {d_ssim:.4f}, dNMSE {d_nmse * 100:.2f} %): {verdict}")
+
+
+if __name__ == "__main__":
+    main()
