@@ -23,9 +23,10 @@ import torch
 
 from . import __version__
 from .contract import LoadedModel, ModelCard
+from .device_mask import device_mask_and_scales
 from .errors import InputError
 from .geometry import align_to_reference, from_canonical_array, to_canonical_array
-from .inference import CancelFlag, ProgressCallback, impute_slices
+from .inference import CancelFlag, ProgressCallback, impute_slices, resolve_device
 from .io import PathLike, case_name, find_case_files, read_volume, synthetic_filename, write_volume
 from .normalization import foreground_mask, normalize
 
@@ -50,11 +51,14 @@ class PreparedCase:
 
 
 def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = None,
-                 mask_from: Optional[Sequence[str]] = None) -> PreparedCase:
+                 mask_from: Optional[Sequence[str]] = None,
+                 device: Union[str, torch.device, None] = None) -> PreparedCase:
     """Align the images to the reference grid, compute the mask and normalize each to p99 units.
 
     ``mask_from`` names the inputs the mask is computed from (default: all); a volume to be predicted or
-    compared with must not be among them (EVALUATION.md: the mask comes from the inputs only).
+    compared with must not be among them (EVALUATION.md: the mask comes from the inputs only). With a CUDA
+    ``device`` the mask and the p99 scales are computed there (:mod:`.device_mask`: the same result, bit for
+    bit); if that fails for want of GPU memory or otherwise, the CPU computes them, with a warning.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -63,7 +67,21 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     ref = aligned[reference or next(iter(images))]
     raw = {name: to_canonical_array(image) for name, image in aligned.items()}
-    mask = foreground_mask([raw[name] for name in (mask_from or list(raw))])
+    names = list(mask_from or raw)
+    if device is not None and torch.device(device).type == "cuda":
+        try:
+            mask, scales = device_mask_and_scales(list(raw.values()), torch.device(device),
+                                                  [list(raw).index(name) for name in names])
+            arrays = {name: (array / np.float32(scale)).astype(np.float32, copy=False)  # as normalize() does
+                      for (name, array), scale in zip(raw.items(), scales)}
+            return PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=[str(w.message) for w in caught])
+        except InputError:
+            raise  # bad input: the CPU would refuse it too
+        except Exception as exc:  # an acceleration only (out of memory, no usable CUDA): the CPU gives the same
+            message = f"The mask could not be computed on {device} ({str(exc).splitlines()[0]}); used the CPU."
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            caught.append(warnings.WarningMessage(message, RuntimeWarning, __file__, 0))
+    mask = foreground_mask([raw[name] for name in names])
     arrays = {name: normalize(array, mask) for name, array in raw.items()}
     return PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=[str(w.message) for w in caught])
 
@@ -148,11 +166,12 @@ def impute(
             raise InputError(f"Every contrast of the model ({card.contrasts}) is already present: nothing is "
                              "missing. Name a target explicitly to re-impute one from the others.")
     inputs_by_target = check_request(card, list(images), targets)
+    device = resolve_device(device)
     # One mask per input set: a target that is also given (re-imputation) never shapes its own mask.
     prepared: dict[tuple[str, ...], PreparedCase] = {}
     for used in inputs_by_target.values():
         if tuple(used) not in prepared:
-            prepared[tuple(used)] = prepare_case(images, reference, mask_from=used)
+            prepared[tuple(used)] = prepare_case(images, reference, mask_from=used, device=device)
     first = prepared[tuple(next(iter(inputs_by_target.values())))]
     n_slices = first.mask.shape[0]
     total = n_slices * len(targets)

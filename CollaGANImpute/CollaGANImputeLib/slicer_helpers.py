@@ -223,7 +223,7 @@ class ChunkedImputation:
             raise Cancelled("Imputation cancelled; nothing was added to the scene.")
         if self._case is None:
             self._case = prepare_case({c: self.images[c] for c in self._prepare_order}, self.reference,
-                                      mask_from=self.inputs)
+                                      mask_from=self.inputs, device=self.device)
             self.warnings = list(self._case.warnings)
             self._output = np.zeros(self._case.mask.shape, dtype=np.float32)
             return False
