@@ -74,18 +74,26 @@ def otsu_foreground(volume: torch.Tensor) -> torch.Tensor:
     return volume > torch.tensor(threshold, dtype=volume.dtype, device=volume.device)
 
 
-def _spread_along_runs(labels: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """Every run of consecutive ``mask`` voxels along ``dim`` takes the largest label in it (no host sync)."""
-    values = labels.movedim(dim, -1).contiguous()
-    inside = mask.movedim(dim, -1).contiguous()
-    before = torch.zeros_like(inside)
-    before[..., 1:] = inside[..., :-1]
-    run = torch.cumsum((inside & ~before).reshape(-1), 0)  # runs numbered 1, 2, ... in memory order
-    run = torch.where(inside.reshape(-1), run, 0)  # run 0: every voxel outside the mask
-    best = torch.full((run.numel() + 1,), -1, dtype=values.dtype, device=values.device)
-    best.scatter_reduce_(0, run, values.reshape(-1), reduce="amax")
-    spread = torch.where(inside.reshape(-1), best[run], values.reshape(-1))
-    return spread.reshape(values.shape).movedim(-1, dim)
+class _Runs:
+    """The runs of consecutive ``mask`` voxels along one dim, numbered 1, 2, ... in memory order of the volume
+    with that dim last (0: outside the mask). They depend on the mask only: computed once per labelling."""
+
+    def __init__(self, mask: torch.Tensor, dim: int) -> None:
+        self.dim = dim
+        inside = mask.movedim(dim, -1).contiguous()
+        self.shape = inside.shape
+        before = torch.zeros_like(inside)
+        before[..., 1:] = inside[..., :-1]
+        self.inside = inside.reshape(-1)
+        self.run = torch.where(self.inside, torch.cumsum((inside & ~before).reshape(-1), 0), 0)
+        self.best = torch.empty(self.run.numel() + 1, dtype=torch.int64, device=mask.device)
+
+    def spread(self, labels: torch.Tensor) -> torch.Tensor:
+        """Every run takes the largest label in it (no host sync)."""
+        values = labels.movedim(self.dim, -1).contiguous().reshape(-1)
+        self.best.fill_(-1).scatter_reduce_(0, self.run, values, reduce="amax")
+        spread = torch.where(self.inside, self.best[self.run], values)
+        return spread.reshape(self.shape).movedim(-1, self.dim)
 
 
 def label_components(mask: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
@@ -93,25 +101,19 @@ def label_components(mask: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     outside. A component's label is the linear index of its last voxel, so labels are canonical.
 
     Each pass gives every run of voxels along one dim its largest label; the passes cycle through ``dims``
-    (each cycle followed by pointer jumping) until nothing changes: as many cycles as a path inside a
-    component needs turns, not voxels.
+    until nothing changes, each cycle followed by pointer jumping (a label is a voxel of the same component,
+    whose own label is at least as large): as many cycles as a path inside a component needs turns, not voxels.
     """
-    index = torch.arange(mask.numel(), device=mask.device).reshape(mask.shape)
-    return _spread_until_stable(torch.where(mask, index, -1), mask, dims, jump=True)
-
-
-def _spread_until_stable(labels: torch.Tensor, mask: torch.Tensor, dims: Sequence[int], jump: bool) -> torch.Tensor:
-    """Cycle :func:`_spread_along_runs` through ``dims`` (with pointer jumping when labels are voxel indices)
-    until nothing changes."""
+    runs = [_Runs(mask, dim) for dim in dims]
+    labels = torch.where(mask, torch.arange(mask.numel(), device=mask.device).reshape(mask.shape), -1)
     while True:
         updated = labels
-        for dim in dims:
-            updated = _spread_along_runs(updated, mask, dim)
-        if jump:
-            flat = updated.reshape(-1)
-            for _ in range(2):  # a label is a voxel of the same component, whose own label is at least as large
-                flat = torch.where(flat >= 0, flat[flat.clamp(min=0)], flat)
-            updated = flat.reshape(mask.shape)
+        for run in runs:
+            updated = run.spread(updated)
+        flat = updated.reshape(-1)
+        for _ in range(2):
+            flat = torch.where(flat >= 0, flat[flat.clamp(min=0)], flat)
+        updated = flat.reshape(mask.shape)
         if torch.equal(updated, labels):
             return labels
         labels = updated
