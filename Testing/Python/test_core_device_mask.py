@@ -21,6 +21,10 @@ from core_fixtures import head_phantom, make_image
 from scipy import ndimage
 
 CPU = torch.device("cpu")
+#: Where the device rule is checked: the CPU always, a GPU where there is one (skipped elsewhere).
+DEVICES = [pytest.param(CPU, id="cpu"),
+           pytest.param(torch.device("cuda"), id="cuda",
+                        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here"))]
 
 
 def test_otsu_equals_itk_on_random_volumes():
@@ -62,23 +66,25 @@ def test_percentile_is_numpys(dtype):
         assert upper_percentile(torch.from_numpy(values)) == float(np.percentile(values, 99.0))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_mask_and_scales_equal_the_cpu_rule(seed):
+def test_mask_and_scales_equal_the_cpu_rule(seed, device):
     a = head_phantom(seed=seed).astype(np.float32)
     a[:, 20:26, 30:34] = 0  # a hole open through the slices: only the in-plane fill closes it
     a[3, 0, 5] = a.max()  # a bright speck on the edge: not the largest component
     b = head_phantom(seed=seed + 10).astype(np.float32)
     for mask_from in ([0], [0, 1], [1]):
-        mask, scales = device_mask_and_scales([a, b], CPU, mask_from)
+        mask, scales = device_mask_and_scales([a, b], device, mask_from)
         expected = foreground_mask([[a, b][i] for i in mask_from])
         assert np.array_equal(mask, expected)
         assert scales == [p99(a, expected), p99(b, expected)]
 
 
-def test_lgg_sample_case_mask_and_scales(sample_case):
+@pytest.mark.parametrize("device", DEVICES)
+def test_lgg_sample_case_mask_and_scales(sample_case, device):
     images = [sitk.GetArrayFromImage(sitk.ReadImage(str(sample_case / f"TCGA-HT-7882-{c}.nii.gz"))).astype(np.float32)
               for c in ("t1n", "t2f")]
-    mask, scales = device_mask_and_scales(images, CPU, [0, 1])
+    mask, scales = device_mask_and_scales(images, device, [0, 1])
     expected = foreground_mask(images)
     assert np.array_equal(mask, expected) and scales == [p99(a, expected) for a in images]
 
