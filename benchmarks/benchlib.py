@@ -140,6 +140,7 @@ class Weights:
     generator: torch.nn.Module
     source: str
     trained: bool
+    outside_head: str = "model"  # the card's rule, as export writes it: "zero" for head-only training
 
 
 def find_checkpoint(runs: Path = REPO / "runs", base: int = 16, levels: int = 5) -> Optional[Path]:
@@ -196,7 +197,8 @@ def load_weights(checkpoint: Optional[str], contrasts: int = 3, base: int = 16, 
 
         model = default_model()
         generator = eager_from_model(model.module, contrasts, base, levels)
-        return Weights(generator, f"bundled model {model.card.name} (sha256 {model.sha256[:8]})", True)
+        return Weights(generator, f"bundled model {model.card.name} (sha256 {model.sha256[:8]})", True,
+                       model.card.outside_head)
     path = find_checkpoint(base=base, levels=levels) if checkpoint == "auto" else (
         None if checkpoint in (None, "none") else Path(checkpoint))
     if path is not None:
@@ -207,7 +209,8 @@ def load_weights(checkpoint: Optional[str], contrasts: int = 3, base: int = 16, 
                 raise ValueError(f"not the paper-sized {contrasts}-contrast generator (base {cfg.g_base}, "
                                  f"{cfg.g_levels} levels)")
             return Weights(generator, f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path} "
-                                      f"(step {state.get('step', '?')})", True)
+                                      f"(step {state.get('step', '?')})", True,
+                           "zero" if cfg.head_only_loss else "model")
         except Exception as exc:  # a checkpoint being written right now, or another architecture
             print(f"note: cannot use checkpoint {path} ({type(exc).__name__}: {exc}); timing random weights")
     torch.manual_seed(0)
