@@ -15,7 +15,8 @@ bit (tested against :func:`.normalization.foreground_mask` and :func:`.normaliza
 On the CPU this is slower than :mod:`.normalization` (many passes over the volume); it is meant for CUDA.
 
 Example:
-    >>> mask, scales = device_mask_and_scales([t1n, t2f], torch.device("cuda"))   # doctest: +SKIP
+    >>> mask, scales = device_mask_and_scales([t1n, t2f, t1c], torch.device("cuda"), mask_from=[0, 1])  # doctest: +SKIP
+    >>> t1n_p99 = t1n / np.float32(scales[0])    # as normalization.normalize(t1n, mask)
 """
 
 from __future__ import annotations
