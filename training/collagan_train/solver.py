@@ -57,6 +57,26 @@ def generator_from_checkpoint(state: dict) -> Tuple[Generator, TrainConfig]:
     return generator.eval(), cfg
 
 
+def log_header(path: Path, fields: List[str]) -> List[str]:
+    """The header of the existing log ``path``, first extended by the ``fields`` it lacks (a log written by
+    older code, resumed by newer code): old rows keep their values under their own column names and leave the
+    new columns empty. One line is read when nothing is missing (the usual case)."""
+    with open(path, newline="") as handle:
+        header = next(csv.reader(handle), [])
+    missing = [f for f in fields if f not in header]
+    if not missing:
+        return header
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header + missing, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return header + missing
+
+
 def fixed_validation_slices(length: int, count: int) -> List[int]:
     """The evenly spaced validation slices every validation (and the diagnostics) score."""
     return np.unique(np.linspace(0, length - 1, min(count, length)).round().astype(int)).tolist()
@@ -370,8 +390,9 @@ class Solver:
     def _log(self, name: str, fields: List[str], row: dict) -> None:
         path = self.out_dir / name
         new = not path.is_file()
+        columns = fields if new else log_header(path, fields)  # rows always under the file's own header
         with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore", restval="")
             if new:
                 writer.writeheader()
             writer.writerow(row)

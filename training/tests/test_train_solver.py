@@ -114,6 +114,31 @@ def test_train_loop_writes_log_curves_and_checkpoints(tiny_cfg, sample_slices, t
     assert "mean_nmse" in (run / "val.csv").read_text()
 
 
+def test_resuming_a_log_from_older_code_keeps_columns_aligned(tiny_cfg, sample_slices, tmp_path):
+    """A log.csv written before the direct_l2 column existed: the resumed run's rows go under the file's header
+    (the new column appended), and old rows keep their values (stop 8's note: rows one field too long)."""
+    import csv
+
+    from training.collagan_train.solver import LOG_FIELDS
+
+    run = tmp_path / "run"
+    run.mkdir()
+    old_fields = [f for f in LOG_FIELDS if f != "direct_l2"]
+    with open(run / "log.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=old_fields)
+        writer.writeheader()
+        writer.writerow({f: (0 if f == "step" else 0.5) for f in old_fields})  # kept: not after the start
+    solver = Solver(tiny_cfg("steps=2", "clsf_warmup_steps=0", "val_every=100"), sample_slices, None,
+                    out_dir=str(run))
+    solver.train()
+    with open(run / "log.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == old_fields + ["direct_l2"] and all(len(r) == len(rows[0]) for r in rows)
+    records = [dict(zip(rows[0], r)) for r in rows[1:]]
+    assert records[0]["step"] == "0" and records[0]["direct_l2"] == "" and records[0]["cyc_l1"] == "0.5"
+    assert [r["step"] for r in records[1:]] == ["1", "2"] and all(r["loss_g"] for r in records[1:])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
