@@ -139,6 +139,14 @@ def check_request(card: ModelCard, inputs: Sequence[str], targets: Sequence[str]
     return inputs_by_target
 
 
+def apply_outside_head(card: ModelCard, mask: np.ndarray, array: np.ndarray) -> np.ndarray:
+    """The model's output as it is delivered: with ``outside_head: zero`` (trained inside the head only, so its
+    background is untrained), 0 outside the inputs' head mask; else unchanged."""
+    if card.outside_head == "zero":
+        return np.where(mask, array, 0).astype(array.dtype, copy=False)
+    return array
+
+
 def synthetic_description(target: str, inputs: Sequence[str]) -> str:
     return f"SYNTHETIC {target} imputed by CollaGAN from {'+'.join(inputs)}; not acquired"
 
@@ -182,8 +190,7 @@ def impute(
         array = impute_slices(model, inputs, target, device=device, batch_size=batch_size, progress=progress,
                               cancel=cancel, progress_offset=index * n_slices, progress_total=total,
                               precision=precision)
-        if card.outside_head == "zero":
-            array = np.where(case.mask, array, 0).astype(array.dtype, copy=False)
+        array = apply_outside_head(card, case.mask, array)
         result.images[target] = label_synthetic(case.to_image(array), model, inputs_by_target[target], target)
         result.arrays[target] = array
         result.cases[target] = case

@@ -35,7 +35,14 @@ from .errors import Cancelled, InputError
 from .geometry import align_to_reference, to_canonical_array
 from .inference import impute_slices, resolve_device
 from .metrics import error_map, per_slice_ssim, score_volume, ssim_map
-from .pipeline import ImputationResult, PreparedCase, check_request, label_synthetic, prepare_case
+from .pipeline import (
+    ImputationResult,
+    PreparedCase,
+    apply_outside_head,
+    check_request,
+    label_synthetic,
+    prepare_case,
+)
 
 #: Canonical contrast keys (BraTS 2023 names) and what each looks like in a series or file name.
 CANONICAL_CONTRASTS = ("t1n", "t1c", "t2w", "t2f")
@@ -230,6 +237,7 @@ class ChunkedImputation:
         if self._next_slice < self.total_slices:
             self._run_chunk()
             return False
+        self._output = apply_outside_head(self.model.card, self._case.mask, self._output)
         image = label_synthetic(self._case.to_image(self._output), self.model, self.inputs, self.target)
         self.result = ImputationResult(images={self.target: image}, case=self._case, model_name=self.model.card.name,
                                        inputs=sorted(self.inputs), arrays={self.target: self._output},

@@ -107,6 +107,24 @@ def test_chunked_imputation_equals_the_core_pipeline(sample, model, finished_job
     assert helpers.synthetic_node_name("t1c") == "t1c (synthetic, CollaGAN)"
 
 
+def test_chunked_imputation_zeros_outside_the_head_as_the_core_does(sample):
+    """The bundled model is trained inside the head only (card: outside_head "zero"): the Slicer job must
+    deliver what the CLI delivers, 0 outside the inputs' head mask, not the network's untrained background."""
+    from CollaGANImputeLib import default_model
+
+    model = default_model()
+    assert model.card.outside_head == "zero"
+    images, _ = sample
+    middle = images["t1n"].GetSize()[2] // 2
+    inputs = {c: images[c][:, :, middle - 2:middle + 2] for c in ("t1n", "t2f")}  # four slices: quick
+    job = ChunkedImputation(inputs, model, "t1c", device="cpu")
+    job.run()
+    expected = impute(inputs, model, targets=["t1c"], device="cpu")
+    produced = job.result.arrays["t1c"]
+    np.testing.assert_array_equal(produced, expected.arrays["t1c"])
+    assert not produced[~job.result.case.mask].any() and produced[job.result.case.mask].any()
+
+
 def test_cancel_stops_before_any_result(sample, model):
     images, _ = sample
     job = ChunkedImputation({"t1n": images["t1n"], "t2f": images["t2f"]}, model, "t1c", device="cpu")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 
 import pytest
@@ -139,16 +138,10 @@ def test_resuming_a_log_from_older_code_keeps_columns_aligned(tiny_cfg, sample_s
     assert [r["step"] for r in records[1:]] == ["1", "2"] and all(r["loss_g"] for r in records[1:])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world: int, port: int, cfg, data, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _ddp_worker(rank: int, world: int, store: str, cfg, data, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file rendezvous: no TCP port to pick, so no race with other processes for it (seen flaky under load).
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     solver = Solver(cfg, data, None, rank=rank, world=world)
     for _ in range(3):
         solver.train_step()
@@ -164,7 +157,7 @@ def test_two_process_gloo_step_keeps_replicas_equal(tiny_cfg, sample_slices):
     cfg = tiny_cfg("clsf_warmup_steps=1")
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ddp.pt")
-        mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, sample_slices, out), nprocs=2, join=True)
+        mp.spawn(_ddp_worker, args=(2, os.path.join(tmp, "store"), cfg, sample_slices, out), nprocs=2, join=True)
         result = torch.load(out)
     a, b = result["gathered"]
     assert result["step"] == 3
