@@ -113,13 +113,16 @@ def default_batch_size(device: torch.device) -> int:
 # ------------------------------------------------------------------------------------------------ run time
 
 
+# module → whether it holds InstanceNorm layers (a walk over every submodule: once per model, not per call)
+_INSTANCE_NORM: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _has_instance_norm(module: nn.Module) -> bool:
     """Whether ``module`` (eager or TorchScript) contains InstanceNorm layers."""
-    for sub in module.modules():
-        name = getattr(sub, "original_name", type(sub).__name__)
-        if name.startswith("InstanceNorm"):
-            return True
-    return False
+    if module not in _INSTANCE_NORM:
+        _INSTANCE_NORM[module] = any(getattr(sub, "original_name", type(sub).__name__).startswith("InstanceNorm")
+                                     for sub in module.modules())
+    return _INSTANCE_NORM[module]
 
 
 def _weights_version(module: nn.Module) -> tuple:
