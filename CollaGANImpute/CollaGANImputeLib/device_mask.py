@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .normalization import PERCENTILE, _lerp
+from .normalization import PERCENTILE, _lerp, checked_scale
 
 #: Histogram bins of the Otsu threshold (``sitk.OtsuThreshold(image, 0, 1, 256)`` in :mod:`.normalization`).
 OTSU_BINS = 256
@@ -152,15 +152,7 @@ def upper_percentile(values: torch.Tensor, q: float = PERCENTILE) -> float:
 
 def _scale(values: torch.Tensor) -> float:
     """:func:`.normalization.p99` of already selected values, with its errors."""
-    if values.numel() == 0:
-        raise InputError("Cannot normalize: the foreground mask is empty (the volume looks blank).")
-    scale = upper_percentile(values)
-    if not np.isfinite(scale) or scale <= 0:
-        raise InputError(
-            f"Cannot normalize: the {PERCENTILE:g}th percentile inside the mask is {scale}; the volume must "
-            "have positive intensities inside the head (is it empty, or already zero-mean standardized?)."
-        )
-    return scale
+    return checked_scale(values.numel(), lambda: upper_percentile(values))
 
 
 def _bounding_box(mask: torch.Tensor, margin: int) -> tuple[slice, ...]:

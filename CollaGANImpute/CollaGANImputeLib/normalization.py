@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,9 +25,14 @@ PERCENTILE = 99.0
 def p99(array: np.ndarray, mask: np.ndarray | None = None) -> float:
     """The 99th percentile of ``array`` inside ``mask`` (or of its non-zero voxels when no mask)."""
     values = array[mask] if mask is not None else array[array != 0]
-    if values.size == 0:
+    return checked_scale(values.size, lambda: float(upper_percentile(values, PERCENTILE)))  # our own copy
+
+
+def checked_scale(count: int, percentile: Callable[[], float]) -> float:
+    """``percentile()`` of ``count`` selected voxels, refused when there are none or it is not positive."""
+    if count == 0:
         raise InputError("Cannot normalize: the foreground mask is empty (the volume looks blank).")
-    scale = float(upper_percentile(values, PERCENTILE))  # values is our own copy
+    scale = percentile()
     if not np.isfinite(scale) or scale <= 0:
         raise InputError(
             f"Cannot normalize: the {PERCENTILE:g}th percentile inside the mask is {scale}; the volume must "
@@ -73,9 +78,10 @@ def upper_percentile(values: np.ndarray, q: float) -> np.generic:
     return _lerp(top[below - offset], top[above - offset], position - below)
 
 
-def normalize(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``array`` in p99 units: divided by its own 99th percentile inside ``mask``."""
-    return (np.asarray(array, dtype=np.float32) / np.float32(p99(array, mask))).astype(np.float32)
+def normalize(array: np.ndarray, mask: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """``array`` in p99 units: divided by its own 99th percentile inside ``mask`` (``scale``, if computed)."""
+    scale = p99(array, mask) if scale is None else scale
+    return (np.asarray(array, dtype=np.float32) / np.float32(scale)).astype(np.float32)
 
 
 def foreground_mask(arrays: Sequence[np.ndarray]) -> np.ndarray:

@@ -65,25 +65,25 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
         aligned = align_to_reference(images, reference)
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    notes = [str(w.message) for w in caught]
     ref = aligned[reference or next(iter(images))]
     raw = {name: to_canonical_array(image) for name, image in aligned.items()}
     names = list(mask_from or raw)
+    mask, scales = None, None
     if device is not None and torch.device(device).type == "cuda":
         try:
             mask, scales = device_mask_and_scales(list(raw.values()), torch.device(device),
                                                   [list(raw).index(name) for name in names])
-            arrays = {name: (array / np.float32(scale)).astype(np.float32, copy=False)  # as normalize() does
-                      for (name, array), scale in zip(raw.items(), scales)}
-            return PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=[str(w.message) for w in caught])
         except InputError:
             raise  # bad input: the CPU would refuse it too
         except Exception as exc:  # an acceleration only (out of memory, no usable CUDA): the CPU gives the same
-            message = f"The mask could not be computed on {device} ({str(exc).splitlines()[0]}); used the CPU."
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            caught.append(warnings.WarningMessage(message, RuntimeWarning, __file__, 0))
-    mask = foreground_mask([raw[name] for name in names])
-    arrays = {name: normalize(array, mask) for name, array in raw.items()}
-    return PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=[str(w.message) for w in caught])
+            notes.append(f"The mask could not be computed on {device} ({str(exc).splitlines()[0]}); used the CPU.")
+            warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
+    if mask is None:
+        mask = foreground_mask([raw[name] for name in names])
+    arrays = {name: normalize(array, mask, None if scales is None else scales[index])
+              for index, (name, array) in enumerate(raw.items())}
+    return PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=notes)
 
 
 @dataclass

@@ -101,6 +101,11 @@ class TrainConfig:
         if self.crop and self.crop % 32:
             raise ValueError(f"crop={self.crop} must be a multiple of 32 (generator pooling and D strides).")
 
+    @property
+    def outside_head(self) -> str:
+        """The exported card's rule: a generator trained inside the head only has an untrained background."""
+        return "zero" if self.head_only_loss else "model"
+
     def with_method(self) -> TrainConfig:
         """This config with the method's preset weights applied."""
         return dataclasses.replace(self, **METHODS[self.method])

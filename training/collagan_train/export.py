@@ -122,7 +122,7 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                   "command": commands, "cost": f"{state['train_seconds'] / 3600:.2f} h of training steps on "
                   f"{platform.processor() or platform.machine()} ({state.get('world', 1)} process(es))",
                   "checkpoint": Path(checkpoint).name, "warm_start": warm_start_lineage(cfg)},
-        outside_head="zero" if cfg.head_only_loss else "model",
+        outside_head=cfg.outside_head,
         licence=LICENCE,
         metrics=metrics if metrics is not None else last_validation(run_dir),
         description=description or "CollaGAN generator imputing one MR contrast from the others; research use "
