@@ -1,4 +1,4 @@
-"""Foreground mask and p99 intensity normalization, exactly as ../shared/docs/EVALUATION.md defines them.
+"""Foreground mask and p99 intensity normalization, exactly as docs/EVALUATION.md defines them.
 
 The mask is computed from the inputs only, never from the target. Because the rule thresholds the mean of
 the *normalized* inputs while normalization needs the mask, inputs are first scaled by the 99th percentile
