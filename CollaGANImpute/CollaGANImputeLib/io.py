@@ -12,7 +12,9 @@ import gzip
 import os
 import re
 import shutil
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
@@ -54,9 +56,112 @@ def check_volume(image: sitk.Image, name: str = "volume") -> sitk.Image:
     array = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise InputError(f"{name} contains NaN or infinite voxels; replace them (e.g. by 0) before imputing.")
+    if array.dtype.itemsize > 4 and np.issubdtype(array.dtype, np.floating):
+        largest = float(np.abs(array).max())
+        if largest > FLOAT32_MAX:
+            raise InputError(
+                f"{name} has values up to {largest:.3g}, beyond the float32 range ({FLOAT32_MAX:.3g}) that "
+                "imputation computes in (they would overflow to infinity). Rescale the volume (any positive "
+                "factor: intensities are normalized anyway) and try again.")
     if not array.any():
         raise InputError(f"{name} is all zeros: nothing was acquired there. Leave that contrast out instead.")
     return image
+
+
+#: Largest finite float32: volumes are computed in float32, so larger values would become infinite.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: NIfTI datatype codes of floating-point voxels (float32, float64, float128, complex64/128/256).
+_NIFTI_FLOATS = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}
+_CHUNK = 1 << 22
+
+
+def _nifti_layout(head: bytes) -> Optional[tuple[str, int, int, Optional[str]]]:
+    """(byte order, data offset, data bytes, float dtype or None) from a NIfTI-1/-2 single-file header;
+    None when ``head`` is not one (a .hdr/.img pair or another format: ITK checks those itself)."""
+    for order in "<>":
+        if len(head) >= 348 and struct.unpack(order + "i", head[:4])[0] == 348 and head[344:347] == b"n+1":
+            dims = struct.unpack(order + "8h", head[40:56])
+            datatype, bitpix = struct.unpack(order + "2h", head[70:74])
+            offset = int(struct.unpack(order + "f", head[108:112])[0])
+        elif len(head) >= 540 and struct.unpack(order + "i", head[:4])[0] == 540 and head[4:7] == b"n+2":
+            datatype, bitpix = struct.unpack(order + "2h", head[12:16])
+            dims = struct.unpack(order + "8q", head[16:80])
+            offset = int(struct.unpack(order + "q", head[168:176])[0])
+        else:
+            continue
+        if not 1 <= dims[0] <= 7 or bitpix <= 0 or min(dims[1:dims[0] + 1]) < 0:
+            return None  # nonsense header: ITK's reader refuses it with its own message
+        count = int(np.prod([int(d) for d in dims[1:dims[0] + 1]], dtype=np.int64))
+        dtype = _NIFTI_FLOATS.get(int(datatype))
+        return order, max(offset, 348), count * int(bitpix) // 8, (order + dtype) if dtype else None
+    return None
+
+
+def _complete_by_size(path: Path, compressed: bool, expected: int) -> bool:
+    """O(1) completeness test: a gzip stream's trailer holds its decompressed length (mod 2**32), a plain file's
+    size is known. False means "look closer" (a multi-member gzip or trailing bytes also differ)."""
+    if not compressed:
+        return path.stat().st_size >= expected
+    with open(path, "rb") as raw:
+        raw.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", raw.read(4))[0] == expected % 2**32
+
+
+def check_nifti_data(path: PathLike) -> bool:
+    """Refuse a NIfTI file whose voxel data is cut short, whose gzip stream is damaged, or whose float voxels
+    include NaN or infinity; False (nothing checked) when ``path`` is not a single-file NIfTI.
+
+    Why: ITK's NIfTI reader reads a truncated file's missing voxels as zeros and replaces NaN/Inf by 0, without
+    an error, so such a file would be imputed from silently wrong data. Integer volumes (no NaN possible) are
+    checked for completeness from the gzip trailer or the file size; float volumes are streamed once (gzip
+    verifies its CRC and length at the end), which costs about as much as ITK's own read. Other formats are left
+    to ITK, which refuses these faults itself.
+
+    Example:
+        >>> check_nifti_data("case-t1n.nii.gz")   # doctest: +SKIP
+        True
+    """
+    path = Path(path)
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"  # the gzip magic, whatever the file is named
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as handle:
+            head = handle.read(348)
+            if head[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c"):  # sizeof_hdr 540: NIfTI-2
+                head += handle.read(192)
+            layout = _nifti_layout(head)
+            if layout is None:
+                return False
+            _, offset, size, dtype = layout
+            if dtype is None and _complete_by_size(path, compressed, offset + size):
+                return True
+            head += handle.read(max(0, offset - len(head)))
+            itemsize = int(dtype[-1]) if dtype else 1
+            remaining, nonfinite, pending, block = size, 0, b"", head[offset:]
+            while True:
+                taken = block[:remaining]
+                remaining -= len(taken)
+                if dtype is not None and taken:
+                    values = pending + taken
+                    whole = len(values) - len(values) % itemsize  # a value split between blocks waits
+                    checked = np.frombuffer(values[:whole], dtype=dtype)
+                    nonfinite += int(checked.size - np.count_nonzero(np.isfinite(checked)))
+                    pending = values[whole:]
+                if remaining <= 0 and not compressed:
+                    break  # a gzip stream is read to its end: gzip verifies its CRC and length there
+                block = handle.read(_CHUNK)
+                if not block:
+                    break
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise InputError(f"{path} is damaged: its gzip stream is truncated or corrupt ({exc}). The file was "
+                         "probably cut short by an interrupted copy or download; copy it again.") from exc
+    if remaining > 0:
+        raise InputError(f"{path} is truncated: its header announces {size} bytes of voxel data, the file holds "
+                         f"{size - remaining}. Copy or export the file again.")
+    if nonfinite:
+        raise InputError(f"{path} contains {nonfinite} NaN or infinite voxels; replace them (e.g. by 0) before "
+                         "imputing.")
+    return True
 
 
 def read_volume(path: PathLike) -> sitk.Image:
@@ -75,6 +180,8 @@ def read_volume(path: PathLike) -> sitk.Image:
         if path.stat().st_size == 0:
             raise InputError(f"{path} is an empty file (0 bytes).")
         try:
+            if path.name.lower().endswith((".nii", ".nii.gz")):
+                check_nifti_data(path)  # ITK reads missing or NaN voxels of a NIfTI file as zeros
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise InputError(f"Cannot read {path} as an image ({str(exc).strip().splitlines()[-1]}). "
