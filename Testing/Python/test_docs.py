@@ -29,7 +29,8 @@ def test_protocol_is_identical_to_the_reference() -> None:
         "docs/EVALUATION.md differs from ../shared/docs/EVALUATION.md: copy the reference over it")
 
 
-@pytest.mark.parametrize("doc", [d for d in USER_DOCS if d.name != "EVALUATION.md"], ids=lambda d: str(d.relative_to(REPO)))
+@pytest.mark.parametrize("doc", [d for d in USER_DOCS if d.name != "EVALUATION.md"],
+                         ids=lambda d: str(d.relative_to(REPO)))
 def test_docs_name_no_folder_outside_the_repository(doc: Path) -> None:
     hits = [f"{doc.name}:{n}: {line.strip()[:100]}" for n, line in
             enumerate(doc.read_text(encoding="utf-8").splitlines(), 1) if OUTSIDE.search(line)]
