@@ -613,13 +613,13 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def isSynthetic(node) -> bool:
-        from CollaGANImputeLib.slicer_helpers import SYNTHETIC_ATTRIBUTE, is_synthetic_name
+        from CollaGANImputeLib.scene.names import SYNTHETIC_ATTRIBUTE, is_synthetic_name
 
         return node.GetAttribute(SYNTHETIC_ATTRIBUTE) == "true" or is_synthetic_name(node.GetName())
 
     def guessInputNodes(self, contrasts: list, taken: tuple = ()) -> dict:
         """Scalar volumes of the scene matched to the contrasts by name (label maps and synthetic excluded)."""
-        from CollaGANImputeLib.slicer_helpers import match_volumes
+        from CollaGANImputeLib.scene.names import match_volumes
 
         volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
                    if not n.IsA("vtkMRMLLabelMapVolumeNode") and not self.isSynthetic(n)
@@ -632,7 +632,7 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def defaultTarget(contrasts: list, inputs: dict) -> Optional[str]:
-        from CollaGANImputeLib.slicer_helpers import default_target
+        from CollaGANImputeLib.scene.names import default_target
 
         return default_target(contrasts, {c: (n.GetID() if n else None) for c, n in inputs.items()})
 
@@ -650,7 +650,7 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
     def startImputation(self, inputNodes: dict, model, target: str, device: str = "auto", batchSize: int = 8):
         """Copy the input volumes out of the scene and return a ChunkedImputation to step (GUI) or run."""
         import sitkUtils
-        from CollaGANImputeLib.slicer_helpers import ChunkedImputation
+        from CollaGANImputeLib.scene.job import ChunkedImputation
 
         images = {contrast: sitkUtils.PullVolumeFromSlicer(node) for contrast, node in inputNodes.items()}
         return ChunkedImputation(images, model, target, device=device, batch_size=batchSize)
@@ -658,7 +658,7 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
     def addResultToScene(self, job, showNextTo=None):
         """Push the finished job's image as '<target> (synthetic, CollaGAN)' with its collagan_* attributes."""
         import sitkUtils
-        from CollaGANImputeLib.slicer_helpers import synthetic_attributes, synthetic_node_name
+        from CollaGANImputeLib.scene.names import synthetic_attributes, synthetic_node_name
 
         image = job.result.images[job.target]
         node = sitkUtils.PushVolumeToSlicer(image, name=slicer.mrmlScene.GenerateUniqueName(
@@ -708,7 +708,7 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
             model = self.loadModel(None if model is None else str(model), device="cpu")
         written = impute_case(folder, model, out_dir=outDir, **kwargs)
         if load:
-            from CollaGANImputeLib.slicer_helpers import SYNTHETIC_ATTRIBUTE, synthetic_node_name
+            from CollaGANImputeLib.scene.names import SYNTHETIC_ATTRIBUTE, synthetic_node_name
 
             for target, path in written.items():
                 node = slicer.util.loadVolume(str(path))
@@ -737,7 +737,7 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
         return f"{type(error).__name__}: {error}"
 
     def bannerText(self, node) -> str:
-        from CollaGANImputeLib.slicer_helpers import synthetic_banner
+        from CollaGANImputeLib.scene.names import synthetic_banner
 
         attributes = {name: node.GetAttribute(name) for name in node.GetAttributeNames()
                       if name.startswith("collagan_")}
@@ -750,7 +750,7 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
         """Score a synthetic volume against the acquired one: a table node, an error-map volume shown as a
         coloured foreground with a legend, and a per-slice SSIM plot."""
         import sitkUtils
-        from CollaGANImputeLib.slicer_helpers import compare_to_reference, score_table, slice_ssim_table
+        from CollaGANImputeLib.scene.comparison import compare_to_reference, score_table, slice_ssim_table
 
         if syntheticNode is None or referenceNode is None:
             raise ValueError(_("Select the synthetic volume and the acquired volume to compare it with."))
@@ -806,7 +806,7 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def exportScores(outputs: ComparisonOutputs, path: str) -> pathlib.Path:
-        from CollaGANImputeLib.slicer_helpers import write_scores_csv
+        from CollaGANImputeLib.scene.comparison import write_scores_csv
 
         return write_scores_csv(path, outputs.comparison.scores, context=outputs.context)
 

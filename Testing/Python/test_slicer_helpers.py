@@ -1,4 +1,5 @@
-"""CollaGANImputeLib.slicer_helpers: what the Slicer panel relies on, run for real on the bundled sample case."""
+"""CollaGANImputeLib.scene.{names,job,comparison}: the Slicer-free helpers the Slicer panel relies on, run for real
+on the bundled sample case."""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 from CollaGANImputeLib import Cancelled, InputError, impute, load_model, read_case
-from CollaGANImputeLib import slicer_helpers as helpers
 from CollaGANImputeLib.metrics import score_volume
-from CollaGANImputeLib.slicer_helpers import (
-    ChunkedImputation,
-    classify_contrast,
-    compare_to_reference,
-    default_target,
-    match_volumes,
-)
+from CollaGANImputeLib.scene import comparison as helpers_comparison
+from CollaGANImputeLib.scene import job as helpers_job
+from CollaGANImputeLib.scene import names as helpers
+from CollaGANImputeLib.scene.comparison import compare_to_reference
+from CollaGANImputeLib.scene.job import ChunkedImputation
+from CollaGANImputeLib.scene.names import classify_contrast, default_target, match_volumes
 
 CONTRASTS = ["t1n", "t1c", "t2f"]
 
@@ -152,7 +151,7 @@ def test_bad_requests_are_refused_in_plain_words(sample, model):
 def test_gpu_out_of_memory_falls_back_to_cpu(sample, model, finished_job, monkeypatch):
     """The core halves CUDA batches down to one slice; if even that fails, the job finishes on the CPU."""
     images, _ = sample
-    real = helpers.impute_slices
+    real = helpers_job.impute_slices
     devices = []
 
     def out_of_memory_on_gpu(model_, inputs, target, device, **kwargs):
@@ -161,7 +160,7 @@ def test_gpu_out_of_memory_falls_back_to_cpu(sample, model, finished_job, monkey
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(model_, inputs, target, device=device, **kwargs)
 
-    monkeypatch.setattr(helpers, "impute_slices", out_of_memory_on_gpu)
+    monkeypatch.setattr(helpers_job, "impute_slices", out_of_memory_on_gpu)
     job = ChunkedImputation({"t1n": images["t1n"], "t2f": images["t2f"]}, model, "t1c", device="cpu")
     job.device = torch.device("cuda")  # as if a GPU had been found
     job.run()
@@ -180,7 +179,9 @@ def test_compare_scores_as_the_core_does(sample, finished_job):
     recomputed = compare_to_reference(synthetic, images["t1c"], inputs, lesion=lesion)
     case = job.result.case
     region = sitk.GetArrayFromImage(sitk.DICOMOrient(lesion, "LPS")) > 0
-    direct = score_volume(job.result.arrays["t1c"], case.normalize_like_inputs(images["t1c"]), case.mask, region)
+    direct = score_volume(job.result.arrays["t1c"], case.normalize_like_inputs(images["t1c"]), case.mask, region,
+                          inputs=[case.arrays["t1n"], case.arrays["t2f"]])
+    assert {"identity", "lesion_kept"} <= set(direct)  # the v2 metrics, computed where they can be
     for key, value in direct.items():
         assert with_case.scores[key] == pytest.approx(value, rel=1e-9, nan_ok=True), key
         assert recomputed.scores[key] == pytest.approx(value, rel=1e-9, nan_ok=True), key
@@ -209,20 +210,25 @@ def test_compare_needs_inputs_for_the_mask(sample):
 
 
 def test_score_table_and_csv(tmp_path):
-    scores = {"nmse": 0.0123456, "psnr": float("inf"), "ssim": 0.9, "lesion_nmse": float("nan"),
-              "lesion_ssim": float("nan"), "lesion_voxels": 0.0}
-    rows = helpers.score_table(scores)
+    scores = {"lesion_voxels": 0.0, "nmse": 0.0123456, "psnr": float("inf"), "ssim": 0.9, "lesion_nmse": float("nan"),
+              "lesion_ssim": float("nan"), "identity": -0.25, "rho_u": 0.5}
+    rows = helpers_comparison.score_table(scores)
+    # One row per score, the labelled ones in display order, a key the table does not know under its own name.
+    assert [r[0] for r in rows] == ["NMSE", "PSNR (dB)", "SSIM", "Contrast identity I", "Lesion NMSE", "Lesion SSIM",
+                                    "Lesion voxels", "rho_u"]
     assert rows[0] == ("NMSE", "0.0123", "lower is better")
-    assert rows[1][1] == "inf" and rows[3][1] == "n/a" and rows[5][1] == "0"
-    path = helpers.write_scores_csv(tmp_path / "out" / "scores.csv", scores, context={"model": "tiny"})
+    assert rows[1][1] == "inf" and rows[3][1] == "-0.2500" and rows[4][1] == "n/a" and rows[6][1] == "0"
+    assert rows[7] == ("rho_u", "0.5000", "")
+    path = helpers_comparison.write_scores_csv(tmp_path / "out" / "scores.csv", scores, context={"model": "tiny"})
     lines = list(csv.reader(path.open()))
     assert lines[0] == ["metric", "value"] and ["model", "tiny"] in lines
     assert dict(lines[1:])["nmse"] == repr(0.0123456) and dict(lines[1:])["lesion_nmse"] == "nan"
+    assert [line[0] for line in lines[2:]] == helpers_comparison.score_keys(scores)  # every score, table order
     assert [p.name for p in path.parent.iterdir()] == ["scores.csv"]  # no temporary file left behind
     with pytest.raises(InputError, match=".csv"):
-        helpers.write_scores_csv(tmp_path / "scores.txt", scores)
+        helpers_comparison.write_scores_csv(tmp_path / "scores.txt", scores)
 
 
 def test_slice_ssim_table_drops_slices_without_head():
-    table = helpers.slice_ssim_table([float("nan"), 0.5, 0.7, float("nan")])
+    table = helpers_comparison.slice_ssim_table([float("nan"), 0.5, 0.7, float("nan")])
     np.testing.assert_array_equal(table, [[1.0, 0.5], [2.0, 0.7]])

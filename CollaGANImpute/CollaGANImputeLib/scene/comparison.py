@@ -1,0 +1,146 @@
+"""The Slicer module's Compare section without Slicer: score a synthetic volume against the acquired one with
+the evaluation protocol (the core's ``score_volume``), the signed error map, per-slice SSIM, table rows, CSV.
+
+Example:
+    >>> comparison = compare_to_reference(synthetic, real_t1c, {"t1n": t1n, "t2f": t2f}, lesion=seg)  # doctest: +SKIP
+    >>> score_table(comparison.scores)[0]                                                   # doctest: +SKIP
+    ('NMSE', '0.0412', 'lower is better')
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..geometry import align_to_reference, to_canonical_array
+from ..metrics import error_map, per_slice_ssim, score_volume, ssim_map
+from ..pipeline import PreparedCase, prepare_case
+
+
+@dataclass
+class Comparison:
+    """Scores of a synthetic volume against the acquired one, as the evaluation protocol defines them."""
+
+    scores: dict[str, float]
+    error_image: sitk.Image
+    slice_ssim: np.ndarray
+    error_limit: float
+
+
+def compare_to_reference(
+    synthetic: sitk.Image,
+    reference: sitk.Image,
+    inputs: Mapping[str, sitk.Image],
+    lesion: Optional[sitk.Image] = None,
+    case: Optional[PreparedCase] = None,
+) -> Comparison:
+    """Score ``synthetic`` (p99 units, as imputed) against the acquired ``reference`` volume.
+
+    The head mask and the reference's p99 scaling come from the ``inputs`` the synthetic was imputed from
+    (or from ``case`` when the imputation result is at hand), never from the target: EVALUATION.md. The
+    lesion label map, if any, is resampled nearest-neighbour onto the case grid. Returns NMSE/PSNR/SSIM (+
+    lesion scores, contrast identity, lesion conspicuity: whatever :func:`score_volume` returns), the signed
+    error map as an image on the case grid, and the per-slice SSIM.
+    """
+    if case is None:
+        if not inputs:
+            raise InputError("Comparing needs the input volumes the synthetic one was imputed from (for the mask).")
+        case = prepare_case(inputs)
+    grid = case.reference
+    pred = to_canonical_array(align_to_reference({"ref": grid, "pred": synthetic}, reference="ref")["pred"])
+    gt = case.normalize_like_inputs(reference)
+    region = None
+    if lesion is not None:
+        on_grid = sitk.Resample(lesion, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, lesion.GetPixelID())
+        region = to_canonical_array(on_grid) > 0
+    # The inputs as the model saw them (p99 units on the case grid): contrast identity needs them.
+    scores = score_volume(pred, gt, case.mask, lesion=region, inputs=list(case.arrays.values()))
+    errors = error_map(pred, gt, case.mask)
+    error_image = case.to_image(errors)
+    error_image.SetMetaData("collagan_error_map", "synthetic minus acquired, p99 units, 0 outside the head mask")
+    inside = np.abs(errors[case.mask])
+    limit = float(np.percentile(inside, 99)) if inside.size else 1.0
+    return Comparison(scores=scores, error_image=error_image, slice_ssim=per_slice_ssim(
+        ssim_map(pred, gt, case.mask), case.mask), error_limit=max(limit, 1e-3))
+
+
+#: Labels of the results table: key in the core's score dict -> (label, unit / meaning), in display order.
+#: Keys :func:`score_volume` returns beyond these are shown too, under their own name.
+SCORE_LABELS = {
+    "nmse": ("NMSE", "lower is better"),
+    "psnr": ("PSNR (dB)", "higher is better; images clipped to [0, 1] p99 units"),
+    "ssim": ("SSIM", "masked mean, 1 = identical"),
+    "identity": ("Contrast identity I", "r(synthetic, acquired) - max r(synthetic, input); > 0: resembles the "
+                 "acquired contrast more than any input"),
+    "lesion_nmse": ("Lesion NMSE", "inside mask and lesion"),
+    "lesion_ssim": ("Lesion SSIM", "inside mask and lesion"),
+    "lesion_kept": ("Lesion contrast kept K", "1 = as conspicuous as acquired, 0 = vanished, < 0 = inverted"),
+    "lesion_contrast_real": ("Lesion contrast, acquired", "mean in lesion / mean in the rest of the head"),
+    "lesion_contrast_pred": ("Lesion contrast, synthetic", "mean in lesion / mean in the rest of the head"),
+    "lesion_voxels": ("Lesion voxels", "count inside the head mask"),
+}
+
+
+def score_keys(scores: Mapping[str, float]) -> list[str]:
+    """The keys of ``scores`` in display order: the labelled ones first, any others after, as given."""
+    return [k for k in SCORE_LABELS if k in scores] + [k for k in scores if k not in SCORE_LABELS]
+
+
+def format_score(key: str, value: Optional[float]) -> str:
+    """A score as the table shows it: 4 decimals, counts as integers, NaN (not computable) as 'n/a'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if key == "lesion_voxels":
+        return str(int(value))
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.4f}"
+
+
+def score_table(scores: Mapping[str, float]) -> list[tuple[str, str, str]]:
+    """(metric, value, note) rows for a table node, one per score; NaN (e.g. no lesion) reads 'n/a'."""
+    rows = []
+    for key in score_keys(scores):
+        label, note = SCORE_LABELS.get(key, (key, ""))
+        rows.append((label, format_score(key, scores[key]), note))
+    return rows
+
+
+def write_scores_csv(path: Union[str, os.PathLike], scores: Mapping[str, float],
+                     context: Optional[Mapping[str, str]] = None) -> Path:
+    """Write the scores (and who/what produced them) as a two-column CSV, atomically."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        raise InputError(f"{path.name}: give a file name ending in .csv.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.csv", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["metric", "value"])
+            for key, value in (context or {}).items():
+                writer.writerow([key, value])
+            for key in score_keys(scores):
+                writer.writerow([key, repr(float(scores[key]))])
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def slice_ssim_table(slice_ssim: Iterable[float]) -> np.ndarray:
+    """(slice index, SSIM) rows for a plot, slices without head voxels left out."""
+    values = np.asarray(list(slice_ssim), dtype=np.float64)
+    index = np.arange(values.size, dtype=np.float64)
+    keep = np.isfinite(values)
+    return np.stack([index[keep], values[keep]], axis=1)

@@ -1,0 +1,150 @@
+"""The Slicer module's imputation cut into short steps, so that a GUI timer (Qt in Slicer, an event loop in a
+web app) can run it without freezing, with progress and cancel. Slicer-free: it works on SimpleITK images.
+
+Example:
+    >>> job = ChunkedImputation({"t1n": t1n, "t2f": t2f}, model, "t1c")      # doctest: +SKIP
+    >>> while not job.step(): print(f"{job.progress:.0%}")  # a timer calls step() once per tick  # doctest: +SKIP
+    >>> job.result.images["t1c"]                # labeled synthetic, geometry of t1n     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..acceleration import default_batch_size
+from ..contract import LoadedModel
+from ..errors import Cancelled
+from ..inference import impute_slices, resolve_device
+from ..pipeline import (
+    ImputationResult,
+    PreparedCase,
+    apply_outside_head,
+    check_request,
+    label_synthetic,
+    prepare_case,
+)
+
+
+@dataclass
+class ChunkedImputation:
+    """One imputation cut into short steps, so that a GUI timer can run it without freezing.
+
+    Step 1 prepares the case (alignment, mask, p99 normalization: :func:`prepare_case`); each further step
+    runs the model on ``slices_per_step`` axial slices with :func:`impute_slices`; the last step assembles the
+    image and labels it synthetic exactly as :func:`CollaGANImputeLib.impute` does. :meth:`cancel` makes the
+    next step raise :class:`Cancelled`; nothing is produced. A CUDA out-of-memory error that survives the
+    core's batch halving switches the remaining slices to the CPU (``notes`` says so). ``cancel_flag``: an
+    outside ``threading.Event`` (e.g. a web app's Cancel button, set from another thread) that cancels too.
+    """
+
+    images: Mapping[str, sitk.Image]
+    model: LoadedModel
+    target: str
+    device: Union[str, torch.device, None] = "auto"
+    batch_size: Optional[int] = None  # None: chosen for the device (acceleration.default_batch_size)
+    precision: str = "auto"
+    slices_per_step: Optional[int] = None
+    reference: Optional[str] = None
+    notes: list[str] = field(default_factory=list)
+    result: Optional[ImputationResult] = None
+    cancel_flag: Optional[threading.Event] = None
+
+    def __post_init__(self) -> None:
+        # Model order for the metadata and the mask (as the core's impute does); the caller's order for the
+        # reference grid (its first volume).
+        self.inputs = check_request(self.model.card, list(self.images), [self.target])[self.target]
+        self._prepare_order = [c for c in self.images if c != self.target]
+        self.device = resolve_device(self.device)
+        if self.slices_per_step is None:
+            # Small CPU steps keep each timer tick short; a GPU does a whole batch in milliseconds.
+            self.slices_per_step = (self.batch_size or default_batch_size(self.device)
+                                    if self.device.type == "cuda" else 2)
+        self._cancel = self.cancel_flag if self.cancel_flag is not None else threading.Event()
+        self._case: Optional[PreparedCase] = None
+        self._output: Optional[np.ndarray] = None
+        self._next_slice = 0
+        self.warnings: list[str] = []
+
+    @property
+    def total_slices(self) -> int:
+        return 0 if self._case is None else self._case.mask.shape[0]
+
+    @property
+    def slices_done(self) -> int:
+        return self._next_slice
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    @property
+    def progress(self) -> float:
+        """Fraction done in [0, 1]: preparation counts as the first 5 %."""
+        if self.done:
+            return 1.0
+        if self._case is None:
+            return 0.0
+        return 0.05 + 0.95 * self._next_slice / max(1, self.total_slices)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def step(self) -> bool:
+        """Do the next piece of work; True when the result is ready."""
+        if self.done:
+            return True
+        if self._cancel.is_set():
+            raise Cancelled("Imputation cancelled; nothing was added to the scene.")
+        if self._case is None:
+            self._case = prepare_case({c: self.images[c] for c in self._prepare_order}, self.reference,
+                                      mask_from=self.inputs, device=self.device)
+            self.warnings = list(self._case.warnings)
+            self._output = np.zeros(self._case.mask.shape, dtype=np.float32)
+            return False
+        if self._next_slice < self.total_slices:
+            self._run_chunk()
+            return False
+        self._output = apply_outside_head(self.model.card, self._case.mask, self._output)
+        image = label_synthetic(self._case.to_image(self._output), self.model, self.inputs, self.target)
+        self.result = ImputationResult(images={self.target: image}, case=self._case, model_name=self.model.card.name,
+                                       inputs=sorted(self.inputs), arrays={self.target: self._output},
+                                       cases={self.target: self._case})
+        return True
+
+    def run(self, progress: Optional[Callable[[float], None]] = None) -> ImputationResult:
+        """All steps in a row (console use); ``progress`` gets the fraction done after each step."""
+        while not self.step():
+            if progress is not None:
+                progress(self.progress)
+        if progress is not None:
+            progress(1.0)
+        return self.result  # type: ignore[return-value]
+
+    def _run_chunk(self) -> None:
+        start = self._next_slice
+        stop = min(start + int(self.slices_per_step or 1), self.total_slices)
+        chunk = {c: self._case.arrays[c][start:stop] for c in self.inputs}
+        try:
+            predicted = impute_slices(self.model, chunk, self.target, device=self.device, batch_size=self.batch_size,
+                                      precision=self.precision,
+                                      cancel=self._cancel)
+        except torch.cuda.OutOfMemoryError:
+            if self.device.type != "cuda":
+                raise
+            torch.cuda.empty_cache()
+            self.device = torch.device("cpu")
+            self.slices_per_step = 2
+            self.notes.append("The GPU ran out of memory even one slice at a time; the rest ran on the CPU.")
+            predicted = impute_slices(self.model, chunk, self.target, device=self.device, batch_size=1,
+                                      precision=self.precision,
+                                      cancel=self._cancel)
+        self._output[start:stop] = predicted
+        self._next_slice = stop
+
+

@@ -1,0 +1,135 @@
+"""Input guessing and synthetic labels of the Slicer module: which scene volume is which contrast, what the
+result node is called, and the banner that says it is synthetic. Pure Python, no Slicer needed.
+
+Example:
+    >>> match_volumes(["MRHead", "T1 post Gd", "T2-FLAIR", "T1w MPRAGE"], ["t1n", "t1c", "t2f"])
+    {'t1n': 'T1w MPRAGE', 't1c': 'T1 post Gd', 't2f': 'T2-FLAIR'}
+    >>> default_target(["t1n", "t1c", "t2f"], {"t1n": "a", "t1c": None, "t2f": "b"})
+    't1c'
+    >>> synthetic_node_name("t1c")
+    't1c (synthetic, CollaGAN)'
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Collection, Mapping, Optional, Sequence
+
+import SimpleITK as sitk
+
+#: Canonical contrast keys (BraTS 2023 names) and what each looks like in a series or file name.
+CANONICAL_CONTRASTS = ("t1n", "t1c", "t2w", "t2f")
+_FLAIR = re.compile(r"flair|^t2f$|^fl$|^darkfluid$")
+_T2 = re.compile(r"^t2(w|wi|tse|fse|ax|sag|cor)?$")
+_T2_STAR = re.compile(r"^t2(star|s)$|^swi$|^gre$")  # T2*/SWI are other contrasts: never guessed as T2w
+_T1_POST_COMPOUND = re.compile(r"^t1(c|ce|gd|post|postgd|postcontrast|contrast|km|plusc|\+c|pc)$")
+_T1_PRE_COMPOUND = re.compile(r"^t1(n|w|wi|pre|native|nc|se|tse|ax|sag|cor)?$")
+_T1_SEQUENCE = re.compile(r"^(mprage|mp2rage|spgr|fspgr|bravo|tfl|tfe|vibe|t1mprage|mpr)$")
+_POST_WORDS = {"post", "gd", "gad", "gado", "gadolinium", "contrast", "ce", "c", "postcontrast", "enhanced", "+c",
+               "postgd", "pc"}
+_STRONG_POST_WORDS = _POST_WORDS - {"c", "ce", "pc"}
+_PRE_WORDS = {"pre", "precontrast", "native", "nc", "noncontrast", "plain", "n"}
+_IGNORED = re.compile(r"^(seg|label|labels|mask|lesion|brainmask|synthetic|star)$")
+
+#: Node-name suffix of every imputed volume, so that it is never taken as an acquired input.
+SYNTHETIC_SUFFIX = "(synthetic, CollaGAN)"
+SYNTHETIC_ATTRIBUTE = "collagan_synthetic"
+
+
+def _tokens(name: str) -> list[str]:
+    """Lower-case words of a volume name; '+' kept (T1+C), everything else non-alphanumeric splits."""
+    return [t for t in re.split(r"[^a-z0-9+]+", name.lower()) if t]
+
+
+def classify_contrast(name: str) -> Optional[str]:
+    """Which canonical contrast (t1n, t1c, t2w, t2f) a volume or contrast name denotes, or None.
+
+    Case-insensitive, on whole words of the name: ``TCGA-HT-7882-t1c``, ``T1Gd``, ``t1_post``, ``MPRAGE post``
+    → t1c; ``T1w``, ``MPRAGE``, ``T1 pre`` → t1n; ``T2``, ``t2w`` → t2w; ``FLAIR``, ``T2-FLAIR``, ``t2f`` → t2f.
+    Label maps (``seg``, ``mask``) and T2*/SWI give None.
+    """
+    if re.search(r"t2\s*\*", name.lower()):
+        return None  # T2*-weighted: not a T2w
+    tokens = _tokens(name)
+    if not tokens or any(_IGNORED.match(t) for t in tokens) or any(_T2_STAR.match(t) for t in tokens):
+        return None
+    if any(_FLAIR.search(t) for t in tokens):
+        return "t2f"
+    if any(_T2.match(t) for t in tokens):
+        return "t2w"
+    if any(_T1_POST_COMPOUND.match(t) for t in tokens):
+        return "t1c"
+    has_t1 = any(_T1_PRE_COMPOUND.match(t) or _T1_SEQUENCE.match(t) for t in tokens)
+    if has_t1 and any(t in _PRE_WORDS for t in tokens):
+        return "t1n"  # "pre"/"native" wins over contrast words: "T1 precontrast" is a native T1
+    post = [t for t in tokens if t in _POST_WORDS]
+    # A bare "post Gd" series is a contrast-enhanced T1 in practice; short words ("c", "ce") need a T1 beside.
+    if post and (has_t1 or any(t in _STRONG_POST_WORDS for t in post)):
+        return "t1c"
+    return "t1n" if has_t1 else None
+
+
+def is_synthetic_name(name: str) -> bool:
+    """Volumes this module (or the CLI) produced carry 'synthetic' in their name."""
+    return "synthetic" in name.lower()
+
+
+def match_volumes(
+    volume_names: Sequence[str],
+    contrasts: Sequence[str],
+    exclude: Collection[str] = (),
+) -> dict[str, Optional[str]]:
+    """Pre-fill one input selector per model contrast from the names of the loaded volumes.
+
+    Each volume fills at most one contrast; synthetic volumes and names in ``exclude`` are never used. Among
+    several candidates the one whose last word is the contrast name itself (``case-t1c``) wins, then the
+    first in scene order. Contrasts without a candidate map to None (the selector stays empty).
+    """
+    usable = [n for n in volume_names if n not in exclude and not is_synthetic_name(n)]
+    kinds = {name: classify_contrast(name) for name in usable}
+    taken: set[str] = set()
+    matches: dict[str, Optional[str]] = {}
+    for contrast in contrasts:
+        key = classify_contrast(contrast) or contrast.lower()
+        candidates = [n for n in usable if n not in taken
+                      and (kinds[n] == key or (_tokens(n) and _tokens(n)[-1] == contrast.lower()))]
+        exact = [n for n in candidates if _tokens(n)[-1] == contrast.lower()]
+        chosen = (exact or candidates or [None])[0]
+        matches[contrast] = chosen
+        if chosen is not None:
+            taken.add(chosen)
+    return matches
+
+
+def default_target(contrasts: Sequence[str], assigned: Mapping[str, Optional[str]]) -> Optional[str]:
+    """The contrast to impute by default: the first model contrast with no input volume.
+
+    When every contrast has a volume (a complete case, e.g. to see how well the model does), the contrast-
+    enhanced T1 is proposed (imputing it is the gadolinium-free use case), else the last contrast; its own
+    volume then serves as the reference for comparison. None for an empty contrast list.
+    """
+    missing = next((c for c in contrasts if not assigned.get(c)), None)
+    if missing is not None or not contrasts:
+        return missing
+    return next((c for c in contrasts if classify_contrast(c) == "t1c"), contrasts[-1])
+
+
+def synthetic_node_name(target: str) -> str:
+    """Name of the result node, e.g. ``t1c (synthetic, CollaGAN)``."""
+    return f"{target} {SYNTHETIC_SUFFIX}"
+
+
+def synthetic_attributes(image: sitk.Image) -> dict[str, str]:
+    """The ``collagan_*`` labels the core put on an imputed image, to copy as node attributes."""
+    return {key: image.GetMetaData(key) for key in image.GetMetaDataKeys() if key.startswith("collagan_")}
+
+
+def synthetic_banner(attributes: Mapping[str, str]) -> str:
+    """Warning text shown in the panel while a synthetic volume is displayed."""
+    target = attributes.get("collagan_target", "?")
+    inputs = attributes.get("collagan_inputs", "?").replace(",", " + ")
+    return (f"SYNTHETIC IMAGE: '{target}' was imputed by CollaGAN model '{attributes.get('collagan_model', '?')}' "
+            f"from {inputs} on {attributes.get('collagan_created', '?')}. It was not acquired: do not use it for "
+            "diagnosis or treatment decisions.")
+
+
