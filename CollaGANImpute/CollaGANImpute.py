@@ -1,8 +1,10 @@
 """3D Slicer module: impute a missing MR contrast with CollaGAN, and score it against an acquired volume.
 
-A thin shell over ``CollaGANImputeLib`` (the same core as the ``collagan-impute`` CLI): volumes go to
-SimpleITK with ``sitkUtils.PullVolumeFromSlicer``, the core imputes and scores them, results come back with
-``sitkUtils.PushVolumeToSlicer``. The GUI never blocks: the work runs in short steps on a Qt timer.
+A thin shell: the panel (Widget) wires the GUI to the logic; the Logic class delegates the work on the scene to
+``CollaGANImputeLib.scene.logic.SceneLogic``, which needs MRML but not Qt (the project's tests run it on the
+slicer-core wheel), and that in turn calls the same core as the ``collagan-impute`` CLI. Volumes cross between
+nodes and SimpleITK in ``CollaGANImputeLib.scene.nodes`` (RAS <-> LPS). The GUI never blocks: the work runs in
+short steps on a Qt timer.
 
 Console example (Slicer's Python console; see docs/SLICER_MODULE.md for more):
     >>> logic = slicer.util.getModuleLogic("CollaGANImpute")
@@ -37,7 +39,6 @@ PYTHON_REQUIREMENTS = {"torch": "torch>=2.0", "skimage": "scikit-image>=0.20"}
 MODEL_FILE_ITEM = "Model file..."
 SAMPLE_CASE = "TCGA-HT-7882"
 SAMPLE_CONTRASTS = ("t1n", "t1c", "t2f")
-ERROR_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
 PAPER = ("Lee D, Kim J, Moon W-J, Ye JC. CollaGAN: Collaborative GAN for Missing Image Data Imputation. "
          "CVPR 2019, pp. 2487-2496.")
 
@@ -319,7 +320,7 @@ class CollaGANImputeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             selector.setMRMLScene(slicer.mrmlScene)
             selector.toolTip = _("Acquired {contrast} volume; leave empty if it is missing.").format(contrast=contrast)
             if self._parameterNode:
-                selector.setCurrentNode(self._parameterNode.parameterNode.GetNodeReference(f"input_{contrast}"))
+                selector.setCurrentNode(self.logic.parameters()["inputs"].get(contrast))
             selector.currentNodeChanged.connect(lambda node, c=contrast: self.onInputChanged(c, node))
             label = qt.QLabel(f"{contrast}:")
             layout.addRow(label, selector)
@@ -340,7 +341,7 @@ class CollaGANImputeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInputChanged(self, contrast: str, node) -> None:
         if self._parameterNode:
-            self._parameterNode.parameterNode.SetNodeReferenceID(f"input_{contrast}", node.GetID() if node else None)
+            self.logic.setParameters(inputs={contrast: node})
         self.updateTargets()
 
     def selectedInputs(self) -> dict:
@@ -485,10 +486,7 @@ class CollaGANImputeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             outputs = self._lastComparison
             self.ui.scoresTableView.setMRMLTableNode(outputs.tableNode)
             self.ui.scoresTableView.setVisible(True)
-            self.ui.errorLegendLabel.text = _(
-                "Error map (foreground): synthetic minus acquired in p99 units, blue = synthetic too dark, red = "
-                "too bright, white = equal; colour range +/-{limit:.2f}. Per-slice SSIM is in the plot view."
-            ).format(limit=outputs.comparison.error_limit)
+            self.ui.errorLegendLabel.text = outputs.legendText + " " + _("Per-slice SSIM is in the plot view.")
             self.ui.exportCsvButton.enabled = True
 
     def onExportCsv(self) -> None:
@@ -507,27 +505,31 @@ class CollaGANImputeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class ComparisonOutputs:
-    """What a comparison adds to the scene, with the core's numbers."""
-
-    def __init__(self, comparison, tableNode, errorNode, chartNode, context: dict) -> None:
-        self.comparison = comparison
-        self.tableNode = tableNode
-        self.errorNode = errorNode
-        self.chartNode = chartNode
-        self.context = context
-
-
 class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
     """Everything the panel does, usable from the Python console without the widget.
 
-    All computing happens in CollaGANImputeLib; this class moves volumes between the scene and SimpleITK.
+    A thin shell: the work on the scene is done by ``CollaGANImputeLib.scene.logic.SceneLogic`` (Qt-free; the
+    same code runs on the slicer-core wheel in the project's tests and in other front ends). This class adds
+    what needs the Slicer application: installing the Python packages and showing results in the views.
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._models: dict = {}
-        self.lastResults: dict = {}  # result node ID -> ImputationResult (its head mask serves Compare)
+        self._core = None
+
+    @property
+    def core(self):
+        """The Qt-free SceneLogic on slicer.mrmlScene, created on first use (it imports the core, hence torch:
+        the panel asks for it only once the dependencies are installed)."""
+        if self._core is None:
+            from CollaGANImputeLib.scene.logic import SceneLogic
+
+            self._core = SceneLogic(slicer.mrmlScene)
+        return self._core
+
+    @property
+    def lastResults(self) -> dict:
+        return self.core.lastResults
 
     def getParameterNode(self) -> CollaGANImputeParameterNode:
         return CollaGANImputeParameterNode(super().getParameterNode())
@@ -584,92 +586,89 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
             return False
         return True
 
-    # --- models -------------------------------------------------------------------------------------------
+    # --- the Qt-free logic (CollaGANImputeLib.scene.logic.SceneLogic), one line each ------------------------
 
-    @staticmethod
-    def bundledModelNames() -> list:
-        from CollaGANImputeLib import bundled_models
-
-        return [model.name for model in bundled_models()]
+    def bundledModelNames(self) -> list:
+        return self.core.bundledModelNames()
 
     def loadModel(self, source: Optional[str] = None, device: str = "cpu"):
-        """A bundled model by name, a model file by path, or the default bundled model; cached."""
-        from CollaGANImputeLib import bundled_models, default_model, load_model
-
-        key = (source or "<default>", device)
-        if key not in self._models:
-            if source is None:
-                model = default_model(device=device)
-            else:
-                bundled = {m.name: m for m in bundled_models()}
-                model = bundled[source].load(device=device) if source in bundled else load_model(source, device=device)
-            self._models[key] = model
-        return self._models[key]
+        """A bundled model by name, a model file by path, or the default bundled model (None); cached."""
+        return self.core.loadModel(source, device=device)
 
     def modelCard(self, source: str):
-        return self.loadModel(source).card
+        return self.core.modelCard(source)
 
-    # --- inputs -------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def isSynthetic(node) -> bool:
-        from CollaGANImputeLib.scene.names import SYNTHETIC_ATTRIBUTE, is_synthetic_name
-
-        return node.GetAttribute(SYNTHETIC_ATTRIBUTE) == "true" or is_synthetic_name(node.GetName())
+    def isSynthetic(self, node) -> bool:
+        return self.core.isSynthetic(node)
 
     def guessInputNodes(self, contrasts: list, taken: tuple = ()) -> dict:
         """Scalar volumes of the scene matched to the contrasts by name (label maps and synthetic excluded)."""
-        from CollaGANImputeLib.scene.names import match_volumes
+        return self.core.guessInputNodes(contrasts, taken=taken)
 
-        volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-                   if not n.IsA("vtkMRMLLabelMapVolumeNode") and not self.isSynthetic(n)
-                   and all(n is not t for t in taken)]
-        byName = {}
-        for node in volumes:
-            byName.setdefault(node.GetName(), node)
-        matches = match_volumes(list(byName), contrasts)
-        return {c: byName[name] if name else None for c, name in matches.items()}
+    def defaultTarget(self, contrasts: list, inputs: dict) -> Optional[str]:
+        return self.core.defaultTarget(contrasts, inputs)
 
-    @staticmethod
-    def defaultTarget(contrasts: list, inputs: dict) -> Optional[str]:
-        from CollaGANImputeLib.scene.names import default_target
+    def describeDevice(self, choice: str) -> str:
+        return self.core.describeDevice(choice)
 
-        return default_target(contrasts, {c: (n.GetID() if n else None) for c, n in inputs.items()})
+    def setParameters(self, inputs: Optional[dict] = None, **values) -> None:
+        self.core.setParameters(inputs=inputs, **values)
 
-    @staticmethod
-    def describeDevice(choice: str) -> str:
-        from CollaGANImputeLib.inference import describe_device, resolve_device
+    def parameters(self) -> dict:
+        return self.core.parameters()
 
-        try:
-            return _("Runs on: {device}").format(device=describe_device(resolve_device(choice)))
-        except Exception as error:
-            return str(error)
-
-    # --- imputation ---------------------------------------------------------------------------------------
-
-    def startImputation(self, inputNodes: dict, model, target: str, device: str = "auto", batchSize: int = 8):
+    def startImputation(self, inputNodes: dict, model, target: str, device: str = "auto", batchSize: int = 8,
+                        cancel=None, precision: str = "auto"):
         """Copy the input volumes out of the scene and return a ChunkedImputation to step (GUI) or run."""
-        import sitkUtils
-        from CollaGANImputeLib.scene.job import ChunkedImputation
-
-        images = {contrast: sitkUtils.PullVolumeFromSlicer(node) for contrast, node in inputNodes.items()}
-        return ChunkedImputation(images, model, target, device=device, batch_size=batchSize)
+        return self.core.startImputation(inputNodes, model, target, device=device, batchSize=batchSize,
+                                         cancel=cancel, precision=precision)
 
     def addResultToScene(self, job, showNextTo=None):
-        """Push the finished job's image as '<target> (synthetic, CollaGAN)' with its collagan_* attributes."""
-        import sitkUtils
-        from CollaGANImputeLib.scene.names import synthetic_attributes, synthetic_node_name
-
-        image = job.result.images[job.target]
-        node = sitkUtils.PushVolumeToSlicer(image, name=slicer.mrmlScene.GenerateUniqueName(
-            synthetic_node_name(job.target)), className="vtkMRMLScalarVolumeNode")
-        for key, value in synthetic_attributes(image).items():
-            node.SetAttribute(key, value)
-        node.SetDescription(image.GetMetaData("collagan_target") + " imputed by CollaGAN: SYNTHETIC, not acquired")
-        self.lastResults[node.GetID()] = job.result
+        """Add the finished job's image as '<target> (synthetic, CollaGAN)', shown beside ``showNextTo``."""
+        node = self.core.addResultToScene(job)
         if showNextTo is not None:
             self.showSideBySide(node, showNextTo)
         return node
+
+    def imputeNodes(self, inputNodes: dict, model=None, target: Optional[str] = None, device: str = "auto",
+                    batchSize: int = 8, progress: Optional[Callable[[float], None]] = None, cancel=None,
+                    precision: str = "auto"):
+        """Console use: impute ``target`` (default: the first missing contrast) from scene volumes; returns the
+        new node. ``model`` is a LoadedModel, a bundled model name, a file path, or None for the default."""
+        return self.core.imputeNodes(inputNodes, model=model, target=target, device=device, batchSize=batchSize,
+                                     progress=progress, cancel=cancel, precision=precision)
+
+    def imputeCaseFolder(self, folder: str, model=None, outDir: Optional[str] = None, load: bool = True, **kwargs):
+        """Impute a BraTS-named case folder from disk (exactly the CLI's core call), optionally loading results."""
+        return self.core.imputeCaseFolder(folder, model=model, outDir=outDir, load=load, **kwargs)
+
+    def isCancellation(self, error: Exception) -> bool:
+        return self.core.isCancellation(error)
+
+    def plainError(self, error: Exception) -> str:
+        return self.core.plainError(error)
+
+    def bannerText(self, node) -> str:
+        return self.core.bannerText(node)
+
+    def compare(self, syntheticNode, referenceNode, inputNodes: dict, lesionNode=None, show: bool = True):
+        """Score a synthetic volume against the acquired one: a table node, an error-map volume with a colour
+        legend and a per-slice SSIM plot (SceneLogic.compare); ``show`` puts them in the views."""
+        outputs = self.core.compare(syntheticNode, referenceNode, inputNodes, lesionNode=lesionNode)
+        if show:
+            slicer.util.setSliceViewerLayers(background=referenceNode, foreground=outputs.errorNode,
+                                             foregroundOpacity=0.6,
+                                             label=lesionNode if lesionNode is not None and lesionNode.IsA(
+                                                 "vtkMRMLLabelMapVolumeNode") else None)
+            slicer.modules.plots.logic().ShowChartInLayout(outputs.chartNode)
+        elif outputs.legendNode is not None:
+            outputs.legendNode.SetVisibility(False)
+        return outputs
+
+    def exportScores(self, outputs, path: str) -> pathlib.Path:
+        return self.core.exportScores(outputs, path)
+
+    # --- Slicer application only ----------------------------------------------------------------------------
 
     @staticmethod
     def showSideBySide(syntheticNode, inputNode) -> None:
@@ -686,129 +685,6 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
             composite.SetBackgroundVolumeID(volume.GetID())
             composite.SetLinkedControl(True)
             sliceWidget.fitSliceToBackground()
-
-    def imputeNodes(self, inputNodes: dict, model=None, target: Optional[str] = None, device: str = "auto",
-                    batchSize: int = 8, progress: Optional[Callable[[float], None]] = None):
-        """Console use: impute ``target`` (default: the first missing contrast) from scene volumes; returns the
-        new node. ``model`` is a LoadedModel, a bundled model name, a file path, or None for the default."""
-        if model is None or isinstance(model, (str, os.PathLike)):
-            model = self.loadModel(None if model is None else str(model), device="cpu")
-        if target is None:
-            target = self.defaultTarget(list(model.card.contrasts), inputNodes)
-        job = self.startImputation({c: n for c, n in inputNodes.items() if n is not None and c != target}, model,
-                                   target, device=device, batchSize=batchSize)
-        job.run(progress)
-        return self.addResultToScene(job)
-
-    def imputeCaseFolder(self, folder: str, model=None, outDir: Optional[str] = None, load: bool = True, **kwargs):
-        """Impute a BraTS-named case folder from disk (exactly the CLI's core call), optionally loading results."""
-        from CollaGANImputeLib import impute_case
-
-        if model is None or isinstance(model, (str, os.PathLike)):
-            model = self.loadModel(None if model is None else str(model), device="cpu")
-        written = impute_case(folder, model, out_dir=outDir, **kwargs)
-        if load:
-            from CollaGANImputeLib.scene.names import SYNTHETIC_ATTRIBUTE, synthetic_node_name
-
-            for target, path in written.items():
-                node = slicer.util.loadVolume(str(path))
-                node.SetName(slicer.mrmlScene.GenerateUniqueName(synthetic_node_name(target)))
-                node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")  # NIfTI keeps no collagan_* keys: label it again
-                node.SetAttribute("collagan_target", target)
-        return written
-
-    @staticmethod
-    def isCancellation(error: Exception) -> bool:
-        from CollaGANImputeLib import Cancelled
-
-        return isinstance(error, Cancelled)
-
-    @staticmethod
-    def plainError(error: Exception) -> str:
-        """The core's errors already say what is wrong and how to fix it; others get their type named."""
-        try:
-            from CollaGANImputeLib import CollaGANError
-        except ImportError:
-            CollaGANError = ()
-        if CollaGANError and isinstance(error, CollaGANError):
-            return str(error)
-        if type(error).__name__ == "OutOfMemoryError":
-            return _("The GPU ran out of memory. Choose device 'cpu' (or a smaller batch size) and try again.")
-        return f"{type(error).__name__}: {error}"
-
-    def bannerText(self, node) -> str:
-        from CollaGANImputeLib.scene.names import synthetic_banner
-
-        attributes = {name: node.GetAttribute(name) for name in node.GetAttributeNames()
-                      if name.startswith("collagan_")}
-        return synthetic_banner(attributes)
-
-    # --- comparison ---------------------------------------------------------------------------------------
-
-    def compare(self, syntheticNode, referenceNode, inputNodes: dict, lesionNode=None, show: bool = True
-                ) -> ComparisonOutputs:
-        """Score a synthetic volume against the acquired one: a table node, an error-map volume shown as a
-        coloured foreground with a legend, and a per-slice SSIM plot."""
-        import sitkUtils
-        from CollaGANImputeLib.scene.comparison import compare_to_reference, score_table, slice_ssim_table
-
-        if syntheticNode is None or referenceNode is None:
-            raise ValueError(_("Select the synthetic volume and the acquired volume to compare it with."))
-        result = self.lastResults.get(syntheticNode.GetID())
-        target = syntheticNode.GetAttribute("collagan_target")
-        case = result.cases.get(target, result.case) if result is not None else None
-        # The head mask comes from the inputs only: never from the target, the reference or the synthetic volume.
-        usable = {c: n for c, n in inputNodes.items() if n is not None and c != target
-                  and n is not referenceNode and n is not syntheticNode}
-        inputs = {c: sitkUtils.PullVolumeFromSlicer(n) for c, n in usable.items()} if case is None else {}
-        comparison = compare_to_reference(
-            sitkUtils.PullVolumeFromSlicer(syntheticNode), sitkUtils.PullVolumeFromSlicer(referenceNode), inputs,
-            lesion=sitkUtils.PullVolumeFromSlicer(lesionNode) if lesionNode is not None else None, case=case)
-
-        tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode",
-                                                       slicer.mrmlScene.GenerateUniqueName("CollaGAN scores"))
-        for title in (_("Metric"), _("Value"), _("Note")):
-            column = tableNode.AddColumn(vtk.vtkStringArray())
-            column.SetName(title)
-        for row in score_table(comparison.scores):
-            index = tableNode.AddEmptyRow()
-            for col, text in enumerate(row):
-                tableNode.SetCellText(index, col, text)
-
-        errorNode = sitkUtils.PushVolumeToSlicer(comparison.error_image, name=slicer.mrmlScene.GenerateUniqueName(
-            f"{syntheticNode.GetName()} error map"), className="vtkMRMLScalarVolumeNode")
-        errorNode.SetAttribute("collagan_error_map", "true")
-        display = errorNode.GetDisplayNode()
-        if display is None:
-            errorNode.CreateDefaultDisplayNodes()
-            display = errorNode.GetDisplayNode()
-        display.SetAndObserveColorNodeID(ERROR_COLOR_NODE_ID)
-        display.SetAutoWindowLevel(False)
-        display.SetWindowLevelMinMax(-comparison.error_limit, comparison.error_limit)
-        if show:
-            colorsLogic = slicer.modules.colors.logic()
-            if hasattr(colorsLogic, "AddDefaultColorLegendDisplayNode"):  # colour legend: Slicer >= 5.0
-                legend = colorsLogic.AddDefaultColorLegendDisplayNode(errorNode)
-                legend.SetTitleText(_("Synthetic - acquired (p99 units)"))
-                legend.SetVisibility(True)
-            slicer.util.setSliceViewerLayers(background=referenceNode, foreground=errorNode, foregroundOpacity=0.6,
-                                             label=lesionNode if lesionNode is not None and lesionNode.IsA(
-                                                 "vtkMRMLLabelMapVolumeNode") else None)
-
-        curve = slice_ssim_table(comparison.slice_ssim)
-        chartNode = slicer.util.plot(curve, xColumnIndex=0, columnNames=[_("Axial slice"), _("SSIM")],
-                                     title=_("Per-slice SSIM of {name}").format(name=syntheticNode.GetName()),
-                                     show=show)
-        context = {"synthetic": syntheticNode.GetName(), "reference": referenceNode.GetName(),
-                   "model": syntheticNode.GetAttribute("collagan_model") or "",
-                   "lesion": lesionNode.GetName() if lesionNode is not None else ""}
-        return ComparisonOutputs(comparison, tableNode, errorNode, chartNode, context)
-
-    @staticmethod
-    def exportScores(outputs: ComparisonOutputs, path: str) -> pathlib.Path:
-        from CollaGANImputeLib.scene.comparison import write_scores_csv
-
-        return write_scores_csv(path, outputs.comparison.scores, context=outputs.context)
 
 
 #
@@ -829,6 +705,8 @@ class CollaGANImputeTest(ScriptedLoadableModuleTest):
         self.test_CancelLeavesSceneUnchanged()
         self.setUp()
         self.test_WidgetCancelButton()
+        self.setUp()
+        self.test_ParameterNodeSharedWithPanel()
 
     def _model(self):
         """The default bundled model, or a small real TorchScript conv net exported here when none is bundled."""
@@ -877,7 +755,8 @@ class CollaGANImputeTest(ScriptedLoadableModuleTest):
         for key in ("nmse", "psnr", "ssim", "lesion_nmse", "lesion_ssim"):
             self.assertTrue(np.isfinite(scores[key]), key)
         self.assertGreater(scores["lesion_voxels"], 0)
-        self.assertEqual(outputs.tableNode.GetNumberOfRows(), 6)
+        self.assertEqual(outputs.tableNode.GetNumberOfRows(), len(scores))  # one row per score (v2 included)
+        self.assertEqual(outputs.errorNode.GetDisplayNode().GetWindowLevelMax(), outputs.comparison.error_limit)
         csvPath = os.path.join(slicer.app.temporaryPath, "collagan-selftest-scores.csv")
         self.assertTrue(os.path.isfile(logic.exportScores(outputs, csvPath)))
         self.delayDisplay("Imputation and comparison passed")
@@ -897,6 +776,20 @@ class CollaGANImputeTest(ScriptedLoadableModuleTest):
         self.assertIsNone(job.result)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.delayDisplay("Cancel passed")
+
+    def test_ParameterNodeSharedWithPanel(self) -> None:
+        """The Qt-free logic writes the keys the panel's parameterNodeWrapper reads, on Slicer's own node."""
+        self.delayDisplay("Parameter node keys")
+        logic = CollaGANImputeLogic()
+        nodes = self._sampleNodes()
+        logic.setParameters(inputs={"t1n": nodes["t1n"]}, modelName="selftest", target="t1c",
+                            referenceVolume=nodes["t1c"])
+        wrapped = logic.getParameterNode()
+        self.assertEqual(wrapped.parameterNode.GetID(), logic.core.getParameterNode().GetID())
+        self.assertEqual((wrapped.modelName, wrapped.target), ("selftest", "t1c"))
+        self.assertEqual(wrapped.referenceVolume.GetID(), nodes["t1c"].GetID())
+        self.assertEqual(logic.parameters()["inputs"]["t1n"].GetID(), nodes["t1n"].GetID())
+        self.delayDisplay("Parameter node passed")
 
     def test_WidgetCancelButton(self) -> None:
         self.delayDisplay("Impute button turns into Cancel")
