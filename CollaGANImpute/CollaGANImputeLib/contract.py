@@ -18,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -45,6 +47,10 @@ PathLike = Union[str, os.PathLike]
 
 
 OUTSIDE_HEAD = ("model", "zero")
+#: In-plane pixel spacing (mm, rows then columns) assumed for a card that states none: the grid of the LGG
+#: training data (256x256 axial slices stored at 1.0 mm; the curated set kept no scanner spacing, and its
+#: slices span a 220-256 mm head field, so about 1 mm a pixel).
+DEFAULT_PIXEL_SPACING = (1.0, 1.0)
 
 
 @dataclass
@@ -55,6 +61,10 @@ class ModelCard:
     contrasts: list[str]
     in_plane_size: tuple[int, int] = (256, 256)
     pad_crop: str = "center: zero-pad or crop each axial slice to in_plane_size, undone on the output"
+    #: In-plane pixel spacing in mm (rows, columns) of the training slices; slices on another spacing are
+    #: resampled to it (and back). None: DEFAULT_PIXEL_SPACING. The model's field of view is
+    #: in_plane_size x pixel_spacing.
+    pixel_spacing: Optional[tuple[float, float]] = None
     slice_orientation: str = "axial slices of the volume re-oriented to LPS (SimpleITK DICOMOrient)"
     normalization: dict[str, Any] = field(default_factory=lambda: dict(P99_NORMALIZATION))
     output: str = "the target contrast in p99 units of the target (1.0 = its 99th percentile in the mask)"
@@ -66,12 +76,35 @@ class ModelCard:
     licence: str = "unspecified"
     metrics: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: The training data's profile for the input check (:func:`.input_check.training_profile`); {} = none.
+    input_profile: dict[str, Any] = field(default_factory=dict)
+    #: SHA-256 of the weights (:func:`weights_sha256`), written by :func:`save_model`, verified on load.
+    weights_sha256: str = ""
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if isinstance(self.contrasts, str) or not isinstance(self.contrasts, (list, tuple)):
+            raise ModelError(f"contrasts must be a list of names, got {self.contrasts!r}.")
         self.contrasts = [str(c) for c in self.contrasts]
-        self.in_plane_size = (int(self.in_plane_size[0]), int(self.in_plane_size[1]))
+        try:
+            height, width = (int(v) for v in self.in_plane_size)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"in_plane_size must be two integers, got {self.in_plane_size!r}.") from exc
+        if not (0 < height <= 8192 and 0 < width <= 8192):
+            raise ModelError(f"in_plane_size must be two positive sizes (pixels), got {[height, width]}.")
+        self.in_plane_size = (height, width)
+        if self.pixel_spacing is not None:
+            try:
+                spacing = tuple(float(v) for v in self.pixel_spacing)
+            except (TypeError, ValueError) as exc:
+                raise ModelError(f"pixel_spacing must be two numbers (mm), got {self.pixel_spacing!r}.") from exc
+            if len(spacing) != 2 or not all(math.isfinite(v) and v > 0 for v in spacing):
+                raise ModelError(f"pixel_spacing must be two positive sizes in mm, got {self.pixel_spacing!r}.")
+            self.pixel_spacing = spacing  # type: ignore[assignment]
+        for name in ("normalization", "architecture", "training", "metrics", "input_profile"):
+            if not isinstance(getattr(self, name), dict):
+                raise ModelError(f"{name} must be a JSON object, got {type(getattr(self, name)).__name__}.")
         if self.outside_head not in OUTSIDE_HEAD:
             raise ModelError(f"outside_head must be one of {OUTSIDE_HEAD}, got '{self.outside_head}'. "
                              "Re-export the model with a supported value.")
@@ -84,9 +117,21 @@ class ModelCard:
     def n_contrasts(self) -> int:
         return len(self.contrasts)
 
+    @property
+    def spacing(self) -> tuple[float, float]:
+        """The in-plane pixel spacing the model works on (mm, rows then columns): the card's, or the default."""
+        return tuple(self.pixel_spacing or DEFAULT_PIXEL_SPACING)  # type: ignore[return-value]
+
+    @property
+    def field_of_view(self) -> tuple[float, float]:
+        """The model's in-plane field (mm): in_plane_size x spacing."""
+        return (self.in_plane_size[0] * self.spacing[0], self.in_plane_size[1] * self.spacing[1])
+
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
         data["in_plane_size"] = list(self.in_plane_size)
+        if self.pixel_spacing is not None:
+            data["pixel_spacing"] = list(self.pixel_spacing)
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
@@ -109,7 +154,12 @@ class ModelCard:
         missing = {"name", "contrasts"} - set(data)
         if missing:
             raise ModelError(f"{source}: {METADATA_FILE} lacks {sorted(missing)}.")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except ModelError as exc:
+            raise ModelError(f"{source}: {METADATA_FILE} is invalid: {exc} Re-export the model.") from exc
+        except (TypeError, ValueError) as exc:  # e.g. a number where a list belongs
+            raise ModelError(f"{source}: {METADATA_FILE} is invalid ({exc}). Re-export the model.") from exc
 
     def summary(self) -> str:
         """A human-readable card, as ``collagan-impute info`` prints it."""
@@ -117,6 +167,9 @@ class ModelCard:
             f"Model: {self.name}",
             f"Contrasts (channel order): {', '.join(self.contrasts)}",
             f"In-plane size: {self.in_plane_size[0]}x{self.in_plane_size[1]} ({self.pad_crop})",
+            f"Pixel spacing: {self.spacing[0]:g} x {self.spacing[1]:g} mm"
+            + ("" if self.pixel_spacing else " (not stated by the card: the default, the LGG training grid)")
+            + f", field of view {self.field_of_view[0]:g} x {self.field_of_view[1]:g} mm",
             f"Normalization: {self.normalization.get('method')} ({self.normalization.get('mask')})",
             f"Output: {self.output}" + ("; 0 outside the head mask" if self.outside_head == "zero" else ""),
             f"Licence: {self.licence}",
@@ -149,6 +202,35 @@ def sha256_of(path: PathLike) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's weights and buffers (names, dtypes, shapes, bytes, in state-dict order): the same
+    for the module before saving and after loading, on any device.
+
+    Example:
+        >>> weights_sha256(torch.nn.Conv2d(6, 1, 1)) != ""     # doctest: +SKIP
+        True
+    """
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def verify_archive(path: PathLike) -> None:
+    """Refuse a model file whose zip members fail their CRC-32 (torch.jit.load does not check them: a flipped
+    weight byte loads without a word)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip archive at all: torch.jit.load refuses it with the "not TorchScript" message
+    if bad is not None:
+        raise ModelError(f"{path} is damaged: its member {bad.split('/', 1)[-1]} fails its CRC check (the file "
+                         "was changed or corrupted after export). Copy or download the model again.")
+
+
 def save_model(model: torch.nn.Module, card: ModelCard, path: PathLike, example_input: Optional[torch.Tensor]
                = None) -> str:
     """Script ``model`` (or trace it on ``example_input``), embed ``card`` and write ``path`` atomically.
@@ -163,6 +245,7 @@ def save_model(model: torch.nn.Module, card: ModelCard, path: PathLike, example_
             scripted = torch.jit.trace(model, example_input)
     else:
         scripted = torch.jit.script(model)
+    card = dataclasses.replace(card, weights_sha256=weights_sha256(scripted))  # the caller's card is untouched
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -185,8 +268,13 @@ def read_card(path: PathLike) -> ModelCard:
 
 def _load(path: PathLike, device: Union[str, torch.device]) -> tuple[torch.jit.ScriptModule, ModelCard]:
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.pt"))
+        raise ModelError(f"{path} is a folder, not a model file. Give the .pt file itself"
+                         + (f" (this folder holds {', '.join(inside[:5])})." if inside else "."))
     if not path.is_file():
         raise ModelError(f"Model file not found: {path}. Give the path of a CollaGAN TorchScript .pt file.")
+    verify_archive(path)
     extra = {METADATA_FILE: ""}
     try:
         with warnings.catch_warnings():
@@ -205,8 +293,16 @@ def _load(path: PathLike, device: Union[str, torch.device]) -> tuple[torch.jit.S
         )
     text = extra[METADATA_FILE]
     if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    return module, ModelCard.from_json(text, source=str(path))
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelError(f"{path}: its {METADATA_FILE} is not UTF-8 text ({exc.reason} at byte {exc.start}). "
+                             "Re-export the model with CollaGANImputeLib.save_model.") from exc
+    card = ModelCard.from_json(text, source=str(path))
+    if card.weights_sha256 and weights_sha256(module) != card.weights_sha256:
+        raise ModelError(f"{path}: its weights do not match the hash its card was saved with (the file was "
+                         "changed after export). Copy or download the model again.")
+    return module, card
 
 
 def load_model(
