@@ -29,3 +29,7 @@ class Cancelled(CollaGANError):
 
 class GeometryWarning(UserWarning):
     """Inputs were not on one grid and were resampled onto the reference."""
+
+
+class InputCheckWarning(UserWarning):
+    """The inputs are unlike the model's training data (:mod:`.input_check`): the result is unreliable."""

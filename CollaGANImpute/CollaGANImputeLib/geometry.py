@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import numpy as np
@@ -128,3 +129,102 @@ def undo_pad_or_crop(slices: torch.Tensor, original: tuple[int, int]) -> torch.T
     (top, bottom), (left, right) = (_center_offsets(original[0], slices.shape[-2]),
                                     _center_offsets(original[1], slices.shape[-1]))
     return F.pad(slices, (-left, -right, -top, -bottom))
+
+
+#: A slice whose pixel spacing is within this fraction of the model's is used on its own grid (pad/crop only):
+#: resampling it would blur it for a scale difference the model does not notice.
+SPACING_TOLERANCE = 0.1
+
+
+def canonical_spacing(image: sitk.Image) -> tuple[float, float]:
+    """In-plane spacing (mm) of :func:`to_canonical_array`'s slices: (rows, columns) = (P, L) of the LPS volume."""
+    spacing = image.GetSpacing() if _orientation(image) == CANONICAL_ORIENTATION else sitk.DICOMOrient(
+        image, CANONICAL_ORIENTATION).GetSpacing()
+    return (float(spacing[1]), float(spacing[0]))
+
+
+@dataclass(frozen=True)
+class SliceGrid:
+    """How axial slices of shape ``shape`` at ``spacing`` (mm, rows/columns) map to the model's pixel grid.
+
+    Slices whose spacing is within :data:`SPACING_TOLERANCE` of ``model_spacing`` are centre padded or cropped
+    to ``model_size`` (exactly undone on the output); others are resampled in-plane (SimpleITK, linear, with an
+    anti-aliasing Gaussian when shrinking) onto a ``model_size`` grid at ``model_spacing`` sharing the slice's
+    centre, and the output is resampled back. The model sees a field of ``model_size x model_spacing`` mm:
+    whatever lies outside it comes back as 0 (:meth:`outside_field` counts such head voxels).
+
+    Example:
+        >>> grid = SliceGrid((512, 512), (0.5, 0.5), (256, 256), (1.0, 1.0))
+        >>> grid.resampled, grid.to_model(torch.zeros(1, 6, 512, 512)).shape
+        (True, torch.Size([1, 6, 256, 256]))
+    """
+
+    shape: tuple[int, int]
+    spacing: tuple[float, float]
+    model_size: tuple[int, int]
+    model_spacing: tuple[float, float]
+
+    @property
+    def resampled(self) -> bool:
+        return any(abs(s / m - 1) > SPACING_TOLERANCE for s, m in zip(self.spacing, self.model_spacing))
+
+    @property
+    def field_of_view(self) -> tuple[float, float]:
+        """The model's in-plane field (mm)."""
+        return (self.model_size[0] * self.model_spacing[0], self.model_size[1] * self.model_spacing[1])
+
+    def to_model(self, slices: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) on this grid → (B, C, model H, model W) on the model's."""
+        if not self.resampled:
+            return pad_or_crop(slices, self.model_size)
+        return self._resample(slices, self.spacing, self.shape, self.model_spacing, self.model_size, smooth=True)
+
+    def from_model(self, slices: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_model` for the model's (B, C, model H, model W) output; 0 outside its field."""
+        if not self.resampled:
+            return undo_pad_or_crop(slices, self.shape)
+        return self._resample(slices, self.model_spacing, self.model_size, self.spacing, self.shape, smooth=False)
+
+    def coverage(self) -> np.ndarray:
+        """Boolean (H, W): the pixels of a slice that lie inside the model's field."""
+        inside = []
+        for axis in range(2):
+            if self.resampled:
+                centre = (self.shape[axis] - 1) / 2
+                half = self.field_of_view[axis] / 2 / self.spacing[axis]  # in this grid's pixels
+                index = np.arange(self.shape[axis])
+                inside.append(np.abs(index - centre) <= half + 1e-6)  # ITK samples up to the pixels' edge
+            else:
+                before, _ = _center_offsets(self.shape[axis], self.model_size[axis])
+                index = np.arange(self.shape[axis]) + before
+                inside.append((index >= 0) & (index < self.model_size[axis]))
+        return inside[0][:, None] & inside[1][None, :]
+
+    def outside_field(self, mask: np.ndarray) -> int:
+        """How many voxels of ``mask`` (S, H, W) the model's field does not cover."""
+        return int(np.count_nonzero(mask & ~self.coverage()[None]))
+
+    @staticmethod
+    def _resample(slices: torch.Tensor, spacing: tuple[float, float], shape: tuple[int, int],
+                  new_spacing: tuple[float, float], new_shape: tuple[int, int], smooth: bool) -> torch.Tensor:
+        batch, channels = slices.shape[:2]
+        array = slices.detach().cpu().float().reshape(batch * channels, *shape).numpy()
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array))  # x = columns, y = rows, z = slice/channel
+        image.SetSpacing((spacing[1], spacing[0], 1.0))
+        if smooth:
+            # Shrinking: a Gaussian of about half the new pixel first, as an acquisition at that spacing would
+            # blur (linear interpolation alone would alias fine detail).
+            sigma = [max(0.0, 0.5 * (n**2 - s**2)) ** 0.5 for n, s in ((new_spacing[1], spacing[1]),
+                                                                       (new_spacing[0], spacing[0]))]
+            for direction, width in enumerate(sigma):  # in-plane only: never across slices or channels
+                if width > 0.05 * min(spacing) and image.GetSize()[direction] >= 4:
+                    image = sitk.RecursiveGaussian(image, width, False, sitk.RecursiveGaussianImageFilter.ZeroOrder,
+                                                   direction)
+        # The new grid shares the slice's centre: centre = origin + (size - 1) / 2 * spacing on both grids.
+        origin = [(shape[1] - 1) / 2 * spacing[1] - (new_shape[1] - 1) / 2 * new_spacing[1],
+                  (shape[0] - 1) / 2 * spacing[0] - (new_shape[0] - 1) / 2 * new_spacing[0], 0.0]
+        out = sitk.Resample(image, [new_shape[1], new_shape[0], batch * channels], sitk.Transform(), sitk.sitkLinear,
+                            origin, (new_spacing[1], new_spacing[0], 1.0), image.GetDirection(), 0.0,
+                            sitk.sitkFloat32)
+        result = torch.from_numpy(sitk.GetArrayFromImage(out)).reshape(batch, channels, *new_shape)
+        return result.to(slices.device)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from .acceleration import InferencePlan, default_batch_size, plan_inference
-from .contract import LoadedModel
-from .errors import Cancelled, InputError
-from .geometry import pad_or_crop, undo_pad_or_crop
+from .contract import LoadedModel, ModelCard
+from .errors import Cancelled, InputError, ModelError
+from .geometry import SliceGrid
 
 ProgressCallback = Callable[[int, int], None]
 CancelFlag = Union[threading.Event, Callable[[], bool], None]
@@ -93,8 +93,13 @@ def impute_slices(
     progress_total: Optional[int] = None,
     precision: str = "auto",
     channels_last: Optional[bool] = None,
+    spacing: Optional[tuple[float, float]] = None,
 ) -> np.ndarray:
     """Impute ``target`` from ``inputs`` (contrast → (S, H, W) float array in p99 units), slice by slice.
+
+    ``spacing`` is the slices' in-plane pixel spacing in mm (rows, columns; e.g. ``PreparedCase.spacing``):
+    slices are brought to the model's pixel grid (:class:`.geometry.SliceGrid`) and back. None: the slices
+    are taken to be on the model's spacing already (pad/crop only).
 
     Returns the (S, H, W) float32 prediction in p99 units. On CUDA out-of-memory the batch is halved and the
     work goes on; ``cancel`` is checked between batches and raises :class:`Cancelled`. ``precision``
@@ -117,6 +122,7 @@ def impute_slices(
     n_slices, height, width = next(iter(shapes))
     total = progress_total if progress_total is not None else n_slices
     device = resolve_device(device)
+    grid = SliceGrid((height, width), tuple(spacing or card.spacing), card.in_plane_size, card.spacing)
     module = model.module if _is_on(model.module, device) else model.module.to(device)
     plan = plan_inference(module, device, precision, channels_last)
     output = np.zeros((n_slices, height, width), dtype=np.float32)
@@ -133,7 +139,7 @@ def impute_slices(
             stop = min(start + batch, len(order))
             index = order[start:stop]
             try:
-                y = _run_batch(plan, usable, index, card.contrasts, target, (height, width), card.in_plane_size)
+                y = _run_batch(plan, usable, index, card, target, grid)
             except torch.cuda.OutOfMemoryError:
                 if batch == 1:
                     raise
@@ -150,14 +156,33 @@ def impute_slices(
     return output
 
 
-def _run_batch(plan: InferencePlan, usable: Mapping[str, np.ndarray], index: np.ndarray, contrasts: list[str],
-               target: str, shape: tuple[int, int], in_plane_size: tuple[int, int]) -> np.ndarray:
-    """Model output (len(index), H, W) for the slices ``index``."""
+def _run_batch(plan: InferencePlan, usable: Mapping[str, np.ndarray], index: np.ndarray, card: ModelCard,
+               target: str, grid: SliceGrid) -> np.ndarray:
+    """Model output (len(index), H, W) for the slices ``index``; a model that fails on its input or gives an
+    output of the wrong shape or with NaN/Inf is refused (:class:`ModelError`) before anything is kept."""
     first = int(index[0])
     contiguous = bool(np.all(np.diff(index) == 1))  # a plain slice avoids a gather copy
     slices = {c: torch.from_numpy(np.ascontiguousarray(a[first:first + len(index)] if contiguous else a[index],
                                                        dtype=np.float32))
               for c, a in usable.items()}
-    x = pad_or_crop(build_input(slices, contrasts, target, (len(index), *shape)), in_plane_size)
-    y = undo_pad_or_crop(plan(x).cpu(), shape)
-    return y[:, 0].numpy()
+    x = grid.to_model(build_input(slices, card.contrasts, target, (len(index), *grid.shape)))
+    try:
+        y = plan(x)
+    except (torch.cuda.OutOfMemoryError, Cancelled, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # TorchScript raises RuntimeError variants for a model that does not fit its card
+        detail = str(exc).strip().splitlines()
+        raise ModelError(
+            f"Model '{card.name}' fails on the input its card describes ({tuple(x.shape)}: {card.n_contrasts} "
+            f"contrasts + {card.n_contrasts} target planes, {card.in_plane_size[0]}x{card.in_plane_size[1]}): "
+            f"{type(exc).__name__}: {detail[-1] if detail else ''}. The file does not match its card; re-export "
+            "the model.") from exc
+    expected = (x.shape[0], 1, *card.in_plane_size)
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != expected:
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ModelError(f"Model '{card.name}' returned an output of shape {shape} for a batch of {x.shape[0]} "
+                         f"slices; the contract is {expected}. The file does not match its card; re-export it.")
+    if not bool(torch.isfinite(y).all()):
+        raise ModelError(f"Model '{card.name}' returned NaN or infinite values (precision {plan.precision}). The "
+                         "model is broken or overflows at this precision: try --precision fp32, or re-export it.")
+    return grid.from_model(y.cpu())[:, 0].numpy()

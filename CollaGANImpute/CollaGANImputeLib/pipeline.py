@@ -24,9 +24,10 @@ import torch
 from . import __version__
 from .contract import LoadedModel, ModelCard
 from .device_mask import device_mask_and_scales
-from .errors import InputError
-from .geometry import align_to_reference, from_canonical_array, to_canonical_array
+from .errors import GeometryWarning, InputCheckWarning, InputError
+from .geometry import SliceGrid, align_to_reference, canonical_spacing, from_canonical_array, to_canonical_array
 from .inference import CancelFlag, ProgressCallback, impute_slices, resolve_device
+from .input_check import InputCheck, check_case
 from .io import PathLike, case_name, find_case_files, read_volume, synthetic_filename, write_volume
 from .normalization import foreground_mask, normalize
 
@@ -39,6 +40,13 @@ class PreparedCase:
     arrays: dict[str, np.ndarray]
     mask: np.ndarray
     warnings: list[str] = field(default_factory=list)
+    #: The inputs compared with the model's training data (prepare_case with a card); None: not compared.
+    input_check: Optional[InputCheck] = None
+
+    @property
+    def spacing(self) -> tuple[float, float]:
+        """In-plane pixel spacing (mm, rows/columns) of the canonical slices (for :func:`impute_slices`)."""
+        return canonical_spacing(self.reference)
 
     def to_image(self, array: np.ndarray) -> sitk.Image:
         """A canonical array back as an image with the reference's exact geometry."""
@@ -52,8 +60,13 @@ class PreparedCase:
 
 def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = None,
                  mask_from: Optional[Sequence[str]] = None,
-                 device: Union[str, torch.device, None] = None) -> PreparedCase:
+                 device: Union[str, torch.device, None] = None,
+                 card: Optional[ModelCard] = None) -> PreparedCase:
     """Align the images to the reference grid, compute the mask and normalize each to p99 units.
+
+    With the model's ``card`` the case is also checked against the model (:func:`check_for_model`): the
+    slices' fit in its field of view and the inputs against its training data; each finding is a warning
+    (and is in ``warnings``), and the input check is kept in ``input_check``.
 
     ``mask_from`` names the inputs the mask is computed from (default: all); a volume to be predicted or
     compared with must not be among them (EVALUATION.md: the mask comes from the inputs only). With a CUDA
@@ -83,7 +96,37 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
         mask = foreground_mask([raw[name] for name in names])
     arrays = {name: normalize(array, mask, None if scales is None else scales[index])
               for index, (name, array) in enumerate(raw.items())}
-    return PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=notes)
+    case = PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=notes)
+    if card is not None:
+        check_for_model(case, card, names)
+    return case
+
+
+def check_for_model(case: PreparedCase, card: ModelCard, inputs: Sequence[str]) -> PreparedCase:
+    """Warn (and note in ``case.warnings``) when the slices need resampling to the model's pixel grid, when the
+    head does not fit its field of view, and when the ``inputs`` are unlike its training data (``case.input_check``).
+    """
+    grid = SliceGrid(case.mask.shape[1:], case.spacing, card.in_plane_size, card.spacing)
+    found: list[tuple[str, type[Warning]]] = []
+    if grid.resampled:
+        found.append((f"The slices have {case.spacing[0]:g} x {case.spacing[1]:g} mm pixels and model "
+                      f"'{card.name}' works on {card.spacing[0]:g} x {card.spacing[1]:g} mm: each slice is resampled "
+                      "in-plane to the model's grid for inference, and the result back to the input grid.",
+                      GeometryWarning))
+    outside = grid.outside_field(case.mask)
+    if outside:
+        share = 100 * outside / max(1, int(np.count_nonzero(case.mask)))
+        found.append((f"The head does not fit the field of view of model '{card.name}' ({grid.field_of_view[0]:g} x "
+                      f"{grid.field_of_view[1]:g} mm around the slice centre): {outside} head voxels ({share:.1f} %) "
+                      "lie outside it and are 0 in the synthetic image. Crop or re-centre the inputs around the "
+                      "head.", GeometryWarning))
+    case.input_check = check_case(card, case, inputs)
+    if case.input_check.findings:
+        found.append((case.input_check.message(f"model '{card.name}'"), InputCheckWarning))
+    for message, category in found:
+        case.warnings.append(message)
+        warnings.warn(message, category, stacklevel=3)
+    return case
 
 
 @dataclass
@@ -102,9 +145,11 @@ class ImputationResult:
     cases: dict[str, PreparedCase] = field(default_factory=dict)  # per target: its inputs' mask and arrays
 
 
-def synthetic_metadata(model: LoadedModel, inputs: Sequence[str], target: str) -> dict[str, str]:
-    """The labels every imputed volume carries (file header, Slicer node attributes)."""
-    return {
+def synthetic_metadata(model: LoadedModel, inputs: Sequence[str], target: str,
+                       case: Optional[PreparedCase] = None) -> dict[str, str]:
+    """The labels every imputed volume carries (file header, JSON sidecar, Slicer node attributes); with the
+    prepared ``case``, also the input check's result and the warnings the case gave."""
+    labels = {
         "collagan_synthetic": "true",
         "collagan_target": target,
         "collagan_inputs": ",".join(inputs),
@@ -114,11 +159,22 @@ def synthetic_metadata(model: LoadedModel, inputs: Sequence[str], target: str) -
         "collagan_created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "collagan_software": f"CollaGANImpute {__version__}",
     }
+    if model.card.weights_sha256:
+        labels["collagan_model_weights_sha256"] = model.card.weights_sha256
+    if case is not None:
+        check = case.input_check
+        labels["collagan_input_check"] = check.status if check is not None else "not checked"
+        if check is not None and check.findings:
+            labels["collagan_input_check_findings"] = "; ".join(check.findings)
+        if case.warnings:
+            labels["collagan_warnings"] = " | ".join(case.warnings)
+    return labels
 
 
-def label_synthetic(image: sitk.Image, model: LoadedModel, inputs: Sequence[str], target: str) -> sitk.Image:
+def label_synthetic(image: sitk.Image, model: LoadedModel, inputs: Sequence[str], target: str,
+                    case: Optional[PreparedCase] = None) -> sitk.Image:
     """Attach :func:`synthetic_metadata` to ``image`` (in place) and return it."""
-    for key, value in synthetic_metadata(model, inputs, target).items():
+    for key, value in synthetic_metadata(model, inputs, target, case).items():
         image.SetMetaData(key, value)
     return image
 
@@ -179,7 +235,7 @@ def impute(
     prepared: dict[tuple[str, ...], PreparedCase] = {}
     for used in inputs_by_target.values():
         if tuple(used) not in prepared:
-            prepared[tuple(used)] = prepare_case(images, reference, mask_from=used, device=device)
+            prepared[tuple(used)] = prepare_case(images, reference, mask_from=used, device=device, card=card)
     first = prepared[tuple(next(iter(inputs_by_target.values())))]
     n_slices = first.mask.shape[0]
     total = n_slices * len(targets)
@@ -189,9 +245,9 @@ def impute(
         inputs = {c: case.arrays[c] for c in inputs_by_target[target]}
         array = impute_slices(model, inputs, target, device=device, batch_size=batch_size, progress=progress,
                               cancel=cancel, progress_offset=index * n_slices, progress_total=total,
-                              precision=precision)
+                              precision=precision, spacing=case.spacing)
         array = apply_outside_head(card, case.mask, array)
-        result.images[target] = label_synthetic(case.to_image(array), model, inputs_by_target[target], target)
+        result.images[target] = label_synthetic(case.to_image(array), model, inputs_by_target[target], target, case)
         result.arrays[target] = array
         result.cases[target] = case
     return result

@@ -103,15 +103,15 @@ class ChunkedImputation:
             raise Cancelled("Imputation cancelled; nothing was added to the scene.")
         if self._case is None:
             self._case = prepare_case({c: self.images[c] for c in self._prepare_order}, self.reference,
-                                      mask_from=self.inputs, device=self.device)
-            self.warnings = list(self._case.warnings)
+                                      mask_from=self.inputs, device=self.device, card=self.model.card)
+            self.warnings = list(self._case.warnings)  # field of view, input check (prepare_case with the card)
             self._output = np.zeros(self._case.mask.shape, dtype=np.float32)
             return False
         if self._next_slice < self.total_slices:
             self._run_chunk()
             return False
         self._output = apply_outside_head(self.model.card, self._case.mask, self._output)
-        image = label_synthetic(self._case.to_image(self._output), self.model, self.inputs, self.target)
+        image = label_synthetic(self._case.to_image(self._output), self.model, self.inputs, self.target, self._case)
         self.result = ImputationResult(images={self.target: image}, case=self._case, model_name=self.model.card.name,
                                        inputs=sorted(self.inputs), arrays={self.target: self._output},
                                        cases={self.target: self._case})
@@ -132,7 +132,7 @@ class ChunkedImputation:
         chunk = {c: self._case.arrays[c][start:stop] for c in self.inputs}
         try:
             predicted = impute_slices(self.model, chunk, self.target, device=self.device, batch_size=self.batch_size,
-                                      precision=self.precision,
+                                      precision=self.precision, spacing=self._case.spacing,
                                       cancel=self._cancel)
         except torch.cuda.OutOfMemoryError:
             if self.device.type != "cuda":
@@ -142,7 +142,7 @@ class ChunkedImputation:
             self.slices_per_step = 2
             self.notes.append("The GPU ran out of memory even one slice at a time; the rest ran on the CPU.")
             predicted = impute_slices(self.model, chunk, self.target, device=self.device, batch_size=1,
-                                      precision=self.precision,
+                                      precision=self.precision, spacing=self._case.spacing,
                                       cancel=self._cancel)
         self._output[start:stop] = predicted
         self._next_slice = stop
