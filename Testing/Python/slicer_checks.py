@@ -3,7 +3,8 @@
 ``../shared/slicer-api/slicer_api.json`` (extracted from the Slicer sources) lists every public function and class
 method of ``slicer.util``, ``slicer.packaging``, ``sitkUtils``, ``slicer.ScriptedLoadableModule`` and
 ``slicer.parameterNodeWrapper`` with its parameters. These helpers walk a module's syntax tree and report each call
-or import that Slicer would reject at run time.
+or import that Slicer would reject at run time. ``slicer.util`` calls are also checked against the source of the
+``slicer/util.py`` that the installed slicer-core wheel ships (:func:`installed_slicer_util`).
 
 Example:
     >>> api = load_api(API_PATH)                                              # doctest: +SKIP
@@ -25,6 +26,12 @@ REPO = Path(__file__).resolve().parents[2]
 API_PATH = REPO.parent / "shared" / "slicer-api" / "slicer_api.json"
 MODULE_DIR = REPO / "CollaGANImpute"
 MODULE_FILE = MODULE_DIR / "CollaGANImpute.py"
+SCENE_DIR = MODULE_DIR / "CollaGANImputeLib" / "scene"
+SCENE_LOGIC_FILE = SCENE_DIR / "logic.py"
+#: The Qt-free Slicer side: needs MRML (Slicer or slicer-core) ...
+SCENE_FILES = [SCENE_LOGIC_FILE, SCENE_DIR / "nodes.py"]
+#: ... and the parts that need only the core.
+SLICER_FREE_SCENE_FILES = [SCENE_DIR / "names.py", SCENE_DIR / "job.py", SCENE_DIR / "comparison.py"]
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "CollaGANImpute.ui"
 CHECKED_MODULES = ("slicer.util", "slicer.packaging", "sitkUtils")
 SLM_MODULE = "slicer.ScriptedLoadableModule"
@@ -105,17 +112,16 @@ def check_imports(tree: ast.AST, api: dict) -> list[str]:
     return problems
 
 
-def check_module_calls(tree: ast.AST, api: dict, extra_aliases: Optional[dict[str, str]] = None) -> list[str]:
-    """Calls ``slicer.util.f(...)``, ``slicer.packaging.f(...)``, ``sitkUtils.f(...)`` (and names imported from
-    them, e.g. ``from slicer.util import getNode``) against the API."""
+def module_calls(tree: ast.AST, modules: Iterable[str] = CHECKED_MODULES,
+                 extra_aliases: Optional[dict[str, str]] = None) -> Iterable[tuple[ast.Call, str, str]]:
+    """(call, module, member) for each call ``module.member(...)`` in ``tree``, names imported from the module
+    (``from slicer.util import getNode``) included; calls on returned objects (``f().g()``) are not members."""
+    modules = tuple(modules)
     aliases = dict(extra_aliases or {})
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module in CHECKED_MODULES:
+        if isinstance(node, ast.ImportFrom) and node.module in modules:
             for alias in node.names:
                 aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
-    functions = {module: _functions(api, module) for module in CHECKED_MODULES}
-    classes = {module: _classes(api, module) for module in CHECKED_MODULES}
-    problems = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
@@ -125,20 +131,80 @@ def check_module_calls(tree: ast.AST, api: dict, extra_aliases: Optional[dict[st
         head, _, rest = name.partition(".")
         if head in aliases:
             name = aliases[head] + (f".{rest}" if rest else "")
-        for module in CHECKED_MODULES:
-            if not name.startswith(module + "."):
-                continue
-            member = name[len(module) + 1:]
-            if "." in member:
-                continue  # attribute of a returned object, e.g. slicer.util.mainWindow().x: not an API function
-            if member in functions[module]:
-                problems += functions[module][member].problems(name, node, bound=False)
-            elif member in classes[module]:
-                init = classes[module][member].get("__init__")
-                if init is not None:
-                    problems += init.problems(name, node, bound=True)
-            else:
-                problems.append(f"line {node.lineno}: {module} has no function '{member}'")
+        for module in modules:
+            member = name[len(module) + 1:] if name.startswith(module + ".") else ""
+            if member and "." not in member:
+                yield node, module, member
+
+
+def check_module_calls(tree: ast.AST, api: dict, extra_aliases: Optional[dict[str, str]] = None) -> list[str]:
+    """Calls ``slicer.util.f(...)``, ``slicer.packaging.f(...)``, ``sitkUtils.f(...)`` (and names imported from
+    them, e.g. ``from slicer.util import getNode``) against the API."""
+    functions = {module: _functions(api, module) for module in CHECKED_MODULES}
+    classes = {module: _classes(api, module) for module in CHECKED_MODULES}
+    problems = []
+    for node, module, member in module_calls(tree, CHECKED_MODULES, extra_aliases):
+        name = f"{module}.{member}"
+        if member in functions[module]:
+            problems += functions[module][member].problems(name, node, bound=False)
+        elif member in classes[module]:
+            init = classes[module][member].get("__init__")
+            if init is not None:
+                problems += init.problems(name, node, bound=True)
+        else:
+            problems.append(f"line {node.lineno}: {module} has no function '{member}'")
+    return problems
+
+
+# --- the installed slicer-core's own source ------------------------------------------------------------------
+
+def installed_slicer_util() -> Optional[Path]:
+    """``slicer/util.py`` of the installed slicer-core wheel (found through its file list: nothing is imported),
+    or None when slicer-core is not installed."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files("slicer-core") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.as_posix() == "slicer/util.py":
+            return Path(file.locate())
+    return None
+
+
+def _signature_of(function: ast.FunctionDef) -> Signature:
+    args = function.args
+    return Signature(tuple(a.arg for a in args.posonlyargs + args.args + args.kwonlyargs), len(args.defaults),
+                     args.vararg is not None, args.kwarg is not None)
+
+
+def signatures_from_source(source: str) -> dict[str, tuple[Signature, bool]]:
+    """Top-level functions of a module's source -> (signature, False); classes -> (their __init__, True)."""
+    found: dict[str, tuple[Signature, bool]] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found[node.name] = (_signature_of(node), False)
+        elif isinstance(node, ast.ClassDef):
+            init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+            found[node.name] = (_signature_of(init) if init else Signature(("self",), 0, False, False), True)
+    return found
+
+
+def called_functions(tree: ast.AST, module: str) -> set[str]:
+    """Names of ``module``'s functions (or classes) that ``tree`` calls."""
+    return {member for _node, _module, member in module_calls(tree, [module])}
+
+
+def check_calls_against(tree: ast.AST, module: str, signatures: dict[str, tuple[Signature, bool]]) -> list[str]:
+    """Each call of ``module.f(...)`` in ``tree``: f exists in ``signatures`` and takes the arguments given."""
+    problems = []
+    for node, _module, member in module_calls(tree, [module]):
+        if member not in signatures:
+            problems.append(f"line {node.lineno}: the installed {module} has no '{member}'")
+            continue
+        signature, bound = signatures[member]
+        problems += signature.problems(f"{module}.{member}", node, bound=bound)
     return problems
 
 

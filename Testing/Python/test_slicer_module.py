@@ -61,6 +61,57 @@ def test_checker_reports_each_kind_of_mistake(api):
 
 def test_module_uses_only_existing_slicer_api(api):
     assert checks.check_source(MODULE_SOURCE, api) == []
+    for path in checks.SCENE_FILES:  # the Qt-free logic: its slicer.util calls too
+        assert checks.check_source(path.read_text(), api) == [], path.name
+
+
+@pytest.mark.slicer_core
+def test_slicer_util_calls_match_the_installed_slicer_core():
+    """Every slicer.util function the module, its logic and the docs call exists in the installed slicer-core's
+    slicer/util.py (read as source, not imported) and is called with parameters it has."""
+    util = checks.installed_slicer_util()
+    if util is None:
+        from slicer_core_support import require_slicer_core
+
+        require_slicer_core()  # skips locally, fails in CI
+        pytest.fail("slicer-core is importable but its slicer/util.py was not found")
+    signatures = checks.signatures_from_source(util.read_text())
+    assert {"arrayFromVolume", "updateVolumeFromArray", "setSliceViewerLayers", "loadUI"} <= set(signatures)
+    bad = ast.parse("import slicer\nslicer.util.arrayFromVolume(a, b)\nslicer.util.noSuchThing()\n"
+                    "slicer.util.loadVolume('x', colour=1)\nslicer.util.NodeModify(n, m)\n")
+    problems = "\n".join(checks.check_calls_against(bad, "slicer.util", signatures))
+    for expected in ("arrayFromVolume() takes at most 1", "has no 'noSuchThing'", "no keyword 'colour'",
+                     "NodeModify() takes at most 1"):
+        assert expected in problems, f"not reported: {expected}\n{problems}"
+    sources = {checks.MODULE_FILE.name: MODULE_SOURCE}
+    sources.update({path.name: path.read_text() for path in checks.SCENE_FILES})
+    sources.update({f"{DOC.name} block {i}": code for i, (_r, code) in enumerate(BLOCKS)})
+    called = set()
+    for name, source in sources.items():
+        tree = ast.parse(source)
+        called |= checks.called_functions(tree, "slicer.util")
+        assert checks.check_calls_against(tree, "slicer.util", signatures) == [], name
+    # The module really relies on these: the check is not vacuous.
+    assert {"arrayFromVolume", "updateVolumeFromArray", "vtkMatrixFromArray", "arrayFromVTKMatrix",
+            "updateTableFromArray", "setSliceViewerLayers", "loadVolume", "tryWithErrorDisplay"} <= called
+    assert called <= set(signatures)
+
+
+def test_scene_logic_is_qt_free():
+    """What runs on slicer-core imports nothing of Slicer's application: no Qt, ctk, slicer.app, sitkUtils."""
+    forbidden_modules = ("qt", "ctk", "sitkUtils", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper",
+                         "SampleData", "CollaGANImpute")
+    for path in checks.SCENE_FILES + checks.SLICER_FREE_SCENE_FILES:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not [m for m in modules if m in forbidden_modules or m.split(".")[0] in ("qt", "ctk")], \
+                    f"{path.name} line {node.lineno} imports {modules}"
+            name = checks._dotted(node) if isinstance(node, ast.Attribute) else None
+            assert name not in ("slicer.app", "slicer.modules", "slicer.mrmlScene.app"), f"{path.name}: {name}"
+    for path in checks.SLICER_FREE_SCENE_FILES:  # these need only the core, not even MRML
+        assert not re.search(r"^\s*(import|from) (slicer|vtk)\b", path.read_text(), re.MULTILINE), path.name
 
 
 def test_module_has_the_four_scripted_module_classes():
@@ -243,8 +294,8 @@ BLOCKS = checks.python_blocks(DOC_TEXT)
 SETTINGS = {"MODEL_PATH", "CASE_DIR", "CASES_DIR", "OUT_DIR"}
 
 
-def _logic_methods() -> dict[str, ast.FunctionDef]:
-    cls = next(n for n in ast.walk(MODULE_TREE) if isinstance(n, ast.ClassDef) and n.name == "CollaGANImputeLogic")
+def _logic_methods(tree: ast.AST = MODULE_TREE, name: str = "CollaGANImputeLogic") -> dict[str, ast.FunctionDef]:
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == name)
     return {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)}
 
 
@@ -257,9 +308,11 @@ def test_doc_has_three_console_snippets_two_of_them_runnable():
 
 
 def test_doc_snippets_call_existing_api(api):
-    methods = _logic_methods()
+    scene_logic = _logic_methods(ast.parse(checks.SCENE_LOGIC_FILE.read_text()), "SceneLogic")
     for _runnable, code in BLOCKS:
         tree = ast.parse(code)  # every block is valid Python
+        # `logic` is the module's Logic in Slicer's console, or the Qt-free SceneLogic where the block makes one
+        methods = scene_logic if "SceneLogic(" in code else _logic_methods()
         assert checks.check_module_calls(tree, api) == []
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
