@@ -287,7 +287,7 @@ class CollaGANImputeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if source is None:
             self.ui.modelInfoLabel.text = (
                 _("No trained model is bundled with this installation yet: choose a CollaGAN model file (.pt) "
-                  "exported by training/export.py.") if not self.logic.bundledModelNames()
+                  "exported by training/collagan_train/export.py.") if not self.logic.bundledModelNames()
                 else _("Choose a CollaGAN model file (.pt)."))
         else:
             try:

@@ -334,7 +334,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         # The weights' own outside-head rule: a zeroed background also makes the written file quicker to gzip.
         card = ModelCard(name="bench", contrasts=CONTRASTS, licence="benchmark only",
                          outside_head=weights.outside_head)
-        save_model(weights.generator, card, work / "plain.pt")  # as training/export.py exports today
+        save_model(weights.generator, card, work / "plain.pt")  # as training/collagan_train/export.py exports
         save_model(optimize_for_inference(weights.generator), card, work / "fast.pt")
         models = {"plain": load_model(work / "plain.pt"), "fast": load_model(work / "fast.pt")}
         if args.full:  # the merge threshold's two extremes

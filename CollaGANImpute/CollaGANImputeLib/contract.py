@@ -284,7 +284,7 @@ def _load(path: PathLike, device: Union[str, torch.device]) -> tuple[torch.jit.S
     except Exception as exc:  # torch raises RuntimeError/ValueError variants for non-archives
         raise ModelError(
             f"{path} is not a TorchScript model file ({type(exc).__name__}). CollaGANImpute needs the .pt "
-            "file exported by its training (training/export.py)."
+            "file exported by its training (training/collagan_train/export.py)."
         ) from exc
     if not extra[METADATA_FILE]:
         raise ModelError(

@@ -179,10 +179,13 @@ def _csv(rows: list[dict]) -> str:
 
 
 def markdown_table(table: list[dict]) -> str:
-    """The summary as a Markdown table (mean ± std; lesion scores included)."""
+    """The summary as a Markdown table (mean ± std over cases, a single case's value alone; lesion scores
+    included)."""
     def fmt(entry: dict, key: str, digits: int) -> str:
         mean, std = entry[f"{key}_mean"], entry[f"{key}_std"]
-        return "n/a" if not math.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+        if not math.isfinite(mean):
+            return "n/a"
+        return f"{mean:.{digits}f}" if entry["cases"] < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
     lines = ["| model | target | inputs | cases | NMSE | PSNR (dB) | SSIM | lesion NMSE | lesion SSIM |",
              "|---|---|---|---|---|---|---|---|---|"]
