@@ -3,18 +3,47 @@
 Example:
     >>> from CollaGANImputeLib import default_model, impute_case
     >>> model = default_model()                                              # doctest: +SKIP
-    >>> impute_case("Resources/SampleData/TCGA-CS-4941", model, out_dir="out")  # doctest: +SKIP
+    >>> impute_case("Resources/SampleData/TCGA-HT-7882", model, out_dir="out")  # doctest: +SKIP
+
+The public names are loaded on first use (PEP 562), so ``import CollaGANImputeLib`` and ``collagan-impute
+--help`` do not pay for torch, SimpleITK or the evaluation code until a command needs them.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .contract import LoadedModel, ModelCard, load_model, read_card, save_model  # noqa: E402
-from .errors import Cancelled, CollaGANError, GeometryWarning, InputError, ModelError, NoBundledModelError  # noqa: E402
-from .models import bundled_models, default_model, sample_case_dir  # noqa: E402
-from .pipeline import ImputationResult, impute, impute_case, prepare_case, read_case  # noqa: E402
+#: public name -> submodule that defines it
+_EXPORTS = {
+    "LoadedModel": "contract", "ModelCard": "contract", "load_model": "contract", "read_card": "contract",
+    "save_model": "contract",
+    "Cancelled": "errors", "CollaGANError": "errors", "GeometryWarning": "errors", "InputError": "errors",
+    "ModelError": "errors", "NoBundledModelError": "errors",
+    "bundled_models": "models", "default_model": "models", "sample_case_dir": "models",
+    "ImputationResult": "pipeline", "impute": "pipeline", "impute_case": "pipeline", "prepare_case": "pipeline",
+    "read_case": "pipeline",
+}
 
-__all__ = [
-    "Cancelled", "CollaGANError", "GeometryWarning", "ImputationResult", "InputError", "LoadedModel", "ModelCard",
-    "ModelError", "NoBundledModelError", "__version__", "bundled_models", "default_model", "impute",
-    "impute_case", "load_model", "prepare_case", "read_card", "read_case", "sample_case_dir", "save_model",
-]
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below imports on first use
+    from .contract import LoadedModel, ModelCard, load_model, read_card, save_model  # noqa: F401
+    from .errors import Cancelled, CollaGANError, GeometryWarning, InputError, ModelError, NoBundledModelError  # noqa: F401
+    from .models import bundled_models, default_model, sample_case_dir  # noqa: F401
+    from .pipeline import ImputationResult, impute, impute_case, prepare_case, read_case  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,4 +1,6 @@
-"""``collagan-impute``: impute, evaluate, demo and info from the command line (also ``python -m CollaGANImputeLib``).
+"""``collagan-impute``: impute a missing MR contrast from the acquired ones with a CollaGAN model, score models,
+run the demo, read a model's card (also ``python -m CollaGANImputeLib``). Every imputed image is synthetic:
+research use only, not for diagnosis.
 
 Exit codes a script can rely on: 0 done, 1 unexpected failure, 2 bad input or usage, 3 unusable model,
 4 no trained model bundled (pass --model), 130 cancelled (Ctrl-C). Errors go to stderr as one clear line.
@@ -7,7 +9,7 @@ Examples:
     collagan-impute impute cases/TCGA-CS-4941 --out out/            # every missing contrast of the case
     collagan-impute impute cases/* --out out/ --montage             # a batch, with a picture per case
     collagan-impute impute --input t1n=a.nii.gz --input t2f=b.nrrd --target t1c --out out/
-    collagan-impute evaluate ../shared/data/lgg/complete --out eval/ --model model.pt
+    collagan-impute evaluate data/lgg/complete --out eval/ --model model.pt  # score on complete cases
     collagan-impute demo --out demo-output
     collagan-impute info
 """
@@ -16,26 +18,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import textwrap
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from . import __version__
-from .contract import LoadedModel, load_model
 from .errors import Cancelled, CollaGANError, InputError, ModelError, NoBundledModelError
-from .evaluate import evaluate_cases, markdown_table, summary_table, write_report
-from .models import bundled_models, default_model, sample_case_dir
-from .pipeline import impute_case
+
+if TYPE_CHECKING:
+    from .contract import LoadedModel
+
+# Each command imports what it needs when it runs (torch, SimpleITK, scikit-image, matplotlib cost seconds):
+# --help and --version import none of them, impute not the evaluation, metrics or figure code.
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_MODEL, EXIT_NO_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 4, 130
 
 
 def _load(model: Optional[str]) -> LoadedModel:
     """--model is a file path or a bundled model's name; absent means the default bundled model."""
+    from .contract import load_model
+    from .models import bundled_models, default_model
+
     if model is None:
         return default_model()
     for bundled in bundled_models():
@@ -48,11 +55,13 @@ class _Progress:
     """tqdm bar fed by the core's (done, total) callback."""
 
     def __init__(self, description: str) -> None:
-        self.bar: Optional[tqdm] = None
+        self.bar = None
         self.description = description
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
+            from tqdm import tqdm
+
             self.bar = tqdm(total=total, desc=self.description, unit="slice", file=sys.stderr)
         self.bar.update(done - self.bar.n)
 
@@ -76,6 +85,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
         raise InputError("Give case folder(s) or --input CONTRAST=PATH pairs (not both, not neither).")
     if args.name and len(args.case) > 1:
         raise InputError("--name names one case; with several case folders the folder names are used.")
+    from .pipeline import impute_case
+
     model = _load(args.model)
     cases = [_parse_inputs(args.input)] if args.input else [Path(c) for c in args.case]
     failed = []
@@ -123,16 +134,45 @@ def _case_dirs(data: Path, cases: Optional[Sequence[str]], split: Optional[Path]
     return dirs
 
 
+def _evaluation_steps(model: LoadedModel, dirs: Sequence[Path], targets: Optional[Sequence[str]],
+                      all_subsets: bool) -> int:
+    """How many imputations evaluate_cases will score (for the progress bar's total), from file names only."""
+    from .evaluate import input_subsets
+    from .io import find_case_files
+
+    contrasts = model.card.contrasts
+    count = 0
+    for folder in dirs:
+        present = [c for c in contrasts if c in find_case_files(folder, contrasts)]
+        for target in targets or contrasts:
+            if target in present:
+                count += sum(1 for inputs in input_subsets(present, target, all_subsets) if inputs)
+    return count
+
+
 def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argparse.Namespace,
                     save_volumes: bool) -> list[dict]:
-    steps = tqdm(desc="evaluating", unit="case-target", file=sys.stderr)
-    rows = evaluate_cases(
-        model, dirs, targets=args.target or None, all_subsets=args.all_subsets, device=args.device,
-        batch_size=args.batch_size, montage_dir=out, volumes_dir=out if save_volumes else None,
-        precision=args.precision,
-        on_case=lambda case, target, inputs: (steps.update(1), steps.set_postfix_str(
-            f"{case} {target}<-{'+'.join(inputs)}")))
-    steps.close()
+    from tqdm import tqdm
+
+    from .evaluate import evaluate_cases, markdown_table, summary_table, write_report
+
+    steps = tqdm(total=_evaluation_steps(model, dirs, args.target, args.all_subsets), desc="evaluating",
+                 unit="imputation", file=sys.stderr)
+    started = [0]
+
+    def on_case(case: str, target: str, inputs: Sequence[str]) -> None:
+        steps.update(started[0] - steps.n)  # called as an imputation starts: the ones before it are done
+        started[0] += 1
+        steps.set_postfix_str(f"{case} {target}<-{'+'.join(inputs)}")
+
+    try:
+        rows = evaluate_cases(
+            model, dirs, targets=args.target or None, all_subsets=args.all_subsets, device=args.device,
+            batch_size=args.batch_size, montage_dir=out, volumes_dir=out if save_volumes else None,
+            precision=args.precision, on_case=on_case)
+        steps.update(started[0] - steps.n)
+    finally:
+        steps.close()
     paths = write_report(rows, out)
     print(markdown_table(summary_table(rows)))
     print(f"Scores: {paths['summary_csv']}, {paths['cases_csv']}, {paths['json']}; montages in {out}")
@@ -147,6 +187,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .models import default_model, sample_case_dir
+
     start = time.perf_counter()
     model = default_model()
     case = sample_case_dir()
@@ -171,14 +213,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(model.card.to_json())
     else:
-        print(model.card.summary())
-        print(f"File: {model.path}\nSHA-256: {model.sha256}")
+        from .model_info import format_overview, model_overview
+
+        print(format_overview(model_overview(model)))
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="collagan-impute", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    description, epilog = __doc__.replace("``", "").split("\n\n", 1)  # the docstring's reST marks are not help
+    parser = argparse.ArgumentParser(prog="collagan-impute", description=textwrap.fill(" ".join(description.split())),
+                                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -219,9 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_demo, all_subsets=False)
 
-    p = sub.add_parser("info", help="print a model's card")
+    p = sub.add_parser("info", help="what a model is for, its limits and validation (--json: the full card)")
     p.add_argument("model", nargs="?", help="model .pt file or bundled name (default: the bundled model)")
-    p.add_argument("--json", action="store_true", help="print the raw metadata JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the full embedded card as JSON (architecture, training, every method's metrics)")
     p.set_defaults(func=cmd_info)
     return parser
 
@@ -237,7 +282,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, category, *rest: print(
                 f"warning: {message}", file=sys.stderr)
-            return args.func(args)
+            code = args.func(args)
+            sys.stdout.flush()  # a reader that went away (`info --json | head`) shows here, not at exit
+            return code
+    except BrokenPipeError:
+        # Quietly, like other command-line tools: stdout goes to devnull so the exit flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except NoBundledModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NO_MODEL

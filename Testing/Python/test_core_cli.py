@@ -102,7 +102,7 @@ def test_info_and_module_entry_point(tiny_model_path):
     result = subprocess.run([sys.executable, "-m", "CollaGANImputeLib", "info", str(tiny_model_path)],
                             capture_output=True, text=True, env=dict(os.environ), timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "Contrasts (channel order): t1n, t1c, t2f" in result.stdout
+    assert "Contrasts: t1n (T1), t1c (T1+Gd), t2f (T2-FLAIR)" in result.stdout
     assert "SHA-256: " + sha256_of(tiny_model_path) in result.stdout
 
 
