@@ -78,7 +78,8 @@ def score_imputation(
         aligned = align_to_reference({"ref": case.reference, "seg": lesion_image}, "ref")["seg"]
         lesion = to_canonical_array(aligned) > 0.5
     pred = result.arrays[target]
-    return ScoredImputation(result, pred, real, lesion, score_volume(pred, real, case.mask, lesion))
+    given = [case.arrays[c] for c in inputs]  # the inputs as the model saw them, for contrast identity
+    return ScoredImputation(result, pred, real, lesion, score_volume(pred, real, case.mask, lesion, given))
 
 
 def evaluate_cases(
@@ -157,6 +158,11 @@ def summary_table(rows: list[dict]) -> list[dict]:
         for key in METRIC_NAMES:
             entry[f"{key}_mean"] = stats[key]["mean"]
             entry[f"{key}_std"] = stats[key]["std"]
+        # EVALUATION.md v2 reports I as mean and count of cases with I > 0, K as the median
+        entry["identity_positive"] = stats["identity"]["positive"]
+        entry["identity_n"] = stats["identity"]["n"]
+        entry["lesion_kept_median"] = stats["lesion_kept"]["median"]
+        entry["lesion_kept_n"] = stats["lesion_kept"]["n"]
         table.append(entry)
     return table
 
@@ -187,12 +193,25 @@ def markdown_table(table: list[dict]) -> str:
             return "n/a"
         return f"{mean:.{digits}f}" if entry["cases"] < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
-    lines = ["| model | target | inputs | cases | NMSE | PSNR (dB) | SSIM | lesion NMSE | lesion SSIM |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    def fidelity(e: dict) -> list[str]:
+        identity = (f"{e['identity_mean']:+.3f} ({e['identity_positive']}/{e['identity_n']})"
+                    if math.isfinite(e["identity_mean"]) else "n/a")
+        kept = (f"{e['lesion_kept_median']:.2f} (n={e['lesion_kept_n']})"
+                if math.isfinite(e["lesion_kept_median"]) else "n/a")
+        contrast = (f"{e['lesion_contrast_real_mean']:.2f} → {e['lesion_contrast_pred_mean']:.2f}"
+                    if math.isfinite(e["lesion_contrast_real_mean"]) else "n/a")
+        return [identity, kept, contrast]
+
+    lines = ["| model | target | inputs | cases | NMSE | PSNR (dB) | SSIM | lesion NMSE | lesion SSIM "
+             "| identity I (cases I > 0) | lesion kept K (median) | lesion contrast real → synthetic |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in table:
         lines.append(f"| {e['model']} | {e['target']} | {e['inputs']} | {e['cases']} | {fmt(e, 'nmse', 4)} | "
                      f"{fmt(e, 'psnr', 2)} | {fmt(e, 'ssim', 4)} | {fmt(e, 'lesion_nmse', 4)} | "
-                     f"{fmt(e, 'lesion_ssim', 4)} |")
+                     f"{fmt(e, 'lesion_ssim', 4)} | " + " | ".join(fidelity(e)) + " |")
+    lines += ["", "I = r(synthetic, real) − max r(synthetic, input): > 0 means it resembles the real contrast more "
+              "than any input. K = kept share of the real lesion-to-tissue contrast: 1 as in the real image, 0 "
+              "vanished, < 0 inverted (docs/EVALUATION.md v2)."]
     return "\n".join(lines) + "\n"
 
 
@@ -217,7 +236,7 @@ def write_report(rows: list[dict], out_dir: os.PathLike | str) -> dict[str, Path
              "json": out / "scores.json", "markdown": out / "scores_summary.md"}
     _atomic_text(paths["cases_csv"], _csv(rows))
     _atomic_text(paths["summary_csv"], _csv(table))
-    report = {"protocol": "EVALUATION.md v1", "summary": table, "cases": rows}
+    report = {"protocol": "EVALUATION.md v2", "summary": table, "cases": rows}
     _atomic_text(paths["json"], json.dumps(_json_safe(report), indent=2))
     _atomic_text(paths["markdown"], markdown_table(table))
     return paths

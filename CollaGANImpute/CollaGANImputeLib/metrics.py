@@ -1,22 +1,29 @@
-"""The evaluation protocol of ../shared/docs/EVALUATION.md, implemented once for CLI, training and Slicer.
+"""The evaluation protocol of docs/EVALUATION.md (v2), implemented once for CLI, training and Slicer.
 
 Arrays are canonical volumes (S, H, W) of axial slices in p99 units; ``mask`` is the inputs-only head mask.
+v2 adds two fidelity checks: contrast identity ``I`` (does the prediction resemble the real target more than
+any input?) and lesion conspicuity (kept share ``K`` of the real lesion-to-tissue contrast).
 
 Example:
-    >>> scores = score_volume(pred, gt, mask, lesion=seg > 0)   # doctest: +SKIP
-    >>> scores["nmse"], scores["psnr"], scores["ssim"], scores["lesion_ssim"]   # doctest: +SKIP
+    >>> scores = score_volume(pred, gt, mask, lesion=seg > 0, inputs=[t1n, t1c])   # doctest: +SKIP
+    >>> scores["nmse"], scores["ssim"], scores["identity"], scores["lesion_kept"]   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from skimage.metrics import structural_similarity
 
 SSIM_SIGMA = 1.5
-METRIC_NAMES = ("nmse", "psnr", "ssim", "lesion_nmse", "lesion_ssim")
+METRIC_NAMES = ("nmse", "psnr", "ssim", "lesion_nmse", "lesion_ssim", "identity", "lesion_kept",
+                "lesion_contrast_real", "lesion_contrast_pred")
+#: Lesion scores need at least this many lesion voxels inside M (EVALUATION.md).
+LESION_MIN_VOXELS = 50
+#: K is computed only where the real lesion differs from the tissue around it by more than this (|C_real − 1|).
+MIN_LESION_CONTRAST = 0.05
 
 
 def nmse(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
@@ -63,31 +70,176 @@ def error_map(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, pred.astype(np.float32) - gt.astype(np.float32), 0).astype(np.float32)
 
 
-def score_volume(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, lesion: Optional[np.ndarray] = None
-                 ) -> dict[str, float]:
-    """NMSE, PSNR and masked SSIM of one case and target; lesion NMSE/SSIM inside ``M ∩ lesion``."""
+def pearson(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """Pearson correlation of two volumes over the voxels of ``mask`` (NaN when either is constant there)."""
+    x, y = a[mask].astype(np.float64), b[mask].astype(np.float64)
+    x, y = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float(np.dot(x, x)) * float(np.dot(y, y)))
+    return float(np.dot(x, y) / denominator) if denominator > 0 else float("nan")
+
+
+def contrast_identity(pred: np.ndarray, gt: np.ndarray, inputs: Sequence[np.ndarray], mask: np.ndarray) -> float:
+    """``I = r(pred, gt) − max_i r(pred, input_i)`` over M: > 0 when the prediction resembles the real target
+    more than it resembles any input; < 0 when it is closer to a copy of an input.
+
+    Example:
+        >>> contrast_identity(t1_copy, flair, [t1, t1c], mask) < 0   # doctest: +SKIP
+        True
+    """
+    if not len(inputs):
+        return float("nan")
+    return pearson(pred, gt, mask) - max(pearson(pred, x, mask) for x in inputs)
+
+
+def lesion_contrast(image: np.ndarray, mask: np.ndarray, lesion: np.ndarray) -> float:
+    """``C = mean(lesion) / mean(M minus lesion)`` (NaN where either region is empty or the tissue mean is 0)."""
+    inside, outside = mask & lesion, mask & ~lesion
+    if not inside.any() or not outside.any():
+        return float("nan")
+    tissue = float(image[outside].astype(np.float64).mean())
+    return float(image[inside].astype(np.float64).mean()) / tissue if tissue != 0 else float("nan")
+
+
+def kept_share(c_pred: float, c_real: float) -> float:
+    """``K = (C_pred − 1) / (C_real − 1)``: 1 as conspicuous as the real lesion, 0 vanished, < 0 inverted;
+    NaN where the real lesion has no contrast to keep (``|C_real − 1| <= 0.05``)."""
+    if not (math.isfinite(c_pred) and math.isfinite(c_real)) or abs(c_real - 1) <= MIN_LESION_CONTRAST:
+        return float("nan")
+    return (c_pred - 1) / (c_real - 1)
+
+
+def score_volume(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, lesion: Optional[np.ndarray] = None,
+                 inputs: Sequence[np.ndarray] = ()) -> dict[str, float]:
+    """NMSE, PSNR and masked SSIM of one case and target; lesion NMSE/SSIM inside ``M ∩ lesion``; contrast
+    identity against ``inputs`` (the input volumes in p99 units, NaN without them) and lesion conspicuity
+    (``lesion_contrast_real/pred``, ``lesion_kept``) where ``M ∩ lesion`` holds at least 50 voxels."""
     if pred.shape != gt.shape or gt.shape != mask.shape:
         raise ValueError(f"Shapes differ: pred {pred.shape}, gt {gt.shape}, mask {mask.shape}.")
+    for x in inputs:
+        if x.shape != gt.shape:
+            raise ValueError(f"Shapes differ: input {x.shape}, gt {gt.shape}.")
     mask = mask.astype(bool)
     map_ = ssim_map(pred, gt, mask)
+    nan = float("nan")
     scores = {"nmse": nmse(pred, gt, mask), "psnr": psnr(pred, gt, mask), "ssim": masked_mean(map_, mask),
-              "lesion_nmse": float("nan"), "lesion_ssim": float("nan"), "lesion_voxels": 0.0}
+              "lesion_nmse": nan, "lesion_ssim": nan, "lesion_voxels": 0.0,
+              "identity": contrast_identity(pred, gt, inputs, mask), "lesion_kept": nan,
+              "lesion_contrast_real": nan, "lesion_contrast_pred": nan}
     if lesion is not None:
-        region = mask & (lesion > 0)
+        lesion = lesion > 0
+        region = mask & lesion
         scores["lesion_voxels"] = float(region.sum())
-        if region.any():
+        if region.sum() >= LESION_MIN_VOXELS:
             scores["lesion_nmse"] = nmse(pred, gt, region)
             scores["lesion_ssim"] = masked_mean(map_, region)
+            c_real, c_pred = lesion_contrast(gt, mask, lesion), lesion_contrast(pred, mask, lesion)
+            scores.update(lesion_contrast_real=c_real, lesion_contrast_pred=c_pred,
+                          lesion_kept=kept_share(c_pred, c_real))
     return scores
 
 
 def summarize(rows: list[dict[str, float]], keys: tuple[str, ...] = METRIC_NAMES) -> dict[str, dict[str, float]]:
-    """Mean ± std (and count) over cases of each metric, ignoring NaN (cases without lesion voxels)."""
+    """Mean ± std, median, count and count of positive values (what I > 0 asks) over cases of each metric,
+    ignoring NaN (cases without lesion voxels)."""
     summary = {}
+    nan = float("nan")
     for key in keys:
         values = np.array([row[key] for row in rows if key in row], dtype=np.float64)
         values = values[np.isfinite(values)]
-        summary[key] = {"mean": float(values.mean()) if values.size else float("nan"),
-                        "std": float(values.std()) if values.size else float("nan"),
-                        "n": int(values.size)}
+        summary[key] = {"mean": float(values.mean()) if values.size else nan,
+                        "std": float(values.std()) if values.size else nan,
+                        "median": float(np.median(values)) if values.size else nan,
+                        "n": int(values.size), "positive": int((values > 0).sum())}
     return summary
+
+
+# ------------------------------------------------------------------------------------ uncertainty scores (v2)
+
+#: |pred − gt| above this (p99 units) is a "wrong" voxel for AUROC_U (EVALUATION.md v2).
+UNCERTAINTY_ERROR_THRESHOLD = 0.2
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (what Spearman's rho and the Mann-Whitney AUROC need)."""
+    from scipy.stats import rankdata  # scipy comes with scikit-image
+
+    return rankdata(values.astype(np.float64), method="average")
+
+
+def spearman(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
+    """Spearman rank correlation of two volumes over the voxels of ``region`` (NaN when either is constant).
+
+    Example:
+        >>> spearman(uncertainty, np.abs(pred - gt), mask)   # doctest: +SKIP
+    """
+    region = region.astype(bool)
+    if region.sum() < 2:
+        return float("nan")
+    x, y = _ranks(a[region]), _ranks(b[region])
+    x, y = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float(np.dot(x, x)) * float(np.dot(y, y)))
+    return float(np.dot(x, y) / denominator) if denominator > 0 else float("nan")
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray, region: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` ranking the ``positive`` voxels of ``region`` above the others
+    (ties count one half; Mann-Whitney U). NaN when ``region`` has no positive or no negative voxel.
+
+    Example:
+        >>> auroc(uncertainty, np.abs(pred - gt) > 0.2, mask)   # 0.5: chance, 1: perfect   # doctest: +SKIP
+    """
+    region = region.astype(bool)
+    labels = positive.astype(bool)[region]
+    n_pos = int(labels.sum())
+    n_neg = int(labels.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _ranks(scores[region])
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def uncertainty_scores(uncertainty: np.ndarray, pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
+                       lesion: Optional[np.ndarray] = None, threshold: float = UNCERTAINTY_ERROR_THRESHOLD,
+                       lesion_min_voxels: int = 50) -> dict[str, float]:
+    """EVALUATION.md v2 uncertainty scores of one case and target: ``rho_u`` (Spearman between U and
+    |pred − gt| over M), ``auroc_u`` (U ranking voxels of M with |pred − gt| > ``threshold`` above the others),
+    both again inside ``M ∩ lesion`` (``lesion_rho_u``, ``lesion_auroc_u``; NaN below ``lesion_min_voxels``),
+    and ``error_rate`` (share of M above the threshold).
+
+    Example:
+        >>> s = uncertainty_scores(u, pred, gt, mask, lesion=seg > 0)   # doctest: +SKIP
+        >>> s["rho_u"], s["auroc_u"], s["lesion_rho_u"], s["lesion_auroc_u"]   # doctest: +SKIP
+    """
+    if not (uncertainty.shape == pred.shape == gt.shape == mask.shape):
+        raise ValueError(f"Shapes differ: uncertainty {uncertainty.shape}, pred {pred.shape}, gt {gt.shape}, "
+                         f"mask {mask.shape}.")
+    mask = mask.astype(bool)
+    error = np.abs(pred.astype(np.float64) - gt.astype(np.float64))
+    wrong = error > threshold
+    nan = float("nan")
+    scores = {"rho_u": spearman(uncertainty, error, mask), "auroc_u": auroc(uncertainty, wrong, mask),
+              "error_rate": float(wrong[mask].mean()) if mask.any() else nan,
+              "lesion_rho_u": nan, "lesion_auroc_u": nan}
+    if lesion is not None:
+        region = mask & (lesion > 0)
+        if region.sum() >= lesion_min_voxels:
+            scores["lesion_rho_u"] = spearman(uncertainty, error, region)
+            scores["lesion_auroc_u"] = auroc(uncertainty, wrong, region)
+    return scores
+
+
+def error_by_uncertainty_quantile(uncertainty: np.ndarray, pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
+                                  bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Mean |pred − gt| in each of ``bins`` equal-count bins of U over M (deciles by default), lowest U first,
+    and each bin's mean U: a calibration-style curve (a useful map rises monotonically).
+
+    Example:
+        >>> mean_error, mean_u = error_by_uncertainty_quantile(u, pred, gt, mask)   # doctest: +SKIP
+    """
+    mask = mask.astype(bool)
+    u = uncertainty[mask].astype(np.float64)
+    error = np.abs(pred[mask].astype(np.float64) - gt[mask].astype(np.float64))
+    order = np.argsort(u, kind="stable")
+    parts = np.array_split(order, bins)
+    return (np.array([error[p].mean() if p.size else np.nan for p in parts]),
+            np.array([u[p].mean() if p.size else np.nan for p in parts]))

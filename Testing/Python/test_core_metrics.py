@@ -61,12 +61,14 @@ def test_lesion_scores_use_mask_and_lesion_intersection():
     pred[0, 0, 0] = 3.0  # error only at one voxel, inside the lesion
     mask = np.ones(gt.shape, bool)
     lesion = np.zeros(gt.shape, bool)
-    lesion[0, 0, :2] = True
+    lesion[0, :5, :10] = True  # 50 voxels: the protocol's minimum
     scores = score_volume(pred, gt, mask, lesion)
     assert scores["nmse"] == pytest.approx(4 / 144)
-    assert scores["lesion_nmse"] == pytest.approx(4 / 2)
-    assert scores["lesion_voxels"] == 2
+    assert scores["lesion_nmse"] == pytest.approx(4 / 50)
+    assert scores["lesion_voxels"] == 50
     assert math.isnan(score_volume(pred, gt, mask, np.zeros_like(lesion))["lesion_nmse"])
+    lesion[0, 4, 9] = False  # 49 voxels: too few to score
+    assert math.isnan(score_volume(pred, gt, mask, lesion)["lesion_nmse"])
 
 
 def test_error_map_and_per_slice_ssim():
@@ -83,5 +85,56 @@ def test_error_map_and_per_slice_ssim():
 def test_summarize_ignores_nan():
     stats = summarize([{"nmse": 0.1, "lesion_nmse": float("nan")}, {"nmse": 0.3, "lesion_nmse": 0.2}],
                       keys=("nmse", "lesion_nmse"))
-    assert stats["nmse"] == {"mean": pytest.approx(0.2), "std": pytest.approx(0.1), "n": 2}
+    assert stats["nmse"] == {"mean": pytest.approx(0.2), "std": pytest.approx(0.1), "median": pytest.approx(0.2),
+                             "n": 2, "positive": 2}
     assert stats["lesion_nmse"]["n"] == 1
+
+
+def _fidelity_case():
+    """Hand-made head: tissue with anatomy-like texture, a lesion bright in the 'FLAIR' and dark in the 'T1'."""
+    rng = np.random.default_rng(3)
+    shape = (4, 32, 32)
+    mask = np.zeros(shape, bool)
+    mask[:, 4:28, 4:28] = True
+    lesion = np.zeros(shape, bool)
+    lesion[:, 10:18, 10:18] = True
+    texture = rng.random(shape)
+    t1 = 0.6 + 0.3 * texture
+    t1[lesion] *= 0.5
+    t1c = 0.5 + 0.3 * texture + 0.05 * rng.random(shape)
+    flair = 0.7 - 0.3 * texture + 0.05 * rng.random(shape)  # contrast unlike the inputs'
+    flair[lesion] *= 1.6
+    return t1, t1c, flair, mask, lesion
+
+
+def test_copy_of_an_input_has_negative_identity():
+    t1, t1c, flair, mask, lesion = _fidelity_case()
+    copy = score_volume(t1.copy(), flair, mask, lesion, inputs=[t1, t1c])
+    assert copy["identity"] < 0
+    assert copy["lesion_kept"] < 0  # the T1-dark lesion shown as a FLAIR lesion: inverted
+    assert copy["lesion_contrast_real"] > 1.05 and copy["lesion_contrast_pred"] < 0.95
+
+
+def test_perfect_prediction_has_positive_identity_and_keeps_the_lesion():
+    t1, t1c, flair, mask, lesion = _fidelity_case()
+    perfect = score_volume(flair.copy(), flair, mask, lesion, inputs=[t1, t1c])
+    assert perfect["identity"] > 0
+    assert perfect["lesion_kept"] == pytest.approx(1.0)
+
+
+def test_vanished_and_inverted_lesions():
+    t1, t1c, flair, mask, lesion = _fidelity_case()
+    vanished = flair.copy()
+    vanished[lesion] = vanished[mask & ~lesion].mean()  # lesion filled with the tissue mean
+    assert score_volume(vanished, flair, mask, lesion)["lesion_kept"] == pytest.approx(0.0, abs=1e-9)
+    inverted = flair.copy()
+    inverted[lesion] = 0.1
+    assert score_volume(inverted, flair, mask, lesion)["lesion_kept"] < 0
+
+
+def test_fidelity_checks_are_nan_without_inputs_or_lesion_contrast():
+    t1, t1c, flair, mask, lesion = _fidelity_case()
+    scores = score_volume(flair, flair, mask, lesion)
+    assert math.isnan(scores["identity"])  # no inputs given
+    flat = np.where(mask, 1.0, 0.0)
+    assert math.isnan(score_volume(flat, flat, mask, lesion, inputs=[t1])["lesion_kept"])  # C_real = 1

@@ -48,6 +48,13 @@ class TrainConfig:
     crop: int = 0                   # >0: random in-plane crops of this size (multiple of 32)
     flip: bool = True               # random left-right flip (authors' code)
     intensity_scale: float = 0.1    # global intensity scale U(1-s, 1+s) per image (authors' code: 0.1)
+    n_select: int = 0               # >0: this many training patients set aside (seeded) to choose checkpoints on
+    aug_strip_p: float = 0.0        # per slice: remove an outer shell of the head (skull-stripped look), augment.py
+    aug_strip_radius: List[int] = field(default_factory=lambda: [6, 18])  # erosion radius range, pixels
+    aug_appearance_p: float = 0.0   # per input: random gamma / scale / bias field (inputs only), augment.py
+    aug_gamma: float = 0.3          # log-gamma range
+    aug_scale: float = 0.15         # global scale range
+    aug_bias: float = 0.2           # linear bias-field amplitude
     # --- model ---
     g_base: int = 16                # Table 2: 16..256 channels over 5 levels
     g_levels: int = 5
@@ -65,6 +72,8 @@ class TrainConfig:
     w_direct_l1: float = 0.0
     w_direct_ssim: float = 0.0
     w_direct_l2: float = 0.0        # squared error on the imputed target (not in the paper: NMSE is its metric)
+    lesion_weight: float = 1.0      # direct L1/L2 weight of lesion voxels relative to other head voxels (-seg)
+    w_lesion_contrast: float = 0.0  # |C_pred - C_real| per slice with a lesion (EVALUATION.md v2 conspicuity)
     head_only_loss: bool = False    # losses see G's output inside the head mask only (not in the paper, see README)
     input_dropout_max_extra: int = 1  # besides the target, null 0..this many more inputs (>=1 input stays)
     single_input: bool = False
@@ -90,6 +99,7 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 500
     val_slices: int = 48            # fixed validation slices scored at each validation
+    keep_snapshots: bool = False    # keep G's (EMA) weights of every validation as snapshots/g_<step>.pt
     ckpt_every: int = 500
     ckpt_every_s: float = 600.0     # also checkpoint when this many seconds passed since the last one
     out_dir: str = "runs/collagan"

@@ -34,19 +34,25 @@ def _read(path: Path) -> Dict[str, List[float]]:
 def plot_curves(run_dir) -> Path:
     run = Path(run_dir)
     log, val = _read(run / "log.csv"), _read(run / "val.csv")
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
-    for key in ("loss_g", "cyc_l1", "cyc_ssim", "direct_l1", "g_gan", "g_clsf"):
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
+    axes = axes.ravel()
+    for key in ("loss_g", "cyc_l1", "cyc_ssim", "direct_l1", "direct_l2", "direct_ssim", "lesion_contrast", "g_gan",
+                "g_clsf"):
         if key in log and any(v == v for v in log[key]):
             axes[0].plot(log["step"], log[key], label=key, lw=0.8)
     for key in ("loss_d", "d_gan", "d_clsf"):
         if key in log and any(v == v for v in log[key]):
             axes[1].plot(log["step"], log[key], label=key, lw=0.8)
+    panels = ((axes[2], "_nmse"), (axes[3], "_ssim"), (axes[4], "_identity"), (axes[5], "_lesion_kept"))
     for key in sorted(val):
-        for ax, suffix in ((axes[2], "_nmse"), (axes[3], "_ssim")):
-            if key.endswith(suffix):
+        for ax, suffix in panels:
+            if key.endswith(suffix) and not key.endswith("lesion" + suffix):
                 ax.plot(val["step"], val[key], marker="o", ms=3, label=key)
+    for ax, level in ((axes[4], 0.0), (axes[5], 0.5)):  # the bars: I > 0, K >= 0.5
+        ax.axhline(level, color="k", lw=0.6, ls="--")
     titles = ("generator losses", "discriminator losses", "validation NMSE (lower better)",
-              "validation SSIM (higher better)")
+              "validation SSIM (higher better)", "contrast identity I (> 0: the target contrast)",
+              "lesion kept share K (1: as real, 0: vanished)")
     for ax, title in zip(axes, titles):
         ax.set_title(title)
         ax.set_xlabel("step")

@@ -3,12 +3,13 @@
 Every case goes through ``CollaGANImputeLib.pipeline.prepare_case`` on all its contrasts (canonical axial
 orientation, inputs-only head mask, p99 units), exactly as inference and evaluation see it. Slices with enough
 head are cached as float16 (S, N, H, W) memmaps under ``runs/cache`` (git-ignored; ~1 GB for the 52 training
-cases), so later runs start in seconds.
+cases), with their head masks and ``-seg`` lesion masks (all zero for a case without one), so later runs start
+in seconds.
 
 Example:
     >>> split = load_or_make_split(cfg)                                   # doctest: +SKIP
     >>> data = SliceData.build(split["train"], cfg)                       # doctest: +SKIP
-    >>> images, masks = data.batch([0, 1], torch.Generator(), crop=128)   # doctest: +SKIP
+    >>> images, masks, lesions = data.batch([0, 1], torch.Generator(), crop=128)   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import CollaGANImputeLib
 import numpy as np
 import torch
 from CollaGANImputeLib.errors import InputError
+from CollaGANImputeLib.evaluate import read_volume_allow_empty
+from CollaGANImputeLib.geometry import align_to_reference, to_canonical_array
+from CollaGANImputeLib.io import find_lesion_mask
 from CollaGANImputeLib.pipeline import prepare_case, read_case
 
 from .config import TrainConfig
@@ -88,8 +92,9 @@ def load_or_make_split(cfg: TrainConfig, folder: Path) -> dict:
 
 
 def prepare_slices(case_dir: Path, contrasts: Sequence[str], min_foreground: float
-                   ) -> Tuple[np.ndarray, np.ndarray]:
-    """One case through the core: (S, N, H, W) p99 arrays and (S, H, W) mask of the slices with enough head."""
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One case through the core: (S, N, H, W) p99 arrays, (S, H, W) head mask and (S, H, W) lesion mask (the
+    case's ``-seg``, zeros without one) of the slices with enough head."""
     images = read_case(case_dir, contrasts)
     missing = [c for c in contrasts if c not in images]
     if missing:
@@ -97,19 +102,28 @@ def prepare_slices(case_dir: Path, contrasts: Sequence[str], min_foreground: flo
     case = prepare_case({c: images[c] for c in contrasts})
     stack = np.stack([case.arrays[c] for c in contrasts], axis=1)
     mask = case.mask
+    lesion = np.zeros_like(mask, dtype=bool)
+    seg = find_lesion_mask(case_dir)
+    if seg is not None:
+        aligned = align_to_reference({"ref": case.reference, "seg": read_volume_allow_empty(seg)}, "ref")["seg"]
+        lesion = to_canonical_array(aligned) > 0.5
     if stack.shape[-2:] != (IN_PLANE, IN_PLANE):
         from CollaGANImputeLib.geometry import pad_or_crop
         stack = pad_or_crop(torch.from_numpy(stack), (IN_PLANE, IN_PLANE)).numpy()
-        mask = pad_or_crop(torch.from_numpy(mask.astype(np.uint8)), (IN_PLANE, IN_PLANE)).numpy().astype(bool)
+        mask, lesion = (pad_or_crop(torch.from_numpy(m.astype(np.uint8)), (IN_PLANE, IN_PLANE)).numpy().astype(bool)
+                        for m in (mask, lesion))
     keep = mask.mean(axis=(1, 2)) >= min_foreground
-    return stack[keep], mask[keep]
+    return stack[keep], mask[keep], lesion[keep]
 
 
 class SliceData:
-    """Cached slices of a list of cases: ``images`` (S, N, H, W) float16 memmap, ``masks`` (S, H, W) bool."""
+    """Cached slices of a list of cases: ``images`` (S, N, H, W) float16 memmap, ``masks`` and ``lesions``
+    (S, H, W) bool (head mask, lesion mask)."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, index: List[Tuple[str, int]]) -> None:
+    def __init__(self, images: np.ndarray, masks: np.ndarray, index: List[Tuple[str, int]],
+                 lesions: Optional[np.ndarray] = None) -> None:
         self.images, self.masks, self.index = images, masks, index
+        self.lesions = lesions if lesions is not None else np.zeros(masks.shape, dtype=bool)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -118,19 +132,20 @@ class SliceData:
     def build(cls, cases: Sequence[str], cfg: TrainConfig, folder: Path) -> SliceData:
         """Load the cache for these cases and settings, or build it (atomically) through the core."""
         key = hashlib.sha1(json.dumps([sorted(cases), list(cfg.contrasts), cfg.min_foreground,
-                                       CollaGANImputeLib.__version__, IN_PLANE]).encode()).hexdigest()[:16]
+                                       CollaGANImputeLib.__version__, IN_PLANE, "lesions"]).encode()).hexdigest()[:16]
         cache = repo_path(cfg.cache_dir)
-        paths = {k: cache / f"{key}.{k}.npy" for k in ("images", "masks")}
+        paths = {k: cache / f"{key}.{k}.npy" for k in ("images", "masks", "lesions")}
         meta = cache / f"{key}.json"
         if not meta.is_file():
             cache.mkdir(parents=True, exist_ok=True)
-            stacks, masks, index = [], [], []
+            stacks, masks, lesions, index = [], [], [], []
             for case in sorted(cases):
-                stack, mask = prepare_slices(folder / case, cfg.contrasts, cfg.min_foreground)
+                stack, mask, lesion = prepare_slices(folder / case, cfg.contrasts, cfg.min_foreground)
                 stacks.append(stack.astype(np.float16))
                 masks.append(mask)
+                lesions.append(lesion)
                 index += [(case, i) for i in range(len(stack))]
-            for name, arrays in (("images", stacks), ("masks", masks)):
+            for name, arrays in (("images", stacks), ("masks", masks), ("lesions", lesions)):
                 tmp = paths[name].with_suffix(".tmp.npy")
                 np.save(tmp, np.concatenate(arrays))
                 os.replace(tmp, paths[name])
@@ -138,16 +153,25 @@ class SliceData:
             tmp.write_text(json.dumps({"cases": sorted(cases), "contrasts": list(cfg.contrasts), "index": index}))
             os.replace(tmp, meta)  # written last: its presence means the cache is complete
         index = [tuple(x) for x in json.loads(meta.read_text())["index"]]
-        return cls(np.load(paths["images"], mmap_mode="r"), np.load(paths["masks"], mmap_mode="r"), index)
+        return cls(np.load(paths["images"], mmap_mode="r"), np.load(paths["masks"], mmap_mode="r"), index,
+                   np.load(paths["lesions"], mmap_mode="r"))
+
+    def subset(self, cases: Sequence[str]) -> SliceData:
+        """The slices of ``cases`` only (in memory): e.g. training patients set aside for checkpoint choice."""
+        keep = [i for i, (case, _) in enumerate(self.index) if case in set(cases)]
+        return SliceData(np.asarray(self.images[keep]), np.asarray(self.masks[keep]),
+                         [self.index[i] for i in keep], np.asarray(self.lesions[keep]))
 
     def batch(self, indices: Sequence[int], gen: torch.Generator, crop: int = 0, flip: bool = False,
-              intensity_scale: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Slices ``indices`` as float32 (B, N, h, w) and masks (B, h, w), augmented with ``gen`` only."""
+              intensity_scale: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Slices ``indices`` as float32 (B, N, h, w), head masks and lesion masks (B, h, w), augmented with
+        ``gen`` only."""
         images = torch.from_numpy(np.stack([self.images[i] for i in indices]).astype(np.float32))
         masks = torch.from_numpy(np.stack([self.masks[i] for i in indices]).astype(bool))
+        lesions = torch.from_numpy(np.stack([self.lesions[i] for i in indices]).astype(bool))
         if crop:
-            out_i, out_m = [], []
-            for img, msk in zip(images, masks):
+            out_i, out_m, out_l = [], [], []
+            for img, msk, les in zip(images, masks, lesions):
                 # Centre the crop on a random head voxel so crops rarely show only background.
                 ys, xs = torch.nonzero(msk, as_tuple=True)
                 pick = int(torch.randint(len(ys), (1,), generator=gen))
@@ -156,12 +180,14 @@ class SliceData:
                 left = min(max(int(xs[pick]) - crop // 2, 0), size - crop)
                 out_i.append(img[:, top:top + crop, left:left + crop])
                 out_m.append(msk[top:top + crop, left:left + crop])
-            images, masks = torch.stack(out_i), torch.stack(out_m)
+                out_l.append(les[top:top + crop, left:left + crop])
+            images, masks, lesions = torch.stack(out_i), torch.stack(out_m), torch.stack(out_l)
         if flip:
             flips = torch.rand(len(indices), generator=gen) < 0.5
             images = torch.where(flips[:, None, None, None], images.flip(-1), images)
             masks = torch.where(flips[:, None, None], masks.flip(-1), masks)
+            lesions = torch.where(flips[:, None, None], lesions.flip(-1), lesions)
         if intensity_scale:
             scale = 1 + (torch.rand(images.shape[:2], generator=gen) * 2 - 1) * intensity_scale
             images = images * scale[:, :, None, None]
-        return images.contiguous(), masks.contiguous()
+        return images.contiguous(), masks.contiguous(), lesions.contiguous()

@@ -67,7 +67,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     cfg = load_config(args.config)
     _, val, _ = load_data(cfg)
     picks = fixed_validation_slices(len(val), args.slices)
-    images, masks = val.batch(picks, torch.Generator())
+    images, masks, _ = val.batch(picks, torch.Generator())
     for path in args.models:
         for name, row in slice_scale_report(load_predictor(path), images, masks, cfg.contrasts).items():
             print(f"{path} {name}: NMSE {row['nmse']:.4f}, per-slice rescaled {row['nmse_slice_rescaled']:.4f}; "

@@ -31,7 +31,9 @@ from CollaGANImputeLib.pipeline import read_case
 from .data_loader import locate_lgg, repo_path
 
 LABELS = {"nmse": "NMSE", "psnr": "PSNR (dB)", "ssim": "SSIM", "lesion_nmse": "lesion NMSE",
-          "lesion_ssim": "lesion SSIM"}
+          "lesion_ssim": "lesion SSIM", "identity": "contrast identity I (mean; patients with I > 0)",
+          "lesion_kept": "lesion kept share K (median)", "lesion_contrast_real": "lesion contrast C, real",
+          "lesion_contrast_pred": "lesion contrast C, synthetic"}
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -82,7 +84,7 @@ def evaluate(models: Dict[str, str], case_dirs: Sequence[Path], out_dir: Path, d
                                 for t in contrasts}
     _write_rows(out_dir / "rows.csv", rows)
     _write_table(out_dir, summary, list(models), contrasts, len(case_dirs))
-    _atomic_write(out_dir / "summary.json", json.dumps({"protocol": "EVALUATION.md v1", "cases": [c.name for c in
+    _atomic_write(out_dir / "summary.json", json.dumps({"protocol": "EVALUATION.md v2", "cases": [c.name for c in
                                                          case_dirs], "methods": summary}, indent=2))
     _montage(out_dir / "montage.png", montage, rows, montage_dir.name)
     return summary
@@ -112,15 +114,22 @@ def _write_rows(path: Path, rows: List[dict]) -> None:
 def _fmt(stat: dict, metric: str) -> str:
     if not np.isfinite(stat["mean"]):
         return "n/a"
-    digits = 2 if metric == "psnr" else 4
+    if metric == "identity":  # EVALUATION.md v2: the mean and the number of cases with I > 0
+        return f"{stat['mean']:+.3f} ({stat['positive']}/{stat['n']})"
+    if metric == "lesion_kept":
+        return f"{stat['median']:.2f} (n={stat['n']})"
+    digits = 2 if metric in ("psnr", "lesion_contrast_real", "lesion_contrast_pred") else 4
+    if stat["n"] == 1:
+        return f"{stat['mean']:.{digits}f}"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def _write_table(out_dir: Path, summary: dict, methods: List[str], contrasts: List[str], n_cases: int) -> None:
-    lines = [f"# Imputation on {n_cases} validation patients (EVALUATION.md v1; mean ± std over patients)", ""]
+    lines = [f"# Imputation on {n_cases} validation patients (EVALUATION.md v2; mean ± std over patients)", ""]
     csv_rows = []
     for metric in METRIC_NAMES:
-        better = "lower is better" if "nmse" in metric else "higher is better"
+        better = ("lower is better" if "nmse" in metric else "1 = as the real lesion" if metric == "lesion_kept"
+                  else "context" if metric.startswith("lesion_contrast") else "higher is better")
         lines += [f"## {LABELS[metric]} ({better})", "", "| target | " + " | ".join(methods) + " |",
                   "|---|" + "---|" * len(methods)]
         for target in contrasts:

@@ -52,6 +52,24 @@ def l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.mean((x - y) ** 2)
 
 
+def lesion_contrast_loss(fake: torch.Tensor, real: torch.Tensor, head: torch.Tensor, lesion: torch.Tensor,
+                         min_voxels: int = 50) -> torch.Tensor:
+    """Mean over slices with a lesion of |C_fake − C_real|, C = mean(lesion) / mean(head minus lesion)
+    (EVALUATION.md v2's conspicuity), so a lesion the direct loss blurs away still costs; 0 without lesions."""
+    inside = (head & lesion).to(fake.dtype)
+    outside = (head & ~lesion).to(fake.dtype)
+    n_in, n_out = inside.sum(dim=(1, 2, 3)), outside.sum(dim=(1, 2, 3))
+    use = (n_in >= min_voxels) & (n_out >= min_voxels)
+    if not bool(use.any()):
+        return fake.sum() * 0
+
+    def contrast(x: torch.Tensor) -> torch.Tensor:
+        tissue = (x * outside).sum(dim=(1, 2, 3)) / n_out.clamp_min(1)
+        return (x * inside).sum(dim=(1, 2, 3)) / n_in.clamp_min(1) / tissue.clamp_min(1e-3)
+
+    return (contrast(fake) - contrast(real)).abs()[use].mean()
+
+
 def lsgan_d(real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
     """Discriminator LSGAN loss: E[(D(real) - 1)^2] + E[D(fake)^2]."""
     return ((real_out - 1) ** 2).mean() + (fake_out**2).mean()

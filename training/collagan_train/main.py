@@ -51,7 +51,21 @@ def load_data(cfg: TrainConfig):
     train_cases, val_cases = split["train"], split["val"]
     if cfg.max_cases:
         train_cases, val_cases = train_cases[:cfg.max_cases], val_cases[:max(1, cfg.max_cases // 4)]
-    return SliceData.build(train_cases, cfg, folder), SliceData.build(val_cases, cfg, folder), split
+    train = SliceData.build(train_cases, cfg, folder)
+    if cfg.n_select:  # checkpoints are chosen on training patients set aside, never on the validation patients
+        select = select_cases(train_cases, cfg.n_select, cfg.split_seed)
+        split = {**split, "train": [c for c in train_cases if c not in select], "select": select}
+        return train.subset(split["train"]), train.subset(select), split
+    return train, SliceData.build(val_cases, cfg, folder), split
+
+
+def select_cases(train_cases: List[str], n: int, seed: int) -> List[str]:
+    """The ``n`` training patients set aside to choose checkpoints on (seeded, reproducible)."""
+    import random
+
+    rest = sorted(train_cases)
+    random.Random(seed + 1).shuffle(rest)
+    return sorted(rest[:n])
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -77,6 +91,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (out_dir / "split_used.json").write_text(json.dumps(split, indent=2) + "\n")  # incl. set-aside patients
         with open(out_dir / "commands.txt", "a") as handle:
             handle.write(f"{'torchrun x' + str(world) + ' ' if world > 1 else ''}python -m "
                          f"training.collagan_train.main {shlex.join(sys.argv[1:])}\n")

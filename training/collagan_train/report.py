@@ -72,6 +72,29 @@ def comparison_tables(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> 
     return "\n".join(lines)
 
 
+def fidelity_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> str:
+    """EVALUATION.md v2's fidelity checks per target and method: identity I (mean, patients with I > 0), kept
+    lesion contrast K (median) and the lesion contrast C, real -> synthetic (means)."""
+    names = list(runs)
+    lines = ["| target | inputs | " + " | ".join(f"{m} I (I > 0) | {m} K median | {m} C real → synth" for m in names)
+             + " |", "|---|---|" + "---|---|---|" * len(names)]
+    for t in contrasts:
+        inputs = _full_inputs(contrasts, t)
+        cells = []
+        for m in names:
+            ident = _values(runs[m], t, inputs, "identity")
+            kept = _values(runs[m], t, inputs, "lesion_kept")
+            c_real = _values(runs[m], t, inputs, "lesion_contrast_real")
+            c_pred = _values(runs[m], t, inputs, "lesion_contrast_pred")
+            arr = np.array(list(ident.values()))
+            cells.append(f"{arr.mean():+.3f} ({int((arr > 0).sum())}/{arr.size})" if ident else "n/a")
+            cells.append(f"{np.median(list(kept.values())):.2f}" if kept else "n/a")
+            cells.append(f"{np.mean(list(c_real.values())):.2f} → {np.mean(list(c_pred.values())):.2f}"
+                         if c_real and c_pred else "n/a")
+        lines.append(f"| {t} | {inputs} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def wins_table(runs: Dict[str, List[dict]], contrasts: Sequence[str], challenger: str, reference: str) -> str:
     """How many patients ``challenger`` beats ``reference`` on (paired by case), per target and metric."""
     lines = ["| target | " + " | ".join(label for _, label, _, _ in METRICS) + " |",
@@ -109,16 +132,21 @@ def missing_n_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> st
 def card_metrics(runs: Dict[str, List[dict]], contrasts: Sequence[str], model: str) -> dict:
     """Compact validation metrics for the model card: mean per target (all other inputs) for every run."""
     cases = sorted({r["case"] for r in runs[model]})
-    out: dict = {"protocol": "EVALUATION.md v1 via `collagan-impute evaluate --split training/splits/"
+    out: dict = {"protocol": "EVALUATION.md v2 via `collagan-impute evaluate --split training/splits/"
                              "lgg_split.json` (full volumes, masks from inputs, p99 units)",
                  "validation_patients": len(cases)}
     for m, rows in runs.items():
         out[m] = {}
         for t in contrasts:
             inputs = _full_inputs(contrasts, t)
-            out[m][f"{t}<-{inputs}"] = {
-                metric: round(float(np.mean(list(v.values()))), 4)
-                for metric, *_ in METRICS if (v := _values(rows, t, inputs, metric))}
+            entry = {metric: round(float(np.mean(list(v.values()))), 4)
+                     for metric, *_ in METRICS if (v := _values(rows, t, inputs, metric))}
+            if ident := _values(rows, t, inputs, "identity"):  # EVALUATION.md v2 fidelity checks
+                entry["identity"] = round(float(np.mean(list(ident.values()))), 4)
+                entry["identity_positive"] = f"{sum(v > 0 for v in ident.values())}/{len(ident)}"
+            if kept := _values(rows, t, inputs, "lesion_kept"):
+                entry["lesion_kept_median"] = round(float(np.median(list(kept.values()))), 3)
+            out[m][f"{t}<-{inputs}"] = entry
     return out
 
 
@@ -139,6 +167,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     reference = args.reference or list(runs)[0]
     text = ["## Every target from all other inputs (mean ± std over patients; best in bold)", "",
             comparison_tables(runs, contrasts),
+            "## Fidelity (EVALUATION.md v2): is it the target contrast, is the lesion there", "",
+            fidelity_table(runs, contrasts),
             f"## Patients on which {challenger} beats {reference} (paired)", "",
             wins_table(runs, contrasts, challenger, reference),
             "## Missing-N study: each target from two inputs and from each single input", "",

@@ -23,13 +23,13 @@ import torch.distributed as dist
 from CollaGANImputeLib.metrics import score_volume
 from torch import nn
 
-from . import losses
+from . import augment, losses
 from .config import TrainConfig
 from .data_loader import SliceData
 from .model import Discriminator, Generator
 
 LOG_FIELDS = ["step", "epoch", "phase", "lr_g", "sec_per_step", "loss_d", "d_gan", "d_clsf", "loss_g", "g_gan",
-              "g_clsf", "direct_l1", "direct_ssim", "cyc_l1", "cyc_ssim", "n_cycle", "direct_l2"]
+              "g_clsf", "direct_l1", "direct_ssim", "cyc_l1", "cyc_ssim", "n_cycle", "direct_l2", "lesion_contrast"]
 
 
 def one_hot_planes(index: torch.Tensor, n: int, shape: Tuple[int, int]) -> torch.Tensor:
@@ -175,10 +175,16 @@ class Solver:
         self.cursor += b
         return idx
 
-    def sample(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A batch: images (B, N, h, w), target (B,), available (B, N) after input dropout, head masks (B, h, w)."""
+    def sample(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch: images (B, N, h, w), target (B,), available (B, N) after input dropout, head masks and
+        lesion masks (B, h, w). The outer-head augmentation is applied here (it changes the masks)."""
         cfg = self.cfg
-        images, masks = self.train_data.batch(self._next_indices(), self.gen, cfg.crop, cfg.flip, cfg.intensity_scale)
+        images, masks, lesions = self.train_data.batch(self._next_indices(), self.gen, cfg.crop, cfg.flip,
+                                                       cfg.intensity_scale)
+        if cfg.aug_strip_p > 0:
+            images, masks = augment.strip_outer_head(images, masks, self.gen, cfg.aug_strip_p,
+                                                     tuple(cfg.aug_strip_radius))
+            lesions = lesions & masks
         b, n = images.shape[:2]
         target = torch.randint(n, (b,), generator=self.gen)
         available = torch.ones(b, n, dtype=torch.bool)
@@ -191,7 +197,28 @@ class Solver:
                 n_null = 1 + int(torch.randint(top + 1, (1,), generator=self.gen))
             for k in [int(target[i])] + others[:n_null - 1]:
                 available[i, k] = False
-        return images.to(self.device), target.to(self.device), available.to(self.device), masks.to(self.device)
+        return (images.to(self.device), target.to(self.device), available.to(self.device), masks.to(self.device),
+                lesions.to(self.device))
+
+    def _direct_terms(self, fake: torch.Tensor, real_t: torch.Tensor, masks: torch.Tensor, lesions: torch.Tensor
+                      ) -> Dict[str, torch.Tensor]:
+        """Direct losses on the imputed target: (lesion-weighted) L1/L2, SSIM, and the lesion-contrast term."""
+        cfg = self.cfg
+        terms: Dict[str, torch.Tensor] = {}
+        lesion = lesions[:, None]
+        weight = 1 + (cfg.lesion_weight - 1) * lesion.to(fake.dtype) if cfg.lesion_weight != 1 else None
+        if cfg.w_direct_l1 > 0:
+            error = (fake - real_t).abs()
+            terms["direct_l1"] = cfg.w_direct_l1 * (error * weight if weight is not None else error).mean()
+        if cfg.w_direct_l2 > 0:
+            error = (fake - real_t) ** 2
+            terms["direct_l2"] = cfg.w_direct_l2 * (error * weight if weight is not None else error).mean()
+        if cfg.w_direct_ssim > 0:
+            terms["direct_ssim"] = cfg.w_direct_ssim * losses.ssim_loss(fake, real_t)
+        if cfg.w_lesion_contrast > 0:
+            terms["lesion_contrast"] = cfg.w_lesion_contrast * losses.lesion_contrast_loss(
+                fake, real_t, masks[:, None], lesion)
+        return terms
 
     # ----- one step -----
     def _autocast(self):
@@ -219,7 +246,7 @@ class Solver:
         cfg = self.cfg
         self.G.train()
         self.D.train()
-        images, target, available, masks = self.sample()
+        images, target, available, masks, lesions = self.sample()
         head = masks[:, None] if cfg.head_only_loss else None
         b, n = images.shape[:2]
         rows = torch.arange(b, device=self.device)
@@ -235,8 +262,12 @@ class Solver:
             self.opt_d.step()
             out.update(loss_d=loss_d.item(), d_clsf=loss_d.item())
         else:
+            given = images
+            if cfg.aug_appearance_p > 0:  # the first pass sees re-styled inputs; targets and cycles do not
+                given = augment.input_appearance(images, self.gen, cfg.aug_appearance_p, cfg.aug_gamma,
+                                                 cfg.aug_scale, cfg.aug_bias)
             with self._autocast():
-                fake = self.G(self._prep(build_input(images, available, target))).float()
+                fake = self.G(self._prep(build_input(given, available, target))).float()
             if head is not None:  # only the head is scored: outside it every loss sees the real image
                 fake = torch.where(head, fake, real_t)
             use_d = cfg.w_gan > 0 or cfg.w_g_clsf > 0 or cfg.w_d_clsf > 0
@@ -260,12 +291,7 @@ class Solver:
                     gan_fake, logits_fake = self.D(self._prep(fake))
                 terms["g_gan"] = cfg.w_gan * losses.lsgan_g(gan_fake.float())
                 terms["g_clsf"] = cfg.w_g_clsf * losses.classification(logits_fake.float(), target)
-            if cfg.w_direct_l1 > 0:
-                terms["direct_l1"] = cfg.w_direct_l1 * losses.l1(fake, real_t)
-            if cfg.w_direct_l2 > 0:
-                terms["direct_l2"] = cfg.w_direct_l2 * losses.l2(fake, real_t)
-            if cfg.w_direct_ssim > 0:
-                terms["direct_ssim"] = cfg.w_direct_ssim * losses.ssim_loss(fake, real_t)
+            terms.update(self._direct_terms(fake, real_t, masks, lesions))
             if cfg.w_cyc_l1 > 0 or cfg.w_cyc_ssim > 0:
                 terms.update(self._cycle(images, target, available, fake, head))
                 out["n_cycle"] = float(int(available.sum()))
@@ -306,14 +332,17 @@ class Solver:
     # ----- validation -----
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
-        """Score a fixed set of validation slices (full size, all other inputs) with the core's metrics."""
+        """Score a fixed set of validation slices (full size, all other inputs) with the core's metrics,
+        EVALUATION.md v2's identity and lesion conspicuity included; ``select_score`` (lower is better) is the mean
+        over targets of (NMSE + lesion NMSE) / 2, so a checkpoint that blurs lesions away is not chosen."""
         if self.val_data is None or len(self.val_data) == 0:
             return {}
         generator = self.G_ema if self.G_ema is not None else self.G
         generator.eval()
         picks = fixed_validation_slices(len(self.val_data), self.cfg.val_slices)
-        images, masks = self.val_data.batch(picks, torch.Generator())
+        images, masks, lesions = self.val_data.batch(picks, torch.Generator())
         result: Dict[str, float] = {}
+        keys = ("nmse", "psnr", "ssim", "lesion_nmse", "identity", "lesion_kept")
         for t, name in enumerate(self.cfg.contrasts):
             target = torch.full((len(picks),), t, dtype=torch.long)
             available = torch.ones(len(picks), self.n, dtype=torch.bool)
@@ -324,12 +353,23 @@ class Solver:
                 with self._autocast():
                     x = build_input(images[sl], available[sl], target[sl]).to(self.device)
                     preds.append(generator(self._prep(x)).float().cpu()[:, 0])
-            scores = score_volume(torch.cat(preds).numpy(), images[:, t].numpy(), masks.numpy())
-            for key in ("nmse", "psnr", "ssim"):
+            pred = torch.where(masks, torch.cat(preds), 0) if self.cfg.head_only_loss else torch.cat(preds)
+            inputs = [images[:, k].numpy() for k in range(self.n) if k != t]
+            scores = score_volume(pred.numpy(), images[:, t].numpy(), masks.numpy(), lesions.numpy(), inputs)
+            for key in keys:
                 result[f"{name}_{key}"] = scores[key]
-        for key in ("nmse", "psnr", "ssim"):
-            result[f"mean_{key}"] = float(np.mean([result[f"{c}_{key}"] for c in self.cfg.contrasts]))
+            lesion_nmse = scores["lesion_nmse"] if math.isfinite(scores["lesion_nmse"]) else scores["nmse"]
+            result[f"{name}_select"] = (scores["nmse"] + lesion_nmse) / 2
+        for key in keys:
+            values = [result[f"{c}_{key}"] for c in self.cfg.contrasts]
+            result[f"mean_{key}"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+        result["select_score"] = float(np.mean([result[f"{c}_select"] for c in self.cfg.contrasts]))
         return result
+
+    def _choice_score(self, scores: Dict[str, float]) -> float:
+        """What best.pt minimises: ``select_score`` when checkpoints are chosen on set-aside patients, else the
+        mean NMSE (earlier runs)."""
+        return scores["select_score"] if self.cfg.n_select else scores["mean_nmse"]
 
     # ----- checkpoints -----
     def state(self) -> dict:
@@ -375,6 +415,15 @@ class Solver:
             tmp = path.with_suffix(".tmp")
             torch.save(self.state(), tmp)
             os.replace(tmp, path)
+        return path
+
+    def _snapshot(self) -> Path:
+        generator = self.G_ema if self.G_ema is not None else self.G
+        path = self.out_dir / "snapshots" / f"g_{self.step:06d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"G": generator.state_dict(), "step": self.step, "config": self.base_cfg.to_dict()}, tmp)
+        os.replace(tmp, path)
         return path
 
     @classmethod
@@ -445,9 +494,11 @@ class Solver:
                 scores = self.validate()
                 if scores:
                     self._log("val.csv", ["step"] + sorted(scores), dict(scores, step=self.step))
-                    if scores["mean_nmse"] < self.best:
-                        self.best = scores["mean_nmse"]
+                    if self._choice_score(scores) < self.best:
+                        self.best = self._choice_score(scores)
                         self.save("best.pt")
+                    if cfg.keep_snapshots:  # G only (a few MB): any validated step can be exported later
+                        self._snapshot()
                     checkpoint = True
             if checkpoint:
                 self.save("latest.pt")

@@ -23,8 +23,8 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def sample_slices() -> SliceData:
     """Real slices of the bundled LGG case, normalized through the core like the training data."""
-    stack, mask = prepare_slices(SAMPLE, ["t1n", "t1c", "t2f"], min_foreground=0.05)
-    return SliceData(stack.astype(np.float16), mask, [(SAMPLE.name, i) for i in range(len(stack))])
+    stack, mask, lesion = prepare_slices(SAMPLE, ["t1n", "t1c", "t2f"], min_foreground=0.05)
+    return SliceData(stack.astype(np.float16), mask, [(SAMPLE.name, i) for i in range(len(stack))], lesion)
 
 
 @pytest.fixture

@@ -33,11 +33,11 @@ def test_committed_split_keeps_the_demo_case_in_validation():
 
 def test_batch_crop_flip_and_scale(sample_slices):
     gen = torch.Generator().manual_seed(0)
-    images, masks = sample_slices.batch([0, 5], gen, crop=64, flip=True, intensity_scale=0.1)
+    images, masks, lesions = sample_slices.batch([0, 5], gen, crop=64, flip=True, intensity_scale=0.1)
     assert images.shape == (2, 3, 64, 64) and masks.shape == (2, 64, 64)
     assert masks.float().mean() > 0.2  # crops centred on head voxels
-    plain, _ = sample_slices.batch([0], torch.Generator(), 0, False, 0.0)
-    scaled, _ = sample_slices.batch([0], torch.Generator().manual_seed(1), 0, False, 0.1)
+    plain, *_ = sample_slices.batch([0], torch.Generator(), 0, False, 0.0)
+    scaled, *_ = sample_slices.batch([0], torch.Generator().manual_seed(1), 0, False, 0.1)
     ratio = scaled[0].sum(dim=(1, 2)) / plain[0].sum(dim=(1, 2))
     assert ((ratio > 0.9 - 1e-4) & (ratio < 1.1 + 1e-4)).all() and not torch.allclose(ratio, torch.ones(3))
     assert np.isclose(float(plain.max()), float(np.asarray(sample_slices.images[0]).max()), rtol=1e-3)

@@ -96,7 +96,7 @@ def test_voxel_regression_exports_and_scores_through_evaluate(sample_slices, tin
 def test_slice_scale_report_separates_brightness_from_anatomy(sample_slices):
     from training.collagan_train.diagnose import slice_scale_report
 
-    images, masks = sample_slices.batch(list(range(4)), torch.Generator())
+    images, masks, _ = sample_slices.batch(list(range(4)), torch.Generator())
     n = images.shape[1]
     factors = torch.tensor([1.0, 2.0, 0.5, 1.0])
 

@@ -21,7 +21,7 @@ def _fixed(solver: Solver):
 
 
 def _direct_l1(solver: Solver, batch) -> float:
-    images, target, available, _ = batch
+    images, target, available, *_ = batch
     with torch.no_grad():
         fake = solver.G(build_input(images, available, target))
     return float((fake - images[torch.arange(len(target)), target][:, None]).abs().mean())
@@ -59,7 +59,7 @@ def test_input_dropout_nulls_target_and_keeps_an_input(tiny_cfg, sample_slices):
     solver = Solver(tiny_cfg("batch_size=8", "input_dropout_max_extra=2"), sample_slices, None)
     counts = set()
     for _ in range(5):
-        _, target, available, _ = solver.sample()
+        _, target, available, *_ = solver.sample()
         assert not available[torch.arange(8), target].any()
         assert (available.sum(1) >= 1).all()
         counts |= set(available.sum(1).tolist())
@@ -229,7 +229,7 @@ def test_ema_weights_average_g_survive_resume_and_are_exported(tiny_cfg, sample_
     resumed = Solver.from_checkpoint(str(ckpt), sample_slices, None)
     assert all(torch.equal(a, b) for a, b in zip(resumed.G_ema.parameters(), avg))
     model = export_checkpoint(str(ckpt), str(tmp_path / "m.pt"), optimize=False)
-    images, target, available, _ = solver.sample()
+    images, target, available, *_ = solver.sample()
     x = build_input(images, available, target)
     loaded = torch.jit.load(str(model))
     with torch.no_grad():
@@ -238,10 +238,10 @@ def test_ema_weights_average_g_survive_resume_and_are_exported(tiny_cfg, sample_
 
 def test_head_only_loss_ignores_everything_outside_the_mask(tiny_cfg, sample_slices):
     solver = Solver(tiny_cfg("method=l1", "head_only_loss=true"), sample_slices, None)
-    images, target, available, masks = solver.sample()
-    solver.sample = lambda: (images, target, available, torch.zeros_like(masks))
+    images, target, available, masks, lesions = solver.sample()
+    solver.sample = lambda: (images, target, available, torch.zeros_like(masks), lesions)
     assert solver.train_step()["direct_l1"] == 0.0  # no head: the output is never compared with anything
-    solver.sample = lambda: (images, target, available, masks)
+    solver.sample = lambda: (images, target, available, masks, lesions)
     assert solver.train_step()["direct_l1"] > 0.0
 
 

@@ -1,0 +1,74 @@
+"""Appearance augmentation, the lesion-aware losses and checkpoint choice on set-aside training patients."""
+
+from __future__ import annotations
+
+import torch
+
+from training.collagan_train import augment, losses
+from training.collagan_train.main import select_cases
+from training.collagan_train.solver import Solver
+
+
+def test_strip_outer_head_erodes_zeroes_and_rescales(sample_slices):
+    images, masks, _ = sample_slices.batch([10, 11], torch.Generator())
+    stripped, inner = augment.strip_outer_head(images, masks, torch.Generator().manual_seed(0), p=1.0,
+                                               radius=(8, 8))
+    assert (inner <= masks).all() and inner.sum() < masks.sum()  # a shell of the head is gone
+    assert (stripped[~inner[:, None].expand_as(stripped)] == 0).all()
+    for i in range(2):  # each contrast back in p99 units of the new mask, as the core would normalize it
+        for c in range(3):
+            p99 = torch.quantile(stripped[i, c][inner[i]], 0.99)
+            assert abs(float(p99) - float(torch.quantile(images[i, c][masks[i]], 0.99))) < 1e-3
+    assert torch.equal(augment.strip_outer_head(images, masks, torch.Generator(), p=0.0)[0], images)
+
+
+def test_input_appearance_keeps_zeros_and_changes_intensities():
+    x = torch.rand(4, 3, 32, 32)
+    x[:, 1] = 0  # an emptied slot stays empty
+    y = augment.input_appearance(x, torch.Generator().manual_seed(1), p=1.0)
+    assert (y[:, 1] == 0).all() and not torch.allclose(x, y)
+    assert torch.equal(augment.input_appearance(x, torch.Generator(), p=0.0), x)
+
+
+def test_lesion_contrast_loss_is_zero_when_kept_and_positive_when_lost():
+    real = torch.full((1, 1, 32, 32), 0.5)
+    lesion = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
+    lesion[..., 8:18, 8:18] = True
+    real[lesion] = 1.0
+    head = torch.ones_like(lesion)
+    assert float(losses.lesion_contrast_loss(real.clone(), real, head, lesion)) == 0.0
+    vanished = torch.full_like(real, 0.5)
+    assert float(losses.lesion_contrast_loss(vanished, real, head, lesion)) > 0.9  # C 2.0 -> 1.0
+    assert float(losses.lesion_contrast_loss(vanished, real, head, torch.zeros_like(lesion))) == 0.0
+
+
+def test_lesion_weight_raises_the_loss_of_errors_inside_the_lesion(tiny_cfg, sample_slices):
+    plain = Solver(tiny_cfg("method=l1"), sample_slices, None)
+    weighted = Solver(tiny_cfg("method=l1", "lesion_weight=5"), sample_slices, None)
+    real = torch.zeros(1, 1, 16, 16)
+    fake = torch.zeros(1, 1, 16, 16)
+    lesion = torch.zeros(1, 16, 16, dtype=torch.bool)
+    lesion[0, :4, :4] = True
+    fake[0, 0, :4, :4] = 1.0  # the error sits in the lesion
+    head = torch.ones_like(lesion)
+    a = plain._direct_terms(fake, real, head, lesion)["direct_l1"]
+    b = weighted._direct_terms(fake, real, head, lesion)["direct_l1"]
+    assert float(b) == float(a) * 5
+
+
+def test_select_cases_are_seeded_training_patients():
+    cases = [f"c{i:02d}" for i in range(52)]
+    chosen = select_cases(cases, 6, 2019)
+    assert len(chosen) == 6 and set(chosen) <= set(cases) and chosen == select_cases(list(reversed(cases)), 6, 2019)
+
+
+def test_validation_logs_fidelity_checks_and_snapshots(tiny_cfg, sample_slices, tmp_path):
+    cfg = tiny_cfg("method=l1", "steps=2", "val_every=2", "keep_snapshots=true", "n_select=1", "lesion_weight=5",
+                   "w_lesion_contrast=1", "aug_strip_p=0.5", "aug_appearance_p=0.5")
+    solver = Solver(cfg, sample_slices, sample_slices)
+    solver.train()
+    header = (solver.out_dir / "val.csv").read_text().splitlines()[0].split(",")
+    for key in ("t2f_identity", "t2f_lesion_kept", "select_score", "mean_identity"):
+        assert key in header
+    assert (solver.out_dir / "snapshots" / "g_000002.pt").is_file()
+    assert "lesion_contrast" in (solver.out_dir / "log.csv").read_text().splitlines()[0]
