@@ -76,6 +76,11 @@ class ModelCard:
     licence: str = "unspecified"
     metrics: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: What the model is for, the data it was trained on (skull or not, intensity form, contrasts) and what it
+    #: cannot do, in words for users (``collagan-impute info`` shows them first).
+    intended_use: str = ""
+    domain: str = ""
+    limitations: list[str] = field(default_factory=list)
     #: The training data's profile for the input check (:func:`.input_check.training_profile`); {} = none.
     input_profile: dict[str, Any] = field(default_factory=dict)
     #: SHA-256 of the weights (:func:`weights_sha256`), written by :func:`save_model`, verified on load.

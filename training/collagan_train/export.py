@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Optional
 
 import torch
-from CollaGANImputeLib.contract import ModelCard, load_model, save_model
+from CollaGANImputeLib.contract import DEFAULT_PIXEL_SPACING, ModelCard, load_model, save_model
 
 from .config import TrainConfig
 from .model import count_parameters
@@ -76,6 +78,36 @@ def warm_start_lineage(cfg: TrainConfig, max_depth: int = 5) -> list:
     return stages
 
 
+def training_input_profile(cfg: TrainConfig) -> dict:
+    """The training data profile for the card's input check (``CollaGANImputeLib.input_check``), from the
+    split's training cases; cached under ``cfg.cache_dir`` (a minute for 52 cases on 2 cores); {} without data.
+
+    Why: the card carries what the training scans looked like, so that inference can warn about inputs unlike them.
+    """
+    from CollaGANImputeLib import __version__
+    from CollaGANImputeLib.input_check import PROFILE_VERSION, training_profile_from_folders
+
+    from .data_loader import load_or_make_split, locate_lgg, repo_path
+
+    folder = locate_lgg(cfg.data_dir)
+    if folder is None:
+        print("warning: no training data found: the card gets no input profile (no input check at inference)")
+        return {}
+    cases = load_or_make_split(cfg, folder)["train"]
+    key = hashlib.sha1(json.dumps([sorted(cases), list(cfg.contrasts), PROFILE_VERSION, __version__,
+                                   str(folder.resolve())]).encode()).hexdigest()[:16]
+    cache = repo_path(cfg.cache_dir) / f"profile-{key}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    profile = training_profile_from_folders([folder / c for c in cases], cfg.contrasts,
+                                            source=f"{len(cases)} training cases of {cfg.split_file}")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(profile))
+    os.replace(tmp, cache)
+    return profile
+
+
 def _optimized(g: torch.nn.Module) -> torch.nn.Module:
     """The core's exact export-time rewrite of the CCNR units (faster inference, same contract), when the
     installed core has it; the plain generator otherwise."""
@@ -87,8 +119,15 @@ def _optimized(g: torch.nn.Module) -> torch.nn.Module:
 
 
 def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, metrics: Optional[dict] = None,
-                      description: str = "", optimize: bool = True) -> Path:
+                      description: str = "", optimize: bool = True, input_profile: Optional[dict] = None,
+                      about: Optional[dict] = None) -> Path:
     """Write ``out`` from ``checkpoint`` (G weights + config) through ``CollaGANImputeLib.save_model``.
+
+    ``about``: the card's words for users, keys ``intended_use``, ``domain``, ``limitations`` (a list) and
+    ``description`` (e.g. ``training/collagan_train/configs/card_v3.json``).
+
+    ``input_profile``: the training data profile for the card (None: computed from the split's training cases,
+    :func:`training_input_profile`; {}: none); its median pixel spacing becomes the card's ``pixel_spacing``.
 
     With ``optimize`` the CCNR units are rewritten by ``CollaGANImputeLib.acceleration.optimize_for_inference``
     (same function, ~1e-6 apart in fp32); the file is checked against the original eager generator either way.
@@ -99,10 +138,13 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
     commands = (run_dir / "commands.txt").read_text().splitlines() if (run_dir / "commands.txt").is_file() else []
     split_file = Path(__file__).resolve().parents[2] / cfg.split_file
     split = json.loads(split_file.read_text()) if split_file.is_file() else {}
+    profile = training_input_profile(cfg) if input_profile is None else input_profile
     card = ModelCard(
         name=name or f"collagan-{cfg.method}-{'-'.join(cfg.contrasts)}",
         contrasts=list(cfg.contrasts),
         in_plane_size=(256, 256),
+        pixel_spacing=tuple(profile.get("pixel_spacing") or DEFAULT_PIXEL_SPACING),
+        input_profile=profile,
         architecture={"generator": "CCNR U-Net (CollaGAN CVPR 2019 Table 2)" + (
                           " added to a fixed voxel-regression polynomial (voxel prior)" if cfg.g_voxel_prior else ""),
                       "base_channels": cfg.g_base, "levels": cfg.g_levels, "parameters": count_parameters(g),
@@ -115,7 +157,14 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                   "batch_size": cfg.batch_size, "crop": cfg.crop,
                   "losses": {k: getattr(cfg, k) for k in ("w_cyc_l1", "w_cyc_ssim", "w_gan", "w_g_clsf",
                                                             "w_d_clsf", "w_direct_l1", "w_direct_l2",
-                                                            "w_direct_ssim", "head_only_loss")},
+                                                            "w_direct_ssim", "head_only_loss", "lesion_weight",
+                                                            "w_lesion_contrast")},
+                  "augmentation": {k: getattr(cfg, k) for k in ("flip", "intensity_scale", "aug_strip_p",
+                                                                  "aug_strip_radius", "aug_appearance_p", "aug_gamma",
+                                                                  "aug_scale", "aug_bias")},
+                  "checkpoint_choice": (f"on {cfg.n_select} training patients set aside (never trained on): "
+                                        + ", ".join(split_used(run_dir).get("select", []))
+                                        if cfg.n_select else "validation slices"),
                   "optimizer": f"Adam lr_g {cfg.lr_g} lr_d {cfg.lr_d} betas ({cfg.beta1}, {cfg.beta2}), "
                                f"x{cfg.lr_decay}/{cfg.lr_decay_every} steps, G weight decay {cfg.weight_decay_g}",
                   "input_dropout_max_extra": cfg.input_dropout_max_extra, "single_input": cfg.single_input,
@@ -125,8 +174,12 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
         outside_head=cfg.outside_head,
         licence=LICENCE,
         metrics=metrics if metrics is not None else last_validation(run_dir),
-        description=description or "CollaGAN generator imputing one MR contrast from the others; research use "
-                                   "only, not for diagnosis. Outputs are synthetic.",
+        description=description or (about or {}).get("description") or (
+            "CollaGAN generator imputing one MR contrast from the others; research use only, not for diagnosis. "
+            "Outputs are synthetic."),
+        intended_use=(about or {}).get("intended_use", ""),
+        domain=(about or {}).get("domain", ""),
+        limitations=list((about or {}).get("limitations", [])),
     )
     path = Path(out)
     save_model(_optimized(g) if optimize else g, card, path)
@@ -135,6 +188,12 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
     x[:, len(cfg.contrasts)] = 1
     check_export(g, path, x)
     return path
+
+
+def split_used(run_dir: Path) -> dict:
+    """The split a training run used (with its set-aside ``select`` patients), {} for older runs."""
+    path = run_dir / "split_used.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def add_parser(sub) -> None:
@@ -146,9 +205,12 @@ def add_parser(sub) -> None:
     p.add_argument("--description", default="", help="model card description (default: a generic one)")
     p.add_argument("--no-optimize", dest="optimize", action="store_false",
                    help="export the plain generator, without the core's fast-CCNR rewrite")
+    p.add_argument("--no-input-profile", dest="input_profile", action="store_const", const={}, default=None,
+                   help="no training data profile in the card (inference then skips its input check)")
+    p.add_argument("--about", help="JSON file with the card's intended_use, domain, limitations, description")
     p.set_defaults(func=lambda a: print(export_checkpoint(
         a.checkpoint, a.out, a.name, json.loads(Path(a.metrics).read_text()) if a.metrics else None,
-        a.description, a.optimize)))
+        a.description, a.optimize, a.input_profile, json.loads(Path(a.about).read_text()) if a.about else None)))
 
 
 def _main(argv=None) -> None:

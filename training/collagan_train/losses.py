@@ -54,8 +54,10 @@ def l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def lesion_contrast_loss(fake: torch.Tensor, real: torch.Tensor, head: torch.Tensor, lesion: torch.Tensor,
                          min_voxels: int = 50) -> torch.Tensor:
-    """Mean over slices with a lesion of |C_fake − C_real|, C = mean(lesion) / mean(head minus lesion)
-    (EVALUATION.md v2's conspicuity), so a lesion the direct loss blurs away still costs; 0 without lesions."""
+    """Mean over slices with a lesion of |Δ_fake − Δ_real| / t_real, Δ = mean(lesion) − mean(head minus lesion),
+    t_real = the real tissue mean: the error of EVALUATION.md v2's conspicuity C = mean(lesion) / mean(tissue),
+    linearised around the real image so that a dark or blank early output cannot make it explode. A lesion the
+    direct loss blurs away still costs; 0 without lesions."""
     inside = (head & lesion).to(fake.dtype)
     outside = (head & ~lesion).to(fake.dtype)
     n_in, n_out = inside.sum(dim=(1, 2, 3)), outside.sum(dim=(1, 2, 3))
@@ -63,11 +65,13 @@ def lesion_contrast_loss(fake: torch.Tensor, real: torch.Tensor, head: torch.Ten
     if not bool(use.any()):
         return fake.sum() * 0
 
-    def contrast(x: torch.Tensor) -> torch.Tensor:
-        tissue = (x * outside).sum(dim=(1, 2, 3)) / n_out.clamp_min(1)
-        return (x * inside).sum(dim=(1, 2, 3)) / n_in.clamp_min(1) / tissue.clamp_min(1e-3)
+    def means(x: torch.Tensor):
+        return (x * inside).sum(dim=(1, 2, 3)) / n_in.clamp_min(1), (x * outside).sum(dim=(1, 2, 3)) / n_out.clamp_min(1)
 
-    return (contrast(fake) - contrast(real)).abs()[use].mean()
+    les_f, tis_f = means(fake)
+    les_r, tis_r = means(real)
+    error = ((les_f - tis_f) - (les_r - tis_r)).abs() / tis_r.clamp_min(0.1)
+    return error[use].mean()
 
 
 def lsgan_d(real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:

@@ -301,9 +301,11 @@ class Solver:
             self._sync(self.G)
             self.opt_g.step()
             if self.G_ema is not None:
+                # The usual warm-up: the average forgets the random start within ~10x its step count.
+                decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
                 with torch.no_grad():
                     for avg, live in zip(self.G_ema.parameters(), self.G.parameters()):
-                        avg.lerp_(live, 1 - cfg.ema_decay)
+                        avg.lerp_(live, 1 - decay)
             out.update({k: v.item() for k, v in terms.items()}, loss_g=loss_g.item())
         if out["phase"] == "gan":  # G's schedule starts with G's training
             self.sched_g.step()
