@@ -146,8 +146,8 @@ def _write_table(out_dir: Path, summary: dict, methods: List[str], contrasts: Li
     _atomic_write(out_dir / "table.md", "\n".join(lines) + "\n")
     tmp = out_dir / ".table.csv.tmp"
     with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["target", "method", "inputs", "metric", "mean", "std", "median", "n",
-                                                     "positive"])
+        writer = csv.DictWriter(handle, fieldnames=["target", "method", "inputs", "metric", "mean", "std", "median",
+                                                     "n", "positive"])
         writer.writeheader()
         writer.writerows(csv_rows)
     os.replace(tmp, out_dir / "table.csv")

@@ -66,7 +66,8 @@ def lesion_contrast_loss(fake: torch.Tensor, real: torch.Tensor, head: torch.Ten
         return fake.sum() * 0
 
     def means(x: torch.Tensor):
-        return (x * inside).sum(dim=(1, 2, 3)) / n_in.clamp_min(1), (x * outside).sum(dim=(1, 2, 3)) / n_out.clamp_min(1)
+        lesion_mean = (x * inside).sum(dim=(1, 2, 3)) / n_in.clamp_min(1)
+        return lesion_mean, (x * outside).sum(dim=(1, 2, 3)) / n_out.clamp_min(1)
 
     les_f, tis_f = means(fake)
     les_r, tis_r = means(real)
