@@ -89,7 +89,7 @@ class SceneLogic:
     def __init__(self, scene=None) -> None:
         self.scene = scene if scene is not None else getattr(slicer, "mrmlScene", None)
         if self.scene is None:
-            raise ValueError("No MRML scene: outside Slicer give one, e.g. SceneLogic(slicer.vtkMRMLScene()).")
+            raise ValueError("No MRML scene: outside Slicer give one, e.g. SceneLogic(new_scene()).")
         self._models: dict = {}
         self.lastResults: dict = {}  # result node ID -> ImputationResult (its head mask serves compare)
 
