@@ -1,0 +1,147 @@
+"""A per-voxel uncertainty map for an imputed volume: how much the model's own predictions of it disagree.
+
+CollaGAN imputes a target from any non-empty subset of the available inputs (missing slots are zeros), and a
+left-right mirrored head is as valid an input as the head itself. Each such *member* — an input subset, mirrored
+or not — is another prediction of the same target by the same model. The map is the **mean absolute deviation of
+the members from the delivered prediction** (the one from all inputs), voxel by voxel, in p99 units of the
+target: 0.2 means the predictions differ from the delivered one by 0.2 of the target's 99th percentile on
+average there. It needs no retraining and works with any model that keeps the contract (:mod:`.contract`).
+
+What it measures is disagreement, not error: where every member is wrong in the same way (a lesion feature no
+input shows) it stays low. docs/RESULTS.md ("Uncertainty maps") reports how well it tracks the real error.
+
+Example:
+    >>> u = estimate_uncertainty(model, {"t1n": t1n, "t2f": t2f}, "t1c", prediction, mask)  # doctest: +SKIP
+    >>> result = impute({"t1n": t1n_image, "t2f": t2f_image}, model, uncertainty=True)       # doctest: +SKIP
+    >>> result.uncertainty["t1c"]      # SimpleITK image, geometry of the synthetic one       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .contract import LoadedModel
+from .inference import ProgressCallback, impute_slices
+
+#: Default members besides the delivered prediction: every smaller input subset, and the mirrored full input set.
+DEFAULT_SUBSETS = True
+DEFAULT_FLIP = True
+#: The level the Slicer legend and the docs speak of (p99 units of the target).
+DISAGREEMENT_LEVEL = 0.2
+UNITS = "p99 units of the target: mean |member prediction - delivered prediction|"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One extra prediction of the target: from ``inputs`` (a subset of the available ones), mirrored or not."""
+
+    inputs: tuple[str, ...]
+    flip: bool = False
+
+    def describe(self) -> str:
+        return "+".join(self.inputs) + (" mirrored" if self.flip else "")
+
+
+def ensemble_members(inputs: Sequence[str], subsets: bool = DEFAULT_SUBSETS, flip: bool = DEFAULT_FLIP,
+                     flip_subsets: bool = False) -> list[Member]:
+    """The members for an imputation from ``inputs`` (model order), the delivered prediction itself excluded:
+    every non-empty proper subset (``subsets``), the mirrored full set (``flip``) and mirrored subsets
+    (``flip_subsets``). With a single input and ``flip=False`` there is none (the map cannot be made).
+
+    Example:
+        >>> [m.describe() for m in ensemble_members(["t1n", "t2f"])]
+        ['t1n', 't2f', 't1n+t2f mirrored']
+    """
+    full = tuple(inputs)
+    smaller = [combo for size in range(len(full) - 1, 0, -1) for combo in itertools.combinations(full, size)]
+    members = [Member(combo) for combo in smaller] if subsets else []
+    if flip:
+        members.append(Member(full, flip=True))
+    if flip_subsets:
+        members += [Member(combo, flip=True) for combo in smaller]
+    return members
+
+
+def member_prediction(model: LoadedModel, arrays: Mapping[str, np.ndarray], target: str, member: Member,
+                      **options: Any) -> np.ndarray:
+    """The target predicted from ``member`` (canonical (S, P, L) arrays; mirrored left-right along the last axis
+    and back). ``options`` go to :func:`.inference.impute_slices` (device, precision, batch size, spacing...)."""
+    if member.flip:
+        mirrored = {c: np.ascontiguousarray(arrays[c][:, :, ::-1]) for c in member.inputs}
+        return np.ascontiguousarray(impute_slices(model, mirrored, target, **options)[:, :, ::-1])
+    return impute_slices(model, {c: arrays[c] for c in member.inputs}, target, **options)
+
+
+def disagreement(prediction: np.ndarray, members: Sequence[np.ndarray], mask: Optional[np.ndarray] = None
+                 ) -> np.ndarray:
+    """Mean absolute deviation of the ``members`` from the delivered ``prediction``, float32, 0 outside ``mask``.
+
+    Example:
+        >>> disagreement(np.zeros((1, 2, 2)), [np.full((1, 2, 2), 0.5), np.zeros((1, 2, 2))])[0, 0, 0]
+        0.25
+    """
+    total = np.zeros(prediction.shape, dtype=np.float32)
+    for member in members:
+        total += np.abs(member.astype(np.float32) - prediction.astype(np.float32))
+    total /= max(1, len(members))
+    if mask is not None:
+        total[~mask.astype(bool)] = 0
+    return total
+
+
+def estimate_uncertainty(
+    model: LoadedModel,
+    arrays: Mapping[str, np.ndarray],
+    target: str,
+    prediction: np.ndarray,
+    mask: Optional[np.ndarray] = None,
+    members: Optional[Sequence[Member]] = None,
+    progress: Optional[ProgressCallback] = None,
+    progress_offset: int = 0,
+    progress_total: Optional[int] = None,
+    **options: Any,
+) -> np.ndarray:
+    """The uncertainty map of ``prediction`` (the target imputed from all of ``arrays``), p99 units, 0 outside
+    ``mask``. ``members`` default to :func:`ensemble_members` of the inputs; ``options`` go to
+    :func:`.inference.impute_slices` (device, precision, batch_size, cancel, spacing); ``progress`` counts the
+    members' slices after ``progress_offset`` (of ``progress_total``).
+
+    Raises ValueError when there is no member (one input and no mirroring).
+    """
+    inputs = [c for c in arrays if c != target]
+    members = list(ensemble_members(inputs) if members is None else members)
+    if not members:
+        raise ValueError(f"No second prediction of '{target}' from {inputs}: an uncertainty map needs at least "
+                         "two inputs or mirroring.")
+    n_slices = prediction.shape[0]
+    total = progress_total if progress_total is not None else n_slices * len(members)
+    predictions = []
+    for index, member in enumerate(members):
+        predictions.append(member_prediction(model, arrays, target, member, progress=progress,
+                                             progress_offset=progress_offset + index * n_slices,
+                                             progress_total=total, **options))
+    return disagreement(prediction, predictions, mask)
+
+
+def uncertainty_description(target: str, inputs: Sequence[str]) -> str:
+    """The header description of an uncertainty map: what it is, and that it is not an image of the head."""
+    return (f"UNCERTAINTY of synthetic {target} (CollaGAN from {'+'.join(inputs)}): model disagreement, "
+            "p99 units; not an image")
+
+
+def uncertainty_metadata(synthetic: Mapping[str, str], members: Sequence[Member]) -> dict[str, str]:
+    """The ``collagan_*`` labels of an uncertainty map, from its synthetic volume's labels: the same model,
+    inputs and target, marked as an uncertainty map (not synthetic, not an image), with its members and units."""
+    labels = {key: value for key, value in synthetic.items() if key.startswith("collagan_")}
+    labels.update({
+        "collagan_synthetic": "false",
+        "collagan_uncertainty": "true",
+        "collagan_kind": "uncertainty map, not an image",
+        "collagan_units": UNITS,
+        "collagan_uncertainty_members": ",".join(m.describe() for m in members),
+    })
+    return labels
