@@ -153,7 +153,7 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                       "any_size": f"H, W divisible by {2 ** (cfg.g_levels - 1)}"},
         training={"data": DATA, "split": f"{cfg.split_file}: {len(split.get('train', []))} train / "
                                           f"{len(split.get('val', []))} validation patients",
-                  "method": cfg.method, "steps": state["step"], "epochs": state["epoch"],
+                  "method": cfg.method, "steps": state["step"], "epochs": state.get("epoch"),
                   "batch_size": cfg.batch_size, "crop": cfg.crop,
                   "losses": {k: getattr(cfg, k) for k in ("w_cyc_l1", "w_cyc_ssim", "w_gan", "w_g_clsf",
                                                             "w_d_clsf", "w_direct_l1", "w_direct_l2",
@@ -168,7 +168,7 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                   "optimizer": f"Adam lr_g {cfg.lr_g} lr_d {cfg.lr_d} betas ({cfg.beta1}, {cfg.beta2}), "
                                f"x{cfg.lr_decay}/{cfg.lr_decay_every} steps, G weight decay {cfg.weight_decay_g}",
                   "input_dropout_max_extra": cfg.input_dropout_max_extra, "single_input": cfg.single_input,
-                  "command": commands, "cost": f"{state['train_seconds'] / 3600:.2f} h of training steps on "
+                  "command": commands, "cost": f"{state.get('train_seconds', 0.0) / 3600:.2f} h of training steps on "
                   f"{platform.processor() or platform.machine()} ({state.get('world', 1)} process(es))",
                   "checkpoint": Path(checkpoint).name, "warm_start": warm_start_lineage(cfg)},
         outside_head=cfg.outside_head,
