@@ -1,0 +1,180 @@
+"""The web app (``collagan-impute web``) driven end to end in a real browser: Debian's Chromium via Playwright.
+
+Each test talks to one server started on a free port with the bundled model (fp32, as ``evaluate`` imputes). Locally
+the tests skip with a message when Chromium, Playwright or the web extra are missing; in CI (``CI`` set) that is an
+error. Marked ``browser``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("COLLAGAN_CHROMIUM", "/usr/bin/chromium")
+CASE = "TCGA-HT-7882"
+TIMEOUT_MS = 420_000  # the bundled model on the whole sample case on a slow, shared CPU
+
+
+def _require(condition: bool, why: str) -> None:
+    if condition:
+        return
+    if os.environ.get("CI"):
+        raise RuntimeError(f"The browser tests must run in CI: {why}")
+    pytest.skip(why, allow_module_level=True)
+
+
+_require(Path(CHROMIUM).is_file() or shutil.which("chromium") is not None,
+         f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)")
+try:
+    import trame_slicer  # noqa: F401
+    from playwright.sync_api import sync_playwright
+except ImportError as error:
+    _require(False, f"the web extra and Playwright are needed (pip install -e '.[web]' playwright): {error}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "CollaGANImputeLib", "web", "--port", str(port), "--device", "cpu",
+         "--precision", "fp32", "--threads", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"The web server exited: {process.stdout.read().decode(errors='replace')}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        process.kill()
+        raise RuntimeError("The web server did not start within 300 s.")
+    yield f"http://127.0.0.1:{port}/"
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"),
+                                     args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server)
+    page.get_by_text("Load sample case").wait_for()
+    page.get_by_text("Load sample case").click()
+    page.locator("#status").filter(has_text="Sample case").wait_for()
+    return page
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32)
+
+
+def test_cancel_mid_run_leaves_no_result(page):
+    page.locator("#impute").click()
+    page.locator("#cancel:not([disabled])").wait_for()
+    page.wait_for_function("() => { const p = document.querySelector('#progress');"
+                           " return p && Number(p.getAttribute('aria-valuenow')) > 0; }")
+    page.locator("#cancel").click()
+    page.locator("#status").filter(has_text="Cancelled").wait_for()
+    assert page.get_by_text("(synthetic, CollaGAN)").count() == 0
+    assert page.locator("#synthetic-banner").count() == 0
+
+
+def test_corrupt_upload_gives_a_clear_message(page, tmp_path):
+    bad = tmp_path / "broken-t1n.nii.gz"
+    bad.write_bytes(b"this is not a NIfTI file" * 40)
+    page.locator("#upload input[type=file], input[type=file]").first.set_input_files(str(bad))
+    error = page.locator("#error")
+    error.wait_for()
+    text = error.inner_text()
+    assert "broken-t1n.nii.gz" in text and "was not loaded" in text
+
+
+def test_impute_shows_the_labeled_result_in_slice_views(page, tmp_path):
+    start = time.perf_counter()
+    page.locator("#impute").click()
+    page.get_by_text("t1c (synthetic, CollaGAN)").first.wait_for()
+    elapsed = time.perf_counter() - start
+    print(f"click to result: {elapsed:.1f} s")
+    banner = page.locator("#synthetic-banner")
+    assert "SYNTHETIC" in banner.inner_text() and "t1c (synthetic, CollaGAN)" in banner.inner_text()
+    assert page.locator("#synthetic-banner").evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(211, 47, 47)"
+    page.wait_for_timeout(3000)  # the streamed view image
+    views = page.locator("#slice-views")
+    shot = _pixels(views.screenshot(path=str(tmp_path / "views.png")))
+    right = shot[:, shot.shape[1] // 2:]
+    assert right.std() > 10 and (right > 60).mean() > 0.05, (right.mean(), right.std())
+
+
+def test_compare_table_equals_collagan_impute_evaluate(page, tmp_path):
+    from CollaGANImputeLib.models import sample_case_dir
+
+    if page.get_by_text("t1c (synthetic, CollaGAN)").count() == 0:
+        page.locator("#impute").click()
+        page.get_by_text("t1c (synthetic, CollaGAN)").first.wait_for()
+    page.locator("#compare").click()
+    page.locator("#scores .score-row").first.wait_for()
+    shown = {r.locator(".metric").inner_text(): r.locator(".value").inner_text()
+             for r in page.locator("#scores .score-row").all()}
+    assert page.locator("#legend").inner_text().count("blue = synthetic too dark") == 1
+    assert page.locator("#ssim-plot").get_attribute("src").startswith("data:image/png;base64,")
+    out = tmp_path / "eval"
+    subprocess.run([sys.executable, "-m", "CollaGANImputeLib", "evaluate", str(sample_case_dir().parent),
+                    "--cases", CASE, "--target", "t1c", "--out", str(out), "--threads", "2", "--device", "cpu"],
+                   check=True, capture_output=True)
+    from CollaGANImputeLib.scene.comparison import score_table
+
+    rows = list(csv.DictReader((out / "scores_per_case.csv").open()))
+    assert len(rows) == 1
+    row = rows[0]
+    scores = {}
+    for key, value in row.items():
+        try:
+            scores[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    expected = {label: text for label, text, _ in score_table({k: v for k, v in scores.items()
+                                                                if k in _score_keys(shown)})}
+    assert expected and all(shown[label] == text for label, text in expected.items()), (shown, expected)
+    assert {"NMSE", "SSIM"} <= set(shown)
+
+
+def _score_keys(shown: dict) -> set:
+    from CollaGANImputeLib.scene.comparison import SCORE_LABELS
+
+    labels = {label: key for key, (label, _) in SCORE_LABELS.items()}
+    return {labels.get(label, label) for label in shown}

@@ -1,0 +1,470 @@
+"""``collagan-impute web``: the CollaGAN Impute panel as a web page, on 3D Slicer's own libraries (``trame-slicer``:
+MRML, Slicer's readers and slice views rendered on the server and streamed to the browser).
+
+Everything the page does goes through the Slicer module's Qt-free logic (:class:`.scene.logic.SceneLogic`):
+reading, input matching, the stepwise imputation with progress and cancel, the labeled result node and the
+comparison. This module only wires the page to it.
+
+Safety: the server binds 127.0.0.1 unless ``--host`` says otherwise; uploads are size-limited, written with
+sanitized names to a private temporary folder (mode 0700) that is deleted when the server stops; the server runs
+one imputation at a time and all browser tabs share one session (one user per server: put several servers behind
+an authenticating reverse proxy for several users, see docs/WEB.md).
+
+Example (``pip install "collagan-impute[web]"``):
+    collagan-impute web --port 8080            # then open http://127.0.0.1:8080
+    >>> app = WebApp(model=None, device="cpu")                                           # doctest: +SKIP
+    >>> app.server.start(host="127.0.0.1", port=8080, open_browser=False)               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional
+
+#: Largest upload accepted, per file (a 3D MR volume is a few to a few hundred MB); COLLAGAN_WEB_MAX_UPLOAD_MB.
+MAX_UPLOAD_BYTES = int(float(os.environ.get("COLLAGAN_WEB_MAX_UPLOAD_MB", "512")) * 1024 * 1024)
+UPLOAD_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+INPUT_VIEW, RESULT_VIEW = "Input", "Synthetic"
+ONE_JOB_TEXT = "This server runs one imputation at a time; all browser tabs share this session."
+
+
+def sanitize_filename(name: str) -> str:
+    """A safe file name from an uploaded one: the base name only, letters, digits, '.', '-', '_' kept.
+
+    >>> sanitize_filename("../../etc/x t1c.nii.gz")
+    'x_t1c.nii.gz'
+    """
+    base = re.split(r"[\\/]", name or "")[-1]
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "upload"
+    return clean[:120]
+
+
+def volume_extension(name: str) -> Optional[str]:
+    lower = name.lower()
+    return next((e for e in UPLOAD_EXTENSIONS if lower.endswith(e)), None)
+
+
+class WebApp:
+    """The page and its server: one MRML scene (trame-slicer's SlicerApp), the module's SceneLogic on it."""
+
+    def __init__(self, model: Optional[str] = None, device: str = "auto", precision: str = "auto",
+                 server=None) -> None:
+        from trame.app import get_server
+        from trame_slicer import module as trame_slicer_module
+        from trame_slicer.core import LayoutManager, SlicerApp
+        from trame_slicer.rca_view import register_rca_factories
+        from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+
+        from .scene.logic import SceneLogic
+
+        self.server = server or get_server("collagan_impute_web", client_type="vue3")
+        self.server.enable_module(trame_slicer_module)
+        self.state, self.ctrl = self.server.state, self.server.controller
+        self.slicer_app = SlicerApp()
+        self.logic = SceneLogic(self.slicer_app.scene)
+        self.model_source, self.device, self.precision = model, device, precision
+        self.model = self.logic.loadModel(model, device="cpu")
+        self.contrasts = list(self.model.card.contrasts)
+        self.upload_dir = Path(tempfile.mkdtemp(prefix="collagan-web-"))  # mkdtemp: mode 0700, this user only
+        atexit.register(self.cleanup)
+        self._cancel: Optional[threading.Event] = None
+        self._job_lock = threading.Lock()
+        self.result_node = None
+        self.comparison = None
+
+        register_rca_factories(self.slicer_app.view_manager, self.server)
+        self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
+        views = [ViewLayoutDefinition.slice_view("Axial", label=INPUT_VIEW, color="#888888"),
+                 ViewLayoutDefinition.slice_view("Axial", label=RESULT_VIEW, color="#d32f2f")]
+        self.layout_manager.register_layout("side-by-side", Layout(LayoutDirection.Horizontal, views))
+        self.layout_manager.set_layout("side-by-side")
+        for name in (INPUT_VIEW, RESULT_VIEW):  # linked: scrolling one scrolls the other (Slicer's link logic)
+            self._view(name)._logic.GetSliceCompositeNode().SetLinkedControl(True)
+
+        self._init_state()
+        self._build_ui()
+        self.ctrl.on_server_exited.add(lambda **_: self.cleanup())
+        self.ctrl.trigger("download_volume")(self.download_volume)
+        self.ctrl.trigger("download_sidecar")(self.download_sidecar)
+
+    # --- state ----------------------------------------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        s = self.state
+        s.trame__title = "CollaGAN Impute"
+        s.model_name = self.model.card.name
+        s.contrasts = self.contrasts
+        s.volume_items = []
+        s.label_items = []
+        for contrast in self.contrasts:
+            s[f"input_{contrast}"] = None
+        s.target = None
+        s.reference = None
+        s.lesion = None
+        s.running = False
+        s.progress = 0
+        s.status = f"Model '{self.model.card.name}' ({'+'.join(self.contrasts)}). {ONE_JOB_TEXT}"
+        s.error = ""
+        s.warnings = []
+        s.result_name = ""
+        s.banner = ""
+        s.scores = []
+        s.legend = ""
+        s.error_limit = 0.0
+        s.ssim_plot = ""
+        s.uploads = None
+        s.max_upload_mb = MAX_UPLOAD_BYTES // (1024 * 1024)
+        s.change("uploads")(self.on_uploads)
+        s.change("target")(lambda **_: self._default_reference())
+
+    def _view(self, name: str):
+        return self.slicer_app.view_manager.get_view(name)
+
+    def _refresh_volumes(self, guess: bool = True) -> None:
+        from .scene.nodes import LABEL_MAP_VOLUME
+
+        volumes = self.logic._volumes()
+        self.state.volume_items = [{"title": n.GetName(), "value": n.GetID()} for n in volumes
+                                   if not n.IsA(LABEL_MAP_VOLUME) and n.GetAttribute("collagan_error_map") != "true"]
+        self.state.label_items = [{"title": n.GetName(), "value": n.GetID()} for n in volumes
+                                  if n.IsA(LABEL_MAP_VOLUME)]
+        if guess:
+            guessed = self.logic.guessInputNodes(self.contrasts)
+            for contrast, node in guessed.items():
+                self.state[f"input_{contrast}"] = node.GetID() if node else None
+            self.state.target = self.logic.defaultTarget(self.contrasts, guessed)
+            self._default_reference()
+            if self.state.label_items and not self.state.lesion:
+                self.state.lesion = self.state.label_items[0]["value"]
+        first = next((i for i in self._input_ids().values() if i), None)
+        if first and self.result_node is None:
+            self._show(INPUT_VIEW, first)
+
+    def _default_reference(self) -> None:
+        target = self.state.target
+        self.state.reference = self._input_ids().get(target) if target else None
+
+    def _input_ids(self) -> dict:
+        return {c: self.state[f"input_{c}"] for c in self.contrasts}
+
+    def _node(self, node_id: Optional[str]):
+        return self.slicer_app.scene.GetNodeByID(node_id) if node_id else None
+
+    def _show(self, view_name: str, background_id: Optional[str], foreground_id: Optional[str] = None,
+              opacity: float = 0.0) -> None:
+        view = self._view(view_name)
+        view.set_background_volume_id(background_id)
+        view.set_foreground_volume_id(foreground_id)
+        view.set_foreground_opacity(opacity)
+        view.fit_view_to_content()
+        view.schedule_render()
+
+    # --- loading --------------------------------------------------------------------------------------------
+
+    def load_sample_case(self) -> None:
+        self.state.error = ""
+        try:
+            self.logic.loadSampleCase()
+        except Exception as error:  # shown on the page, the server goes on
+            self.state.error = self.logic.plainError(error)
+            return
+        self._refresh_volumes()
+        self.state.status = "Sample case TCGA-HT-7882 loaded (t1n, t1c, t2f, lesion mask)."
+
+    def on_uploads(self, uploads=None, **_) -> None:
+        if not uploads:
+            return
+        files = uploads if isinstance(uploads, list) else [uploads]
+        messages, loaded = [], []
+        for item in files:
+            name = str(item.get("name", "upload"))
+            try:
+                loaded.append(self.read_upload(name, item.get("content"), int(item.get("size") or 0)))
+            except Exception as error:
+                text = self.logic.plainError(error).replace(str(self.upload_dir) + os.sep, "")
+                messages.append(f"'{name}' was not loaded: {text}")  # no server paths on the page
+        self.state.uploads = None
+        self.state.error = " ".join(messages)
+        if loaded:
+            self._refresh_volumes()
+            self.state.status = f"Loaded {', '.join(loaded)}."
+
+    def read_upload(self, name: str, content, size: int = 0) -> str:
+        """Write one uploaded file to the private folder and read it with Slicer's reader; the node's name."""
+        from .errors import InputError
+        from .io import read_volume
+
+        extension = volume_extension(name)
+        if extension is None:
+            raise InputError("unsupported file type; upload NIfTI (.nii, .nii.gz), NRRD (.nrrd) or MHA (.mha).")
+        if isinstance(content, list):  # large files arrive in chunks
+            content = b"".join(bytes(c) for c in content)
+        data = bytes(content or b"")
+        if max(size, len(data)) > MAX_UPLOAD_BYTES:
+            raise InputError(f"the file is larger than the {MAX_UPLOAD_BYTES // 2 ** 20} MB upload limit.")
+        if not data:
+            raise InputError("the file is empty.")
+        path = self.upload_dir / sanitize_filename(name)
+        path.write_bytes(data)
+        try:
+            read_volume(path)  # the core's checks: truncated/damaged files, NaN/Inf, a clear message
+            node = self.logic.readVolume(path)
+        except Exception:
+            path.unlink(missing_ok=True)
+            raise
+        return node.GetName()
+
+    # --- imputation -----------------------------------------------------------------------------------------
+
+    def _input_nodes(self) -> dict:
+        target = self.state.target
+        return {c: self._node(i) for c, i in self._input_ids().items() if i and c != target and self._node(i)}
+
+    def impute(self) -> None:
+        if not self._job_lock.acquire(blocking=False):
+            self.state.error = ONE_JOB_TEXT + " Wait for the running one or cancel it."
+            return
+        self.state.error = ""
+        self.state.warnings = []
+        try:
+            inputs = self._input_nodes()
+            if not self.state.target:
+                raise ValueError("Choose the contrast to impute (target).")
+            if not inputs:
+                raise ValueError("Load a case and choose at least one input volume.")
+            self._cancel = threading.Event()
+            job = self.logic.startImputation(inputs, self._model(), self.state.target, device=self.device,
+                                             cancel=self._cancel, precision=self.precision)
+        except Exception as error:
+            self._job_lock.release()
+            self.state.error = self.logic.plainError(error)
+            return
+        self.state.running = True
+        self.state.progress = 0
+        self.state.status = f"Imputing {self.state.target} from {' + '.join(inputs)}..."
+        asyncio.ensure_future(self._run(job))
+
+    def _model(self):
+        return self.logic.loadModel(self.model_source, device="cpu")
+
+    async def _run(self, job) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not await loop.run_in_executor(None, job.step):  # steps in a worker: the page stays live
+                with self.state:
+                    self.state.progress = round(100 * job.progress)
+            with self.state:
+                self._show_result(self.logic.addResultToScene(job), job)
+        except Exception as error:
+            with self.state:
+                cancelled = self.logic.isCancellation(error)
+                self.state.status = "Cancelled: nothing was added." if cancelled else "Imputation failed."
+                self.state.error = "" if cancelled else self.logic.plainError(error)
+        finally:
+            self._job_lock.release()
+            with self.state:
+                self.state.running = False
+
+    def cancel(self) -> None:
+        if self._cancel is not None:
+            self._cancel.set()
+            self.state.status = "Cancelling..."
+
+    def _show_result(self, node, job) -> None:
+        self.result_node = node
+        self.comparison = None
+        self.state.scores, self.state.legend, self.state.ssim_plot = [], "", ""
+        self.state.result_name = node.GetName()
+        self.state.banner = self.logic.bannerText(node)
+        self.state.warnings = list(job.warnings) + list(job.notes)
+        self.state.progress = 100
+        first = next(iter(self._input_nodes().values()))
+        self._show(INPUT_VIEW, first.GetID())
+        self._show(RESULT_VIEW, node.GetID())
+        self._refresh_volumes(guess=False)
+        self.state.status = f"Done: '{node.GetName()}' is shown beside '{first.GetName()}'."
+
+    # --- comparison -----------------------------------------------------------------------------------------
+
+    def compare(self) -> None:
+        from .scene.comparison import score_table
+
+        self.state.error = ""
+        try:
+            reference = self._node(self.state.reference)
+            if self.result_node is None or reference is None:
+                raise ValueError("Impute first, then choose the acquired volume to compare with.")
+            outputs = self.logic.compare(self.result_node, reference, self._input_nodes(),
+                                         lesionNode=self._node(self.state.lesion))
+        except Exception as error:
+            self.state.error = self.logic.plainError(error)
+            return
+        self.comparison = outputs
+        self.state.scores = [{"metric": m, "value": v, "note": n} for m, v, n in score_table(outputs.comparison.scores)]
+        self.state.legend = outputs.legendText
+        self.state.error_limit = outputs.comparison.error_limit
+        self.state.ssim_plot = self._ssim_png(outputs.comparison.slice_ssim, self.result_node.GetName())
+        self._show(RESULT_VIEW, self.result_node.GetID(), outputs.errorNode.GetID(), 0.6)
+        self.state.status = f"Compared with '{reference.GetName()}': error map over the synthetic view."
+
+    @staticmethod
+    def _ssim_png(slice_ssim, title: str) -> str:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from .scene.comparison import slice_ssim_table
+
+        curve = slice_ssim_table(slice_ssim)
+        figure, axes = plt.subplots(figsize=(4.5, 2.4), dpi=100)
+        axes.plot(curve[:, 0], curve[:, 1], "o-", markersize=3)
+        axes.set(xlabel="Axial slice", ylabel="SSIM", title=f"Per-slice SSIM of {title}", ylim=(0, 1))
+        axes.title.set_fontsize(9)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        plt.close(figure)
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+    # --- download -------------------------------------------------------------------------------------------
+
+    def _result_files(self) -> tuple[Path, Optional[Path]]:
+        """The synthetic volume as NIfTI (labeled in its header) and its JSON provenance sidecar."""
+        from . import pipeline
+        from .io import write_volume
+        from .scene.nodes import image_from_node
+
+        node = self.result_node
+        if node is None:
+            raise ValueError("Nothing to download: impute first.")
+        result = self.logic.lastResults.get(node.GetID())
+        image = result.images[node.GetAttribute("collagan_target")] if result is not None else image_from_node(node)
+        folder = Path(tempfile.mkdtemp(dir=self.upload_dir))
+        path = folder / f"{node.GetAttribute('collagan_target')}-synthetic-collagan.nii.gz"
+        write_volume(image, path, description=node.GetDescription())
+        sidecar = None
+        if hasattr(pipeline, "provenance"):
+            record = pipeline.provenance(image, self._model(), result.case if result is not None else None)
+            sidecar = path.with_name(path.name[: -len(".nii.gz")] + ".json")
+            sidecar.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path, sidecar
+
+    def download_volume(self):
+        path, _ = self._result_files()
+        return self.server.protocol.addAttachment(path.read_bytes())
+
+    def download_sidecar(self):
+        _, sidecar = self._result_files()
+        if sidecar is None:
+            return self.server.protocol.addAttachment(b"{}\n")
+        return self.server.protocol.addAttachment(sidecar.read_bytes())
+
+    def cleanup(self) -> None:
+        """Delete the uploads (and downloads) folder."""
+        shutil.rmtree(self.upload_dir, ignore_errors=True)
+
+    # --- page -----------------------------------------------------------------------------------------------
+
+    def _build_ui(self) -> None:
+        from trame.ui.vuetify3 import SinglePageLayout
+        from trame.widgets import html
+        from trame.widgets import vuetify3 as v
+
+        with SinglePageLayout(self.server, full_height=True) as layout:
+            layout.title.set_text("CollaGAN Impute")
+            with layout.toolbar:
+                v.VSpacer()
+                html.Span("{{ model_name }}", classes="text-caption mr-4")
+            with layout.content:
+                with v.VContainer(fluid=True, classes="fill-height pa-0"), html.Div(
+                        style="display:flex; width:100%; height:100%;"):
+                    with html.Div(style="width:420px; min-width:420px; overflow-y:auto; padding:12px;"):
+                        self._panel(v, html)
+                    with html.Div(style="flex:1; display:flex; flex-direction:column; min-width:0;"):
+                        html.Div("SYNTHETIC: {{ result_name }}", v_if="result_name", id="synthetic-banner",
+                                 style="background:#d32f2f; color:white; font-weight:bold; padding:6px 12px;")
+                        with html.Div(id="slice-views", style="flex:1; position:relative; min-height:400px;"):
+                            self.layout_manager.initialize_layout_grid(layout)
+
+    def _panel(self, v, html) -> None:
+        with v.VCard(classes="mb-3", title="1. Load a case"):
+            with v.VCardText():
+                v.VBtn("Load sample case", click=self.load_sample_case, id="load-sample", block=True,
+                       classes="mb-2", disabled=("running",))
+                v.VFileInput(v_model=("uploads", None), multiple=True, label="Upload NIfTI / NRRD / MHA",
+                             accept=".nii,.gz,.nrrd,.nhdr,.mha,.mhd", density="compact", id="upload",
+                             hint=("`at most ${max_upload_mb} MB per file`",), persistent_hint=True)
+        with v.VCard(classes="mb-3", title="2. Inputs and target"):
+            with v.VCardText():
+                for contrast in self.contrasts:
+                    v.VSelect(label=f"Input {contrast}", v_model=(f"input_{contrast}",), items=("volume_items",),
+                              clearable=True, density="compact", hide_details=True, classes="mb-2")
+                v.VSelect(label="Contrast to impute (target)", v_model=("target",), items=("contrasts",),
+                          density="compact", hide_details=True, classes="mb-2", id="target")
+                v.VBtn("Impute missing contrast", click=self.impute, id="impute", color="primary", block=True,
+                       disabled=("running",))
+                v.VProgressLinear(model_value=("progress",), height=14, classes="my-2", color="primary",
+                                  id="progress")
+                v.VBtn("Cancel", click=self.cancel, id="cancel", block=True, disabled=("!running",))
+                html.Div("{{ status }}", id="status", classes="text-caption mt-2")
+                v.VAlert(text=("error",), v_if="error", type="error", density="compact", id="error",
+                         classes="mt-2")
+                with html.Div(v_for="w in warnings", classes="mt-1"):
+                    v.VAlert(text=("w",), type="warning", density="compact", classes="warning-item")
+                html.Div("{{ banner }}", v_if="banner", classes="text-caption mt-2",
+                         style="color:#d32f2f; font-weight:bold;")
+        with v.VCard(classes="mb-3", title="3. Compare with an acquired volume", v_if="result_name"):
+            with v.VCardText():
+                v.VSelect(label="Acquired volume", v_model=("reference",), items=("volume_items",),
+                          density="compact", hide_details=True, classes="mb-2")
+                v.VSelect(label="Lesion mask (optional)", v_model=("lesion",), items=("label_items",),
+                          clearable=True, density="compact", hide_details=True, classes="mb-2")
+                v.VBtn("Compare", click=self.compare, id="compare", block=True, disabled=("running",))
+                with html.Table(v_if="scores.length", id="scores", style="width:100%; font-size:12px;"):
+                    with html.Tr():
+                        html.Th("Metric", style="text-align:left")
+                        html.Th("Value", style="text-align:right")
+                        html.Th("Note", style="text-align:left")
+                    with html.Tr(v_for="row in scores", classes="score-row"):
+                        html.Td("{{ row.metric }}", classes="metric")
+                        html.Td("{{ row.value }}", classes="value", style="text-align:right")
+                        html.Td("{{ row.note }}", style="color:#888")
+                with html.Div(v_if="legend", id="legend", classes="mt-2"):
+                    html.Div(style="height:12px; background:linear-gradient(to right, #3b4cc0, #ffffff, #b40426);")
+                    with html.Div(style="display:flex; justify-content:space-between; font-size:11px;"):
+                        html.Span("-{{ error_limit.toFixed(2) }}")
+                        html.Span("0")
+                        html.Span("+{{ error_limit.toFixed(2) }}")
+                    html.Div("{{ legend }}", classes="text-caption")
+                html.Img(v_if="ssim_plot", src=("ssim_plot",), id="ssim-plot", style="width:100%;")
+        with v.VCard(title="4. Download", v_if="result_name"):
+            with v.VCardText():
+                v.VBtn("Synthetic volume (NIfTI)", id="download-nifti", block=True, classes="mb-2",
+                       click="utils.download(`${result_name.split(' ')[0]}-synthetic-collagan.nii.gz`, "
+                             "trigger('download_volume'), 'application/gzip')")
+                v.VBtn("Provenance (JSON)", id="download-json", block=True,
+                       click="utils.download(`${result_name.split(' ')[0]}-synthetic-collagan.json`, "
+                             "trigger('download_sidecar'), 'application/json')")
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, model: Optional[str] = None, device: str = "auto",
+          precision: str = "auto") -> None:
+    """Start the server (blocks until stopped)."""
+    os.environ.setdefault("WSLINK_MAX_MSG_SIZE", str(MAX_UPLOAD_BYTES + 2 ** 20))
+    app = WebApp(model=model, device=device, precision=precision)
+    print(f"CollaGAN Impute web: http://{host}:{port}/  (one imputation at a time; Ctrl-C stops)", flush=True)
+    try:
+        app.server.start(host=host, port=port, open_browser=False, show_connection_info=False)
+    finally:
+        app.cleanup()
