@@ -259,6 +259,9 @@ def save_model(model: torch.nn.Module, card: ModelCard, path: PathLike, example_
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated.*")
             torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: card.to_json()})
+        mask = os.umask(0o022)  # mkstemp made it 0600: give it the mode a plain file gets under the umask
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -19,12 +19,22 @@ class ModelError(CollaGANError):
     """A model file is not a usable CollaGAN model (not TorchScript, no metadata, too new, mismatch)."""
 
 
+class OutputError(CollaGANError):
+    """The outputs cannot be written (the output folder is a file or not writable, the disk is full, ...);
+    nothing was written."""
+
+
 class NoBundledModelError(ModelError):
     """No trained model is bundled with this installation."""
 
 
 class Cancelled(CollaGANError):
     """The user cancelled a running imputation; nothing was written."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's time limit or cancellation) while the CLI runs: handled like Ctrl-C (the same cleanup;
+    nothing of the case in progress is written)."""
 
 
 class GeometryWarning(UserWarning):

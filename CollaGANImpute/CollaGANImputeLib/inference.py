@@ -31,7 +31,10 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
     """``auto`` picks CUDA when a GPU is usable, else CPU; ``cuda`` without a GPU is refused clearly."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise InputError(f"'{device}' is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("CUDA was requested but no CUDA GPU is usable here (is the CUDA build of torch "
                          "installed and the driver loaded?). Use device 'cpu' or 'auto'.")

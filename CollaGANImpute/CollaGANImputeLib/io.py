@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import re
@@ -16,12 +17,12 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputError, OutputError
 
 PathLike = Union[str, os.PathLike]
 
@@ -223,17 +224,189 @@ def case_name(folder: PathLike) -> str:
     return Path(folder).resolve().name
 
 
+def case_name_from_files(paths: Mapping[str, PathLike]) -> str:
+    """The case name for explicit input files (contrast → file): the common start of their names without the
+    contrast (``TCGA-HT-7882-t1n.nii.gz`` and ``TCGA-HT-7882-t2f.nii.gz`` → ``TCGA-HT-7882``); when the names are
+    the contrasts alone (``X/t1n.nii.gz``), their folder's name; else the first file's name without extension.
+
+    Example:
+        >>> case_name_from_files({"t1n": "p7_t1n.nii.gz", "t2f": "p7_t2f.nrrd"})
+        'p7'
+        >>> case_name_from_files({"t1n": "a.nii.gz", "t2f": "b.nrrd"})
+        'a'
+    """
+    stems = []
+    for contrast, path in paths.items():
+        stem = _strip_extension(Path(path).name)
+        stems.append(re.sub(rf"(^|[-_. ]){re.escape(contrast)}$", "", stem, flags=re.IGNORECASE))
+    common = os.path.commonprefix(stems)
+    if not all(stem == common for stem in stems):  # cut back to a word boundary: "TCGA-HT-788" is no name
+        cut = max(common.rfind(sep) for sep in "-_. ")
+        common = common[:cut] if cut >= 0 else ""
+    name = common.strip("-_. ")
+    if name:
+        return name
+    first = Path(next(iter(paths.values())))
+    folder = first.resolve().parent.name
+    if not stems[0].strip("-_. ") and folder:  # named by its contrast alone: the folder names the case
+        return folder
+    return stems[0].strip("-_. ") or _strip_extension(first.name)
+
+
+def check_case_name(name: str) -> str:
+    """Refuse a case name that is not a plain file-name part (it would write outside the output folder)."""
+    bad = (not name or name in (".", "..") or name.startswith((".", "-")) or any(sep in name for sep in "/\\")
+           or any(ord(ch) < 32 for ch in name))
+    if bad:
+        raise InputError(f"The case name {name!r} cannot name output files: give a plain name without folders, "
+                         "'..', a leading '.' or '-' (e.g. --name patient01); choose the folder with --out.")
+    return name
+
+
+def check_output_folder(folder: PathLike, files: Iterable[PathLike] = ()) -> list[Path]:
+    """Make sure ``folder`` can take the outputs before any work is done: it is (or becomes) a folder we can
+    write in, and none of ``files`` is a folder. Returns the folders created, for :func:`remove_created`.
+
+    Example:
+        >>> created = check_output_folder("out", ["out/case-t1c-synthetic-collagan.nii.gz"])   # doctest: +SKIP
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"The output folder {folder} is a file, not a folder. Give a folder (created if missing).")
+    created = []
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        created.append(parent)
+        parent = parent.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".collagan-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        remove_created(created)
+        raise OutputError(f"Cannot write in the output folder {folder}: {exc.strerror or exc}. Choose another "
+                          "folder with --out.") from exc
+    for file in map(Path, files):
+        if file.is_dir():
+            remove_created(created)
+            raise OutputError(f"A folder is in the way of the output file {file}. Remove or rename it, or choose "
+                              "another --out.")
+    return created
+
+
+def remove_created(created: Iterable[Path]) -> None:
+    """Remove the folders :func:`check_output_folder` created, deepest first, where they are still empty."""
+    for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 def synthetic_filename(case: str, contrast: str, extension: str = ".nii.gz") -> str:
     """Output name that says what the file is: ``<case>-<contrast>-synthetic-collagan.nii.gz``."""
     return f"{case}-{contrast}-{SYNTHETIC_TAG}-collagan{extension}"
 
 
+def file_mode() -> int:
+    """The permissions a new file gets under the process's umask (``0o666 & ~umask``, e.g. 0644).
+
+    Why: temporary files (``tempfile.mkstemp``) are created 0600; renamed into place they would stay private
+    to their owner, so colleagues on a shared cluster could not read the outputs.
+    """
+    mask = os.umask(0o022)  # the only portable way to read the umask is to set it (and set it back at once)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def follow_umask(path: PathLike) -> None:
+    """Give a finished temporary file the permissions a plainly created file would have."""
+    try:
+        os.chmod(path, file_mode())
+    except (OSError, NotImplementedError):  # pragma: no cover - e.g. file systems without POSIX modes
+        pass
+
+
+class OutputSet:
+    """All-or-nothing writing of several files (a case's volumes, sidecars and montages).
+
+    :meth:`stage` writes each file to a hidden temporary file beside its destination; :meth:`commit` renames them
+    all into place, and if one rename fails (or Ctrl-C/SIGTERM comes) restores every file it had replaced and
+    removes every one it had added. Leaving the ``with`` block by an exception before the commit removes the
+    temporaries: nothing is left on disk. Files get the permissions the umask gives (:func:`file_mode`).
+
+    Example:
+        >>> with OutputSet() as outputs:                                                   # doctest: +SKIP
+        ...     write_volume(image, "out/a-t1c-synthetic-collagan.nii.gz", outputs=outputs)
+        ...     outputs.stage("out/a-t1c-synthetic-collagan.json", lambda tmp: Path(tmp).write_text("{}"))
+        ...     written = outputs.commit()
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[str, Path]] = []
+
+    def __enter__(self) -> OutputSet:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.discard()
+
+    def stage(self, path: PathLike, write: Callable[[str], object], suffix: str = "") -> Path:
+        """Run ``write(temporary_path)`` for the destination ``path`` (its folder must exist)."""
+        path = Path(path)
+        name = path.name
+        suffix = suffix or next((e for e in VOLUME_EXTENSIONS if name.lower().endswith(e)), path.suffix)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_strip_extension(name)}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
+        self._staged.append((tmp, path))
+        write(tmp)
+        follow_umask(tmp)
+        return path
+
+    def discard(self) -> None:
+        """Remove every staged temporary file (nothing was committed, or the commit is done)."""
+        for tmp, _ in self._staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self._staged = []
+
+    def commit(self) -> list[Path]:
+        """Rename every staged file into place, all or none; returns the destinations."""
+        done: list[tuple[Path, Optional[str]]] = []
+        try:
+            for tmp, path in self._staged:
+                backup = None
+                if os.path.lexists(path):
+                    if path.is_dir():
+                        raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(path))
+                    backup = f"{tmp}.previous"
+                    os.replace(path, backup)
+                done.append((path, backup))
+                os.replace(tmp, path)
+        except BaseException:
+            for path, backup in reversed(done):  # undo: the previous files back, the new ones away
+                if backup is not None and os.path.exists(backup):
+                    os.replace(backup, path)
+                elif backup is None and os.path.exists(path):
+                    os.unlink(path)
+            self.discard()
+            raise
+        for _, backup in done:
+            if backup is not None and os.path.exists(backup):
+                os.unlink(backup)
+        written = [path for _, path in self._staged]
+        self._staged = []
+        return written
+
+
 def write_volume(image: sitk.Image, path: PathLike, description: str = "", metadata: Optional[dict[str, str]]
-                 = None, compress: bool = True) -> Path:
+                 = None, compress: bool = True, outputs: Optional[OutputSet] = None) -> Path:
     """Write ``image`` to ``path`` atomically: a temporary file in the same folder, then a rename.
 
     ``description`` goes to the NIfTI header's descrip field (80 characters) and, with ``metadata``, to the
-    key/value header of formats that keep one (NRRD, MHA). An error leaves no file at ``path``.
+    key/value header of formats that keep one (NRRD, MHA). An error leaves no file at ``path``. With ``outputs``
+    the file is only staged there, for the caller's :meth:`OutputSet.commit` (several files, all or nothing).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,24 +417,27 @@ def write_volume(image: sitk.Image, path: PathLike, description: str = "", metad
         image.SetMetaData("ITK_FileNotes", description[:79])  # NIfTI descrip (NiftiImageIO reads this key)
         image.SetMetaData("descrip", description[:79])
         image.SetMetaData("collagan_description", description)
-    name = path.name
-    extension = next((e for e in VOLUME_EXTENSIONS if name.lower().endswith(e)), path.suffix)
-    fd, tmp = tempfile.mkstemp(prefix=f".{_strip_extension(name)}.", suffix=f".tmp{extension}", dir=path.parent)
-    os.close(fd)
-    plain = tmp[: -len(".gz")] if extension.lower() == ".nii.gz" and compress else ""
-    try:
-        if plain:
-            # ITK's NIfTI writer gzips at zlib's default level (0.9 s for a 240x240x155 float volume); level 1
-            # takes a third of that for files about 40 % larger, and any NIfTI reader reads it the same.
+    if outputs is not None:
+        outputs.stage(path, lambda tmp: _write_image(image, tmp, compress))
+        return path
+    with OutputSet() as single:
+        single.stage(path, lambda tmp: _write_image(image, tmp, compress))
+        single.commit()
+    return path
+
+
+def _write_image(image: sitk.Image, tmp: str, compress: bool) -> None:
+    if tmp.lower().endswith(".nii.gz") and compress:
+        # ITK's NIfTI writer gzips at zlib's default level (0.9 s for a 240x240x155 float volume); level 1
+        # takes a third of that for files about 40 % larger, and any NIfTI reader reads it the same.
+        plain = tmp[: -len(".gz")]
+        try:
             sitk.WriteImage(image, plain, useCompression=False)
             with open(plain, "rb") as source, open(tmp, "wb") as raw:
                 with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as gz:
                     shutil.copyfileobj(source, gz, length=1 << 22)
-        else:
-            sitk.WriteImage(image, tmp, useCompression=compress)
-        os.replace(tmp, path)
-    finally:
-        for leftover in filter(None, (tmp, plain)):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
-    return path
+        finally:
+            if os.path.exists(plain):
+                os.unlink(plain)
+    else:
+        sitk.WriteImage(image, tmp, useCompression=compress)
