@@ -12,6 +12,9 @@ Example (from disk, as the CLI calls it):
 from __future__ import annotations
 
 import datetime
+import errno
+import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +27,23 @@ import torch
 from . import __version__
 from .contract import LoadedModel, ModelCard
 from .device_mask import device_mask_and_scales
-from .errors import GeometryWarning, InputCheckWarning, InputError
+from .errors import GeometryWarning, InputCheckWarning, InputError, OutputError
 from .geometry import SliceGrid, align_to_reference, canonical_spacing, from_canonical_array, to_canonical_array
 from .inference import CancelFlag, ProgressCallback, impute_slices, resolve_device
 from .input_check import InputCheck, check_case
-from .io import PathLike, case_name, find_case_files, read_volume, synthetic_filename, write_volume
+from .io import (
+    OutputSet,
+    PathLike,
+    case_name,
+    case_name_from_files,
+    check_case_name,
+    check_output_folder,
+    find_case_files,
+    read_volume,
+    remove_created,
+    synthetic_filename,
+    write_volume,
+)
 from .normalization import foreground_mask, normalize
 
 
@@ -203,8 +218,46 @@ def apply_outside_head(card: ModelCard, mask: np.ndarray, array: np.ndarray) -> 
     return array
 
 
-def synthetic_description(target: str, inputs: Sequence[str]) -> str:
+def synthetic_description(target: str, inputs: Sequence[str], unreliable: bool = False) -> str:
+    """The header description (NIfTI keeps 79 characters): synthetic, from what; flagged when the input check
+    found the inputs unlike the training data."""
+    if unreliable:
+        return f"SYNTHETIC {target} from {'+'.join(inputs)} by CollaGAN; UNRELIABLE: inputs unlike training"
     return f"SYNTHETIC {target} imputed by CollaGAN from {'+'.join(inputs)}; not acquired"
+
+
+def sidecar_path(volume: PathLike) -> Path:
+    """The JSON sidecar beside an output volume (BIDS style): ``case-t1c-synthetic-collagan.json``."""
+    volume = Path(volume)
+    stem = volume.name[: -len(".nii.gz")] if volume.name.lower().endswith(".nii.gz") else volume.stem
+    return volume.with_name(stem + ".json")
+
+
+def provenance(image: sitk.Image, model: LoadedModel, case: Optional[PreparedCase] = None,
+               input_files: Optional[Mapping[str, PathLike]] = None) -> dict:
+    """What the JSON sidecar records: every ``collagan_*`` key of ``image``, the input check, the model's file and
+    hashes, the input files and the warnings the case gave."""
+    record: dict = {key: image.GetMetaData(key) for key in image.GetMetaDataKeys() if key.startswith("collagan_")}
+    check = case.input_check if case is not None else None
+    record["input_check"] = check.to_dict() if check is not None else {"status": "not checked", "findings": []}
+    record["model"] = {"name": model.card.name, "file": model.path.name, "sha256": model.sha256,
+                       "weights_sha256": model.card.weights_sha256 or None}
+    if input_files:
+        record["input_files"] = {c: str(Path(p).resolve()) for c, p in input_files.items()}
+    record["warnings"] = list(case.warnings) if case is not None else []
+    return record
+
+
+def stage_imputed(outputs: OutputSet, image: sitk.Image, path: PathLike, model: LoadedModel,
+                  case: Optional[PreparedCase] = None, input_files: Optional[Mapping[str, PathLike]] = None) -> Path:
+    """Stage an imputed volume and its JSON sidecar in ``outputs`` (written together, or neither)."""
+    inputs = image.GetMetaData("collagan_inputs").split(",")
+    target = image.GetMetaData("collagan_target")
+    unreliable = case is not None and case.input_check is not None and bool(case.input_check.findings)
+    path = write_volume(image, path, description=synthetic_description(target, inputs, unreliable), outputs=outputs)
+    text = json.dumps(provenance(image, model, case, input_files), indent=2, ensure_ascii=False) + "\n"
+    outputs.stage(sidecar_path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return path
 
 
 def impute(
@@ -279,33 +332,82 @@ def impute_case(
     """Impute the missing contrasts of a case and write them; returns target → written file.
 
     ``case`` is a BraTS-named folder or a mapping contrast → file. Outputs go to ``out_dir`` (default: next to
-    the inputs) as ``<case>-<target>-synthetic-collagan.nii.gz``. Every target is computed before anything is
-    written, so an error or a cancel leaves no output. ``montage`` adds a PNG per target (inputs | synthetic),
+    the inputs) as ``<case>-<target>-synthetic-collagan.nii.gz``, each with its JSON sidecar
+    (``<case>-<target>-synthetic-collagan.json``: provenance, input check, model hashes). The case name is
+    ``name``, the folder's name, or for files :func:`.io.case_name_from_files`. The output folder is checked
+    before any work; every target is computed before anything is written, and the files of all targets are
+    written together or not at all (:class:`.io.OutputSet`): an error, Ctrl-C or a cancel leaves no output.
+    An output that would replace an input is refused. ``montage`` adds a PNG per target (inputs | synthetic),
     for cases without a real target to compare with.
     """
     if isinstance(case, Mapping):
         paths = {c: Path(p) for c, p in case.items()}
-        images = {c: read_volume(p) for c, p in paths.items()}
         default_dir = next(iter(paths.values())).parent
-        name = name or default_dir.name
+        name = check_case_name(name or case_name_from_files(paths))
     else:
-        images = read_case(case, model.card.contrasts)
+        paths = find_case_files(case, model.card.contrasts)
         default_dir = Path(case)
-        name = name or case_name(case)
-    result = impute(images, model, targets=targets, reference=reference, device=device,
-                    batch_size=batch_size, progress=progress, cancel=cancel, precision=precision)
+        name = check_case_name(name or case_name(case))
     out = Path(out_dir) if out_dir is not None else default_dir
-    written = {}
-    for target, image in result.images.items():
-        path = out / synthetic_filename(name, target)
-        inputs = image.GetMetaData("collagan_inputs").split(",")
-        written[target] = write_volume(image, path, description=synthetic_description(target, inputs))
-        if montage:
-            from .figures import montage_png  # matplotlib only when a picture is asked for
-
-            case_arrays = result.cases[target]
-            montage_png(out / synthetic_filename(name, target, ".png"), {c: case_arrays.arrays[c] for c in inputs},
-                        result.arrays[target], target, mask=case_arrays.mask, rows=2, method=model.card.name,
-                        title=f"{name}: {target} imputed from {'+'.join(inputs)} (SYNTHETIC; no acquired {target} "
-                              f"to compare with) - {model.card.name}")
+    planned = list(targets) if targets else [c for c in model.card.contrasts if c not in paths]
+    files = {t: out / synthetic_filename(name, t) for t in planned}
+    extra = [sidecar_path(f) for f in files.values()] + [out / synthetic_filename(name, t, ".png") for t in planned
+                                                         if montage]
+    refuse_overwriting_inputs([*files.values(), *extra], paths)
+    images = {c: read_volume(p) for c, p in paths.items()} if isinstance(case, Mapping) else \
+        read_case(case, model.card.contrasts)
+    created = check_output_folder(out, [*files.values(), *extra])
+    try:
+        result = impute(images, model, targets=targets, reference=reference, device=device,
+                        batch_size=batch_size, progress=progress, cancel=cancel, precision=precision)
+        with OutputSet() as outputs:
+            written = {}
+            for target, image in result.images.items():
+                prepared = result.cases[target]
+                written[target] = stage_imputed(outputs, image, files[target], model, prepared,
+                                                {c: paths[c] for c in image.GetMetaData("collagan_inputs").split(",")})
+                if montage:
+                    stage_montage(outputs, out / synthetic_filename(name, target, ".png"), result, target, name,
+                                  model.card.name)
+            _commit(outputs)
+    except BaseException:
+        remove_created(created)
+        raise
     return written
+
+
+def _commit(outputs: OutputSet) -> None:
+    """Commit, an OSError (disk full, permissions, a folder in the way) as one :class:`OutputError` line."""
+    try:
+        outputs.commit()
+    except OSError as exc:
+        raise OutputError(f"Cannot write {exc.filename or 'the outputs'}: {exc.strerror or exc}"
+                          f"{' (' + errno.errorcode[exc.errno] + ')' if exc.errno in errno.errorcode else ''}; "
+                          "nothing was written.") from exc
+
+
+def stage_montage(outputs: OutputSet, path: Path, result: ImputationResult, target: str, name: str,
+                  method: str) -> None:
+    """Stage a montage PNG (inputs | synthetic) of one imputed target."""
+    from .figures import montage_png  # matplotlib only when a picture is asked for
+
+    case = result.cases[target]
+    inputs = result.images[target].GetMetaData("collagan_inputs").split(",")
+    title = (f"{name}: {target} imputed from {'+'.join(inputs)} (SYNTHETIC; no acquired {target} to compare "
+             f"with) - {method}")
+    outputs.stage(path, lambda tmp: montage_png(tmp, {c: case.arrays[c] for c in inputs}, result.arrays[target],
+                                                target, mask=case.mask, rows=2, method=method, title=title),
+                  suffix=".png")
+
+
+def refuse_overwriting_inputs(outputs: Sequence[Path], inputs: Mapping[str, PathLike]) -> None:
+    """Inputs are never modified: refuse an output path that is (or links to) one of the input files."""
+    for output in outputs:
+        for contrast, source in inputs.items():
+            source = Path(source)
+            same = output.resolve() == source.resolve()
+            if not same and output.exists() and source.exists():
+                same = os.path.samefile(output, source)
+            if same:
+                raise InputError(f"The output {output} is the input '{contrast}' ({source}): writing it would "
+                                 "overwrite an input. Choose another --out or --name (inputs are never modified).")

@@ -30,7 +30,9 @@ def test_impute_explicit_files(tiny_model_path, sample_case, tmp_path):
     code = main(["impute", "--input", f"t2f={sample_case / 'TCGA-HT-7882-t2f.nii.gz'}", "--target", "t1n",
                  "--target", "t1c", "--model", str(tiny_model_path), "--out", str(out), "--name", "p1"])
     assert code == EXIT_OK
-    assert sorted(p.name for p in out.iterdir()) == ["p1-t1c-synthetic-collagan.nii.gz",
+    assert sorted(p.name for p in out.iterdir()) == ["p1-t1c-synthetic-collagan.json",
+                                                     "p1-t1c-synthetic-collagan.nii.gz",
+                                                     "p1-t1n-synthetic-collagan.json",
                                                      "p1-t1n-synthetic-collagan.nii.gz"]
 
 
@@ -115,5 +117,6 @@ def test_impute_batch_goes_on_past_a_bad_case_and_draws_montages(tiny_model_path
                  "--montage", "--device", "cpu"])
     assert code == EXIT_INPUT
     assert "1 of 2 cases failed: empty-case" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["TCGA-HT-7882-t1c-synthetic-collagan.nii.gz",
+    assert sorted(p.name for p in out.iterdir()) == ["TCGA-HT-7882-t1c-synthetic-collagan.json",
+                                                     "TCGA-HT-7882-t1c-synthetic-collagan.nii.gz",
                                                      "TCGA-HT-7882-t1c-synthetic-collagan.png"]
