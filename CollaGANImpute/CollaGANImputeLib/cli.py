@@ -2,8 +2,9 @@
 run the demo, read a model's card (also ``python -m CollaGANImputeLib``). Every imputed image is synthetic:
 research use only, not for diagnosis.
 
-Exit codes a script can rely on: 0 done, 1 unexpected failure, 2 bad input or usage, 3 unusable model,
-4 no trained model bundled (pass --model), 130 cancelled (Ctrl-C). Errors go to stderr as one clear line.
+Exit codes a script can rely on: 0 done, 1 unexpected failure, 2 bad input, usage or output location,
+3 unusable model, 4 no trained model bundled (pass --model), 130 cancelled (Ctrl-C), 143 terminated (SIGTERM).
+Errors go to stderr as one clear line (docs/RELIABILITY.md lists them).
 
 Examples:
     collagan-impute impute cases/TCGA-CS-4941 --out out/            # every missing contrast of the case
@@ -19,15 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from . import __version__
-from .errors import Cancelled, CollaGANError, InputError, ModelError, NoBundledModelError
+from .errors import Cancelled, CollaGANError, InputError, ModelError, NoBundledModelError, OutputError, Terminated
 
 if TYPE_CHECKING:
     from .contract import LoadedModel
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 # --help and --version import none of them, impute not the evaluation, metrics or figure code.
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_MODEL, EXIT_NO_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 4, 130
+EXIT_TERMINATED = 128 + 15  # SIGTERM, as a shell reports a process it terminated
 
 
 def _load(model: Optional[str]) -> LoadedModel:
@@ -76,8 +81,29 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, Path]:
         contrast, sep, path = pair.partition("=")
         if not sep or not contrast or not path:
             raise InputError(f"--input expects CONTRAST=PATH (e.g. t1n=case-t1n.nii.gz), got '{pair}'.")
+        if contrast in inputs:
+            raise InputError(f"--input {contrast} is given twice ({inputs[contrast]} and {path}); give each contrast "
+                             "once.")
         inputs[contrast] = Path(path)
     return inputs
+
+
+def _device(value: str) -> str:
+    """argparse type of --device: refused as a usage error (exit 2) before anything is loaded."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"'{value}' is not a device: use auto, cpu, cuda or cuda:N")
+    return value
+
+
+def _positive(value: str) -> int:
+    """argparse type of --threads and --batch-size."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a positive whole number")
+    return number
 
 
 def cmd_impute(args: argparse.Namespace) -> int:
@@ -87,8 +113,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
         raise InputError("--name names one case; with several case folders the folder names are used.")
     from .pipeline import impute_case
 
-    model = _load(args.model)
     cases = [_parse_inputs(args.input)] if args.input else [Path(c) for c in args.case]
+    model = _load(args.model)
     failed = []
     for case in cases:
         label = case.name if isinstance(case, Path) else (args.name or "inputs")
@@ -98,7 +124,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
                 case, model, out_dir=args.out, targets=args.target or None, reference=args.reference,
                 device=args.device, batch_size=args.batch_size, progress=progress, name=args.name,
                 montage=args.montage, precision=args.precision)
-        except InputError as exc:
+        except (InputError, OutputError) as exc:
             if len(cases) == 1:
                 raise
             failed.append(label)
@@ -108,6 +134,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
             progress.close()
         for target, path in written.items():
             print(f"{target}: {path}  (SYNTHETIC, model {model.card.name})")
+        args.done.append(label)
     if failed:
         print(f"error: {len(failed)} of {len(cases)} cases failed: {', '.join(failed)}", file=sys.stderr)
         return EXIT_INPUT
@@ -151,7 +178,7 @@ def _evaluation_steps(model: LoadedModel, dirs: Sequence[Path], targets: Optiona
 
 
 def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argparse.Namespace,
-                    save_volumes: bool) -> list[dict]:
+                    save_volumes: bool, failures: Optional[list] = None) -> list[dict]:
     from tqdm import tqdm
 
     from .evaluate import evaluate_cases, markdown_table, summary_table, write_report
@@ -169,11 +196,11 @@ def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argpa
         rows = evaluate_cases(
             model, dirs, targets=args.target or None, all_subsets=args.all_subsets, device=args.device,
             batch_size=args.batch_size, montage_dir=out, volumes_dir=out if save_volumes else None,
-            precision=args.precision, on_case=on_case)
+            precision=args.precision, on_case=on_case, failures=failures)
         steps.update(started[0] - steps.n)
     finally:
         steps.close()
-    paths = write_report(rows, out)
+    paths = write_report(rows, out, failures)
     print(markdown_table(summary_table(rows)))
     print(f"Scores: {paths['summary_csv']}, {paths['cases_csv']}, {paths['json']}; montages in {out}")
     return rows
@@ -182,7 +209,14 @@ def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argpa
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model = _load(args.model)
     dirs = _case_dirs(Path(args.data), args.cases, Path(args.split) if args.split else None, args.split_set)
-    _run_evaluation(model, dirs, Path(args.out), args, save_volumes=args.save_volumes)
+    failures: list[tuple[str, str]] = []
+    _run_evaluation(model, dirs, Path(args.out), args, save_volumes=args.save_volumes, failures=failures)
+    if failures:
+        print(f"error: {len(failures)} of {len(dirs)} cases failed (not scored; listed in scores.json):",
+              file=sys.stderr)
+        for case, message in failures:
+            print(f"error: {case}: {message}", file=sys.stderr)
+        return EXIT_INPUT
     return EXIT_OK
 
 
@@ -228,13 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, precision: str = "auto") -> None:
         p.add_argument("--model", help="model .pt file or bundled model name (default: the bundled model)")
-        p.add_argument("--device", default="auto", help="auto (CUDA if available), cuda or cpu")
-        p.add_argument("--batch-size", type=int, default=None,
+        p.add_argument("--device", default="auto", type=_device, help="auto (CUDA if available), cuda or cpu")
+        p.add_argument("--batch-size", type=_positive, default=None,
                        help="slices per forward pass on CUDA (default: chosen for the device; halved on OOM)")
         p.add_argument("--precision", default=precision, choices=["auto", "fp32", "bf16", "fp16"],
                        help=f"auto = bf16 where the hardware runs it natively, fp32 = reproducible everywhere "
                             f"(default: {precision})")
-        p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+        p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
         p.add_argument("--target", action="append", help="contrast to impute (repeatable; default: the missing)")
 
     p = sub.add_parser("impute", help="impute the missing contrast(s) of one case")
@@ -271,13 +305,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
+    args.done = []  # cases of a batch already written (a cancel does not undo them)
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM is cleaned up after like Ctrl-C
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, category, *rest: print(
@@ -298,9 +348,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (InputError, CollaGANError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    except (KeyboardInterrupt, Cancelled):
-        print("cancelled: nothing was written", file=sys.stderr)
-        return EXIT_CANCELLED
+    except (KeyboardInterrupt, Cancelled) as exc:
+        kept = f"; {len(args.done)} case(s) done before were kept: {', '.join(args.done)}" if args.done else ""
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "cancelled"
+        print(f"{what}: nothing of the case in progress was written{kept}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_CANCELLED
+    except OSError as exc:  # a file the command reads or writes outside the core's checks: one line, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INPUT
 
 
 if __name__ == "__main__":

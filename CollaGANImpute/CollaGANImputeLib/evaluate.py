@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
@@ -22,13 +23,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from .contract import LoadedModel
-from .errors import InputError
+from .errors import CollaGANError, InputError, ModelError
 from .figures import montage_png
 from .geometry import align_to_reference, to_canonical_array
 from .inference import CancelFlag
-from .io import case_name, find_lesion_mask, read_volume, synthetic_filename, write_volume
+from .io import OutputSet, case_name, find_lesion_mask, follow_umask, read_volume, synthetic_filename
 from .metrics import METRIC_NAMES, score_volume, summarize
-from .pipeline import ImputationResult, impute, read_case, synthetic_description
+from .pipeline import ImputationResult, impute, read_case, stage_imputed
 
 CaseCallback = Callable[[str, str, Sequence[str]], None]
 
@@ -94,48 +95,79 @@ def evaluate_cases(
     on_case: Optional[CaseCallback] = None,
     cancel: CancelFlag = None,
     precision: str = "fp32",
+    failures: Optional[list[tuple[str, str]]] = None,
 ) -> list[dict]:
     """One row per (case, target, input set) with the protocol's scores; optional montage per target.
 
     Scores use fp32 by default so that they do not depend on the machine's CPU (``precision="auto"`` is faster).
     Cases lacking a target contrast are skipped for that target (nothing to compare with). With
-    ``volumes_dir`` the imputed volumes are written there too (labeled synthetic, one file per input set).
+    ``volumes_dir`` the imputed volumes are written there too (labeled synthetic with a JSON sidecar, one file
+    per input set). A case's rows and files are kept together or not at all. With a ``failures`` list, a case
+    that cannot be used (bad input, unwritable output) is appended there as (case, message) and the others go
+    on; without one the first such error is raised. A model error always stops the evaluation.
     """
     contrasts = model.card.contrasts
     targets = list(targets or contrasts)
     rows: list[dict] = []
     montaged: set[str] = set()
     for folder in case_dirs:
-        images = read_case(folder, contrasts)
-        lesion_path = find_lesion_mask(folder)
-        lesion_image = read_volume_allow_empty(lesion_path) if lesion_path else None
-        for target in targets:
-            if target not in images:
-                continue
-            for inputs in input_subsets([c for c in contrasts if c in images], target, all_subsets):
-                if not inputs:
-                    continue
-                if on_case:
-                    on_case(case_name(folder), target, inputs)
-                scored = score_imputation(model, images, target, inputs, lesion_image, device=device,
-                                          batch_size=batch_size, cancel=cancel, precision=precision)
-                result, case, pred, real, lesion, scores = (scored.result, scored.result.case, scored.pred,
-                                                            scored.real, scored.lesion, scored.scores)
-                rows.append({"case": case_name(folder), "target": target, "inputs": "+".join(inputs),
-                             "n_inputs": len(inputs), "model": model.card.name, **scores})
-                if volumes_dir is not None:
-                    name = f"{case_name(folder)}-from-{'+'.join(inputs)}" if all_subsets else case_name(folder)
-                    write_volume(result.images[target], Path(volumes_dir) / synthetic_filename(name, target),
-                                 description=synthetic_description(target, inputs))
-                key = f"{target}|{'+'.join(inputs)}"
-                if montage_dir is not None and key not in montaged:
-                    montaged.add(key)
-                    montage_png(Path(montage_dir) / f"montage_{target}_from_{'+'.join(inputs)}.png",
-                                {c: case.arrays[c] for c in inputs}, pred, target, real=real, mask=case.mask,
-                                lesion=lesion, rows=2, method=model.card.name,
-                                title=f"{case_name(folder)}: {target} from {'+'.join(inputs)} "
-                                      f"(NMSE {scores['nmse']:.3f}, SSIM {scores['ssim']:.3f}) - {model.card.name}")
+        try:
+            with OutputSet() as outputs:
+                case_rows, case_montages = _evaluate_case(
+                    model, Path(folder), contrasts, targets, all_subsets, device, batch_size, montage_dir,
+                    volumes_dir, on_case, cancel, precision, montaged, outputs)
+                outputs.commit()
+        except ModelError:
+            raise
+        except (CollaGANError, OSError) as exc:
+            if failures is None:
+                raise
+            failures.append((case_name(folder), str(exc).strip() or type(exc).__name__))
+            continue
+        rows += case_rows
+        montaged |= case_montages
     return rows
+
+
+def _evaluate_case(model: LoadedModel, folder: Path, contrasts: Sequence[str], targets: Sequence[str],
+                   all_subsets: bool, device: str, batch_size: Optional[int], montage_dir, volumes_dir,
+                   on_case: Optional[CaseCallback], cancel: CancelFlag, precision: str, montaged: set[str],
+                   outputs: OutputSet) -> tuple[list[dict], set[str]]:
+    """The rows of one case; its volumes and montages staged in ``outputs``."""
+    rows: list[dict] = []
+    drawn: set[str] = set()
+    images = read_case(folder, contrasts)
+    lesion_path = find_lesion_mask(folder)
+    lesion_image = read_volume_allow_empty(lesion_path) if lesion_path else None
+    for target in targets:
+        if target not in images:
+            continue
+        for inputs in input_subsets([c for c in contrasts if c in images], target, all_subsets):
+            if not inputs:
+                continue
+            if on_case:
+                on_case(case_name(folder), target, inputs)
+            scored = score_imputation(model, images, target, inputs, lesion_image, device=device,
+                                      batch_size=batch_size, cancel=cancel, precision=precision)
+            result, case, pred, real, lesion, scores = (scored.result, scored.result.case, scored.pred,
+                                                        scored.real, scored.lesion, scored.scores)
+            rows.append({"case": case_name(folder), "target": target, "inputs": "+".join(inputs),
+                         "n_inputs": len(inputs), "model": model.card.name, **scores})
+            if volumes_dir is not None:
+                name = f"{case_name(folder)}-from-{'+'.join(inputs)}" if all_subsets else case_name(folder)
+                Path(volumes_dir).mkdir(parents=True, exist_ok=True)
+                stage_imputed(outputs, result.images[target], Path(volumes_dir) / synthetic_filename(name, target),
+                              model, case)
+            key = f"{target}|{'+'.join(inputs)}"
+            if montage_dir is not None and key not in montaged | drawn:
+                drawn.add(key)
+                Path(montage_dir).mkdir(parents=True, exist_ok=True)
+                title = (f"{case_name(folder)}: {target} from {'+'.join(inputs)} (NMSE {scores['nmse']:.3f}, "
+                         f"SSIM {scores['ssim']:.3f}) - {model.card.name}")
+                draw = partial(montage_png, inputs={c: case.arrays[c] for c in inputs}, imputed=pred, target=target,
+                               real=real, mask=case.mask, lesion=lesion, rows=2, method=model.card.name, title=title)
+                outputs.stage(Path(montage_dir) / f"montage_{target}_from_{'+'.join(inputs)}.png", draw, suffix=".png")
+    return rows, drawn
 
 
 def read_volume_allow_empty(path: Path):
@@ -172,6 +204,7 @@ def _atomic_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+    follow_umask(tmp)  # mkstemp makes it 0600: colleagues could not read the scores
     os.replace(tmp, path)
 
 
@@ -228,17 +261,21 @@ def _json_safe(value):
     return value
 
 
-def write_report(rows: list[dict], out_dir: os.PathLike | str) -> dict[str, Path]:
-    """Write per-case CSV, summary CSV/JSON/Markdown into ``out_dir``; returns the written paths."""
+def write_report(rows: list[dict], out_dir: os.PathLike | str,
+                 failures: Optional[Sequence[tuple[str, str]]] = None) -> dict[str, Path]:
+    """Write per-case CSV, summary CSV/JSON/Markdown into ``out_dir``; returns the written paths. ``failures``
+    (case, message) are listed in the JSON (``failed_cases``) and under the Markdown table."""
     out = Path(out_dir)
     table = summary_table(rows)
     paths = {"cases_csv": out / "scores_per_case.csv", "summary_csv": out / "scores_summary.csv",
              "json": out / "scores.json", "markdown": out / "scores_summary.md"}
     _atomic_text(paths["cases_csv"], _csv(rows))
     _atomic_text(paths["summary_csv"], _csv(table))
-    report = {"protocol": "EVALUATION.md v2", "summary": table, "cases": rows}
+    report = {"protocol": "EVALUATION.md v2", "summary": table, "cases": rows,
+              "failed_cases": [{"case": case, "error": message} for case, message in failures or ()]}
     _atomic_text(paths["json"], json.dumps(_json_safe(report), indent=2))
-    _atomic_text(paths["markdown"], markdown_table(table))
+    failed = "".join(f"\n- not scored: {case}: {message}" for case, message in failures or ())
+    _atomic_text(paths["markdown"], markdown_table(table) + (f"\nFailed cases:{failed}\n" if failed else ""))
     return paths
 
 
