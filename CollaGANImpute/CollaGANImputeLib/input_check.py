@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
@@ -92,10 +91,14 @@ def training_profile(cases: Iterable[PreparedCase], contrasts: Sequence[str], so
         >>> cases = [prepare_case(read_case(folder, contrasts)) for folder in training_folders]   # doctest: +SKIP
         >>> card.input_profile = training_profile(cases, contrasts, source="52 LGG training cases")  # doctest: +SKIP
     """
-    features = [case_features(case.arrays, case.mask, canonical_spacing(case.reference)) for case in cases]
+    spacings, features = [], []
+    for case in cases:  # one case at a time: a case's arrays are dropped once measured
+        spacings.append(canonical_spacing(case.reference))
+        features.append(case_features(case.arrays, case.mask, spacings[-1]))
     if not features:
         raise ValueError("training_profile needs at least one prepared case.")
     profile: dict[str, Any] = {"version": PROFILE_VERSION, "source": source, "cases": len(features),
+                               "pixel_spacing": [round(float(v), 4) for v in np.median(np.array(spacings), axis=0)],
                                "histogram_range": list(HISTOGRAM_RANGE), "histogram_bins": HISTOGRAM_BINS,
                                "contrasts": {}, "head": {}}
     for name in contrasts:
@@ -196,14 +199,18 @@ def check_case(card: ModelCard, case: PreparedCase, inputs: Optional[Sequence[st
                 "acquisition or preprocessing (e.g. skull-stripped, not windowed, constant)")
     head = profile.get("head", {})
     check.values["head"] = {k: round(v, 2) for k, v in features["head"].items()}
+    small, large = [], []
     for key, label in SHAPE_KEYS.items():
         if key not in head:
             continue
         value, (low, high) = features["head"][key], head[key]["limits"]
         if not (low <= value <= high):
-            hint = " (skull-stripped, cropped or a small field?)" if value < low else ""
-            check.findings.append(f"the {label} is {value:.0f}, outside the training heads' "
-                                  f"{head[key]['min']:.0f}-{head[key]['max']:.0f}{hint}")
-    if any(math.isnan(v) for v in features["head"].values()):  # pragma: no cover - defensive
-        check.findings.append("the head mask could not be measured")
+            (small if value < low else large).append(
+                f"{label} {value:.0f}, training {head[key]['min']:.0f}-{head[key]['max']:.0f}")
+    if small:
+        check.findings.append(f"the head mask is smaller than the training heads' ({'; '.join(small)}): "
+                              "skull-stripped, cropped to the brain, or a child's head or a small field of view?")
+    if large:
+        check.findings.append(f"the head mask is larger than the training heads' ({'; '.join(large)}): "
+                              "more than the head (neck, shoulders, a phantom) or a wrong pixel spacing?")
     return check
