@@ -128,8 +128,14 @@ def synthetic_banner(attributes: Mapping[str, str]) -> str:
     """Warning text shown in the panel while a synthetic volume is displayed."""
     target = attributes.get("collagan_target", "?")
     inputs = attributes.get("collagan_inputs", "?").replace(",", " + ")
-    return (f"SYNTHETIC IMAGE: '{target}' was imputed by CollaGAN model '{attributes.get('collagan_model', '?')}' "
+    text = (f"SYNTHETIC IMAGE: '{target}' was imputed by CollaGAN model '{attributes.get('collagan_model', '?')}' "
             f"from {inputs} on {attributes.get('collagan_created', '?')}. It was not acquired: do not use it for "
             "diagnosis or treatment decisions.")
+    if attributes.get("collagan_input_check") == "warning":  # the core's input check (input_check.py)
+        text += (" UNRELIABLE: the inputs are unlike the data the model was trained on ("
+                 f"{attributes.get('collagan_input_check_findings', 'see the input check')}).")
+    if "does not fit the field of view" in attributes.get("collagan_warnings", ""):
+        text += " Part of the head lay outside the model's field of view and is 0 in this image."
+    return text
 
 
