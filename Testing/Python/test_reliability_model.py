@@ -123,7 +123,9 @@ def test_flipped_weight_byte_is_refused(tmp_path, capsys):
     path = _save(tmp_path, TinyGenerator())
     member = _first_weight_member(path)
     data = bytearray(path.read_bytes())
-    start = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)
+    offset = member.header_offset  # the local header's own name and extra lengths (torch pads the extra field)
+    start = offset + 30 + int.from_bytes(data[offset + 26:offset + 28], "little") + int.from_bytes(
+        data[offset + 28:offset + 30], "little")
     data[start + 5] ^= 0x01
     path.write_bytes(bytes(data))
     with warnings.catch_warnings():

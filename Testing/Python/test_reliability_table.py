@@ -1,0 +1,529 @@
+"""Bad inputs and faults of ``collagan-impute``, one parametrized test: the source of docs/RELIABILITY.md's table.
+
+Each row sets up one fault, runs the command line in this process, and checks the exit code, the message and
+what is left on disk (inputs unchanged, no temporary file anywhere). ``test_docs_table_is_current`` compares
+the table in docs/RELIABILITY.md with :func:`render_table`; to regenerate it after changing a row:
+
+    python3 Testing/Python/test_reliability_table.py --write
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from core_fixtures import CONTRASTS, REPO, TinyGenerator, head_phantom, make_image  # noqa: E402
+
+DOC = REPO / "docs" / "RELIABILITY.md"
+BEGIN = "<!-- fault table: generated from Testing/Python/test_reliability_table.py; do not edit by hand -->"
+END = "<!-- end of fault table -->"
+
+NOTHING = "nothing"
+KEPT = "the outputs and their JSON sidecars, which record the warning"
+
+
+@dataclass
+class Env:
+    """What a row's setup works with: a case folder of phantom volumes (t1n, t2f), models, the output folder."""
+
+    root: Path
+    case: Path
+    model: Path
+    out: Path
+    monkeypatch: pytest.MonkeyPatch
+    profiled: Optional[Path] = None
+
+    def file(self, contrast: str) -> Path:
+        return self.case / f"P1-{contrast}.nii.gz"
+
+    def write(self, name: str, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) -> Path:
+        path = self.root / name
+        sitk.WriteImage(make_image(array, spacing=spacing, origin=origin), str(path))
+        return path
+
+    def impute(self, *extra: str, t1n: Optional[Path] = None, t2f: Optional[Path] = None, model=None) -> list[str]:
+        return ["impute", "--input", f"t1n={t1n or self.file('t1n')}", "--input", f"t2f={t2f or self.file('t2f')}",
+                "--target", "t1c", "--model", str(model or self.model), "--out", str(self.out), "--device", "cpu",
+                *extra]
+
+    def saved_model(self, module: torch.nn.Module, name: str, **card) -> Path:
+        from CollaGANImputeLib import ModelCard, save_model
+
+        path = self.root / name
+        save_model(module, ModelCard(name=name, contrasts=CONTRASTS, **card), path)
+        return path
+
+
+@dataclass
+class Fault:
+    id: str
+    what: str
+    setup: Callable[[Env], list[str]]
+    code: int
+    message: str  # a fragment of the one-line message (stderr), as the table shows it
+    left: str = NOTHING
+    kept: bool = False  # outputs are expected (rc 0 warnings, batches)
+
+
+# ------------------------------------------------------------------------------------------------ the rows
+
+def _truncated_gz(env: Env) -> list[str]:
+    data = env.file("t2f").read_bytes()
+    (env.root / "cut.nii.gz").write_bytes(data[: len(data) // 2])
+    return env.impute(t2f=env.root / "cut.nii.gz")
+
+
+def _truncated_nii(env: Env) -> list[str]:
+    data = gzip.decompress(env.file("t2f").read_bytes())
+    (env.root / "cut.nii").write_bytes(data[: len(data) // 2])
+    return env.impute(t2f=env.root / "cut.nii")
+
+
+def _nan(env: Env) -> list[str]:
+    array = head_phantom(seed=1)
+    array[3, 20, 20] = np.nan
+    return env.impute(t2f=env.write("nan.nii.gz", array))
+
+
+def _float64(env: Env) -> list[str]:
+    return env.impute(t2f=env.write("huge.nii.gz", head_phantom(seed=1).astype(np.float64) * 1e298))
+
+
+def _zeros(env: Env) -> list[str]:
+    return env.impute(t2f=env.write("zeros.nii.gz", np.zeros((12, 48, 40), np.float32)))
+
+
+def _two_d(env: Env) -> list[str]:
+    return env.impute(t2f=env.write("slice.nii.gz", head_phantom(seed=1)[:1]))
+
+
+def _twice(env: Env) -> list[str]:
+    return [*env.impute(), "--input", f"t2f={env.file('t1n')}"]
+
+
+def _unknown_contrast(env: Env) -> list[str]:
+    return [*env.impute(), "--input", f"t2w={env.file('t1n')}"]
+
+
+def _no_overlap(env: Env) -> list[str]:
+    return env.impute(t2f=env.write("far.nii.gz", head_phantom(seed=1), origin=(500.0, 0.0, 0.0)))
+
+
+def _output_is_input(env: Env) -> list[str]:
+    victim = env.case / "P1-t1c-synthetic-collagan.nii.gz"
+    shutil.copy(env.file("t1n"), victim)
+    args = env.impute("--input", f"t1c={victim}")
+    return [a for a in args if a != "--out" and a != str(env.out)]  # outputs next to the inputs
+
+
+def _name_escapes(env: Env) -> list[str]:
+    return env.impute("--name", "../../x")
+
+
+def _out_is_file(env: Env) -> list[str]:
+    env.out.write_text("a file")
+    return env.impute()
+
+
+def _out_unwritable(env: Env) -> list[str]:
+    env.out = Path("/proc/collagan-out")
+    return env.impute()
+
+
+def _folder_in_the_way(env: Env) -> list[str]:
+    (env.out / "P1-t1c-synthetic-collagan.nii.gz").mkdir(parents=True)
+    return env.impute()
+
+
+def _disk_full(env: Env) -> list[str]:
+    real = os.replace
+    calls = []
+
+    def replace(src, dst):
+        if str(dst).endswith(".nii.gz"):
+            calls.append(dst)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst)
+
+    env.monkeypatch.setattr(os, "replace", replace)
+    return env.impute("--target", "t1n")  # two targets: the second file fails after the first was renamed
+
+
+def _bogus_device(env: Env) -> list[str]:
+    return [a if a != "cpu" else "bogus" for a in env.impute()]
+
+
+def _negative_threads(env: Env) -> list[str]:
+    return env.impute("--threads", "-1")
+
+
+def _missing_model(env: Env) -> list[str]:
+    return env.impute(model=env.root / "absent.pt")
+
+
+def _model_folder(env: Env) -> list[str]:
+    folder = env.root / "models"
+    folder.mkdir()
+    shutil.copy(env.model, folder / "tiny.pt")
+    return env.impute(model=folder)
+
+
+def _weights_member(path: Path) -> zipfile.ZipInfo:
+    with zipfile.ZipFile(path) as archive:
+        return next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size >= 16)
+
+
+def _data_offset(data: bytes, member: zipfile.ZipInfo) -> int:
+    """Where a stored member's bytes start: after its local header, whose extra field torch pads for alignment."""
+    offset = member.header_offset
+    return offset + 30 + int.from_bytes(data[offset + 26:offset + 28], "little") + int.from_bytes(
+        data[offset + 28:offset + 30], "little")
+
+
+def _flipped_byte(env: Env) -> list[str]:
+    path = env.root / "flipped.pt"
+    shutil.copy(env.model, path)
+    member = _weights_member(path)
+    data = bytearray(path.read_bytes())
+    data[_data_offset(data, member) + 5] ^= 0x01
+    path.write_bytes(bytes(data))
+    return env.impute(model=path)
+
+
+def _rewritten(env: Env, name: str, edit: Callable[[str, bytes], bytes]) -> Path:
+    path = env.root / name
+    with zipfile.ZipFile(env.model) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            zout.writestr(item, edit(item.filename, zin.read(item)))
+    return path
+
+
+def _weights_changed(env: Env) -> list[str]:
+    member = _weights_member(env.model).filename
+    return env.impute(model=_rewritten(env, "changed.pt", lambda name, data: bytes([data[0] ^ 1]) + data[1:]
+                                       if name == member else data))
+
+
+def _not_torchscript(env: Env) -> list[str]:
+    (env.root / "notes.pt").write_text("not a model")
+    return env.impute(model=env.root / "notes.pt")
+
+
+def _card_edit(change: Callable[[bytes], bytes]) -> Callable[[str, bytes], bytes]:
+    return lambda name, data: change(data) if name.endswith("extra/collagan.json") else data
+
+
+def _non_utf8_card(env: Env) -> list[str]:
+    return env.impute(model=_rewritten(env, "latin1.pt", _card_edit(
+        lambda data: data.replace(b'"tiny-test"', '"tiny-t\u00e9st"'.encode("latin-1")))))
+
+
+def _negative_size(env: Env) -> list[str]:
+    def edit(data: bytes) -> bytes:
+        card = json.loads(data)
+        card["in_plane_size"] = [-256, 256]
+        return json.dumps(card).encode()
+
+    return env.impute(model=_rewritten(env, "negative.pt", _card_edit(edit)))
+
+
+def _wrong_channels(env: Env) -> list[str]:
+    return env.impute(model=env.saved_model(TinyGenerator(n_contrasts=4), "four-contrast-weights"))
+
+
+class _NaNOutput(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1] * float("nan")
+
+
+class _WrongShape(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :2, ::2, ::2]
+
+
+def _nan_model(env: Env) -> list[str]:
+    return env.impute(model=env.saved_model(_NaNOutput(), "nan-output"))
+
+
+def _shape_model(env: Env) -> list[str]:
+    return env.impute(model=env.saved_model(_WrongShape(), "wrong-shape"))
+
+
+def _bundled(env: Env, model: Optional[Path], tamper: bool = False) -> None:
+    from CollaGANImputeLib.contract import sha256_of
+
+    resources = env.root / "Resources"
+    (resources / "Models").mkdir(parents=True)
+    if model is not None:
+        shutil.copy(model, resources / "Models" / "tiny.pt")
+        (resources / "Models" / "models.json").write_text(json.dumps({"default": "tiny-test", "models": [
+            {"name": "tiny-test", "file": "tiny.pt", "sha256": sha256_of(model), "card": None}]}))
+        if tamper:
+            with open(resources / "Models" / "tiny.pt", "ab") as handle:
+                handle.write(b"tampered")
+    env.monkeypatch.setenv("COLLAGAN_RESOURCES", str(resources))
+
+
+def _tampered_bundled(env: Env) -> list[str]:
+    _bundled(env, env.model, tamper=True)
+    return [a for a in env.impute() if a not in ("--model", str(env.model))]
+
+
+def _no_bundled(env: Env) -> list[str]:
+    _bundled(env, None)
+    return [a for a in env.impute() if a not in ("--model", str(env.model))]
+
+
+def _interrupt_with(env: Env, interrupt: Callable[[], None]) -> None:
+    import CollaGANImputeLib.pipeline as pipeline
+
+    real = pipeline.impute_slices
+
+    def impute_slices(*args, **kwargs):
+        if kwargs.get("progress_offset", 0) > 0:  # the second target: the first one is computed
+            interrupt()
+        return real(*args, **kwargs)
+
+    env.monkeypatch.setattr(pipeline, "impute_slices", impute_slices)
+
+
+def _ctrl_c(env: Env) -> list[str]:
+    def interrupt():
+        raise KeyboardInterrupt
+
+    _interrupt_with(env, interrupt)
+    return env.impute("--target", "t1n")
+
+
+def _sigterm(env: Env) -> list[str]:
+    _interrupt_with(env, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    return env.impute("--target", "t1n")
+
+
+def _batch_bad_case(env: Env) -> list[str]:
+    bad = env.root / "P2"
+    bad.mkdir()
+    (bad / "P2-t1n.nii.gz").write_bytes(env.file("t1n").read_bytes()[:200])
+    return ["impute", str(bad), str(env.case), "--model", str(env.model), "--out", str(env.out), "--device", "cpu",
+            "--target", "t1c"]
+
+
+def _evaluate_bad_case(env: Env) -> list[str]:
+    data = env.root / "data"
+    good, bad = data / "P1", data / "P2"
+    shutil.copytree(env.case, good)
+    shutil.copy(good / "P1-t1n.nii.gz", good / "P1-t1c.nii.gz")
+    shutil.copytree(good, bad)
+    for path in bad.iterdir():
+        path.rename(bad / path.name.replace("P1", "P2"))
+    (bad / "P2-t2f.nii.gz").write_bytes((bad / "P2-t2f.nii.gz").read_bytes()[:300])  # truncated
+    return ["evaluate", str(data), "--out", str(env.out), "--model", str(env.model), "--device", "cpu",
+            "--target", "t1c"]
+
+
+def _unlike_training(env: Env) -> list[str]:
+    if env.profiled is None:
+        pytest.skip("needs the bundled model's training profile")
+    array = head_phantom(seed=1)
+    return env.impute(t2f=env.write("zscored.nii.gz", (array - array.mean()) / array.std()), model=env.profiled)
+
+
+def _head_too_large(env: Env) -> list[str]:
+    return env.impute(t1n=env.write("wide-t1n.nii.gz", head_phantom((6, 320, 320))),
+                      t2f=env.write("wide-t2f.nii.gz", head_phantom((6, 320, 320), seed=1)))
+
+
+def _fine_pixels(env: Env) -> list[str]:
+    return env.impute(t1n=env.write("fine-t1n.nii.gz", head_phantom((6, 96, 80)), spacing=(0.5, 0.5, 1.0)),
+                      t2f=env.write("fine-t2f.nii.gz", head_phantom((6, 96, 80), seed=1), spacing=(0.5, 0.5, 1.0)))
+
+
+def _other_grid(env: Env) -> list[str]:
+    return env.impute(t2f=env.write("shifted.nii.gz", head_phantom(seed=1), origin=(2.0, 0.0, 0.0)))
+
+
+FAULTS = [
+    Fault("truncated-gzip", "a `.nii.gz` cut short (interrupted copy)", _truncated_gz, 2,
+          "is damaged: its gzip stream is truncated or corrupt"),
+    Fault("truncated-nii", "a plain `.nii` cut short", _truncated_nii, 2, "is truncated: its header announces"),
+    Fault("nan", "NaN or Inf voxels (any format; ITK reads them as 0 in NIfTI)", _nan, 2, "NaN or infinite voxels"),
+    Fault("float64-overflow", "float64 values beyond float32's range (e.g. 1e300)", _float64, 2,
+          "beyond the float32 range"),
+    Fault("all-zero", "an all-zero volume", _zeros, 2, "is all zeros"),
+    Fault("2-d", "a single 2-D slice", _two_d, 2, "is 2-D"),
+    Fault("contrast-twice", "the same contrast given twice", _twice, 2, "is given twice"),
+    Fault("unknown-contrast", "a contrast the model does not know", _unknown_contrast, 2, "are not contrasts of model"),
+    Fault("no-overlap", "inputs that do not overlap in space (not co-registered)", _no_overlap, 2,
+          "does not overlap"),
+    Fault("output-is-input", "an output path that is an input file", _output_is_input, 2,
+          "would overwrite an input", "nothing; the input is unchanged"),
+    Fault("name-escapes", "`--name ../../x` (outside the output folder)", _name_escapes, 2, "cannot name output files"),
+    Fault("out-is-file", "`--out` names a file", _out_is_file, 2, "is a file, not a folder",
+          "nothing (the file named by `--out` is untouched)"),
+    Fault("out-unwritable", "`--out` where nothing can be written (/proc, read-only, no permission)", _out_unwritable,
+          2, "Cannot write in the output folder"),
+    Fault("folder-in-the-way", "a folder where an output file belongs", _folder_in_the_way, 2,
+          "A folder is in the way", "nothing new (the folder stays)"),
+    Fault("disk-full", "the disk fills up while the outputs are written (ENOSPC)", _disk_full, 2,
+          "No space left on device (ENOSPC); nothing was written", NOTHING + "; files it replaced are restored"),
+    Fault("bogus-device", "`--device bogus`", _bogus_device, 2, "is not a device"),
+    Fault("negative-threads", "`--threads -1`", _negative_threads, 2, "is not a positive whole number"),
+    Fault("model-missing", "`--model` file not found", _missing_model, 3, "Model file not found"),
+    Fault("model-folder", "`--model` names a folder", _model_folder, 3, "is a folder, not a model file"),
+    Fault("model-flipped-byte", "a model file with one weight byte flipped", _flipped_byte, 3, "fails its CRC check"),
+    Fault("model-weights-changed", "a model file whose weights were changed (archive CRCs redone)", _weights_changed, 3,
+          "weights do not match the hash"),
+    Fault("model-not-torchscript", "a model file that is not TorchScript", _not_torchscript, 3,
+          "is not a TorchScript model file"),
+    Fault("card-not-utf8", "a model card that is not UTF-8", _non_utf8_card, 3, "is not UTF-8 text"),
+    Fault("card-negative-size", "a model card with a negative in-plane size", _negative_size, 3,
+          "must be two positive sizes"),
+    Fault("model-channels", "a model whose weights expect another channel count than its card", _wrong_channels, 3,
+          "does not match its card"),
+    Fault("model-nan-output", "a model whose output is NaN/Inf (refused on the first batch)", _nan_model, 3,
+          "returned NaN or infinite values"),
+    Fault("model-output-shape", "a model whose output has the wrong shape", _shape_model, 3,
+          "returned an output of shape"),
+    Fault("bundled-tampered", "a bundled model changed after installation", _tampered_bundled, 3,
+          "fails its SHA-256 check"),
+    Fault("no-bundled-model", "no model bundled and no `--model`", _no_bundled, 4, "No trained model is bundled"),
+    Fault("ctrl-c", "Ctrl-C (SIGINT) while imputing the second of two targets", _ctrl_c, 130,
+          "cancelled: nothing of the case in progress was written"),
+    Fault("sigterm", "SIGTERM (cluster time limit) while imputing the second of two targets", _sigterm, 143,
+          "terminated (SIGTERM): nothing of the case in progress was written"),
+    Fault("batch-bad-case", "`impute` of several cases, one of them bad", _batch_bad_case, 2, "1 of 2 cases failed",
+          "the good cases' outputs", kept=True),
+    Fault("evaluate-bad-case", "`evaluate` with one bad case", _evaluate_bad_case, 2, "1 of 2 cases failed",
+          "the good cases' scores, montages; the failed case listed in scores.json and scores_summary.md", kept=True),
+    Fault("unlike-training", "inputs unlike the model's training data (z-scored, skull-stripped, ...)",
+          _unlike_training, 0, "warning: The inputs are unlike the data", KEPT, kept=True),
+    Fault("head-too-large", "a head larger than the model's field of view", _head_too_large, 0,
+          "warning: The head does not fit the field of view", KEPT, kept=True),
+    Fault("fine-pixels", "slices finer than the model's pixel grid (e.g. 512x512 at 0.5 mm)", _fine_pixels, 0,
+          "warning: The slices have 0.5 x 0.5 mm pixels", "the outputs, on the input grid", kept=True),
+    Fault("other-grid", "inputs on different grids", _other_grid, 0, "resampled onto it", "the outputs, on the "
+          "reference's grid", kept=True),
+]
+
+
+# ---------------------------------------------------------------------------------------------- the test
+
+@pytest.fixture(scope="module")
+def profiled_model(tmp_path_factory) -> Optional[Path]:
+    """A tiny generator whose card carries the bundled model's training profile (None without a bundled model)."""
+    from CollaGANImputeLib import ModelCard, save_model
+    from CollaGANImputeLib.models import bundled_models
+
+    if not bundled_models():
+        return None
+    path = tmp_path_factory.mktemp("profiled") / "profiled.pt"
+    save_model(TinyGenerator(), ModelCard(name="tiny-profiled", contrasts=CONTRASTS,
+                                          input_profile=bundled_models()[0].load().card.input_profile), path)
+    return path
+
+
+@pytest.fixture
+def env(tmp_path, tiny_model_path, profiled_model, monkeypatch) -> Env:
+    case = tmp_path / "P1"
+    case.mkdir()
+    for seed, contrast in enumerate(("t1n", "t2f")):
+        sitk.WriteImage(make_image(head_phantom(seed=seed)), str(case / f"P1-{contrast}.nii.gz"))
+    model = tmp_path / "tiny.pt"
+    shutil.copy(tiny_model_path, model)
+    return Env(root=tmp_path, case=case, model=model, out=tmp_path / "out", monkeypatch=monkeypatch,
+               profiled=profiled_model)
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    from CollaGANImputeLib.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's usage errors
+            code = int(exc.code)
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.id for f in FAULTS])
+def test_fault(fault: Fault, env: Env):
+    torch.set_num_threads(1)
+    argv = fault.setup(env)
+    before = _digests(env.root)
+    code, err = run_cli(argv)
+    env.monkeypatch.undo()  # os.replace and friends back before the checks below
+    assert code == fault.code, err
+    assert fault.message in err, err
+    assert "Traceback" not in err, err
+    if fault.code not in (0, 130, 143):
+        assert any("error:" in line for line in err.splitlines()), err
+    after = _digests(env.root)
+    changed = [p for p, digest in before.items() if after.get(p) != digest]
+    assert not changed, f"inputs changed: {changed}"
+    leftovers = [p for p in env.root.rglob("*") if ".tmp" in p.name or p.name.startswith(".collagan")]
+    assert not leftovers, leftovers
+    written = [p for p in after if p not in before]
+    if fault.kept:
+        assert written, "outputs expected"
+        if fault.code == 0:
+            sidecar = next(p for p in written if p.endswith(".json"))
+            record = json.loads(Path(sidecar).read_text())
+            assert record["warnings"] or record["input_check"]["findings"], record
+    else:
+        assert not written, written
+        if fault.id not in ("out-is-file", "folder-in-the-way"):
+            assert not env.out.exists() or env.out == Path("/proc/collagan-out")
+
+
+# ------------------------------------------------------------------------------------------- the table
+
+def render_table() -> str:
+    rows = ["| bad input or fault | exit code | message (stderr, part) | left on disk |", "|---|---|---|---|"]
+    for fault in FAULTS:
+        message = fault.message.replace("|", "\\|")
+        rows.append(f"| {fault.what} | {fault.code} | `{message}` | {fault.left} |")
+    return "\n".join([BEGIN, *rows, END])
+
+
+def _doc_table(text: str) -> str:
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    return text[start:end]
+
+
+def test_docs_table_is_current():
+    assert _doc_table(DOC.read_text()) == render_table(), (
+        "docs/RELIABILITY.md's table differs from the tested rows: run "
+        "python3 Testing/Python/test_reliability_table.py --write")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        text = DOC.read_text()
+        DOC.write_text(text.replace(_doc_table(text), render_table()))
+        print(f"wrote the table of {len(FAULTS)} rows into {DOC}")
+    else:
+        print(render_table())
