@@ -9,6 +9,7 @@ Errors go to stderr as one clear line (docs/RELIABILITY.md lists them).
 Examples:
     collagan-impute impute cases/TCGA-CS-4941 --out out/            # every missing contrast of the case
     collagan-impute impute cases/* --out out/ --montage             # a batch, with a picture per case
+    collagan-impute impute cases/TCGA-CS-4941 --uncertainty         # with an uncertainty map per target
     collagan-impute impute --input t1n=a.nii.gz --input t2f=b.nrrd --target t1c --out out/
     collagan-impute evaluate data/lgg/complete --out eval/ --model model.pt  # score on complete cases
     collagan-impute demo --out demo-output
@@ -123,7 +124,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
             written = impute_case(
                 case, model, out_dir=args.out, targets=args.target or None, reference=args.reference,
                 device=args.device, batch_size=args.batch_size, progress=progress, name=args.name,
-                montage=args.montage, precision=args.precision)
+                montage=args.montage, precision=args.precision, uncertainty=args.uncertainty)
         except (InputError, OutputError) as exc:
             if len(cases) == 1:
                 raise
@@ -134,6 +135,10 @@ def cmd_impute(args: argparse.Namespace) -> int:
             progress.close()
         for target, path in written.items():
             print(f"{target}: {path}  (SYNTHETIC, model {model.card.name})")
+            if args.uncertainty:
+                from .uncertainty import uncertainty_path
+
+                print(f"{target}: {uncertainty_path(path)}  (uncertainty map of the synthetic {target}, not an image)")
         args.done.append(label)
     if failed:
         print(f"error: {len(failed)} of {len(cases)} cases failed: {', '.join(failed)}", file=sys.stderr)
@@ -278,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="contrast whose grid the output takes (default: the first input)")
     p.add_argument("--name", help="case name used in output file names (default: folder name)")
     p.add_argument("--montage", action="store_true", help="also write a PNG per target: inputs | synthetic")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write <case>-<target>-uncertainty-collagan.nii.gz: how much the model's predictions "
+                        "from smaller input sets and mirrored inputs disagree (p99 units; 3 more model passes)")
     common(p)
     p.set_defaults(func=cmd_impute)
 

@@ -53,11 +53,13 @@ def montage_png(
     title: str = "",
     rows: int = 1,
     method: str = "CollaGAN",
+    uncertainty: Optional[np.ndarray] = None,
 ) -> Path:
-    """One row per shown slice: each input, the imputed target (marked SYNTHETIC), the real one, |error|.
+    """One row per shown slice: each input, the imputed target (marked SYNTHETIC), the real one, |error|, and
+    the ``uncertainty`` map if given (:mod:`.uncertainty`).
 
-    Arrays are canonical (S, H, W) in p99 units; images are shown on [0, 1.2] p99 units, |error| on [0, 0.5].
-    ``method`` names what made the synthetic image (a model name), shown in its column title.
+    Arrays are canonical (S, H, W) in p99 units; images are shown on [0, 1.2] p99 units, |error| on [0, 0.5],
+    uncertainty on [0, 0.4]. ``method`` names what made the synthetic image (a model name), shown in its column title.
     """
     if mask is None:
         mask = np.ones(imputed.shape, dtype=bool)
@@ -68,19 +70,21 @@ def montage_png(
     if real is not None:
         columns.append((f"{target} real", real, "gray"))
         columns.append(("|error| in mask", np.abs(imputed - real) * mask, "magma"))
+    if uncertainty is not None:
+        columns.append(("uncertainty: model disagreement", uncertainty, "viridis"))
     figure, axes = plt.subplots(len(slices), len(columns), figsize=(2.6 * len(columns), 2.8 * len(slices)),
                                 squeeze=False)
     for row, index in enumerate(slices):
         for col, (label, volume, cmap) in enumerate(columns):
             axis = axes[row][col]
-            vmax = 0.5 if cmap == "magma" else 1.2
+            vmax = {"magma": 0.5, "viridis": 0.4}.get(cmap, 1.2)
             shown = axis.imshow(volume[index], cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
             if lesion is not None and np.any(lesion[index]) and cmap == "gray":
                 axis.contour(lesion[index] > 0, levels=[0.5], colors="tab:red", linewidths=0.6)
             axis.set_axis_off()
             if row == 0:
                 axis.set_title(label, fontsize=8, color="darkred" if "SYNTHETIC" in label else "black")
-            if cmap == "magma" and row == len(slices) - 1:
+            if cmap != "gray" and row == len(slices) - 1:
                 figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.02)
         axes[row][0].text(-0.05, 0.5, f"slice {index}", transform=axes[row][0].transAxes, rotation=90,
                           va="center", ha="right", fontsize=7)

@@ -45,6 +45,13 @@ from .io import (
     write_volume,
 )
 from .normalization import foreground_mask, normalize
+from .uncertainty import (
+    ensemble_members,
+    estimate_uncertainty,
+    label_uncertainty,
+    uncertainty_description,
+    uncertainty_path,
+)
 
 
 @dataclass
@@ -158,6 +165,10 @@ class ImputationResult:
     inputs: list[str]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # canonical p99 arrays, for scoring
     cases: dict[str, PreparedCase] = field(default_factory=dict)  # per target: its inputs' mask and arrays
+    #: With ``impute(..., uncertainty=True)``: target → uncertainty map (p99 units of the target, the synthetic
+    #: volume's geometry, labeled as an uncertainty map), and the same as canonical arrays.
+    uncertainty: dict[str, sitk.Image] = field(default_factory=dict)
+    uncertainty_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def synthetic_metadata(model: LoadedModel, inputs: Sequence[str], target: str,
@@ -270,11 +281,15 @@ def impute(
     progress: Optional[ProgressCallback] = None,
     cancel: CancelFlag = None,
     precision: str = "auto",
+    uncertainty: bool = False,
 ) -> ImputationResult:
     """Impute each target (default: every model contrast not among ``images``) from the given images.
 
     ``precision``: ``auto`` (bf16 where the CPU/GPU runs it natively, within the quality rule of
     docs/PERFORMANCE.md), ``fp32`` (bit-reproducible across machines), ``bf16`` or ``fp16``.
+    ``uncertainty``: also an uncertainty map per target in ``result.uncertainty`` (:mod:`.uncertainty`: how much
+    the model's predictions from smaller input sets and mirrored inputs disagree; costs one more pass of the
+    model per member, ``progress`` counts them).
     """
     card = model.card
     if targets is None:
@@ -291,18 +306,28 @@ def impute(
             prepared[tuple(used)] = prepare_case(images, reference, mask_from=used, device=device, card=card)
     first = prepared[tuple(next(iter(inputs_by_target.values())))]
     n_slices = first.mask.shape[0]
-    total = n_slices * len(targets)
+    members = {t: ensemble_members(used) if uncertainty else [] for t, used in inputs_by_target.items()}
+    total = n_slices * sum(1 + len(m) for m in members.values())
     result = ImputationResult(images={}, case=first, model_name=card.name, inputs=sorted(images), cases={})
-    for index, target in enumerate(targets):
+    offset = 0
+    for target in targets:
         case = prepared[tuple(inputs_by_target[target])]
         inputs = {c: case.arrays[c] for c in inputs_by_target[target]}
         array = impute_slices(model, inputs, target, device=device, batch_size=batch_size, progress=progress,
-                              cancel=cancel, progress_offset=index * n_slices, progress_total=total,
+                              cancel=cancel, progress_offset=offset, progress_total=total,
                               precision=precision, spacing=case.spacing)
+        offset += n_slices
         array = apply_outside_head(card, case.mask, array)
         result.images[target] = label_synthetic(case.to_image(array), model, inputs_by_target[target], target, case)
         result.arrays[target] = array
         result.cases[target] = case
+        if uncertainty:
+            u = estimate_uncertainty(model, inputs, target, array, case.mask, members[target], progress=progress,
+                                     progress_offset=offset, progress_total=total, device=device,
+                                     batch_size=batch_size, cancel=cancel, precision=precision, spacing=case.spacing)
+            offset += n_slices * len(members[target])
+            result.uncertainty[target] = label_uncertainty(case.to_image(u), result.images[target], members[target])
+            result.uncertainty_arrays[target] = u
     return result
 
 
@@ -328,6 +353,7 @@ def impute_case(
     name: Optional[str] = None,
     montage: bool = False,
     precision: str = "auto",
+    uncertainty: bool = False,
 ) -> dict[str, Path]:
     """Impute the missing contrasts of a case and write them; returns target → written file.
 
@@ -338,7 +364,9 @@ def impute_case(
     before any work; every target is computed before anything is written, and the files of all targets are
     written together or not at all (:class:`.io.OutputSet`): an error, Ctrl-C or a cancel leaves no output.
     An output that would replace an input is refused. ``montage`` adds a PNG per target (inputs | synthetic),
-    for cases without a real target to compare with.
+    for cases without a real target to compare with. ``uncertainty`` adds the uncertainty map of each target
+    (:mod:`.uncertainty`) as ``<case>-<target>-uncertainty-collagan.nii.gz`` with its JSON sidecar, written
+    together with the synthetic volume (and shown in the montage); the returned mapping has the synthetic files.
     """
     if isinstance(case, Mapping):
         paths = {c: Path(p) for c, p in case.items()}
@@ -351,21 +379,25 @@ def impute_case(
     out = Path(out_dir) if out_dir is not None else default_dir
     planned = list(targets) if targets else [c for c in model.card.contrasts if c not in paths]
     files = {t: out / synthetic_filename(name, t) for t in planned}
-    extra = [sidecar_path(f) for f in files.values()] + [out / synthetic_filename(name, t, ".png") for t in planned
-                                                         if montage]
+    maps = {t: uncertainty_path(f) for t, f in files.items()} if uncertainty else {}
+    extra = [sidecar_path(f) for f in [*files.values(), *maps.values()]] + list(maps.values()) + \
+        [out / synthetic_filename(name, t, ".png") for t in planned if montage]
     refuse_overwriting_inputs([*files.values(), *extra], paths)
     images = {c: read_volume(p) for c, p in paths.items()} if isinstance(case, Mapping) else \
         read_case(case, model.card.contrasts)
     created = check_output_folder(out, [*files.values(), *extra])
     try:
         result = impute(images, model, targets=targets, reference=reference, device=device,
-                        batch_size=batch_size, progress=progress, cancel=cancel, precision=precision)
+                        batch_size=batch_size, progress=progress, cancel=cancel, precision=precision,
+                        uncertainty=uncertainty)
         with OutputSet() as outputs:
             written = {}
             for target, image in result.images.items():
                 prepared = result.cases[target]
-                written[target] = stage_imputed(outputs, image, files[target], model, prepared,
-                                                {c: paths[c] for c in image.GetMetaData("collagan_inputs").split(",")})
+                used = {c: paths[c] for c in image.GetMetaData("collagan_inputs").split(",")}
+                written[target] = stage_imputed(outputs, image, files[target], model, prepared, used)
+                if target in result.uncertainty:
+                    stage_uncertainty(outputs, result.uncertainty[target], maps[target], model, prepared, used)
                 if montage:
                     stage_montage(outputs, out / synthetic_filename(name, target, ".png"), result, target, name,
                                   model.card.name)
@@ -396,8 +428,21 @@ def stage_montage(outputs: OutputSet, path: Path, result: ImputationResult, targ
     title = (f"{name}: {target} imputed from {'+'.join(inputs)} (SYNTHETIC; no acquired {target} to compare "
              f"with) - {method}")
     outputs.stage(path, lambda tmp: montage_png(tmp, {c: case.arrays[c] for c in inputs}, result.arrays[target],
-                                                target, mask=case.mask, rows=2, method=method, title=title),
+                                                target, mask=case.mask, rows=2, method=method, title=title,
+                                                uncertainty=result.uncertainty_arrays.get(target)),
                   suffix=".png")
+
+
+def stage_uncertainty(outputs: OutputSet, image: sitk.Image, path: PathLike, model: LoadedModel,
+                      case: Optional[PreparedCase] = None,
+                      input_files: Optional[Mapping[str, PathLike]] = None) -> Path:
+    """Stage an uncertainty map and its JSON sidecar in ``outputs`` (with the synthetic volume, or neither)."""
+    inputs = image.GetMetaData("collagan_inputs").split(",")
+    path = write_volume(image, path, description=uncertainty_description(image.GetMetaData("collagan_target"),
+                                                                         inputs), outputs=outputs)
+    text = json.dumps(provenance(image, model, case, input_files), indent=2, ensure_ascii=False) + "\n"
+    outputs.stage(sidecar_path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return path
 
 
 def refuse_overwriting_inputs(outputs: Sequence[Path], inputs: Mapping[str, PathLike]) -> None:

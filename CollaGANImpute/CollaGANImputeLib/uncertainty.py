@@ -19,10 +19,13 @@ Example:
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
+import SimpleITK as sitk
 
 from .contract import LoadedModel
 from .inference import ProgressCallback, impute_slices
@@ -129,8 +132,32 @@ def estimate_uncertainty(
 
 def uncertainty_description(target: str, inputs: Sequence[str]) -> str:
     """The header description of an uncertainty map: what it is, and that it is not an image of the head."""
-    return (f"UNCERTAINTY of synthetic {target} (CollaGAN from {'+'.join(inputs)}): model disagreement, "
-            "p99 units; not an image")
+    return f"UNCERTAINTY of synthetic {target} from {'+'.join(inputs)} (CollaGAN); p99 units, not an image"
+
+
+def uncertainty_filename(case: str, target: str, extension: str = ".nii.gz") -> str:
+    """``<case>-<target>-uncertainty-collagan.nii.gz``: beside the synthetic volume, never read as an input (its
+    name does not end in a contrast)."""
+    return f"{case}-{target}-uncertainty-collagan{extension}"
+
+
+def uncertainty_path(synthetic: Union[str, os.PathLike]) -> Path:
+    """The uncertainty map's file beside a synthetic volume ``<case>-<target>-synthetic-collagan.<ext>``.
+
+    Example:
+        >>> uncertainty_path("out/case-t1c-synthetic-collagan.nii.gz").name
+        'case-t1c-uncertainty-collagan.nii.gz'
+    """
+    synthetic = Path(synthetic)
+    return synthetic.with_name(synthetic.name.replace("-synthetic-collagan", "-uncertainty-collagan", 1))
+
+
+def label_uncertainty(image: sitk.Image, synthetic: sitk.Image, members: Sequence[Member]) -> sitk.Image:
+    """Attach :func:`uncertainty_metadata` (from the ``synthetic`` volume's labels) to ``image``, in place."""
+    labels = {key: synthetic.GetMetaData(key) for key in synthetic.GetMetaDataKeys()}
+    for key, value in uncertainty_metadata(labels, members).items():
+        image.SetMetaData(key, value)
+    return image
 
 
 def uncertainty_metadata(synthetic: Mapping[str, str], members: Sequence[Member]) -> dict[str, str]:

@@ -108,3 +108,81 @@ def test_uncertainty_labels_say_what_it_is():
     assert labels["collagan_synthetic"] == "false" and labels["collagan_uncertainty"] == "true"
     assert "not an image" in labels["collagan_kind"] and labels["collagan_target"] == "t1c"
     assert "other" not in labels and "t1n+t2f mirrored" in labels["collagan_uncertainty_members"]
+
+
+# ------------------------------------------------------------------------- hooks: impute, impute_case, CLI
+
+
+def _phantom_images():
+    from core_fixtures import head_phantom, make_image
+
+    return {c: make_image(head_phantom(seed=s, scale=100 + 40 * s)) for s, c in enumerate(("t1n", "t2f"))}
+
+
+def test_impute_returns_a_labeled_uncertainty_map_per_target(tiny_model_path):
+    from CollaGANImputeLib import impute
+
+    model = load_model(tiny_model_path)
+    seen = []
+    result = impute(_phantom_images(), model, targets=["t1c"], device="cpu", precision="fp32", uncertainty=True,
+                    progress=lambda done, total: seen.append((done, total)))
+    image, u = result.uncertainty["t1c"], result.uncertainty_arrays["t1c"]
+    synthetic, case = result.images["t1c"], result.cases["t1c"]
+    assert image.GetSize() == synthetic.GetSize() and image.GetOrigin() == synthetic.GetOrigin()
+    assert image.GetSpacing() == synthetic.GetSpacing() and image.GetDirection() == synthetic.GetDirection()
+    assert image.GetMetaData("collagan_uncertainty") == "true" and image.GetMetaData("collagan_synthetic") == "false"
+    assert image.GetMetaData("collagan_inputs") == "t1n,t2f" and "p99" in image.GetMetaData("collagan_units")
+    assert u.max() > 0 and not u[~case.mask].any()  # defined inside the head mask only
+    expected = estimate_uncertainty(model, case.arrays, "t1c", result.arrays["t1c"], case.mask, device="cpu",
+                                    precision="fp32")
+    np.testing.assert_allclose(u, expected, atol=1e-6)
+    assert seen[-1] == (48, 48)  # 12 slices: the imputation and three members
+    plain = impute(_phantom_images(), model, targets=["t1c"], device="cpu", precision="fp32")
+    assert plain.uncertainty == {} and np.array_equal(plain.arrays["t1c"], result.arrays["t1c"])
+
+
+def test_impute_case_writes_the_map_beside_the_volume_all_or_nothing(tiny_model_path, copied_sample, tmp_path,
+                                                                     monkeypatch):
+    import json
+
+    import CollaGANImputeLib.pipeline as pipeline
+    import SimpleITK as sitk
+    from CollaGANImputeLib import impute_case
+    from CollaGANImputeLib.io import find_case_files
+
+    (copied_sample / "TCGA-HT-7882-t1c.nii.gz").unlink()
+    model = load_model(tiny_model_path)
+    out = tmp_path / "out"
+    written = impute_case(copied_sample, model, out_dir=out, device="cpu", uncertainty=True, montage=True)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["TCGA-HT-7882-t1c-synthetic-collagan.json", "TCGA-HT-7882-t1c-synthetic-collagan.nii.gz",
+                     "TCGA-HT-7882-t1c-synthetic-collagan.png", "TCGA-HT-7882-t1c-uncertainty-collagan.json",
+                     "TCGA-HT-7882-t1c-uncertainty-collagan.nii.gz"]
+    u = sitk.ReadImage(str(out / "TCGA-HT-7882-t1c-uncertainty-collagan.nii.gz"))
+    assert u.GetMetaData("descrip").startswith("UNCERTAINTY of synthetic t1c") and "not an image" in \
+        u.GetMetaData("descrip")
+    synthetic = sitk.ReadImage(str(written["t1c"]))
+    assert u.GetSize() == synthetic.GetSize() and u.GetOrigin() == synthetic.GetOrigin()
+    sidecar = json.loads((out / "TCGA-HT-7882-t1c-uncertainty-collagan.json").read_text())
+    assert sidecar["collagan_uncertainty"] == "true" and sidecar["model"]["sha256"] == model.sha256
+    assert find_case_files(out, ["t1n", "t1c", "t2f"]) == {}  # outputs are never taken as inputs
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "stage_uncertainty", broken)
+    again = tmp_path / "again"
+    with pytest.raises(OSError):
+        impute_case(copied_sample, model, out_dir=again, device="cpu", uncertainty=True)
+    assert not again.exists() or not any(again.iterdir())  # no synthetic volume without its map
+
+
+def test_cli_uncertainty_flag(tiny_model_path, copied_sample, tmp_path, capsys):
+    from CollaGANImputeLib.cli import EXIT_OK, main
+
+    (copied_sample / "TCGA-HT-7882-t2f.nii.gz").unlink()
+    out = tmp_path / "cli"
+    assert main(["impute", str(copied_sample), "--model", str(tiny_model_path), "--out", str(out), "--device", "cpu",
+                 "--uncertainty"]) == EXIT_OK
+    assert (out / "TCGA-HT-7882-t2f-uncertainty-collagan.nii.gz").is_file()
+    assert "uncertainty map of the synthetic t2f, not an image" in capsys.readouterr().out
