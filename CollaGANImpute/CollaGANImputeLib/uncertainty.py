@@ -1,14 +1,17 @@
 """A per-voxel uncertainty map for an imputed volume: how much the model's own predictions of it disagree.
 
 CollaGAN imputes a target from any non-empty subset of the available inputs (missing slots are zeros), and a
-left-right mirrored head is as valid an input as the head itself. Each such *member* — an input subset, mirrored
-or not — is another prediction of the same target by the same model. The map is the **mean absolute deviation of
-the members from the delivered prediction** (the one from all inputs), voxel by voxel, in p99 units of the
-target: 0.2 means the predictions differ from the delivered one by 0.2 of the target's 99th percentile on
-average there. It needs no retraining and works with any model that keeps the contract (:mod:`.contract`).
+left-right mirrored head is as valid an input as the head itself. Each such *member* (an input subset, or the
+mirrored inputs) is another prediction of the same target by the same model. The map is the **mean absolute
+deviation of the members from the delivered prediction** (the one from all inputs), averaged in-plane over about
+a pixel, in p99 units of the target: 0.2 means the predictions differ from the delivered one by 0.2 of the
+target's 99th percentile there. It needs no retraining and works with any model that keeps the contract
+(:mod:`.contract`). Default members (chosen by measurement, docs/RESULTS.md "Uncertainty maps"): every smaller
+input subset and the mirrored full input set, 3 more passes of the model for two inputs.
 
 What it measures is disagreement, not error: where every member is wrong in the same way (a lesion feature no
-input shows) it stays low. docs/RESULTS.md ("Uncertainty maps") reports how well it tracks the real error.
+input shows) it stays low. With the bundled model it tracks the real error only weakly, below the bar for a
+confidence map; docs/RESULTS.md gives the figures. Show it as what it is: where the predictions disagree.
 
 Example:
     >>> u = estimate_uncertainty(model, {"t1n": t1n, "t2f": t2f}, "t1c", prediction, mask)  # doctest: +SKIP
@@ -26,6 +29,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from .contract import LoadedModel
 from .inference import ProgressCallback, impute_slices
@@ -33,9 +37,12 @@ from .inference import ProgressCallback, impute_slices
 #: Default members besides the delivered prediction: every smaller input subset, and the mirrored full input set.
 DEFAULT_SUBSETS = True
 DEFAULT_FLIP = True
+#: In-plane Gaussian averaging of the deviations (pixels): the error is not predictable voxel by voxel, and a
+#: local mean of the disagreement tracks it a little better (docs/RESULTS.md, "Uncertainty maps").
+SMOOTH_PIXELS = 1.0
 #: The level the Slicer legend and the docs speak of (p99 units of the target).
 DISAGREEMENT_LEVEL = 0.2
-UNITS = "p99 units of the target: mean |member prediction - delivered prediction|"
+UNITS = "p99 units of the target: mean |member prediction - delivered prediction|, 1-pixel Gaussian in-plane"
 
 
 @dataclass(frozen=True)
@@ -79,20 +86,25 @@ def member_prediction(model: LoadedModel, arrays: Mapping[str, np.ndarray], targ
     return impute_slices(model, {c: arrays[c] for c in member.inputs}, target, **options)
 
 
-def disagreement(prediction: np.ndarray, members: Sequence[np.ndarray], mask: Optional[np.ndarray] = None
-                 ) -> np.ndarray:
-    """Mean absolute deviation of the ``members`` from the delivered ``prediction``, float32, 0 outside ``mask``.
+def disagreement(prediction: np.ndarray, members: Sequence[np.ndarray], mask: Optional[np.ndarray] = None,
+                 smooth: float = SMOOTH_PIXELS) -> np.ndarray:
+    """Mean absolute deviation of the ``members`` from the delivered ``prediction``, float32, 0 outside ``mask``,
+    then averaged in-plane with a Gaussian of ``smooth`` pixels (0: none; the deviations outside ``mask`` count
+    as 0, so the untrained background of a head-only model does not bleed in).
 
     Example:
-        >>> disagreement(np.zeros((1, 2, 2)), [np.full((1, 2, 2), 0.5), np.zeros((1, 2, 2))])[0, 0, 0]
+        >>> disagreement(np.zeros((1, 2, 2)), [np.full((1, 2, 2), 0.5), np.zeros((1, 2, 2))], smooth=0)[0, 0, 0]
         0.25
     """
     total = np.zeros(prediction.shape, dtype=np.float32)
     for member in members:
         total += np.abs(member.astype(np.float32) - prediction.astype(np.float32))
     total /= max(1, len(members))
-    if mask is not None:
-        total[~mask.astype(bool)] = 0
+    inside = np.ones(prediction.shape, dtype=bool) if mask is None else mask.astype(bool)
+    total[~inside] = 0
+    if smooth > 0:
+        total = ndimage.gaussian_filter(total, sigma=(0, smooth, smooth), mode="constant").astype(np.float32)
+        total[~inside] = 0
     return total
 
 
@@ -106,12 +118,13 @@ def estimate_uncertainty(
     progress: Optional[ProgressCallback] = None,
     progress_offset: int = 0,
     progress_total: Optional[int] = None,
+    smooth: float = SMOOTH_PIXELS,
     **options: Any,
 ) -> np.ndarray:
     """The uncertainty map of ``prediction`` (the target imputed from all of ``arrays``), p99 units, 0 outside
     ``mask``. ``members`` default to :func:`ensemble_members` of the inputs; ``options`` go to
     :func:`.inference.impute_slices` (device, precision, batch_size, cancel, spacing); ``progress`` counts the
-    members' slices after ``progress_offset`` (of ``progress_total``).
+    members' slices after ``progress_offset`` (of ``progress_total``); ``smooth``: see :func:`disagreement`.
 
     Raises ValueError when there is no member (one input and no mirroring).
     """
@@ -127,7 +140,7 @@ def estimate_uncertainty(
         predictions.append(member_prediction(model, arrays, target, member, progress=progress,
                                              progress_offset=progress_offset + index * n_slices,
                                              progress_total=total, **options))
-    return disagreement(prediction, predictions, mask)
+    return disagreement(prediction, predictions, mask, smooth=smooth)
 
 
 def uncertainty_description(target: str, inputs: Sequence[str]) -> str:

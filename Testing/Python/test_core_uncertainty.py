@@ -76,8 +76,16 @@ def test_members_and_disagreement():
     assert len(ensemble_members(["a", "b", "c"], flip=False)) == 6  # 3 pairs + 3 singles
     mask = np.ones((1, 2, 2), dtype=bool)
     mask[0, 0, 0] = False
-    u = disagreement(np.zeros((1, 2, 2)), [np.ones((1, 2, 2)), -np.ones((1, 2, 2))], mask)
+    u = disagreement(np.zeros((1, 2, 2)), [np.ones((1, 2, 2)), -np.ones((1, 2, 2))], mask, smooth=0)
     assert u.dtype == np.float32 and u[0, 0, 0] == 0 and np.all(u[0].ravel()[1:] == 1)
+    # Smoothing spreads a one-voxel disagreement in-plane only, and never outside the mask.
+    spike = np.zeros((3, 9, 9), dtype=np.float32)
+    spike[1, 4, 4] = 1.0
+    inside = np.ones(spike.shape, dtype=bool)
+    inside[:, :, 0] = False
+    smooth = disagreement(np.zeros_like(spike), [spike], inside, smooth=1.0)
+    assert smooth[1, 4, 4] < 1 and smooth[1, 4, 5] > 0 and not smooth[0].any() and not smooth[2].any()
+    assert not smooth[:, :, 0].any() and smooth.sum() == pytest.approx(1.0, abs=1e-3)
 
 
 def test_estimate_uncertainty_with_a_real_torchscript_model(tiny_model_path):
@@ -86,11 +94,13 @@ def test_estimate_uncertainty_with_a_real_torchscript_model(tiny_model_path):
     arrays = {c: rng.random((3, 20, 24)).astype(np.float32) for c in ("t1n", "t2f")}
     prediction = member_prediction(model, arrays, "t1c", Member(("t1n", "t2f")), device="cpu", precision="fp32")
     seen = []
-    u = estimate_uncertainty(model, arrays, "t1c", prediction, device="cpu", precision="fp32",
+    u = estimate_uncertainty(model, arrays, "t1c", prediction, device="cpu", precision="fp32", smooth=0,
                              progress=lambda done, total: seen.append((done, total)))
     members = [member_prediction(model, arrays, "t1c", m, device="cpu", precision="fp32")
                for m in ensemble_members(["t1n", "t2f"])]
     np.testing.assert_allclose(u, np.mean([np.abs(p - prediction) for p in members], axis=0), atol=1e-6)
+    smoothed = estimate_uncertainty(model, arrays, "t1c", prediction, device="cpu", precision="fp32")
+    np.testing.assert_allclose(smoothed, disagreement(prediction, members), atol=1e-6)
     assert u.shape == prediction.shape and u.max() > 0
     assert seen[-1] == (9, 9)  # three members of three slices
     # The mirrored member is the model's prediction on the mirrored head, mirrored back.
