@@ -82,10 +82,9 @@ def model_overview(model: LoadedModel, markdown: Optional[Path] = None) -> dict[
     card = model.card
     markdown = markdown if markdown is not None else bundled_card_markdown(model)
     text = markdown.read_text(encoding="utf-8") if markdown is not None else ""
-    purpose = getattr(card, "intended_use", "") or _plain(markdown_section(text, "Intended use")) or card.description
-    training_data = card.training.get("data", "") if isinstance(card.training, dict) else ""
-    domain = getattr(card, "domain", "") or training_data
-    limits = list(getattr(card, "limitations", None) or _bullets(markdown_section(text, "Limits")))
+    purpose = card.intended_use or _plain(markdown_section(text, "Intended use")) or card.description
+    domain = card.domain or card.training.get("data", "")
+    limits = list(card.limitations or _bullets(markdown_section(text, "Limits")))
     if not limits:  # nothing model-specific: what holds for every model of this package, and a warning
         limits = SHARED_LIMITS + ["The card states no limits of its own; ask the model's author before use."]
     key, metrics = own_metrics(card)

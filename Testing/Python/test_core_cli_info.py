@@ -71,9 +71,13 @@ def test_card_fields_and_the_markdown_card_feed_the_overview(tiny_model_path, tm
     markdown.write_text("# card\n\n## Intended use\n\nFilling a **missing** T1.\n\n## Limits\n\n- Adults only.\n"
                         "- No `t2w`,\n  ever.\n\n## Other\n\nx\n")
     assert markdown_section(markdown.read_text(), "Limits").startswith("- Adults only.")
-    overview = model_overview(load_model(tiny_model_path), markdown)
+    model = load_model(tiny_model_path)
+    overview = model_overview(model, markdown)
     assert overview["purpose"] == "Filling a missing T1." and overview["limits"] == ["Adults only.", "No t2w, ever."]
-    assert "Full card: " in format_overview(overview)
+    assert overview["domain"] == "not stated in the card" and "Full card: " in format_overview(overview)
+    model.card.intended_use, model.card.domain, model.card.limitations = "Research.", "Adult glioma MRI", ["2-D."]
+    overview = model_overview(model, markdown)  # the card's own fields come first
+    assert (overview["purpose"], overview["domain"], overview["limits"]) == ("Research.", "Adult glioma MRI", ["2-D."])
 
 
 def test_info_json_into_a_closed_pipe_prints_no_traceback(tiny_model_path):
