@@ -143,6 +143,27 @@ def estimate_uncertainty(
     return disagreement(prediction, predictions, mask, smooth=smooth)
 
 
+#: How viewers show the map: colour window (p99 units) and the level below which it is left uncoloured.
+DISPLAY_RANGE = (0.0, 2 * DISAGREEMENT_LEVEL)
+DISPLAY_THRESHOLD = 0.05
+LEGEND_TITLE = "Model disagreement (p99 units)"
+
+
+def legend_text(target: str, level: float = DISAGREEMENT_LEVEL) -> str:
+    """What the colours of the uncertainty overlay mean, in words (the Slicer panel and any other viewer).
+
+    Example:
+        >>> "disagree by more than 0.2 of the 99th percentile here" in legend_text("t1c")
+        True
+    """
+    low, high = DISPLAY_THRESHOLD, DISPLAY_RANGE[1]
+    return (f"Uncertainty overlay on the synthetic {target}: bright (orange to yellow) = the model's predictions "
+            f"disagree by more than {level:g} of the 99th percentile here; purple to red = by {low:g} to "
+            f"{level:g}; no colour = below {low:g} (colour range 0 to {high:g}). The predictions come from fewer "
+            "inputs and mirrored inputs. This is not a confidence map: it misses errors that all predictions "
+            "share (for example a lesion no input shows), and it tracks the real error only weakly.")
+
+
 def uncertainty_description(target: str, inputs: Sequence[str]) -> str:
     """The header description of an uncertainty map: what it is, and that it is not an image of the head."""
     return f"UNCERTAINTY of synthetic {target} from {'+'.join(inputs)} (CollaGAN); p99 units, not an image"

@@ -29,6 +29,7 @@ from ..pipeline import (
     label_synthetic,
     prepare_case,
 )
+from ..uncertainty import disagreement, ensemble_members, label_uncertainty, member_prediction
 
 
 @dataclass
@@ -41,6 +42,9 @@ class ChunkedImputation:
     next step raise :class:`Cancelled`; nothing is produced. A CUDA out-of-memory error that survives the
     core's batch halving switches the remaining slices to the CPU (``notes`` says so). ``cancel_flag``: an
     outside ``threading.Event`` (e.g. a web app's Cancel button, set from another thread) that cancels too.
+    ``uncertainty``: after the imputation, one more pass over the slices per member of :mod:`..uncertainty`
+    (``passes`` in all), then the uncertainty map in ``result.uncertainty`` as :func:`CollaGANImputeLib.impute`
+    makes it.
     """
 
     images: Mapping[str, sitk.Image]
@@ -54,6 +58,7 @@ class ChunkedImputation:
     notes: list[str] = field(default_factory=list)
     result: Optional[ImputationResult] = None
     cancel_flag: Optional[threading.Event] = None
+    uncertainty: bool = False
 
     def __post_init__(self) -> None:
         # Model order for the metadata and the mask (as the core's impute does); the caller's order for the
@@ -70,6 +75,10 @@ class ChunkedImputation:
         self._output: Optional[np.ndarray] = None
         self._next_slice = 0
         self.warnings: list[str] = []
+        self.members = ensemble_members(self.inputs) if self.uncertainty else []
+        self._member_outputs: list[np.ndarray] = []
+        self._prediction: Optional[np.ndarray] = None
+        self.current_pass = 0  # 0: the imputation; 1..len(members): the uncertainty map's members
 
     @property
     def total_slices(self) -> int:
@@ -77,7 +86,13 @@ class ChunkedImputation:
 
     @property
     def slices_done(self) -> int:
+        """Slices done in the current pass."""
         return self._next_slice
+
+    @property
+    def passes(self) -> int:
+        """Passes over the slices: the imputation, and one per uncertainty member."""
+        return 1 + len(self.members)
 
     @property
     def done(self) -> bool:
@@ -90,7 +105,8 @@ class ChunkedImputation:
             return 1.0
         if self._case is None:
             return 0.0
-        return 0.05 + 0.95 * self._next_slice / max(1, self.total_slices)
+        done = self.current_pass * self.total_slices + self._next_slice
+        return 0.05 + 0.95 * done / max(1, self.total_slices * self.passes)
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -110,11 +126,24 @@ class ChunkedImputation:
         if self._next_slice < self.total_slices:
             self._run_chunk()
             return False
-        self._output = apply_outside_head(self.model.card, self._case.mask, self._output)
+        if self.current_pass == 0:
+            self._prediction = self._output
+        else:
+            self._member_outputs.append(self._output)
+        if self.current_pass < len(self.members):  # the next member's pass over the slices
+            self.current_pass += 1
+            self._output = np.zeros(self._case.mask.shape, dtype=np.float32)
+            self._next_slice = 0
+            return False
+        self._output = apply_outside_head(self.model.card, self._case.mask, self._prediction)
         image = label_synthetic(self._case.to_image(self._output), self.model, self.inputs, self.target, self._case)
         self.result = ImputationResult(images={self.target: image}, case=self._case, model_name=self.model.card.name,
                                        inputs=sorted(self.inputs), arrays={self.target: self._output},
                                        cases={self.target: self._case})
+        if self.members:
+            u = disagreement(self._output, self._member_outputs, self._case.mask)
+            self.result.uncertainty[self.target] = label_uncertainty(self._case.to_image(u), image, self.members)
+            self.result.uncertainty_arrays[self.target] = u
         return True
 
     def run(self, progress: Optional[Callable[[float], None]] = None) -> ImputationResult:
@@ -131,9 +160,7 @@ class ChunkedImputation:
         stop = min(start + int(self.slices_per_step or 1), self.total_slices)
         chunk = {c: self._case.arrays[c][start:stop] for c in self.inputs}
         try:
-            predicted = impute_slices(self.model, chunk, self.target, device=self.device, batch_size=self.batch_size,
-                                      precision=self.precision, spacing=self._case.spacing,
-                                      cancel=self._cancel)
+            predicted = self._predict(chunk, self.batch_size)
         except torch.cuda.OutOfMemoryError:
             if self.device.type != "cuda":
                 raise
@@ -141,10 +168,14 @@ class ChunkedImputation:
             self.device = torch.device("cpu")
             self.slices_per_step = 2
             self.notes.append("The GPU ran out of memory even one slice at a time; the rest ran on the CPU.")
-            predicted = impute_slices(self.model, chunk, self.target, device=self.device, batch_size=1,
-                                      precision=self.precision, spacing=self._case.spacing,
-                                      cancel=self._cancel)
+            predicted = self._predict(chunk, 1)
         self._output[start:stop] = predicted
         self._next_slice = stop
 
-
+    def _predict(self, chunk: Mapping[str, np.ndarray], batch_size: Optional[int]) -> np.ndarray:
+        """The current pass on a chunk of slices: the imputation itself, or an uncertainty member."""
+        options = dict(device=self.device, batch_size=batch_size, precision=self.precision,
+                       spacing=self._case.spacing, cancel=self._cancel)
+        if self.current_pass == 0:
+            return impute_slices(self.model, chunk, self.target, **options)
+        return member_prediction(self.model, chunk, self.target, self.members[self.current_pass - 1], **options)

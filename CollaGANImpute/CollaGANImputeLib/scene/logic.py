@@ -50,6 +50,11 @@ SAMPLE_CONTRASTS = ("t1n", "t1c", "t2f")
 ERROR_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
 ERROR_COLOR_NAME = "DivergingBlueRed"
 ERROR_LEGEND_TITLE = "Synthetic - acquired (p99 units)"
+#: Slicer's Inferno colour table (from its colour files) for the uncertainty overlay; else an equal one is added.
+UNCERTAINTY_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
+UNCERTAINTY_COLOR_NAME = "Inferno"
+#: Node reference from a synthetic volume to its uncertainty map.
+UNCERTAINTY_REFERENCE = "collaganUncertainty"
 #: Parameter-node keys of the panel's fields (as Slicer's parameterNodeWrapper writes them) and of the inputs.
 PARAMETER_FIELDS = ("modelName", "modelFile", "target", "device", "batchSize")
 VOLUME_FIELDS = ("syntheticVolume", "referenceVolume", "lesionVolume")
@@ -206,7 +211,8 @@ class SceneLogic:
         from .names import match_volumes
 
         volumes = [n for n in self._volumes() if not n.IsA(LABEL_MAP_VOLUME) and not self.isSynthetic(n)
-                   and n.GetAttribute("collagan_error_map") != "true" and all(n is not t for t in taken)]
+                   and n.GetAttribute("collagan_error_map") != "true"
+                   and n.GetAttribute("collagan_uncertainty") != "true" and all(n is not t for t in taken)]
         byName: dict = {}
         for node in volumes:
             byName.setdefault(node.GetName(), node)
@@ -231,16 +237,18 @@ class SceneLogic:
     # --- imputation ---------------------------------------------------------------------------------------
 
     def startImputation(self, inputNodes: dict, model, target: str, device: str = "auto", batchSize: int = 8,
-                        cancel: Optional[threading.Event] = None, precision: str = "auto"):
+                        cancel: Optional[threading.Event] = None, precision: str = "auto",
+                        uncertainty: bool = False):
         """Copy the input volumes out of the scene; return a :class:`~.job.ChunkedImputation` to step or run.
 
         The first input is the reference grid. ``cancel``: an Event that stops the job (also ``job.cancel()``).
+        ``uncertainty``: also the uncertainty map (more passes of the model; :mod:`CollaGANImputeLib.uncertainty`).
         """
         from .job import ChunkedImputation
 
         images = {contrast: image_from_node(node) for contrast, node in inputNodes.items()}
         return ChunkedImputation(images, self._model(model), target, device=device, batch_size=batchSize,
-                                 precision=precision, cancel_flag=cancel)
+                                 precision=precision, cancel_flag=cancel, uncertainty=uncertainty)
 
     def addResultToScene(self, job):
         """Add the finished job's image as '<target> (synthetic, CollaGAN)' with its ``collagan_*`` attributes and
@@ -256,22 +264,60 @@ class SceneLogic:
             node.SetAttribute(key, value)
         node.SetDescription(synthetic_description(job.target, image.GetMetaData("collagan_inputs").split(",")))
         self.lastResults[node.GetID()] = job.result
+        if job.target in job.result.uncertainty:
+            self.addUncertaintyToScene(job.result, job.target, node)
         return node
+
+    def addUncertaintyToScene(self, result, target: str, syntheticNode):
+        """Add ``result``'s uncertainty map of ``target`` as '<target> uncertainty (CollaGAN)': its ``collagan_*``
+        attributes, the Inferno colours on 0-0.4 p99 units with values under 0.05 left uncoloured, a colour
+        legend; referenced from ``syntheticNode`` (:meth:`uncertaintyNodeFor`)."""
+        from ..uncertainty import DISPLAY_RANGE, DISPLAY_THRESHOLD, LEGEND_TITLE, uncertainty_description
+
+        image = result.uncertainty[target]
+        name = self.scene.GenerateUniqueName(f"{target} uncertainty (CollaGAN)")
+        node = node_from_image(image, self.scene, name)
+        for key in image.GetMetaDataKeys():
+            if key.startswith("collagan_"):
+                node.SetAttribute(key, image.GetMetaData(key))
+        node.SetDescription(uncertainty_description(target, image.GetMetaData("collagan_inputs").split(",")))
+        display = node.GetDisplayNode()
+        display.SetAndObserveColorNodeID(self.uncertaintyColorNode().GetID())
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevelMinMax(*DISPLAY_RANGE)
+        display.SetApplyThreshold(True)
+        display.SetLowerThreshold(DISPLAY_THRESHOLD)
+        self._legendFor(node, LEGEND_TITLE)
+        syntheticNode.SetNodeReferenceID(UNCERTAINTY_REFERENCE, node.GetID())
+        return node
+
+    @staticmethod
+    def uncertaintyNodeFor(syntheticNode):
+        """The uncertainty map added with ``syntheticNode`` (None when none was computed)."""
+        return syntheticNode.GetNodeReference(UNCERTAINTY_REFERENCE) if syntheticNode is not None else None
+
+    @staticmethod
+    def uncertaintyLegendText(syntheticNode) -> str:
+        """The overlay's colours in words (for a label beside the views)."""
+        from ..uncertainty import legend_text
+
+        return legend_text(syntheticNode.GetAttribute("collagan_target") or "volume")
 
     def imputeNodes(self, inputNodes: dict, model=None, target: Optional[str] = None, device: str = "auto",
                     batchSize: int = 8, progress: Optional[Callable[[float], None]] = None,
-                    cancel: Optional[threading.Event] = None, precision: str = "auto"):
+                    cancel: Optional[threading.Event] = None, precision: str = "auto", uncertainty: bool = False):
         """Impute ``target`` (default: the first missing contrast) from scene volumes; return the new node.
 
         ``model``: a LoadedModel, a bundled model name, a file path, or None for the default bundled model.
         ``progress`` gets the fraction done; setting ``cancel`` raises Cancelled and leaves the scene as it was.
+        ``uncertainty``: also the uncertainty map, as a node referenced from the result (:meth:`uncertaintyNodeFor`).
         """
         model = self._model(model)
         if target is None:
             target = self.defaultTarget(list(model.card.contrasts), inputNodes)
         usable = {c: n for c, n in inputNodes.items() if n is not None and c != target}
         job = self.startImputation(usable, model, target, device=device, batchSize=batchSize, cancel=cancel,
-                                   precision=precision)
+                                   precision=precision, uncertainty=uncertainty)
         job.run(progress)
         return self.addResultToScene(job)
 
@@ -330,14 +376,32 @@ class SceneLogic:
             node.SetAttribute("collagan_color", "diverging blue-white-red (Slicer's DivergingBlueRed)")
         return node
 
-    def _legendFor(self, volumeNode):
+    def _legendFor(self, volumeNode, title: str = ERROR_LEGEND_TITLE):
         if not self.scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):  # slicer-core's bare scene
             self.scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
         legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(volumeNode)
         if legend is not None:
-            legend.SetTitleText(_(ERROR_LEGEND_TITLE))
+            legend.SetTitleText(_(title))
             legend.SetVisibility(True)
         return legend
+
+    def uncertaintyColorNode(self):
+        """Slicer's Inferno colour table; where the scene has none (slicer-core loads no colour files), an equal
+        table of 256 colours (matplotlib's inferno) is added once."""
+        node = self.scene.GetNodeByID(UNCERTAINTY_COLOR_NODE_ID)
+        if node is None:
+            collection = self.scene.GetNodesByName(UNCERTAINTY_COLOR_NAME)
+            node = collection.GetItemAsObject(0) if collection.GetNumberOfItems() else None
+        if node is None:
+            from matplotlib import colormaps  # a core dependency; no pyplot needed
+
+            node = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", UNCERTAINTY_COLOR_NAME)
+            node.SetTypeToUser()
+            node.SetNumberOfColors(256)
+            for index, rgba in enumerate(colormaps["inferno"](np.linspace(0.0, 1.0, 256))):
+                node.SetColor(index, "", *[float(v) for v in rgba[:3]], 1.0)
+            node.SetAttribute("collagan_color", "inferno (Slicer's Inferno)")
+        return node
 
     def compare(self, syntheticNode, referenceNode, inputNodes: dict, lesionNode=None) -> ComparisonOutputs:
         """Score a synthetic volume against the acquired one as ``collagan-impute evaluate`` does and add a table
