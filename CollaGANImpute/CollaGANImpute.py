@@ -408,7 +408,7 @@ class CollaGANImputeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 model = self.logic.loadModel(self.selectedModelSource(), device="cpu")
                 self._job = self.logic.startImputation(
                     inputNodes, model, target, device=self.ui.deviceComboBox.currentText,
-                    batchSize=self.ui.batchSizeSpinBox.value)
+                    batchSize=self.ui.batchSizeSpinBox.value, uncertainty=self.ui.uncertaintyCheckBox.checked)
             except Exception as error:
                 raise RuntimeError(self.logic.plainError(error)) from error
         if self._job is None:
@@ -437,7 +437,12 @@ class CollaGANImputeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.errorDisplay(self.logic.plainError(error), windowTitle=_("CollaGAN imputation failed"))
             return
         self.ui.progressBar.setValue(int(100 * job.progress))
-        if job.total_slices:
+        if job.total_slices and job.current_pass:
+            self.ui.statusLabel.text = _("Uncertainty of {target}: prediction {index} of {count}, slice {done} of "
+                                         "{total} on {device}").format(
+                target=job.target, index=job.current_pass, count=job.passes - 1, done=job.slices_done,
+                total=job.total_slices, device=job.device.type.upper())
+        elif job.total_slices:
             self.ui.statusLabel.text = _("Imputing {target}: slice {done} of {total} on {device}").format(
                 target=job.target, done=job.slices_done, total=job.total_slices, device=job.device.type.upper())
         if not finished:
@@ -446,6 +451,7 @@ class CollaGANImputeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("The result could not be added to the scene."), waitCursor=True):
             node = self.logic.addResultToScene(job, showNextTo=next(iter(self._jobInputs.values()), None))
             self.showSyntheticBanner(node)
+            self.showUncertaintyLegend(node)
             if self._parameterNode:  # pre-fill Compare: the new volume, and the acquired one if there is one
                 self._parameterNode.syntheticVolume = node
                 if self._jobReference is not None:
@@ -468,6 +474,11 @@ class CollaGANImputeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def showSyntheticBanner(self, node) -> None:
         self.ui.syntheticWarningLabel.text = self.logic.bannerText(node)
         self.ui.syntheticWarningLabel.setVisible(True)
+
+    def showUncertaintyLegend(self, node) -> None:
+        hasMap = self.logic.uncertaintyNodeFor(node) is not None
+        self.ui.uncertaintyLegendLabel.text = self.logic.uncertaintyLegendText(node) if hasMap else ""
+        self.ui.uncertaintyLegendLabel.setVisible(hasMap)
 
     # --- comparison ---------------------------------------------------------------------------------------
 
@@ -618,25 +629,38 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
         return self.core.parameters()
 
     def startImputation(self, inputNodes: dict, model, target: str, device: str = "auto", batchSize: int = 8,
-                        cancel=None, precision: str = "auto"):
-        """Copy the input volumes out of the scene and return a ChunkedImputation to step (GUI) or run."""
+                        cancel=None, precision: str = "auto", uncertainty: bool = False):
+        """Copy the input volumes out of the scene and return a ChunkedImputation to step (GUI) or run;
+        ``uncertainty`` also computes the uncertainty map."""
         return self.core.startImputation(inputNodes, model, target, device=device, batchSize=batchSize,
-                                         cancel=cancel, precision=precision)
+                                         cancel=cancel, precision=precision, uncertainty=uncertainty)
 
     def addResultToScene(self, job, showNextTo=None):
-        """Add the finished job's image as '<target> (synthetic, CollaGAN)', shown beside ``showNextTo``."""
+        """Add the finished job's image as '<target> (synthetic, CollaGAN)', shown beside ``showNextTo``; its
+        uncertainty map, if computed, as a coloured overlay on it."""
         node = self.core.addResultToScene(job)
         if showNextTo is not None:
             self.showSideBySide(node, showNextTo)
+        uncertainty = self.uncertaintyNodeFor(node)
+        if uncertainty is not None:
+            self.showOverlay(node, uncertainty)
         return node
+
+    def uncertaintyNodeFor(self, syntheticNode):
+        """The uncertainty map computed with a synthetic volume (None if none was)."""
+        return self.core.uncertaintyNodeFor(syntheticNode)
+
+    def uncertaintyLegendText(self, syntheticNode) -> str:
+        return self.core.uncertaintyLegendText(syntheticNode)
 
     def imputeNodes(self, inputNodes: dict, model=None, target: Optional[str] = None, device: str = "auto",
                     batchSize: int = 8, progress: Optional[Callable[[float], None]] = None, cancel=None,
-                    precision: str = "auto"):
+                    precision: str = "auto", uncertainty: bool = False):
         """Console use: impute ``target`` (default: the first missing contrast) from scene volumes; returns the
-        new node. ``model`` is a LoadedModel, a bundled model name, a file path, or None for the default."""
+        new node. ``model`` is a LoadedModel, a bundled model name, a file path, or None for the default.
+        ``uncertainty``: also the uncertainty map (``uncertaintyNodeFor(node)``)."""
         return self.core.imputeNodes(inputNodes, model=model, target=target, device=device, batchSize=batchSize,
-                                     progress=progress, cancel=cancel, precision=precision)
+                                     progress=progress, cancel=cancel, precision=precision, uncertainty=uncertainty)
 
     def imputeCaseFolder(self, folder: str, model=None, outDir: Optional[str] = None, load: bool = True, **kwargs):
         """Impute a BraTS-named case folder from disk (exactly the CLI's core call), optionally loading results."""
@@ -669,6 +693,20 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
         return self.core.exportScores(outputs, path)
 
     # --- Slicer application only ----------------------------------------------------------------------------
+
+    @staticmethod
+    def showOverlay(syntheticNode, overlayNode, opacity: float = 0.6) -> None:
+        """``overlayNode`` (the uncertainty map) in colour over ``syntheticNode`` in the views that show it."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            slicer.util.setSliceViewerLayers(background=syntheticNode, foreground=overlayNode,
+                                             foregroundOpacity=opacity)
+            return
+        for viewName in layoutManager.sliceViewNames():
+            composite = layoutManager.sliceWidget(viewName).mrmlSliceCompositeNode()
+            if composite.GetBackgroundVolumeID() == syntheticNode.GetID():
+                composite.SetForegroundVolumeID(overlayNode.GetID())
+                composite.SetForegroundOpacity(opacity)
 
     @staticmethod
     def showSideBySide(syntheticNode, inputNode) -> None:
@@ -707,6 +745,8 @@ class CollaGANImputeTest(ScriptedLoadableModuleTest):
         self.test_WidgetCancelButton()
         self.setUp()
         self.test_ParameterNodeSharedWithPanel()
+        self.setUp()
+        self.test_UncertaintyOverlay()
 
     def _model(self):
         """The default bundled model, or a small real TorchScript conv net exported here when none is bundled."""
@@ -760,6 +800,20 @@ class CollaGANImputeTest(ScriptedLoadableModuleTest):
         csvPath = os.path.join(slicer.app.temporaryPath, "collagan-selftest-scores.csv")
         self.assertTrue(os.path.isfile(logic.exportScores(outputs, csvPath)))
         self.delayDisplay("Imputation and comparison passed")
+
+    def test_UncertaintyOverlay(self) -> None:
+        self.delayDisplay("Imputing t1c with its uncertainty map")
+        logic = CollaGANImputeLogic()
+        nodes = self._sampleNodes()
+        node = logic.imputeNodes({"t1n": nodes["t1n"], "t2f": nodes["t2f"]}, model=self._model(), target="t1c",
+                                 device="cpu", uncertainty=True)
+        overlay = logic.uncertaintyNodeFor(node)
+        self.assertIsNotNone(overlay)
+        self.assertEqual(overlay.GetAttribute("collagan_uncertainty"), "true")
+        self.assertEqual(overlay.GetImageData().GetDimensions(), node.GetImageData().GetDimensions())
+        self.assertIn("disagree by more than 0.2", logic.uncertaintyLegendText(node))
+        logic.showOverlay(node, overlay)
+        self.delayDisplay("Uncertainty overlay passed")
 
     def test_CancelLeavesSceneUnchanged(self) -> None:
         self.delayDisplay("Cancelling an imputation")
