@@ -138,7 +138,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
             if args.uncertainty:
                 from .uncertainty import uncertainty_path
 
-                print(f"{target}: {uncertainty_path(path)}  (uncertainty map of the synthetic {target}, not an image)")
+                print(f"{target}: {uncertainty_path(path)}  (uncertainty map of the synthetic {target}, not an image: "
+                      "model disagreement, not a confidence map)")
         args.done.append(label)
     if failed:
         print(f"error: {len(failed)} of {len(cases)} cases failed: {', '.join(failed)}", file=sys.stderr)
@@ -285,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--montage", action="store_true", help="also write a PNG per target: inputs | synthetic")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write <case>-<target>-uncertainty-collagan.nii.gz: how much the model's predictions "
-                        "from smaller input sets and mirrored inputs disagree (p99 units; 3 more model passes)")
+                        "from smaller input sets and mirrored inputs disagree (p99 units; about 3x the time). A "
+                        "disagreement map, not a confidence map: it misses errors all predictions share")
     common(p)
     p.set_defaults(func=cmd_impute)
 

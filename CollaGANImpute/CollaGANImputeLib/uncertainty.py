@@ -202,6 +202,7 @@ def uncertainty_metadata(synthetic: Mapping[str, str], members: Sequence[Member]
         "collagan_synthetic": "false",
         "collagan_uncertainty": "true",
         "collagan_kind": "uncertainty map, not an image",
+        "collagan_note": "model disagreement, not a confidence map: it misses errors all predictions share",
         "collagan_units": UNITS,
         "collagan_uncertainty_members": ",".join(m.describe() for m in members),
     })
