@@ -71,7 +71,7 @@ def montage_png(
         columns.append((f"{target} real", real, "gray"))
         columns.append(("|error| in mask", np.abs(imputed - real) * mask, "magma"))
     if uncertainty is not None:
-        columns.append(("uncertainty: model disagreement", uncertainty, "viridis"))
+        columns.append(("uncertainty: model disagreement\n(not a confidence map)", uncertainty, "viridis"))
     figure, axes = plt.subplots(len(slices), len(columns), figsize=(2.6 * len(columns), 2.8 * len(slices)),
                                 squeeze=False)
     for row, index in enumerate(slices):
