@@ -25,7 +25,6 @@ import SimpleITK as sitk
 from .contract import LoadedModel
 from .errors import CollaGANError, InputError, ModelError
 from .figures import montage_png
-from .geometry import align_to_reference, to_canonical_array
 from .inference import CancelFlag
 from .io import OutputSet, case_name, find_lesion_mask, follow_umask, read_volume, synthetic_filename
 from .metrics import METRIC_NAMES, score_volume, summarize
@@ -76,8 +75,7 @@ def score_imputation(
     real = case.normalize_like_inputs(images[target])
     lesion = None
     if lesion_image is not None:
-        aligned = align_to_reference({"ref": case.reference, "seg": lesion_image}, "ref")["seg"]
-        lesion = to_canonical_array(aligned) > 0.5
+        lesion = case.lesion_like_inputs(lesion_image)
     pred = result.arrays[target]
     given = [case.arrays[c] for c in inputs]  # the inputs as the model saw them, for contrast identity
     return ScoredImputation(result, pred, real, lesion, score_volume(pred, real, case.mask, lesion, given))

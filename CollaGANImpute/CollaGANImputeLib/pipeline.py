@@ -79,6 +79,11 @@ class PreparedCase:
         aligned = align_to_reference({"ref": self.reference, "other": image}, reference="ref")["other"]
         return normalize(to_canonical_array(aligned), self.mask)
 
+    def lesion_like_inputs(self, image: sitk.Image) -> np.ndarray:
+        """A lesion mask of the case (any label > 0) on this case's canonical grid, as a boolean array."""
+        aligned = align_to_reference({"ref": self.reference, "seg": image}, reference="ref")["seg"]
+        return to_canonical_array(aligned) > 0.5
+
 
 def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = None,
                  mask_from: Optional[Sequence[str]] = None,

@@ -25,6 +25,20 @@ class TinyGenerator(torch.nn.Module):
 
 
 
+class NaNOutput(torch.nn.Module):
+    """A model whose output is NaN everywhere (refused on the first batch)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1] * float("nan")
+
+
+class WrongShape(torch.nn.Module):
+    """A model whose output has two channels at half size (refused on the first batch)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :2, ::2, ::2]
+
+
 def head_phantom(shape=(12, 48, 40), seed=0, scale=200.0, noise=0.1) -> np.ndarray:
     """An ellipsoid 'head' with a bright blob: enough structure for Otsu and p99, on a (z, y, x) grid."""
     rng = np.random.default_rng(seed)

@@ -11,17 +11,7 @@ import torch
 from CollaGANImputeLib import ModelCard, ModelError, impute, load_model, save_model
 from CollaGANImputeLib.cli import EXIT_MODEL, main
 from CollaGANImputeLib.contract import METADATA_FILE
-from core_fixtures import CONTRASTS, TinyGenerator, head_phantom, make_image
-
-
-class NaNOutput(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :1] * float("nan")
-
-
-class WrongShape(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :2, ::2, ::2]
+from core_fixtures import CONTRASTS, NaNOutput, TinyGenerator, WrongShape, head_phantom, make_image
 
 
 class Counting(torch.nn.Module):

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core_fixtures import CONTRASTS, REPO, TinyGenerator, head_phantom, make_image  # noqa: E402
+from core_fixtures import CONTRASTS, REPO, NaNOutput, TinyGenerator, WrongShape, head_phantom, make_image  # noqa: E402
 
 DOC = REPO / "docs" / "RELIABILITY.md"
 BEGIN = "<!-- fault table: generated from Testing/Python/test_reliability_table.py; do not edit by hand -->"
@@ -250,22 +250,12 @@ def _wrong_channels(env: Env) -> list[str]:
     return env.impute(model=env.saved_model(TinyGenerator(n_contrasts=4), "four-contrast-weights"))
 
 
-class _NaNOutput(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :1] * float("nan")
-
-
-class _WrongShape(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :2, ::2, ::2]
-
-
 def _nan_model(env: Env) -> list[str]:
-    return env.impute(model=env.saved_model(_NaNOutput(), "nan-output"))
+    return env.impute(model=env.saved_model(NaNOutput(), "nan-output"))
 
 
 def _shape_model(env: Env) -> list[str]:
-    return env.impute(model=env.saved_model(_WrongShape(), "wrong-shape"))
+    return env.impute(model=env.saved_model(WrongShape(), "wrong-shape"))
 
 
 def _bundled(env: Env, model: Optional[Path], tamper: bool = False) -> None:

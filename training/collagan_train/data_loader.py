@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from CollaGANImputeLib.errors import InputError
 from CollaGANImputeLib.evaluate import read_volume_allow_empty
-from CollaGANImputeLib.geometry import align_to_reference, to_canonical_array
 from CollaGANImputeLib.io import find_lesion_mask
 from CollaGANImputeLib.pipeline import prepare_case, read_case
 
@@ -105,8 +104,7 @@ def prepare_slices(case_dir: Path, contrasts: Sequence[str], min_foreground: flo
     lesion = np.zeros_like(mask, dtype=bool)
     seg = find_lesion_mask(case_dir)
     if seg is not None:
-        aligned = align_to_reference({"ref": case.reference, "seg": read_volume_allow_empty(seg)}, "ref")["seg"]
-        lesion = to_canonical_array(aligned) > 0.5
+        lesion = case.lesion_like_inputs(read_volume_allow_empty(seg))
     if stack.shape[-2:] != (IN_PLANE, IN_PLANE):
         from CollaGANImputeLib.geometry import pad_or_crop
         stack = pad_or_crop(torch.from_numpy(stack), (IN_PLANE, IN_PLANE)).numpy()

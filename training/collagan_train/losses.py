@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -44,12 +45,16 @@ def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -torch.log((1 + ssim(x, y)).clamp_min(1e-6) / 2)
 
 
-def l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (x - y).abs().mean()
+def l1(x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean absolute error, each voxel's error times ``weight`` where given (e.g. lesion voxels up-weighted)."""
+    error = (x - y).abs()
+    return (error * weight if weight is not None else error).mean()
 
 
-def l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return torch.mean((x - y) ** 2)
+def l2(x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean squared error, weighted like :func:`l1`."""
+    error = (x - y) ** 2
+    return (error * weight if weight is not None else error).mean()
 
 
 def lesion_contrast_loss(fake: torch.Tensor, real: torch.Tensor, head: torch.Tensor, lesion: torch.Tensor,

@@ -208,11 +208,9 @@ class Solver:
         lesion = lesions[:, None]
         weight = 1 + (cfg.lesion_weight - 1) * lesion.to(fake.dtype) if cfg.lesion_weight != 1 else None
         if cfg.w_direct_l1 > 0:
-            error = (fake - real_t).abs()
-            terms["direct_l1"] = cfg.w_direct_l1 * (error * weight if weight is not None else error).mean()
+            terms["direct_l1"] = cfg.w_direct_l1 * losses.l1(fake, real_t, weight)
         if cfg.w_direct_l2 > 0:
-            error = (fake - real_t) ** 2
-            terms["direct_l2"] = cfg.w_direct_l2 * (error * weight if weight is not None else error).mean()
+            terms["direct_l2"] = cfg.w_direct_l2 * losses.l2(fake, real_t, weight)
         if cfg.w_direct_ssim > 0:
             terms["direct_ssim"] = cfg.w_direct_ssim * losses.ssim_loss(fake, real_t)
         if cfg.w_lesion_contrast > 0:

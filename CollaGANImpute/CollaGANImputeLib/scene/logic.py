@@ -358,23 +358,32 @@ class SceneLogic:
 
     # --- comparison ---------------------------------------------------------------------------------------
 
-    def errorColorNode(self):
-        """Slicer's DivergingBlueRed colour table; where the scene has none (slicer-core loads no colour files),
-        an equal blue - white - red table of 256 colours is added once."""
-        node = self.scene.GetNodeByID(ERROR_COLOR_NODE_ID)
+    def _colorTable(self, node_id: str, name: str, colors, description: str):
+        """The scene's colour node ``node_id`` (or one named ``name``); where the scene has none (slicer-core
+        loads no colour files) an equal user table of the RGB rows ``colors()`` returns is added once."""
+        node = self.scene.GetNodeByID(node_id)
         if node is None:
-            collection = self.scene.GetNodesByName(ERROR_COLOR_NAME)
+            collection = self.scene.GetNodesByName(name)
             node = collection.GetItemAsObject(0) if collection.GetNumberOfItems() else None
         if node is None:
-            node = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", ERROR_COLOR_NAME)
+            rows = colors()
+            node = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
             node.SetTypeToUser()
-            node.SetNumberOfColors(256)
-            blue, white, red = np.array([0.23, 0.30, 0.75]), np.ones(3), np.array([0.71, 0.02, 0.15])
-            for index, t in enumerate(np.linspace(-1.0, 1.0, 256)):
-                rgb = white + t * (red - white) if t >= 0 else white - t * (blue - white)
-                node.SetColor(index, "", *rgb.tolist(), 1.0)
-            node.SetAttribute("collagan_color", "diverging blue-white-red (Slicer's DivergingBlueRed)")
+            node.SetNumberOfColors(len(rows))
+            for index, rgb in enumerate(rows):
+                node.SetColor(index, "", *[float(v) for v in rgb[:3]], 1.0)
+            node.SetAttribute("collagan_color", description)
         return node
+
+    def errorColorNode(self):
+        """Slicer's DivergingBlueRed colour table, or an equal blue - white - red table of 256 colours."""
+        def blue_white_red():
+            blue, white, red = np.array([0.23, 0.30, 0.75]), np.ones(3), np.array([0.71, 0.02, 0.15])
+            return [white + t * (red - white) if t >= 0 else white - t * (blue - white)
+                    for t in np.linspace(-1.0, 1.0, 256)]
+
+        return self._colorTable(ERROR_COLOR_NODE_ID, ERROR_COLOR_NAME, blue_white_red,
+                                "diverging blue-white-red (Slicer's DivergingBlueRed)")
 
     def _legendFor(self, volumeNode, title: str = ERROR_LEGEND_TITLE):
         if not self.scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):  # slicer-core's bare scene
@@ -386,22 +395,14 @@ class SceneLogic:
         return legend
 
     def uncertaintyColorNode(self):
-        """Slicer's Inferno colour table; where the scene has none (slicer-core loads no colour files), an equal
-        table of 256 colours (matplotlib's inferno) is added once."""
-        node = self.scene.GetNodeByID(UNCERTAINTY_COLOR_NODE_ID)
-        if node is None:
-            collection = self.scene.GetNodesByName(UNCERTAINTY_COLOR_NAME)
-            node = collection.GetItemAsObject(0) if collection.GetNumberOfItems() else None
-        if node is None:
+        """Slicer's Inferno colour table, or an equal table of 256 colours (matplotlib's inferno)."""
+        def inferno():
             from matplotlib import colormaps  # a core dependency; no pyplot needed
 
-            node = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", UNCERTAINTY_COLOR_NAME)
-            node.SetTypeToUser()
-            node.SetNumberOfColors(256)
-            for index, rgba in enumerate(colormaps["inferno"](np.linspace(0.0, 1.0, 256))):
-                node.SetColor(index, "", *[float(v) for v in rgba[:3]], 1.0)
-            node.SetAttribute("collagan_color", "inferno (Slicer's Inferno)")
-        return node
+            return colormaps["inferno"](np.linspace(0.0, 1.0, 256))
+
+        return self._colorTable(UNCERTAINTY_COLOR_NODE_ID, UNCERTAINTY_COLOR_NAME, inferno,
+                                "inferno (Slicer's Inferno)")
 
     def compare(self, syntheticNode, referenceNode, inputNodes: dict, lesionNode=None) -> ComparisonOutputs:
         """Score a synthetic volume against the acquired one as ``collagan-impute evaluate`` does and add a table
