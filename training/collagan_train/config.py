@@ -51,6 +51,7 @@ class TrainConfig:
     n_select: int = 0               # >0: this many training patients set aside (seeded) to choose checkpoints on
     aug_strip_p: float = 0.0        # per slice: remove an outer shell of the head (skull-stripped look), augment.py
     aug_strip_radius: List[int] = field(default_factory=lambda: [6, 18])  # erosion radius range, pixels
+    aug_strip_per_volume: bool = True  # re-scale a stripped slice by its volume's p99 ratio, as the core would
     aug_appearance_p: float = 0.0   # per input: random gamma / scale / bias field (inputs only), augment.py
     aug_gamma: float = 0.3          # log-gamma range
     aug_scale: float = 0.15         # global scale range
@@ -74,6 +75,8 @@ class TrainConfig:
     w_direct_l2: float = 0.0        # squared error on the imputed target (not in the paper: NMSE is its metric)
     lesion_weight: float = 1.0      # direct L1/L2 weight of lesion voxels relative to other head voxels (-seg)
     w_lesion_contrast: float = 0.0  # |C_pred - C_real| per slice with a lesion (EVALUATION.md v2 conspicuity)
+    w_identity: float = 0.0         # contrast identity: r(fake, input) above r(real, input), 1 - r(fake, real)
+    target_weights: List[float] = field(default_factory=list)  # relative odds of each contrast as the target
     head_only_loss: bool = False    # losses see G's output inside the head mask only (not in the paper, see README)
     input_dropout_max_extra: int = 1  # besides the target, null 0..this many more inputs (>=1 input stays)
     single_input: bool = False

@@ -80,6 +80,35 @@ def lesion_contrast_loss(fake: torch.Tensor, real: torch.Tensor, head: torch.Ten
     return error[use].mean()
 
 
+def _pearson(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-sample Pearson r of (B, 1, H, W) images over the voxels where ``weight`` (B, 1, H, W) is 1."""
+    n = weight.sum(dim=(1, 2, 3)).clamp_min(1)
+
+    def centred(z: torch.Tensor) -> torch.Tensor:
+        return (z - (z * weight).sum(dim=(1, 2, 3), keepdim=True) / n[:, None, None, None]) * weight
+
+    xc, yc = centred(x), centred(y)
+    num = (xc * yc).sum(dim=(1, 2, 3))
+    return num / ((xc**2).sum(dim=(1, 2, 3)) * (yc**2).sum(dim=(1, 2, 3))).clamp_min(1e-8).sqrt()
+
+
+def identity_loss(fake: torch.Tensor, real: torch.Tensor, inputs: torch.Tensor, available: torch.Tensor,
+                  head: torch.Tensor) -> torch.Tensor:
+    """EVALUATION.md v2's contrast identity as a loss, per slice over the head: 1 − r(fake, real) plus, for every
+    available input, how much more the fake resembles that input than the real target does,
+    max(0, r(fake, input) − r(real, input)). A regression to the mean of the target given the inputs resembles
+    the inputs more than the target does (its unexplained part is shrunk away); this term asks the output to keep
+    the target's own share of variance (``inputs`` (B, N, H, W), ``available`` (B, N) bool, ``head`` (B, 1, H, W)).
+    """
+    weight = head.to(fake.dtype)
+    loss = 1 - _pearson(fake, real, weight)
+    for k in range(inputs.shape[1]):
+        given = inputs[:, k:k + 1]
+        excess = (_pearson(fake, given, weight) - _pearson(real, given, weight).detach()).clamp_min(0)
+        loss = loss + excess * available[:, k].to(fake.dtype)
+    return loss.mean()
+
+
 def lsgan_d(real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
     """Discriminator LSGAN loss: E[(D(real) - 1)^2] + E[D(fake)^2]."""
     return ((real_out - 1) ** 2).mean() + (fake_out**2).mean()

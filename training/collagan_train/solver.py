@@ -29,7 +29,8 @@ from .data_loader import SliceData
 from .model import Discriminator, Generator
 
 LOG_FIELDS = ["step", "epoch", "phase", "lr_g", "sec_per_step", "loss_d", "d_gan", "d_clsf", "loss_g", "g_gan",
-              "g_clsf", "direct_l1", "direct_ssim", "cyc_l1", "cyc_ssim", "n_cycle", "direct_l2", "lesion_contrast"]
+              "g_clsf", "direct_l1", "direct_ssim", "cyc_l1", "cyc_ssim", "n_cycle", "direct_l2", "lesion_contrast",
+              "identity"]
 
 
 def one_hot_planes(index: torch.Tensor, n: int, shape: Tuple[int, int]) -> torch.Tensor:
@@ -154,6 +155,14 @@ class Solver:
         self._perm: Optional[torch.Tensor] = None
         per_epoch = max(1, len(train) // (cfg.batch_size * world))
         self.steps_per_epoch = per_epoch
+        self.strip_factors: Optional[torch.Tensor] = None
+        if cfg.aug_strip_p > 0 and cfg.aug_strip_per_volume:  # one re-scale per (case, radius, contrast)
+            self.strip_factors = torch.from_numpy(augment.volume_strip_factors(
+                train.images, train.masks, [case for case, _ in train.index],
+                augment.strip_radii(cfg.aug_strip_radius)))
+        if cfg.target_weights and len(cfg.target_weights) != self.n:
+            raise ValueError(f"target_weights has {len(cfg.target_weights)} values for {self.n} contrasts "
+                             f"{cfg.contrasts}; give one per contrast.")
         self.warmup = (cfg.clsf_warmup_steps if cfg.clsf_warmup_steps >= 0
                        else int(math.ceil(cfg.clsf_warmup_epochs * per_epoch)))
         if cfg.w_d_clsf == 0:
@@ -179,14 +188,19 @@ class Solver:
         """A batch: images (B, N, h, w), target (B,), available (B, N) after input dropout, head masks and
         lesion masks (B, h, w). The outer-head augmentation is applied here (it changes the masks)."""
         cfg = self.cfg
-        images, masks, lesions = self.train_data.batch(self._next_indices(), self.gen, cfg.crop, cfg.flip,
-                                                       cfg.intensity_scale)
+        indices = self._next_indices()
+        images, masks, lesions = self.train_data.batch(indices, self.gen, cfg.crop, cfg.flip, cfg.intensity_scale)
         if cfg.aug_strip_p > 0:
+            factors = self.strip_factors[indices] if self.strip_factors is not None else None
             images, masks = augment.strip_outer_head(images, masks, self.gen, cfg.aug_strip_p,
-                                                     tuple(cfg.aug_strip_radius))
+                                                     cfg.aug_strip_radius, factors=factors)
             lesions = lesions & masks
         b, n = images.shape[:2]
-        target = torch.randint(n, (b,), generator=self.gen)
+        if cfg.target_weights:  # e.g. the hardest target (FLAIR) drawn more often
+            target = torch.multinomial(torch.tensor(cfg.target_weights, dtype=torch.float), b, replacement=True,
+                                       generator=self.gen)
+        else:
+            target = torch.randint(n, (b,), generator=self.gen)
         available = torch.ones(b, n, dtype=torch.bool)
         for i in range(b):
             others = [k for k in torch.randperm(n, generator=self.gen).tolist() if k != int(target[i])]
@@ -290,6 +304,9 @@ class Solver:
                 terms["g_gan"] = cfg.w_gan * losses.lsgan_g(gan_fake.float())
                 terms["g_clsf"] = cfg.w_g_clsf * losses.classification(logits_fake.float(), target)
             terms.update(self._direct_terms(fake, real_t, masks, lesions))
+            if cfg.w_identity > 0:  # scored against the inputs as acquired, not their augmented look
+                terms["identity"] = cfg.w_identity * losses.identity_loss(fake, real_t, images, available,
+                                                                          masks[:, None])
             if cfg.w_cyc_l1 > 0 or cfg.w_cyc_ssim > 0:
                 terms.update(self._cycle(images, target, available, fake, head))
                 out["n_cycle"] = float(int(available.sum()))

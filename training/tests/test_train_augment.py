@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from training.collagan_train import augment, losses
@@ -20,6 +21,45 @@ def test_strip_outer_head_erodes_zeroes_and_rescales(sample_slices):
             p99 = torch.quantile(stripped[i, c][inner[i]], 0.99)
             assert abs(float(p99) - float(torch.quantile(images[i, c][masks[i]], 0.99))) < 1e-3
     assert torch.equal(augment.strip_outer_head(images, masks, torch.Generator(), p=0.0)[0], images)
+
+
+def test_volume_strip_factors_put_the_stripped_volume_in_its_own_p99_units(sample_slices):
+    cases = [case for case, _ in sample_slices.index]
+    radii = augment.strip_radii((6, 18))
+    assert radii == [6, 10, 14, 18]
+    factors = augment.volume_strip_factors(sample_slices.images, sample_slices.masks, cases, radii)
+    assert factors.shape == (len(cases), 4, 3) and (factors > 1).any()  # the bright outer head goes
+    first = np.flatnonzero(np.asarray(cases) == cases[0])
+    assert (factors[first] == factors[first[0]]).all()  # one factor per case, radius and contrast
+    # Every slice stripped with radius 10: the volume, inside the new head, is back in p99 units as the core
+    # would normalize a scan that arrived stripped (min_keep=0 so no slice keeps its outer head).
+    images = torch.from_numpy(np.asarray(sample_slices.images[first], dtype=np.float32))
+    masks = torch.from_numpy(np.asarray(sample_slices.masks[first]))
+    picks = torch.Generator().manual_seed(0)
+    stripped, inner = images.clone(), masks.clone()
+    for i in range(len(first)):
+        out_i, mask_i = augment.strip_outer_head(images[i:i + 1], masks[i:i + 1], picks, p=1.0, radius=(10, 10),
+                                                 min_keep=0.0, factors=torch.from_numpy(factors[first[i:i + 1], 1:2]))
+        stripped[i], inner[i] = out_i[0], mask_i[0]
+    for c in range(3):
+        assert abs(np.percentile(stripped[:, c].numpy()[inner.numpy()], 99)
+                   - np.percentile(images[:, c].numpy()[masks.numpy()], 99)) < 2e-3
+
+
+def test_identity_loss_prefers_the_target_over_a_copy_of_an_input():
+    gen = torch.Generator().manual_seed(0)
+    shared = torch.rand(2, 1, 32, 32, generator=gen)
+    real = shared + torch.rand(2, 1, 32, 32, generator=gen)        # the target: the input's part plus its own
+    inputs = torch.cat([shared, torch.rand(2, 1, 32, 32, generator=gen)], dim=1)
+    available, head = torch.ones(2, 2, dtype=torch.bool), torch.ones(2, 1, 32, 32, dtype=torch.bool)
+    assert float(losses.identity_loss(real, real, inputs, available, head)) < 1e-5
+    copy = inputs[:, :1].clone().requires_grad_(True)              # the input as the answer: I < 0
+    loss = losses.identity_loss(copy, real, inputs, available, head)
+    assert loss.item() > 0.5
+    loss.backward()
+    assert copy.grad is not None and copy.grad.abs().sum() > 0
+    # An unavailable input is not compared with.
+    assert float(losses.identity_loss(copy, real, inputs, torch.tensor([[False, True]] * 2), head)) < float(loss)
 
 
 def test_input_appearance_keeps_zeros_and_changes_intensities():
@@ -64,11 +104,12 @@ def test_select_cases_are_seeded_training_patients():
 
 def test_validation_logs_fidelity_checks_and_snapshots(tiny_cfg, sample_slices, tmp_path):
     cfg = tiny_cfg("method=l1", "steps=2", "val_every=2", "keep_snapshots=true", "n_select=1", "lesion_weight=5",
-                   "w_lesion_contrast=1", "aug_strip_p=0.5", "aug_appearance_p=0.5")
+                   "w_lesion_contrast=1", "aug_strip_p=0.5", "aug_appearance_p=0.5", "w_identity=1",
+                   "target_weights=[1,1,2]")
     solver = Solver(cfg, sample_slices, sample_slices)
     solver.train()
     header = (solver.out_dir / "val.csv").read_text().splitlines()[0].split(",")
     for key in ("t2f_identity", "t2f_lesion_kept", "select_score", "mean_identity"):
         assert key in header
     assert (solver.out_dir / "snapshots" / "g_000002.pt").is_file()
-    assert "lesion_contrast" in (solver.out_dir / "log.csv").read_text().splitlines()[0]
+    assert {"lesion_contrast", "identity"} <= set((solver.out_dir / "log.csv").read_text().splitlines()[0].split(","))
