@@ -248,6 +248,17 @@ def _peak_memory() -> str:
     return f"{kib / 1024:.0f} MiB"
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"Warning: serving on {args.host}: anyone who can reach this address can use the page and its "
+              "uploads. Put it behind an authenticating reverse proxy (docs/WEB.md).", file=sys.stderr)
+    try:
+        from .web import serve
+    except ImportError as exc:
+        raise InputError(f"The web app needs the 'web' extra: pip install 'collagan-impute[web]' ({exc}).") from exc
+    return serve(host=args.host, port=args.port, model=args.model, device=args.device, precision=args.precision)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     model = _load(args.model)
     if args.json:
@@ -306,6 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     common(p)
     p.set_defaults(func=cmd_demo, all_subsets=False)
+
+    p = sub.add_parser("web", help="serve the panel as a web page (trame-slicer; needs the 'web' extra)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    p.add_argument("--model", help="model .pt file or bundled model name (default: the bundled model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="auto (CUDA if available)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="as for impute (default: auto)")
+    p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
+    p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("info", help="what a model is for, its limits and validation (--json: the full card)")
     p.add_argument("model", nargs="?", help="model .pt file or bundled name (default: the bundled model)")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -50,31 +52,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
-    port = _free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "CollaGANImputeLib", "web", "--port", str(port), "--device", "cpu",
-         "--precision", "fp32", "--threads", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"The web server exited: {process.stdout.read().decode(errors='replace')}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
+class Server:
+    """A ``collagan-impute web`` process on a free port; its output goes to a file (a full pipe would block it)."""
+
+    def __init__(self, log: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "CollaGANImputeLib", "web", "--port", str(self.port), "--device", "cpu",
+             "--precision", "fp32", "--threads", "2"], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"The web server exited: {self.output()}")
+            if "Uploads are kept in" in self.output():
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5):
+                    return
             time.sleep(1)
-    else:
-        process.kill()
-        raise RuntimeError("The web server did not start within 300 s.")
-    yield f"http://127.0.0.1:{port}/"
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        self.process.kill()
+        raise RuntimeError(f"The web server did not start within {timeout} s: {self.output()}")
+
+    def upload_dir(self) -> Path:
+        return Path(re.search(r"Uploads are kept in (\S+) ", self.output()).group(1))
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    running = Server(tmp_path_factory.mktemp("web") / "server.log")
+    running.wait_ready()
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +113,7 @@ def browser():
 def page(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_timeout(TIMEOUT_MS)
-    page.goto(server)
+    page.goto(server.url)
     page.get_by_text("Load sample case").wait_for()
     page.get_by_text("Load sample case").click()
     page.locator("#status").filter(has_text="Sample case").wait_for()
@@ -178,3 +201,43 @@ def _score_keys(shown: dict) -> set:
 
     labels = {label: key for key, (label, _) in SCORE_LABELS.items()}
     return {labels.get(label, label) for label in shown}
+
+
+def test_download_gives_the_labeled_volume_and_its_provenance(page, tmp_path):
+    import SimpleITK as sitk
+
+    if page.get_by_text("t1c (synthetic, CollaGAN)").count() == 0:
+        page.locator("#impute").click()
+        page.get_by_text("t1c (synthetic, CollaGAN)").first.wait_for()
+    with page.expect_download() as download:
+        page.locator("#download-nifti").click()
+    volume = tmp_path / download.value.suggested_filename
+    download.value.save_as(volume)
+    assert volume.name == "t1c-synthetic-collagan.nii.gz"
+    image = sitk.ReadImage(str(volume))
+    assert image.GetSize()[:2] == (256, 256) and sitk.GetArrayViewFromImage(image).std() > 0.05
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(volume))
+    reader.ReadImageInformation()
+    assert reader.GetMetaData("descrip").startswith("SYNTHETIC t1c")  # labeled in the header itself
+    with page.expect_download() as download:
+        page.locator("#download-json").click()
+    record = json.loads(Path(download.value.path()).read_text())
+    assert record["collagan_target"] == "t1c" and record["model"]["sha256"]
+    assert record["collagan_inputs"] == "t1n,t2f"
+
+
+def test_uncertainty_overlay_and_legend(page):
+    page.locator("#uncertainty").check()
+    page.locator("#impute").click()
+    page.locator("#uncertainty-legend").wait_for()  # shown only for a result with an uncertainty map
+    legend = page.locator("#uncertainty-legend").inner_text()
+    assert "disagree" in legend and "not a confidence map" in legend
+    page.locator("#uncertainty").uncheck()
+
+
+def test_stopping_the_server_deletes_the_uploads(server):
+    folder = server.upload_dir()
+    assert folder.is_dir() and oct(folder.stat().st_mode & 0o777) == "0o700"  # this user only
+    assert server.stop() == 143  # SIGTERM, as a service manager stops it
+    assert not folder.exists()

@@ -22,10 +22,10 @@ import asyncio
 import atexit
 import base64
 import io
-import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -88,8 +88,10 @@ class WebApp:
                  ViewLayoutDefinition.slice_view("Axial", label=RESULT_VIEW, color="#d32f2f")]
         self.layout_manager.register_layout("side-by-side", Layout(LayoutDirection.Horizontal, views))
         self.layout_manager.set_layout("side-by-side")
-        for name in (INPUT_VIEW, RESULT_VIEW):  # linked: scrolling one scrolls the other (Slicer's link logic)
-            self._view(name)._logic.GetSliceCompositeNode().SetLinkedControl(True)
+        # Linked views: scrolling one scrolls the other (Slicer's own link logic on the composite nodes).
+        composites = self.slicer_app.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+        for i in range(composites.GetNumberOfItems()):
+            composites.GetItemAsObject(i).SetLinkedControl(True)
 
         self._init_state()
         self._build_ui()
@@ -118,6 +120,8 @@ class WebApp:
         s.warnings = []
         s.result_name = ""
         s.banner = ""
+        s.uncertainty = False
+        s.uncertainty_legend = ""
         s.scores = []
         s.legend = ""
         s.error_limit = 0.0
@@ -244,7 +248,8 @@ class WebApp:
                 raise ValueError("Load a case and choose at least one input volume.")
             self._cancel = threading.Event()
             job = self.logic.startImputation(inputs, self._model(), self.state.target, device=self.device,
-                                             cancel=self._cancel, precision=self.precision)
+                                             cancel=self._cancel, precision=self.precision,
+                                             uncertainty=bool(self.state.uncertainty))
         except Exception as error:
             self._job_lock.release()
             self.state.error = self.logic.plainError(error)
@@ -290,7 +295,13 @@ class WebApp:
         self.state.progress = 100
         first = next(iter(self._input_nodes().values()))
         self._show(INPUT_VIEW, first.GetID())
-        self._show(RESULT_VIEW, node.GetID())
+        uncertainty = self.logic.uncertaintyNodeFor(node)
+        if uncertainty is not None:  # coloured where the predictions disagree, the synthetic image below
+            self._show(RESULT_VIEW, node.GetID(), uncertainty.GetID(), 0.6)
+            self.state.uncertainty_legend = self.logic.uncertaintyLegendText(node)
+        else:
+            self._show(RESULT_VIEW, node.GetID())
+            self.state.uncertainty_legend = ""
         self._refresh_volumes(guess=False)
         self.state.status = f"Done: '{node.GetName()}' is shown beside '{first.GetName()}'."
 
@@ -339,26 +350,23 @@ class WebApp:
 
     # --- download -------------------------------------------------------------------------------------------
 
-    def _result_files(self) -> tuple[Path, Optional[Path]]:
-        """The synthetic volume as NIfTI (labeled in its header) and its JSON provenance sidecar."""
-        from . import pipeline
-        from .io import write_volume
-        from .scene.nodes import image_from_node
+    def _result_files(self) -> tuple[Path, Path]:
+        """The synthetic volume as NIfTI (labeled in its header) and its JSON provenance sidecar, written as one
+        set by the core (the CLI's writer) into a fresh private folder."""
+        from .io import OutputSet
+        from .pipeline import sidecar_path, stage_imputed
 
         node = self.result_node
-        if node is None:
+        result = self.logic.lastResults.get(node.GetID()) if node is not None else None
+        if result is None:
             raise ValueError("Nothing to download: impute first.")
-        result = self.logic.lastResults.get(node.GetID())
-        image = result.images[node.GetAttribute("collagan_target")] if result is not None else image_from_node(node)
+        target = node.GetAttribute("collagan_target")
         folder = Path(tempfile.mkdtemp(dir=self.upload_dir))
-        path = folder / f"{node.GetAttribute('collagan_target')}-synthetic-collagan.nii.gz"
-        write_volume(image, path, description=node.GetDescription())
-        sidecar = None
-        if hasattr(pipeline, "provenance"):
-            record = pipeline.provenance(image, self._model(), result.case if result is not None else None)
-            sidecar = path.with_name(path.name[: -len(".nii.gz")] + ".json")
-            sidecar.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        return path, sidecar
+        with OutputSet() as outputs:
+            path = stage_imputed(outputs, result.images[target], folder / f"{target}-synthetic-collagan.nii.gz",
+                                 self._model(), result.cases.get(target, result.case))
+            outputs.commit()
+        return path, sidecar_path(path)
 
     def download_volume(self):
         path, _ = self._result_files()
@@ -366,8 +374,6 @@ class WebApp:
 
     def download_sidecar(self):
         _, sidecar = self._result_files()
-        if sidecar is None:
-            return self.server.protocol.addAttachment(b"{}\n")
         return self.server.protocol.addAttachment(sidecar.read_bytes())
 
     def cleanup(self) -> None:
@@ -388,13 +394,13 @@ class WebApp:
                 html.Span("{{ model_name }}", classes="text-caption mr-4")
             with layout.content:
                 with v.VContainer(fluid=True, classes="fill-height pa-0"), html.Div(
-                        style="display:flex; width:100%; height:100%;"):
+                        style="display:flex; width:100%; height:calc(100vh - 64px); overflow:hidden;"):
                     with html.Div(style="width:420px; min-width:420px; overflow-y:auto; padding:12px;"):
                         self._panel(v, html)
                     with html.Div(style="flex:1; display:flex; flex-direction:column; min-width:0;"):
                         html.Div("SYNTHETIC: {{ result_name }}", v_if="result_name", id="synthetic-banner",
                                  style="background:#d32f2f; color:white; font-weight:bold; padding:6px 12px;")
-                        with html.Div(id="slice-views", style="flex:1; position:relative; min-height:400px;"):
+                        with html.Div(id="slice-views", style="flex:1; position:relative; min-height:300px;"):
                             self.layout_manager.initialize_layout_grid(layout)
 
     def _panel(self, v, html) -> None:
@@ -412,6 +418,8 @@ class WebApp:
                               clearable=True, density="compact", hide_details=True, classes="mb-2")
                 v.VSelect(label="Contrast to impute (target)", v_model=("target",), items=("contrasts",),
                           density="compact", hide_details=True, classes="mb-2", id="target")
+                v.VCheckbox(v_model=("uncertainty",), label="Also compute uncertainty (about 3x the time)",
+                            density="compact", hide_details=True, id="uncertainty", disabled=("running",))
                 v.VBtn("Impute missing contrast", click=self.impute, id="impute", color="primary", block=True,
                        disabled=("running",))
                 v.VProgressLinear(model_value=("progress",), height=14, classes="my-2", color="primary",
@@ -424,6 +432,14 @@ class WebApp:
                     v.VAlert(text=("w",), type="warning", density="compact", classes="warning-item")
                 html.Div("{{ banner }}", v_if="banner", classes="text-caption mt-2",
                          style="color:#d32f2f; font-weight:bold;")
+        with v.VCard(classes="mb-3", title="Uncertainty (not a confidence map)", v_if="uncertainty_legend"):
+            with v.VCardText():
+                html.Div(style="height:12px; background:linear-gradient(to right, #000004, #781c6d, #ed6925, "
+                               "#fcffa4);")
+                with html.Div(style="display:flex; justify-content:space-between; font-size:11px;"):
+                    html.Span("0.05")
+                    html.Span("0.4 of the 99th percentile")
+                html.Div("{{ uncertainty_legend }}", id="uncertainty-legend", classes="text-caption")
         with v.VCard(classes="mb-3", title="3. Compare with an acquired volume", v_if="result_name"):
             with v.VCardText():
                 v.VSelect(label="Acquired volume", v_model=("reference",), items=("volume_items",),
@@ -459,12 +475,28 @@ class WebApp:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, model: Optional[str] = None, device: str = "auto",
-          precision: str = "auto") -> None:
-    """Start the server (blocks until stopped)."""
+          precision: str = "auto") -> int:
+    """Start the server; block until it is stopped. Returns 0, or 143 when SIGTERM stopped it."""
     os.environ.setdefault("WSLINK_MAX_MSG_SIZE", str(MAX_UPLOAD_BYTES + 2 ** 20))
     app = WebApp(model=model, device=device, precision=precision)
+    terminated = threading.Event()
+
+    def on_ready(**_) -> None:
+        # aiohttp stops gracefully on SIGTERM (service managers, containers) as on Ctrl-C, so the uploads go;
+        # its handler is wrapped to remember which signal it was, for the exit status.
+        from aiohttp.web_runner import GracefulExit
+
+        def stop() -> None:
+            terminated.set()
+            raise GracefulExit()
+
+        asyncio.get_event_loop().add_signal_handler(signal.SIGTERM, stop)
+
+    app.ctrl.on_server_ready.add(on_ready)
     print(f"CollaGAN Impute web: http://{host}:{port}/  (one imputation at a time; Ctrl-C stops)", flush=True)
+    print(f"Uploads are kept in {app.upload_dir} (private; deleted when the server stops).", flush=True)
     try:
         app.server.start(host=host, port=port, open_browser=False, show_connection_info=False)
     finally:
         app.cleanup()
+    return 128 + signal.SIGTERM if terminated.is_set() else 0
