@@ -137,9 +137,10 @@ class WebApp:
     def _refresh_volumes(self, guess: bool = True) -> None:
         from .scene.nodes import LABEL_MAP_VOLUME
 
-        volumes = self.logic._volumes()
+        volumes = self.logic.volumeNodes()
         self.state.volume_items = [{"title": n.GetName(), "value": n.GetID()} for n in volumes
-                                   if not n.IsA(LABEL_MAP_VOLUME) and n.GetAttribute("collagan_error_map") != "true"]
+                                   if not n.IsA(LABEL_MAP_VOLUME) and n.GetAttribute("collagan_error_map") != "true"
+                                   and n.GetAttribute("collagan_uncertainty") != "true"]
         self.state.label_items = [{"title": n.GetName(), "value": n.GetID()} for n in volumes
                                   if n.IsA(LABEL_MAP_VOLUME)]
         if guess:

@@ -136,7 +136,7 @@ def test_cancel_mid_way_leaves_the_scene_as_it_was(logic, tiny, sample_case):
         logic.imputeNodes(inputs, model=tiny, target="t1c", device="cpu", cancel=stop,
                           progress=lambda done: stop.set() if done > 0.5 else None)
     assert logic.scene.GetNumberOfNodes() == before
-    assert not [n for n in logic._volumes() if logic.isSynthetic(n)]
+    assert not [n for n in logic.volumeNodes() if logic.isSynthetic(n)]
 
 
 @pytest.fixture(scope="module")

@@ -194,7 +194,7 @@ class SceneLogic:
 
     # --- inputs -------------------------------------------------------------------------------------------
 
-    def _volumes(self) -> list:
+    def volumeNodes(self) -> list:
         """Scalar volume nodes of the scene in scene order (label maps included)."""
         collection = self.scene.GetNodesByClass(SCALAR_VOLUME)
         return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
@@ -210,7 +210,7 @@ class SceneLogic:
         volumes and the nodes in ``taken`` are never proposed. Contrasts without a match map to None."""
         from .names import match_volumes
 
-        volumes = [n for n in self._volumes() if not n.IsA(LABEL_MAP_VOLUME) and not self.isSynthetic(n)
+        volumes = [n for n in self.volumeNodes() if not n.IsA(LABEL_MAP_VOLUME) and not self.isSynthetic(n)
                    and n.GetAttribute("collagan_error_map") != "true"
                    and n.GetAttribute("collagan_uncertainty") != "true" and all(n is not t for t in taken)]
         byName: dict = {}
