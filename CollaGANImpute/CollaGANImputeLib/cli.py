@@ -202,7 +202,8 @@ def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argpa
         rows = evaluate_cases(
             model, dirs, targets=args.target or None, all_subsets=args.all_subsets, device=args.device,
             batch_size=args.batch_size, montage_dir=out, volumes_dir=out if save_volumes else None,
-            precision=args.precision, on_case=on_case, failures=failures)
+            precision=args.precision, on_case=on_case, failures=failures,
+            uncertainty=getattr(args, "uncertainty", False))
         steps.update(started[0] - steps.n)
     finally:
         steps.close()
@@ -310,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-set", default="val", help="key of the split file (default: val)")
     p.add_argument("--all-subsets", action="store_true", help="also score every smaller input set (missing-N study)")
     p.add_argument("--save-volumes", action="store_true", help="also write the imputed volumes")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also score each imputation's uncertainty map (rho_U, AUROC_U; about 3x the time)")
     common(p, precision="fp32")
     p.set_defaults(func=cmd_evaluate)
 

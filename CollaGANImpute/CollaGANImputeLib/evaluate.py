@@ -27,8 +27,11 @@ from .errors import CollaGANError, InputError, ModelError
 from .figures import montage_png
 from .inference import CancelFlag
 from .io import OutputSet, case_name, find_lesion_mask, follow_umask, read_volume, synthetic_filename
-from .metrics import METRIC_NAMES, score_volume, summarize
+from .metrics import METRIC_NAMES, score_volume, summarize, uncertainty_scores
 from .pipeline import ImputationResult, impute, read_case, stage_imputed
+
+#: The uncertainty scores of EVALUATION.md v2 (with `evaluate --uncertainty`).
+UNCERTAINTY_NAMES = ("rho_u", "auroc_u", "lesion_rho_u", "lesion_auroc_u")
 
 CaseCallback = Callable[[str, str, Sequence[str]], None]
 
@@ -66,11 +69,14 @@ def score_imputation(
     batch_size: Optional[int] = None,
     cancel: CancelFlag = None,
     precision: str = "fp32",
+    uncertainty: bool = False,
 ) -> ScoredImputation:
     """Impute ``target`` from ``inputs`` and score it against the real ``images[target]`` (EVALUATION.md):
-    mask from the inputs only, the real target in its own p99 units, lesion scores inside ``M ∩ lesion``."""
+    mask from the inputs only, the real target in its own p99 units, lesion scores inside ``M ∩ lesion``.
+    ``uncertainty``: also the uncertainty map, scored with the protocol's rho_U and AUROC_U (whole head and
+    inside the lesion)."""
     result = impute({c: images[c] for c in inputs}, model, targets=[target], device=device,
-                    batch_size=batch_size, cancel=cancel, precision=precision)
+                    batch_size=batch_size, cancel=cancel, precision=precision, uncertainty=uncertainty)
     case = result.case
     real = case.normalize_like_inputs(images[target])
     lesion = None
@@ -78,7 +84,10 @@ def score_imputation(
         lesion = case.lesion_like_inputs(lesion_image)
     pred = result.arrays[target]
     given = [case.arrays[c] for c in inputs]  # the inputs as the model saw them, for contrast identity
-    return ScoredImputation(result, pred, real, lesion, score_volume(pred, real, case.mask, lesion, given))
+    scores = score_volume(pred, real, case.mask, lesion, given)
+    if uncertainty:
+        scores.update(uncertainty_scores(result.uncertainty_arrays[target], pred, real, case.mask, lesion))
+    return ScoredImputation(result, pred, real, lesion, scores)
 
 
 def evaluate_cases(
@@ -94,8 +103,10 @@ def evaluate_cases(
     cancel: CancelFlag = None,
     precision: str = "fp32",
     failures: Optional[list[tuple[str, str]]] = None,
+    uncertainty: bool = False,
 ) -> list[dict]:
     """One row per (case, target, input set) with the protocol's scores; optional montage per target.
+    ``uncertainty``: also the uncertainty scores (rho_U, AUROC_U) of each imputation's uncertainty map.
 
     Scores use fp32 by default so that they do not depend on the machine's CPU (``precision="auto"`` is faster).
     Cases lacking a target contrast are skipped for that target (nothing to compare with). With
@@ -113,7 +124,7 @@ def evaluate_cases(
             with OutputSet() as outputs:
                 case_rows, case_montages = _evaluate_case(
                     model, Path(folder), contrasts, targets, all_subsets, device, batch_size, montage_dir,
-                    volumes_dir, on_case, cancel, precision, montaged, outputs)
+                    volumes_dir, on_case, cancel, precision, montaged, outputs, uncertainty)
                 outputs.commit()
         except ModelError:
             raise
@@ -130,7 +141,7 @@ def evaluate_cases(
 def _evaluate_case(model: LoadedModel, folder: Path, contrasts: Sequence[str], targets: Sequence[str],
                    all_subsets: bool, device: str, batch_size: Optional[int], montage_dir, volumes_dir,
                    on_case: Optional[CaseCallback], cancel: CancelFlag, precision: str, montaged: set[str],
-                   outputs: OutputSet) -> tuple[list[dict], set[str]]:
+                   outputs: OutputSet, uncertainty: bool = False) -> tuple[list[dict], set[str]]:
     """The rows of one case; its volumes and montages staged in ``outputs``."""
     rows: list[dict] = []
     drawn: set[str] = set()
@@ -146,7 +157,8 @@ def _evaluate_case(model: LoadedModel, folder: Path, contrasts: Sequence[str], t
             if on_case:
                 on_case(case_name(folder), target, inputs)
             scored = score_imputation(model, images, target, inputs, lesion_image, device=device,
-                                      batch_size=batch_size, cancel=cancel, precision=precision)
+                                      batch_size=batch_size, cancel=cancel, precision=precision,
+                                      uncertainty=uncertainty)
             result, case, pred, real, lesion, scores = (scored.result, scored.result.case, scored.pred,
                                                         scored.real, scored.lesion, scored.scores)
             rows.append({"case": case_name(folder), "target": target, "inputs": "+".join(inputs),
@@ -193,6 +205,11 @@ def summary_table(rows: list[dict]) -> list[dict]:
         entry["identity_n"] = stats["identity"]["n"]
         entry["lesion_kept_median"] = stats["lesion_kept"]["median"]
         entry["lesion_kept_n"] = stats["lesion_kept"]["n"]
+        if any(UNCERTAINTY_NAMES[0] in row for row in group):
+            u_stats = summarize(group, UNCERTAINTY_NAMES)
+            for key in UNCERTAINTY_NAMES:
+                entry[f"{key}_mean"] = u_stats[key]["mean"]
+                entry[f"{key}_std"] = u_stats[key]["std"]
         table.append(entry)
     return table
 
@@ -243,6 +260,16 @@ def markdown_table(table: list[dict]) -> str:
     lines += ["", "I = r(synthetic, real) − max r(synthetic, input): > 0 means it resembles the real contrast more "
               "than any input. K = kept share of the real lesion-to-tissue contrast: 1 as in the real image, 0 "
               "vanished, < 0 inverted (docs/EVALUATION.md v2)."]
+    scored = [e for e in table if f"{UNCERTAINTY_NAMES[0]}_mean" in e]
+    if scored:
+        lines += ["", "| model | target | inputs | cases | rho_U | AUROC_U | lesion rho_U | lesion AUROC_U |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for e in scored:
+            lines.append(f"| {e['model']} | {e['target']} | {e['inputs']} | {e['cases']} | "
+                         + " | ".join(fmt(e, key, 3) for key in UNCERTAINTY_NAMES) + " |")
+        lines += ["", "rho_U: Spearman correlation of the uncertainty map with |error| in the head; AUROC_U: how well "
+                  "it separates voxels with |error| > 0.2 from the rest (0.5 = chance); the same inside the lesion "
+                  "(docs/EVALUATION.md v2)."]
     return "\n".join(lines) + "\n"
 
 

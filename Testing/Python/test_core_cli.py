@@ -53,6 +53,28 @@ def test_evaluate_writes_scores_and_montages(tiny_model_path, sample_case, tmp_p
     assert "| t2f |" in (out / "scores_summary.md").read_text()
 
 
+def test_evaluate_scores_the_uncertainty_map_on_request(tiny_model_path, sample_case, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copytree(sample_case, data / sample_case.name)
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(data), "--out", str(out), "--model", str(tiny_model_path), "--target", "t2f",
+                 "--device", "cpu", "--uncertainty"]) == EXIT_OK
+    row = next(csv.DictReader((out / "scores_per_case.csv").open()))
+    assert -1 <= float(row["rho_u"]) <= 1
+    auroc = float(row["auroc_u"])  # NaN when no voxel (or every voxel) is wrong by more than 0.2
+    assert auroc != auroc or 0 <= auroc <= 1
+    assert -1 <= float(row["lesion_rho_u"]) <= 1  # the sample case has a lesion mask
+    summary = (out / "scores_summary.md").read_text()
+    assert "| rho_U | AUROC_U |" in summary and "rho_U: Spearman" in summary
+    # without the option nothing about uncertainty is computed or shown
+    plain = tmp_path / "plain"
+    assert main(["evaluate", str(data), "--out", str(plain), "--model", str(tiny_model_path), "--target", "t2f",
+                 "--device", "cpu"]) == EXIT_OK
+    assert "rho_u" not in (plain / "scores_per_case.csv").read_text() and "rho_U" not in (
+        plain / "scores_summary.md").read_text()
+
+
 def _resources_with(tmp_path, sample_case, model_path=None):
     resources = tmp_path / "Resources"
     shutil.copytree(sample_case, resources / "SampleData" / sample_case.name)
