@@ -59,7 +59,7 @@ def test_identity_loss_prefers_the_target_over_a_copy_of_an_input():
     loss.backward()
     assert copy.grad is not None and copy.grad.abs().sum() > 0
     # An unavailable input is not compared with.
-    assert float(losses.identity_loss(copy, real, inputs, torch.tensor([[False, True]] * 2), head)) < loss.item()
+    assert losses.identity_loss(copy, real, inputs, torch.tensor([[False, True]] * 2), head).item() < loss.item()
 
 
 def test_input_appearance_keeps_zeros_and_changes_intensities():
