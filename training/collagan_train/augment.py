@@ -11,6 +11,10 @@ and keep their scanner's intensity curve. Two augmentations cover that, both on 
   The target is treated the same way, so the loss mask and the target's units stay what evaluation uses.
 - :func:`input_appearance`: per input, a random gamma, global scale and smooth multiplicative bias field. Inputs
   only: the target keeps its appearance, so the model learns to map any input look to the training target look.
+- :func:`joint_gamma`: one gamma < 1 for every contrast of a slice, the target included: p99 units stay p99
+  units (0 and 1 are fixed) while the tissue level rises, as in a brain-only scan (an LGG head averages
+  0.35-0.49 of its p99, a skull-stripped scan 0.6-0.75). The model learns to follow the inputs' level, which
+  input-only augmentation teaches it to ignore.
 
 Example:
     >>> gen = torch.Generator().manual_seed(0)
@@ -98,6 +102,17 @@ def strip_outer_head(images: torch.Tensor, masks: torch.Tensor, gen: torch.Gener
             images[i, c] = torch.where(inner, images[i, c] * factor, torch.zeros_like(images[i, c]))
         masks[i] = inner
     return images, masks
+
+
+def joint_gamma(images: torch.Tensor, gen: torch.Generator, p: float, lowest: float = 0.4) -> torch.Tensor:
+    """With probability ``p`` per slice: x -> x**g for every contrast of it, g ~ log-uniform in [lowest, 1]."""
+    if p <= 0:
+        return images
+    b = images.shape[0]
+    pick = torch.rand(b, generator=gen) < p
+    g = torch.exp(torch.rand(b, generator=gen) * math.log(lowest))
+    g = torch.where(pick, g, torch.ones_like(g))[:, None, None, None]
+    return images.clamp_min(0) ** g
 
 
 def input_appearance(images: torch.Tensor, gen: torch.Generator, p: float, gamma: float = 0.3,

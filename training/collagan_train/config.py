@@ -52,6 +52,8 @@ class TrainConfig:
     aug_strip_p: float = 0.0        # per slice: remove an outer shell of the head (skull-stripped look), augment.py
     aug_strip_radius: List[int] = field(default_factory=lambda: [6, 18])  # erosion radius range, pixels
     aug_strip_per_volume: bool = True  # re-scale a stripped slice by its volume's p99 ratio, as the core would
+    aug_joint_gamma_p: float = 0.0  # per slice: one gamma < 1 for all contrasts, target included, augment.py
+    aug_joint_gamma_min: float = 0.4  # the smallest gamma (log-uniform in [min, 1])
     aug_appearance_p: float = 0.0   # per input: random gamma / scale / bias field (inputs only), augment.py
     aug_gamma: float = 0.3          # log-gamma range
     aug_scale: float = 0.15         # global scale range

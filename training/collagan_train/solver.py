@@ -195,6 +195,8 @@ class Solver:
             images, masks = augment.strip_outer_head(images, masks, self.gen, cfg.aug_strip_p,
                                                      cfg.aug_strip_radius, factors=factors)
             lesions = lesions & masks
+        if cfg.aug_joint_gamma_p > 0:  # before the target is chosen: inputs and target get the same level change
+            images = augment.joint_gamma(images, self.gen, cfg.aug_joint_gamma_p, cfg.aug_joint_gamma_min)
         b, n = images.shape[:2]
         if cfg.target_weights:  # e.g. the hardest target (FLAIR) drawn more often
             target = torch.multinomial(torch.tensor(cfg.target_weights, dtype=torch.float), b, replacement=True,

@@ -62,6 +62,20 @@ def test_identity_loss_prefers_the_target_over_a_copy_of_an_input():
     assert losses.identity_loss(copy, real, inputs, torch.tensor([[False, True]] * 2), head).item() < loss.item()
 
 
+def test_joint_gamma_raises_the_level_of_every_contrast_alike_and_keeps_p99_units():
+    x = torch.rand(8, 3, 16, 16)
+    x[:, :, 0, 0], x[:, :, 0, 1] = 0.0, 1.0
+    y = augment.joint_gamma(x, torch.Generator().manual_seed(0), p=1.0, lowest=0.4)
+    assert (y[:, :, 0, 0] == 0).all() and torch.allclose(y[:, :, 0, 1], torch.ones(8, 3))
+    assert (y >= x - 1e-6).all() and y.mean() > x.mean() + 0.05
+    # one gamma per slice for all contrasts: log y / log x is the same across channels
+    inside = (x > 0.05) & (x < 0.95)
+    ratio = torch.where(inside, torch.log(y.clamp_min(1e-9)) / torch.log(x.clamp_min(1e-9)), torch.nan)
+    per_slice = ratio.flatten(1).nanmean(1)
+    assert torch.allclose(ratio[inside], per_slice[:, None, None, None].expand_as(ratio)[inside], atol=1e-4)
+    assert torch.equal(augment.joint_gamma(x, torch.Generator(), p=0.0), x)
+
+
 def test_input_appearance_keeps_zeros_and_changes_intensities():
     x = torch.rand(4, 3, 32, 32)
     x[:, 1] = 0  # an emptied slot stays empty
@@ -105,7 +119,7 @@ def test_select_cases_are_seeded_training_patients():
 def test_validation_logs_fidelity_checks_and_snapshots(tiny_cfg, sample_slices, tmp_path):
     cfg = tiny_cfg("method=l1", "steps=2", "val_every=2", "keep_snapshots=true", "n_select=1", "lesion_weight=5",
                    "w_lesion_contrast=1", "aug_strip_p=0.5", "aug_appearance_p=0.5", "w_identity=1",
-                   "target_weights=[1,1,2]")
+                   "target_weights=[1,1,2]", "aug_joint_gamma_p=0.5")
     solver = Solver(cfg, sample_slices, sample_slices)
     solver.train()
     header = (solver.out_dir / "val.csv").read_text().splitlines()[0].split(",")
