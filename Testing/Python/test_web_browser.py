@@ -72,9 +72,12 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"The web server exited: {self.output()}")
-            if "Uploads are kept in" in self.output():
-                with socket.create_connection(("127.0.0.1", self.port), timeout=5):
-                    return
+            if "Uploads are kept in" in self.output():  # printed just before the port is bound: retry until it is
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=5):
+                        return
+                except OSError:
+                    pass
             time.sleep(1)
         self.process.kill()
         raise RuntimeError(f"The web server did not start within {timeout} s: {self.output()}")
