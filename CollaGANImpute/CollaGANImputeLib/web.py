@@ -72,7 +72,7 @@ class WebApp:
         self.state, self.ctrl = self.server.state, self.server.controller
         self.slicer_app = SlicerApp()
         self.logic = SceneLogic(self.slicer_app.scene)
-        self.model_source, self.device, self.precision = model, device, precision
+        self.device, self.precision = device, precision
         self.model = self.logic.loadModel(model, device="cpu")
         self.contrasts = list(self.model.card.contrasts)
         self.upload_dir = Path(tempfile.mkdtemp(prefix="collagan-web-"))  # mkdtemp: mode 0700, this user only
@@ -248,7 +248,7 @@ class WebApp:
             if not inputs:
                 raise ValueError("Load a case and choose at least one input volume.")
             self._cancel = threading.Event()
-            job = self.logic.startImputation(inputs, self._model(), self.state.target, device=self.device,
+            job = self.logic.startImputation(inputs, self.model, self.state.target, device=self.device,
                                              cancel=self._cancel, precision=self.precision,
                                              uncertainty=bool(self.state.uncertainty))
         except Exception as error:
@@ -259,9 +259,6 @@ class WebApp:
         self.state.progress = 0
         self.state.status = f"Imputing {self.state.target} from {' + '.join(inputs)}..."
         asyncio.ensure_future(self._run(job))
-
-    def _model(self):
-        return self.logic.loadModel(self.model_source, device="cpu")
 
     async def _run(self, job) -> None:
         loop = asyncio.get_running_loop()
@@ -365,7 +362,7 @@ class WebApp:
         folder = Path(tempfile.mkdtemp(dir=self.upload_dir))
         with OutputSet() as outputs:
             path = stage_imputed(outputs, result.images[target], folder / f"{target}-synthetic-collagan.nii.gz",
-                                 self._model(), result.cases.get(target, result.case))
+                                 self.model, result.cases.get(target, result.case))
             outputs.commit()
         return path, sidecar_path(path)
 
