@@ -53,6 +53,22 @@ def time_web_click(page) -> float:
     return time.perf_counter() - start
 
 
+def wait_until_serving(server: subprocess.Popen, port: int, log: Path, timeout: float = 300) -> None:
+    """Until the server accepts connections: its ready line is printed just before the port is bound."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            break
+        if "Uploads are kept in" in log.read_text(errors="replace"):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5):
+                    return
+            except OSError:
+                pass
+        time.sleep(0.5)
+    raise SystemExit(f"The web server did not start: {log.read_text(errors='replace')}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -70,11 +86,7 @@ def main() -> int:
                                "cpu", "--precision", "fp32", "--threads", str(args.threads)],
                               stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
-        deadline = time.monotonic() + 300
-        while "Uploads are kept in" not in Path(log.name).read_text(errors="replace"):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"The web server did not start: {Path(log.name).read_text(errors='replace')}")
-            time.sleep(0.5)
+        wait_until_serving(server, port, Path(log.name))
         cli, web = [], []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])

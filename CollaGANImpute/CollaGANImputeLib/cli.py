@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from . import __version__
+from ._version import __version__
 from .errors import Cancelled, CollaGANError, InputError, ModelError, NoBundledModelError, OutputError, Terminated
 
 if TYPE_CHECKING:

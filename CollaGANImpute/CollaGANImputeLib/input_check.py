@@ -120,18 +120,6 @@ def training_profile(cases: Iterable[PreparedCase], contrasts: Sequence[str], so
     return profile
 
 
-def training_profile_from_folders(folders: Iterable[Any], contrasts: Sequence[str], source: str = "") -> dict[str, Any]:
-    """:func:`training_profile` of BraTS-named case folders, read and prepared one at a time (little memory)."""
-    from .pipeline import prepare_case, read_case
-
-    def cases():
-        for folder in folders:
-            images = read_case(folder, contrasts)
-            yield prepare_case({c: images[c] for c in contrasts if c in images})
-
-    return training_profile(cases(), contrasts, source=source)
-
-
 @dataclass
 class InputCheck:
     """The result of :func:`check_case`: ``checked`` is False when the card carries no profile; ``findings``

@@ -18,19 +18,19 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import __version__
+from ._version import __version__
 from .contract import LoadedModel, ModelCard
 from .device_mask import device_mask_and_scales
 from .errors import GeometryWarning, InputCheckWarning, InputError, OutputError
 from .geometry import SliceGrid, align_to_reference, canonical_spacing, from_canonical_array, to_canonical_array
 from .inference import CancelFlag, ProgressCallback, impute_slices, resolve_device
-from .input_check import InputCheck, check_case
+from .input_check import InputCheck, check_case, training_profile
 from .io import (
     OutputSet,
     PathLike,
@@ -461,3 +461,16 @@ def refuse_overwriting_inputs(outputs: Sequence[Path], inputs: Mapping[str, Path
             if same:
                 raise InputError(f"The output {output} is the input '{contrast}' ({source}): writing it would "
                                  "overwrite an input. Choose another --out or --name (inputs are never modified).")
+
+
+def training_profile_from_folders(folders: Iterable[Union[str, Path]], contrasts: Sequence[str], source: str = ""
+                                  ) -> dict[str, Any]:
+    """:func:`~CollaGANImputeLib.input_check.training_profile` of BraTS-named case folders, read and prepared
+    one at a time (little memory)."""
+
+    def cases():
+        for folder in folders:
+            images = read_case(folder, contrasts)
+            yield prepare_case({c: images[c] for c in contrasts if c in images})
+
+    return training_profile(cases(), contrasts, source=source)

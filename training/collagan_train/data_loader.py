@@ -189,3 +189,29 @@ class SliceData:
             scale = 1 + (torch.rand(images.shape[:2], generator=gen) * 2 - 1) * intensity_scale
             images = images * scale[:, :, None, None]
         return images.contiguous(), masks.contiguous(), lesions.contiguous()
+
+
+def load_data(cfg: TrainConfig) -> Tuple[SliceData, SliceData, dict]:
+    """(train, choice, split): the training slices and the slices checkpoints are chosen on (the set-aside
+    training patients when ``n_select``, else the validation patients), and the split used."""
+    folder = locate_lgg(cfg.data_dir)
+    if folder is None:
+        raise SystemExit("LGG data not found: set data_dir in the config (--set data_dir=PATH), or "
+                         "COLLAGAN_LGG_DIR, or place shared/data/lgg beside the repository.")
+    split = load_or_make_split(cfg, folder)
+    train_cases, val_cases = split["train"], split["val"]
+    if cfg.max_cases:
+        train_cases, val_cases = train_cases[:cfg.max_cases], val_cases[:max(1, cfg.max_cases // 4)]
+    train = SliceData.build(train_cases, cfg, folder)
+    if cfg.n_select:  # checkpoints are chosen on training patients set aside, never on the validation patients
+        select = select_cases(train_cases, cfg.n_select, cfg.split_seed)
+        split = {**split, "train": [c for c in train_cases if c not in select], "select": select}
+        return train.subset(split["train"]), train.subset(select), split
+    return train, SliceData.build(val_cases, cfg, folder), split
+
+
+def select_cases(train_cases: List[str], n: int, seed: int) -> List[str]:
+    """The ``n`` training patients set aside to choose checkpoints on (seeded, reproducible)."""
+    rest = sorted(train_cases)
+    random.Random(seed + 1).shuffle(rest)
+    return sorted(rest[:n])

@@ -19,7 +19,7 @@ import torch
 from CollaGANImputeLib.metrics import nmse
 
 from .config import load_config
-from .main import load_data
+from .data_loader import load_data
 from .solver import build_input, fixed_validation_slices, generator_from_checkpoint
 
 

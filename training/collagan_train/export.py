@@ -85,7 +85,8 @@ def training_input_profile(cfg: TrainConfig) -> dict:
     Why: the card carries what the training scans looked like, so that inference can warn about inputs unlike them.
     """
     from CollaGANImputeLib import __version__
-    from CollaGANImputeLib.input_check import PROFILE_VERSION, training_profile_from_folders
+    from CollaGANImputeLib.input_check import PROFILE_VERSION
+    from CollaGANImputeLib.pipeline import training_profile_from_folders
 
     from .data_loader import load_or_make_split, locate_lgg, repo_path
 
@@ -146,9 +147,10 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
         pixel_spacing=tuple(profile.get("pixel_spacing") or DEFAULT_PIXEL_SPACING),
         input_profile=profile,
         architecture={"generator": "CCNR U-Net (CollaGAN CVPR 2019 Table 2)" + (
-                          " added to a fixed voxel-regression polynomial (voxel prior)" if cfg.g_voxel_prior else ""),
+                          " added to a fixed voxel-regression polynomial" if cfg.g_voxel_prior else "") + (
+                          " plus per-pixel coefficients on the inputs" if cfg.g_input_coefficients else ""),
                       "base_channels": cfg.g_base, "levels": cfg.g_levels, "parameters": count_parameters(g),
-                      "voxel_prior": cfg.g_voxel_prior,
+                      "voxel_prior": cfg.g_voxel_prior, "input_coefficients": cfg.g_input_coefficients,
                       "input": f"(B, {2 * len(cfg.contrasts)}, H, W): contrasts + one-hot target planes",
                       "any_size": f"H, W divisible by {2 ** (cfg.g_levels - 1)}"},
         training={"data": DATA, "split": f"{cfg.split_file}: {len(split.get('train', []))} train / "

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from .config import TrainConfig, load_config
-from .data_loader import SliceData, load_or_make_split, locate_lgg, repo_path
+from .data_loader import load_data, repo_path
 
 
 def _dist_setup(cfg: TrainConfig):
@@ -40,32 +40,6 @@ def _dist_setup(cfg: TrainConfig):
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
     return rank, world, torch.device("cpu")
-
-
-def load_data(cfg: TrainConfig):
-    folder = locate_lgg(cfg.data_dir)
-    if folder is None:
-        raise SystemExit("LGG data not found: set data_dir in the config (--set data_dir=PATH), or "
-                         "COLLAGAN_LGG_DIR, or place shared/data/lgg beside the repository.")
-    split = load_or_make_split(cfg, folder)
-    train_cases, val_cases = split["train"], split["val"]
-    if cfg.max_cases:
-        train_cases, val_cases = train_cases[:cfg.max_cases], val_cases[:max(1, cfg.max_cases // 4)]
-    train = SliceData.build(train_cases, cfg, folder)
-    if cfg.n_select:  # checkpoints are chosen on training patients set aside, never on the validation patients
-        select = select_cases(train_cases, cfg.n_select, cfg.split_seed)
-        split = {**split, "train": [c for c in train_cases if c not in select], "select": select}
-        return train.subset(split["train"]), train.subset(select), split
-    return train, SliceData.build(val_cases, cfg, folder), split
-
-
-def select_cases(train_cases: List[str], n: int, seed: int) -> List[str]:
-    """The ``n`` training patients set aside to choose checkpoints on (seeded, reproducible)."""
-    import random
-
-    rest = sorted(train_cases)
-    random.Random(seed + 1).shuffle(rest)
-    return sorted(rest[:n])
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from .baselines import VoxelRegression, n_features
+from .voxel_regression import VoxelRegression, n_features
 
 
 class CCNR(nn.Module):
@@ -49,21 +49,31 @@ class Generator(nn.Module):
     in p99 units. H and W must be divisible by ``2**(levels-1)`` (16 for 5 levels).
 
     ``voxel_prior`` (not in the paper) adds a voxel-wise path: the output is the voxel-regression baseline's
-    quadratic polynomial of the available inputs (``baselines.VoxelRegression``, one per target and input
+    quadratic polynomial of the available inputs (``voxel_regression.VoxelRegression``, one per target and input
     subset, fitted once by least squares on the training split and then fixed) plus the U-Net, which learns
     the residual: the anatomy and contrast a voxel's own intensities cannot explain. Why: on 2 CPU cores a few
     thousand steps left the plain U-Net behind that baseline (training/README.md).
+
+
+    ``input_coefficients`` (not in the paper) lets the last features also predict, per pixel, one coefficient per
+    input contrast: the output is ``out(features) + sum_k coef_k(features) * input_k``. Why: every CCNR unit
+    instance-normalizes, so a plain U-Net cannot see the inputs' intensity level and outputs the level it learned
+    on LGG heads (~0.4 of p99) also for a brain-only scan (~0.7); the coefficients carry the level through, as a
+    voxel regression does, but are the network's own per-pixel choice (nothing fixed anchors the output to an
+    input). The coefficient layer starts at zero, so a warm-started generator starts where it was.
     """
 
-    __constants__ = ["voxel_prior"]  # TorchScript compiles only the branch in use
+    __constants__ = ["voxel_prior", "input_coefficients"]  # TorchScript compiles only the branches in use
 
-    def __init__(self, n_contrasts: int, base: int = 16, levels: int = 5, voxel_prior: bool = False) -> None:
+    def __init__(self, n_contrasts: int, base: int = 16, levels: int = 5, voxel_prior: bool = False,
+                 input_coefficients: bool = False) -> None:
         super().__init__()
         if levels < 2:
             raise ValueError("The generator needs at least 2 levels.")
         self.n_contrasts = n_contrasts
         self.levels = levels
         self.voxel_prior = voxel_prior
+        self.input_coefficients = input_coefficients
         if voxel_prior:  # coefficients are a buffer: set by start_from_voxel_prior or loaded with the state dict
             self.prior = VoxelRegression(torch.zeros(n_contrasts, 2**n_contrasts, n_features(n_contrasts)))
         widths = [base * 2**i for i in range(levels)]
@@ -80,6 +90,10 @@ class Generator(nn.Module):
             self.ups.append(nn.ConvTranspose2d(widths[i + 1], widths[i], kernel_size=2, stride=2))
             self.decoders.append(_double(2 * widths[i], widths[i]))
         self.out = nn.Conv2d(widths[0], 1, kernel_size=1)
+        if input_coefficients:
+            self.coef = nn.Conv2d(widths[0], n_contrasts, kernel_size=1)
+            nn.init.zeros_(self.coef.weight)
+            nn.init.zeros_(self.coef.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inputs = x
@@ -94,9 +108,12 @@ class Generator(nn.Module):
             x = up(x)
             x = decoder(torch.cat([skips[len(skips) - 1 - i], x], dim=1))
             i += 1
+        out = self.out(x)
+        if self.input_coefficients:  # missing slots are zero, so their coefficients do not matter
+            out = out + (self.coef(x) * inputs[:, :self.n_contrasts]).sum(dim=1, keepdim=True)
         if self.voxel_prior:
-            return self.prior(inputs) + self.out(x)
-        return self.out(x)
+            return self.prior(inputs) + out
+        return out
 
     @torch.no_grad()
     def start_from_voxel_prior(self, coef: torch.Tensor) -> None:

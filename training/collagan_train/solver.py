@@ -53,7 +53,8 @@ def generator_from_checkpoint(state: dict) -> Tuple[Generator, TrainConfig]:
     """The generator a training checkpoint describes (its config's architecture, :func:`generator_weights`),
     in eval mode, with that config."""
     cfg = TrainConfig(**state["config"]).with_method()
-    generator = Generator(len(cfg.contrasts), cfg.g_base, cfg.g_levels, cfg.g_voxel_prior)
+    generator = Generator(len(cfg.contrasts), cfg.g_base, cfg.g_levels, cfg.g_voxel_prior,
+                          cfg.g_input_coefficients)
     generator.load_state_dict(generator_weights(state))
     return generator.eval(), cfg
 
@@ -116,14 +117,16 @@ class Solver:
         self.out_dir = Path(out_dir or cfg.out_dir)
         self.n = len(cfg.contrasts)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (and broadcast below)
-        self.G = Generator(self.n, cfg.g_base, cfg.g_levels, cfg.g_voxel_prior).to(self.device)
+        self.G = Generator(self.n, cfg.g_base, cfg.g_levels, cfg.g_voxel_prior,
+                           cfg.g_input_coefficients).to(self.device)
         self.D = Discriminator(self.n, cfg.d_dropout, cfg.d_sigmoid).to(self.device)
         # warm_start=False (a resume): every weight, the prior's included, comes from the checkpoint instead.
         fit_prior = cfg.g_voxel_prior and warm_start
         if cfg.init_g and warm_start:  # staged schedule, e.g. CollaGAN fine-tuning of a directly trained G
             missing, unexpected = self.G.load_state_dict(load_generator_weights(cfg.init_g, cfg), strict=False)
-            # A plain generator may seed a voxel-prior one (the prior is then fitted); nothing else may differ.
-            if unexpected or set(missing) - {"prior.coef", "prior.bits"}:
+            # A plain generator may seed a voxel-prior one (the prior is then fitted) or one with input
+            # coefficients (zero at the start); nothing else may differ.
+            if unexpected or set(missing) - {"prior.coef", "prior.bits", "coef.weight", "coef.bias"}:
                 raise ValueError(f"init_g={cfg.init_g} does not fit this generator (missing {missing}, unexpected "
                                  f"{unexpected}); set g_voxel_prior as in that checkpoint's run.")
             fit_prior = "prior.coef" in missing

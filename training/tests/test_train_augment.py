@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from training.collagan_train import augment, losses
-from training.collagan_train.main import select_cases
+from training.collagan_train.data_loader import select_cases
 from training.collagan_train.solver import Solver
 
 

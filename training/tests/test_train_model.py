@@ -100,3 +100,25 @@ def test_voxel_prior_generator_starts_as_the_voxel_regression_and_scripts():
     assert torch.equal(clone.prior.coef, coef)
     with pytest.raises(ValueError, match="voxel_prior"):
         Generator(n_contrasts=3, base=4, levels=3).start_from_voxel_prior(coef)
+
+
+def test_input_coefficients_start_as_the_plain_generator_and_carry_the_input_level():
+    torch.manual_seed(0)
+    plain = Generator(n_contrasts=3, base=4, levels=3).eval()
+    g = Generator(n_contrasts=3, base=4, levels=3, input_coefficients=True).eval()
+    missing, unexpected = g.load_state_dict(plain.state_dict(), strict=False)  # a warm start from a plain run
+    assert set(missing) == {"coef.weight", "coef.bias"} and not unexpected
+    x = torch.rand(2, 6, 32, 32)
+    x[:, 0] = 0
+    x[:, 3:] = 0
+    x[:, 3] = 1  # target: contrast 0 from contrasts 1 and 2
+    assert torch.allclose(g(x), plain(x), atol=1e-6)  # zero coefficients at the start
+    with torch.no_grad():
+        g.out.weight.zero_()
+        g.out.bias.zero_()
+        g.coef.bias.copy_(torch.tensor([0.0, 0.5, 0.5]))  # output = the mean of the two inputs
+    brighter = x.clone()
+    brighter[:, :3] *= 1.5  # a brighter scan: the instance-normalized features cannot see this
+    assert torch.allclose(g(x), 0.5 * (x[:, 1:2] + x[:, 2:3]), atol=1e-6)
+    assert torch.allclose(g(brighter), 1.5 * g(x), atol=1e-5)
+    assert torch.allclose(torch.jit.script(g)(x), g(x), atol=1e-6)
