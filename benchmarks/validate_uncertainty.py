@@ -29,11 +29,11 @@ import torch  # noqa: E402
 from CollaGANImputeLib import load_model  # noqa: E402
 from CollaGANImputeLib.evaluate import read_volume_allow_empty  # noqa: E402
 from CollaGANImputeLib.io import find_lesion_mask  # noqa: E402
-from CollaGANImputeLib.metrics import error_by_uncertainty_quantile, uncertainty_scores  # noqa: E402
+from CollaGANImputeLib.metrics import UNCERTAINTY_NAMES, error_by_uncertainty_quantile, uncertainty_scores  # noqa: E402
 from CollaGANImputeLib.models import default_model  # noqa: E402
 from CollaGANImputeLib.pipeline import impute, read_case  # noqa: E402
 
-SCORES = ("rho_u", "auroc_u", "lesion_rho_u", "lesion_auroc_u")
+SCORES = UNCERTAINTY_NAMES
 #: The bar of issue 14: means over the LGG validation patients, every target.
 BAR = {"rho_u": 0.3, "auroc_u": 0.7, "lesion_gap": 0.1}
 

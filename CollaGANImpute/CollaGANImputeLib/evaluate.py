@@ -27,11 +27,8 @@ from .errors import CollaGANError, InputError, ModelError
 from .figures import montage_png
 from .inference import CancelFlag
 from .io import OutputSet, case_name, find_lesion_mask, follow_umask, read_volume, synthetic_filename
-from .metrics import METRIC_NAMES, score_volume, summarize, uncertainty_scores
+from .metrics import METRIC_NAMES, UNCERTAINTY_NAMES, score_volume, summarize, uncertainty_scores
 from .pipeline import ImputationResult, impute, read_case, stage_imputed
-
-#: The uncertainty scores of EVALUATION.md v2 (with `evaluate --uncertainty`).
-UNCERTAINTY_NAMES = ("rho_u", "auroc_u", "lesion_rho_u", "lesion_auroc_u")
 
 CaseCallback = Callable[[str, str, Sequence[str]], None]
 

@@ -20,6 +20,8 @@ from skimage.metrics import structural_similarity
 SSIM_SIGMA = 1.5
 METRIC_NAMES = ("nmse", "psnr", "ssim", "lesion_nmse", "lesion_ssim", "identity", "lesion_kept",
                 "lesion_contrast_real", "lesion_contrast_pred")
+#: The uncertainty scores of EVALUATION.md v2 (:func:`uncertainty_scores`, besides its ``error_rate``).
+UNCERTAINTY_NAMES = ("rho_u", "auroc_u", "lesion_rho_u", "lesion_auroc_u")
 #: Lesion scores need at least this many lesion voxels inside M (EVALUATION.md).
 LESION_MIN_VOXELS = 50
 #: K is computed only where the real lesion differs from the tissue around it by more than this (|C_real − 1|).

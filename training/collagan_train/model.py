@@ -54,7 +54,6 @@ class Generator(nn.Module):
     the residual: the anatomy and contrast a voxel's own intensities cannot explain. Why: on 2 CPU cores a few
     thousand steps left the plain U-Net behind that baseline (training/README.md).
 
-
     ``input_coefficients`` (not in the paper) lets the last features also predict, per pixel, one coefficient per
     input contrast: the output is ``out(features) + sum_k coef_k(features) * input_k``. Why: every CCNR unit
     instance-normalizes, so a plain U-Net cannot see the inputs' intensity level and outputs the level it learned

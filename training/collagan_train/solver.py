@@ -128,7 +128,8 @@ class Solver:
             # coefficients (zero at the start); nothing else may differ.
             if unexpected or set(missing) - {"prior.coef", "prior.bits", "coef.weight", "coef.bias"}:
                 raise ValueError(f"init_g={cfg.init_g} does not fit this generator (missing {missing}, unexpected "
-                                 f"{unexpected}); set g_voxel_prior as in that checkpoint's run.")
+                                 f"{unexpected}); set g_voxel_prior and g_input_coefficients as in that checkpoint's "
+                                 "run.")
             fit_prior = "prior.coef" in missing
         if fit_prior:
             from .baselines import fit
