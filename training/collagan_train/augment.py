@@ -11,6 +11,9 @@ and keep their scanner's intensity curve. Two augmentations cover that, both on 
   The target is treated the same way, so the loss mask and the target's units stay what evaluation uses.
 - :func:`input_appearance`: per input, a random gamma, global scale and smooth multiplicative bias field. Inputs
   only: the target keeps its appearance, so the model learns to map any input look to the training target look.
+- :func:`brain_only_volume`: a brain-only copy of a whole case (scalp, skull and neck removed by a morphological
+  brain mask, every contrast re-normalized by its 99th percentile inside the brain), as a skull-stripped scan
+  reaches the core. Slices where the mask fails (skull base, vertex) are left out of the copy.
 - :func:`joint_gamma`: one gamma < 1 for every contrast of a slice, the target included: p99 units stay p99
   units (0 and 1 are fixed) while the tissue level rises, as in a brain-only scan (an LGG head averages
   0.35-0.49 of its p99, a skull-stripped scan 0.6-0.75). The model learns to follow the inputs' level, which
@@ -31,6 +34,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 
 def _erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -137,3 +141,53 @@ def input_appearance(images: torch.Tensor, gen: torch.Generator, p: float, gamma
                                          * ys)
     warped = s[:, :, None, None] * field * images.clamp_min(0) ** torch.exp(log_g)[:, :, None, None]
     return pick * warped + (1 - pick) * images
+
+
+def brain_mask_slice(tissue: np.ndarray, head: np.ndarray, erode: int = 5, min_share: float = 0.3
+                     ) -> Optional[np.ndarray]:
+    """A brain mask of one slice, or None where it fails: the tissue mask eroded by ``erode`` pixels (the dark
+    skull then separates brain from scalp), the pieces that stay clear of the head's outer band kept, grown back
+    inside the tissue, holes (ventricles) filled. None when the brain holds less than ``min_share`` of the head."""
+    cross = ndimage.generate_binary_structure(2, 1)
+    eroded = ndimage.binary_erosion(ndimage.binary_opening(tissue, cross), cross, iterations=erode)
+    labels, count = ndimage.label(eroded)
+    if count == 0:
+        return None
+    band = head & ~ndimage.binary_erosion(head, cross, iterations=erode + 4)
+    touching = set(np.unique(labels[band & eroded]).tolist())
+    sizes = ndimage.sum(eroded, labels, range(1, count + 1))
+    keep = [k + 1 for k in range(count) if k + 1 not in touching and sizes[k] >= 200]
+    if not keep:
+        return None
+    brain = ndimage.binary_dilation(np.isin(labels, keep), cross, iterations=erode) & tissue
+    brain = ndimage.binary_fill_holes(ndimage.binary_closing(brain, cross, iterations=3)) & head
+    if brain.sum() < max(min_share * head.sum(), 3000):
+        return None
+    return brain
+
+
+def brain_only_volume(images: np.ndarray, head: np.ndarray, threshold: float = 0.15, erode: int = 5
+                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(S, N, H, W) p99-unit slices of one case and their (S, H, W) head masks -> the brain-only copy: images
+    (zero outside the brain, each contrast divided by its 99th percentile inside the brain of the whole case),
+    brain masks, and (S,) which slices have a usable brain mask (the others are all zero).
+
+    Example:
+        >>> images, head = np.random.rand(4, 3, 64, 64).astype(np.float32), np.ones((4, 64, 64), bool)
+        >>> copy, brain, ok = brain_only_volume(images, head)
+    """
+    # The darkest contrast of a voxel: bone is dark in all of them, so the skull splits brain from scalp.
+    tissue = (images.min(axis=1) > threshold) & head
+    brain = np.zeros_like(head, dtype=bool)
+    ok = np.zeros(len(images), dtype=bool)
+    for s in range(len(images)):
+        mask = brain_mask_slice(tissue[s], head[s], erode)
+        if mask is not None:
+            brain[s], ok[s] = mask, True
+    out = np.zeros_like(images, dtype=np.float32)
+    if ok.any():
+        for c in range(images.shape[1]):
+            scale = float(np.percentile(images[:, c][brain], 99))
+            if scale > 0:
+                out[:, c] = np.where(brain, images[:, c] / scale, 0)
+    return out, brain, ok

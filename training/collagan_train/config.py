@@ -52,6 +52,7 @@ class TrainConfig:
     aug_strip_p: float = 0.0        # per slice: remove an outer shell of the head (skull-stripped look), augment.py
     aug_strip_radius: List[int] = field(default_factory=lambda: [6, 18])  # erosion radius range, pixels
     aug_strip_per_volume: bool = True  # re-scale a stripped slice by its volume's p99 ratio, as the core would
+    aug_brain_only_p: float = 0.0  # per slice: its brain-only copy instead (skull-stripped look), augment.py
     aug_joint_gamma_p: float = 0.0  # per slice: one gamma < 1 for all contrasts, target included, augment.py
     aug_joint_gamma_min: float = 0.4  # the smallest gamma (log-uniform in [min, 1])
     aug_appearance_p: float = 0.0   # per input: random gamma / scale / bias field (inputs only), augment.py
@@ -82,6 +83,7 @@ class TrainConfig:
     target_weights: List[float] = field(default_factory=list)  # relative odds of each contrast as the target
     head_only_loss: bool = False    # losses see G's output inside the head mask only (not in the paper, see README)
     input_dropout_max_extra: int = 1  # besides the target, null 0..this many more inputs (>=1 input stays)
+    input_dropout_p: float = 1.0    # chance that a sample is drawn for extra nulling at all (else all inputs kept)
     single_input: bool = False
     clsf_warmup_steps: int = -1     # classifier-only steps first; -1 = clsf_warmup_epochs epochs
     clsf_warmup_epochs: float = 10.0  # paper §4.3: 10 epochs

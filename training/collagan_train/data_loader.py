@@ -122,6 +122,24 @@ class SliceData:
                  lesions: Optional[np.ndarray] = None) -> None:
         self.images, self.masks, self.index = images, masks, index
         self.lesions = lesions if lesions is not None else np.zeros(masks.shape, dtype=bool)
+        self.brain: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None  # see add_brain_only_copies
+
+    def add_brain_only_copies(self) -> int:
+        """Compute every case's brain-only copy (``augment.brain_only_volume``, in memory as float16) so that
+        ``batch(brain_p=...)`` can swap it in; returns the number of slices that have one."""
+        from .augment import brain_only_volume
+
+        images = np.zeros(self.images.shape, dtype=np.float16)
+        brains = np.zeros(self.masks.shape, dtype=bool)
+        ok = np.zeros(len(self), dtype=bool)
+        names = np.asarray([case for case, _ in self.index])
+        for case in dict.fromkeys(names.tolist()):
+            rows = np.flatnonzero(names == case)
+            copy, brain, good = brain_only_volume(np.asarray(self.images[rows], dtype=np.float32),
+                                                  np.asarray(self.masks[rows], dtype=bool))
+            images[rows], brains[rows], ok[rows] = copy.astype(np.float16), brain, good
+        self.brain = (images, brains, ok)
+        return int(ok.sum())
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -161,12 +179,20 @@ class SliceData:
                          [self.index[i] for i in keep], np.asarray(self.lesions[keep]))
 
     def batch(self, indices: Sequence[int], gen: torch.Generator, crop: int = 0, flip: bool = False,
-              intensity_scale: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              intensity_scale: float = 0.0, brain_p: float = 0.0
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Slices ``indices`` as float32 (B, N, h, w), head masks and lesion masks (B, h, w), augmented with
-        ``gen`` only."""
-        images = torch.from_numpy(np.stack([self.images[i] for i in indices]).astype(np.float32))
-        masks = torch.from_numpy(np.stack([self.masks[i] for i in indices]).astype(bool))
-        lesions = torch.from_numpy(np.stack([self.lesions[i] for i in indices]).astype(bool))
+        ``gen`` only. ``brain_p``: each slice that has a brain-only copy is replaced by it with this probability
+        (its mask is then the brain)."""
+        use_brain = [False] * len(indices)
+        if brain_p > 0 and self.brain is not None:
+            draws = torch.rand(len(indices), generator=gen) < brain_p
+            use_brain = [bool(d) and bool(self.brain[2][i]) for d, i in zip(draws, indices)]
+        images = torch.from_numpy(np.stack([self.brain[0][i] if b else self.images[i]
+                                            for i, b in zip(indices, use_brain)]).astype(np.float32))
+        masks = torch.from_numpy(np.stack([self.brain[1][i] if b else self.masks[i]
+                                           for i, b in zip(indices, use_brain)]).astype(bool))
+        lesions = torch.from_numpy(np.stack([self.lesions[i] for i in indices]).astype(bool)) & masks
         if crop:
             out_i, out_m, out_l = [], [], []
             for img, msk, les in zip(images, masks, lesions):

@@ -160,6 +160,8 @@ class Solver:
         per_epoch = max(1, len(train) // (cfg.batch_size * world))
         self.steps_per_epoch = per_epoch
         self.strip_factors: Optional[torch.Tensor] = None
+        if cfg.aug_brain_only_p > 0 and train.brain is None:
+            train.add_brain_only_copies()
         if cfg.aug_strip_p > 0 and cfg.aug_strip_per_volume:  # one re-scale per (case, radius, contrast)
             self.strip_factors = torch.from_numpy(augment.volume_strip_factors(
                 train.images, train.masks, [case for case, _ in train.index],
@@ -193,7 +195,8 @@ class Solver:
         lesion masks (B, h, w). The outer-head augmentation is applied here (it changes the masks)."""
         cfg = self.cfg
         indices = self._next_indices()
-        images, masks, lesions = self.train_data.batch(indices, self.gen, cfg.crop, cfg.flip, cfg.intensity_scale)
+        images, masks, lesions = self.train_data.batch(indices, self.gen, cfg.crop, cfg.flip, cfg.intensity_scale,
+                                                       cfg.aug_brain_only_p)
         if cfg.aug_strip_p > 0:
             factors = self.strip_factors[indices] if self.strip_factors is not None else None
             images, masks = augment.strip_outer_head(images, masks, self.gen, cfg.aug_strip_p,
@@ -215,6 +218,8 @@ class Solver:
             else:  # input dropout (§7.1): null 0..max_extra more inputs besides the target, keep at least one
                 top = max(0, min(cfg.input_dropout_max_extra, n - 2))
                 n_null = 1 + int(torch.randint(top + 1, (1,), generator=self.gen))
+                if float(torch.rand(1, generator=self.gen)) >= cfg.input_dropout_p:
+                    n_null = 1
             for k in [int(target[i])] + others[:n_null - 1]:
                 available[i, k] = False
         return (images.to(self.device), target.to(self.device), available.to(self.device), masks.to(self.device),

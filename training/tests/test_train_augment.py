@@ -127,3 +127,28 @@ def test_validation_logs_fidelity_checks_and_snapshots(tiny_cfg, sample_slices, 
         assert key in header
     assert (solver.out_dir / "snapshots" / "g_000002.pt").is_file()
     assert {"lesion_contrast", "identity"} <= set((solver.out_dir / "log.csv").read_text().splitlines()[0].split(","))
+
+
+def test_brain_only_copy_removes_the_scalp_and_renormalizes_in_the_brain(sample_slices):
+    images = np.asarray(sample_slices.images, dtype=np.float32)
+    head = np.asarray(sample_slices.masks)
+    copy, brain, ok = augment.brain_only_volume(images, head)
+    assert 2 <= ok.sum() < len(ok)  # some slices get a brain mask; where it fails the slice is left out
+    assert (brain <= head).all() and brain[ok].sum() < 0.9 * head[ok].sum()  # scalp and skull are gone
+    assert (copy[~ok] == 0).all() and (copy[~brain[:, None].repeat(3, axis=1)] == 0).all()
+    # The bright scalp fat is outside the mask: the brain's own tissue is what sets its 99th percentile.
+    ring = head[ok] & ~brain[ok]
+    assert images[:, 0][ok][ring].mean() > 0 and np.percentile(images[:, 0][ok][ring], 95) > 0.8
+    for c in range(3):  # every contrast in p99 units of the brain, as the core normalizes a skull-stripped scan
+        assert abs(np.percentile(copy[:, c][brain], 99) - 1.0) < 1e-3
+
+
+def test_batch_swaps_in_the_brain_only_copy(sample_slices):
+    data = sample_slices.subset([sample_slices.index[0][0]])
+    assert data.add_brain_only_copies() > 0
+    good = np.flatnonzero(data.brain[2])[:4].tolist()
+    images, masks, lesions = data.batch(good, torch.Generator().manual_seed(0), brain_p=1.0)
+    assert torch.equal(masks, torch.from_numpy(data.brain[1][good]))
+    assert (lesions <= masks).all() and (images[~masks[:, None].expand_as(images)] == 0).all()
+    plain = data.batch(good, torch.Generator().manual_seed(0), brain_p=0.0)
+    assert torch.equal(plain[1], torch.from_numpy(np.asarray(data.masks[good])))

@@ -66,6 +66,8 @@ def test_input_dropout_nulls_target_and_keeps_an_input(tiny_cfg, sample_slices):
     assert counts == {1, 2}  # sometimes one more input nulled besides the target
     single = Solver(tiny_cfg("method=single_input", "batch_size=8"), sample_slices, None)
     assert (single.sample()[2].sum(1) == 1).all()
+    never = Solver(tiny_cfg("batch_size=8", "input_dropout_p=0.0"), sample_slices, None)
+    assert all((never.sample()[2].sum(1) == 2).all() for _ in range(3))  # all other inputs kept
 
 
 def test_kill_and_resume_gives_the_same_next_losses(tiny_cfg, sample_slices, tmp_path):
