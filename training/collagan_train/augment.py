@@ -14,6 +14,9 @@ and keep their scanner's intensity curve. Two augmentations cover that, both on 
 - :func:`brain_only_volume`: a brain-only copy of a whole case (scalp, skull and neck removed by a morphological
   brain mask, every contrast re-normalized by its 99th percentile inside the brain), as a skull-stripped scan
   reaches the core. Slices where the mask fails (skull base, vertex) are left out of the copy.
+- :func:`input_contrast`: per input, the tissue contrast stretched or flattened around the slice's median
+  (inputs only): a 3-D gradient-echo T1 (MPRAGE) separates grey and white matter far more than the LGG spin-echo
+  T1, and a model that saw one T1 contrast extrapolates wildly from another.
 - :func:`joint_gamma`: one gamma < 1 for every contrast of a slice, the target included: p99 units stay p99
   units (0 and 1 are fixed) while the tissue level rises, as in a brain-only scan (an LGG head averages
   0.35-0.49 of its p99, a skull-stripped scan 0.6-0.75). The model learns to follow the inputs' level, which
@@ -117,6 +120,28 @@ def joint_gamma(images: torch.Tensor, gen: torch.Generator, p: float, lowest: fl
     g = torch.exp(torch.rand(b, generator=gen) * math.log(lowest))
     g = torch.where(pick, g, torch.ones_like(g))[:, None, None, None]
     return images.clamp_min(0) ** g
+
+
+def input_contrast(images: torch.Tensor, gen: torch.Generator, p: float, stretch: float = 1.8) -> torch.Tensor:
+    """With probability ``p`` per (slice, input): inside the head (x > 0), x -> (m + s (x - m)) / (m + s (1 - m)),
+    with m the median of the slice's non-zero voxels and log s ~ U(-log stretch, log stretch); 1 (the p99) stays
+    1, zero stays zero, and tissue never drops below 0.01 (it must not look like background)."""
+    if p <= 0 or stretch <= 1:
+        return images
+    out = images.clone()
+    b, n = images.shape[:2]
+    pick = torch.rand(b, n, generator=gen) < p
+    log_s = (torch.rand(b, n, generator=gen) * 2 - 1) * math.log(stretch)
+    for i, k in zip(*torch.nonzero(pick, as_tuple=True)):
+        x = images[i, k]
+        inside = x > 0
+        if int(inside.sum()) < 64:
+            continue
+        m = x[inside].median()
+        s = torch.exp(log_s[i, k])
+        stretched = ((m + s * (x - m)) / (m + s * (1 - m))).clamp_min(0.01)
+        out[i, k] = torch.where(inside, stretched, x)
+    return out
 
 
 def input_appearance(images: torch.Tensor, gen: torch.Generator, p: float, gamma: float = 0.3,

@@ -56,6 +56,8 @@ class TrainConfig:
     aug_joint_gamma_p: float = 0.0  # per slice: one gamma < 1 for all contrasts, target included, augment.py
     aug_joint_gamma_min: float = 0.4  # the smallest gamma (log-uniform in [min, 1])
     aug_appearance_p: float = 0.0   # per input: random gamma / scale / bias field (inputs only), augment.py
+    aug_contrast_p: float = 0.0     # per input: tissue contrast stretched or flattened (inputs only), augment.py
+    aug_contrast: float = 1.8       # the largest stretch factor (and 1/it the strongest flattening)
     aug_gamma: float = 0.3          # log-gamma range
     aug_scale: float = 0.15         # global scale range
     aug_bias: float = 0.2           # linear bias-field amplitude

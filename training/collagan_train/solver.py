@@ -286,8 +286,10 @@ class Solver:
             out.update(loss_d=loss_d.item(), d_clsf=loss_d.item())
         else:
             given = images
+            if cfg.aug_contrast_p > 0:  # inputs only, like the appearance below
+                given = augment.input_contrast(given, self.gen, cfg.aug_contrast_p, cfg.aug_contrast)
             if cfg.aug_appearance_p > 0:  # the first pass sees re-styled inputs; targets and cycles do not
-                given = augment.input_appearance(images, self.gen, cfg.aug_appearance_p, cfg.aug_gamma,
+                given = augment.input_appearance(given, self.gen, cfg.aug_appearance_p, cfg.aug_gamma,
                                                  cfg.aug_scale, cfg.aug_bias)
             with self._autocast():
                 fake = self.G(self._prep(build_input(given, available, target))).float()

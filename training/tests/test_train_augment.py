@@ -152,3 +152,16 @@ def test_batch_swaps_in_the_brain_only_copy(sample_slices):
     assert (lesions <= masks).all() and (images[~masks[:, None].expand_as(images)] == 0).all()
     plain = data.batch(good, torch.Generator().manual_seed(0), brain_p=0.0)
     assert torch.equal(plain[1], torch.from_numpy(np.asarray(data.masks[good])))
+
+
+def test_input_contrast_stretches_around_the_median_and_keeps_p99_and_background():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.zeros(2, 3, 32, 32)
+    images[:, :, 8:24, 8:24] = torch.linspace(0.2, 1.0, 16)[None, None, None, :].expand(2, 3, 16, 16)
+    out = augment.input_contrast(images, gen, p=1.0, stretch=1.8)
+    inside = images > 0
+    assert (out[~inside] == 0).all() and (out[inside] >= 0.01).all()
+    assert torch.allclose(out[images == 1.0], torch.ones(1))  # the p99 level stays 1
+    spread = (out[:, :, 8:24, 8:24].std(dim=(2, 3)) / images[:, :, 8:24, 8:24].std(dim=(2, 3)))
+    assert (spread > 1.02).any() and (spread < 0.98).any()  # some inputs stretched, some flattened
+    assert torch.equal(augment.input_contrast(images, gen, p=0.0), images)
