@@ -169,6 +169,10 @@ def _run_batch(plan: InferencePlan, usable: Mapping[str, np.ndarray], index: np.
                                                        dtype=np.float32))
               for c, a in usable.items()}
     x = grid.to_model(build_input(slices, card.contrasts, target, (len(index), *grid.shape)))
+    # The target planes cover the model's whole field, as in training: padded (or resampled) with the images
+    # they would be zero (or smoothed) around a slice smaller than the field, which the model never saw.
+    n = card.n_contrasts
+    x[:, n:] = torch.tensor([float(c == target) for c in card.contrasts], dtype=x.dtype)[None, :, None, None]
     try:
         y = plan(x)
     except (torch.cuda.OutOfMemoryError, Cancelled, KeyboardInterrupt):

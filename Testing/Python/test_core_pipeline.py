@@ -11,7 +11,8 @@ import torch
 from CollaGANImputeLib import Cancelled, InputError, impute, impute_case, load_model, prepare_case
 from CollaGANImputeLib.inference import build_input, impute_slices
 from CollaGANImputeLib.normalization import foreground_mask, normalize, p99
-from core_fixtures import head_phantom, make_image
+from CollaGANImputeLib.contract import ModelCard, save_model
+from core_fixtures import CONTRASTS, head_phantom, make_image
 
 
 def test_mask_is_head_and_p99_is_one(sample_case):
@@ -232,3 +233,24 @@ def test_outside_head_zero_blanks_only_outside_the_mask(tmp_path):
     assert np.abs(kept[~mask]).max() > 0, "the tiny model's output is non-zero outside the head"
     assert not zeroed[~mask].any()
     assert np.array_equal(zeroed[mask], kept[mask])
+
+
+class TargetPlaneMean(torch.nn.Module):
+    """Outputs, everywhere, the mean of the t1c target plane over the model's whole field."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 4:5].mean(dim=(2, 3), keepdim=True).expand(-1, -1, x.shape[2], x.shape[3]).contiguous()
+
+
+@pytest.mark.parametrize("shape, spacing", [((3, 40, 30), (1.0, 1.0)), ((3, 20, 15), (2.0, 2.0))])
+def test_target_planes_cover_the_model_field_for_small_or_resampled_slices(tmp_path, shape, spacing):
+    """A slice smaller than the model's field (a brain-only scan cropped to the brain) is padded; the target
+    planes must still be 1 over the whole field as in training, not only over the slice."""
+    path = tmp_path / "planes.pt"
+    save_model(TargetPlaneMean(), ModelCard(name="planes", contrasts=CONTRASTS, in_plane_size=(64, 64),
+                                            pixel_spacing=(1.0, 1.0)), path)
+    model = load_model(path)
+    inputs = {"t1n": np.ones(shape, np.float32), "t2f": np.ones(shape, np.float32)}
+    out = impute_slices(model, inputs, "t1c", device="cpu", spacing=spacing)
+    assert out.shape == shape
+    assert np.allclose(out, 1.0), "the target plane was not 1 over the whole field"
