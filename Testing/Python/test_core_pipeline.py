@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 from CollaGANImputeLib import Cancelled, InputError, impute, impute_case, load_model, prepare_case
+from CollaGANImputeLib.contract import ModelCard, save_model
 from CollaGANImputeLib.inference import build_input, impute_slices
 from CollaGANImputeLib.normalization import foreground_mask, normalize, p99
-from CollaGANImputeLib.contract import ModelCard, save_model
 from core_fixtures import CONTRASTS, head_phantom, make_image
 
 
