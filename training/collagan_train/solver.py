@@ -218,7 +218,7 @@ class Solver:
             else:  # input dropout (§7.1): null 0..max_extra more inputs besides the target, keep at least one
                 top = max(0, min(cfg.input_dropout_max_extra, n - 2))
                 n_null = 1 + int(torch.randint(top + 1, (1,), generator=self.gen))
-                if float(torch.rand(1, generator=self.gen)) >= cfg.input_dropout_p:
+                if cfg.input_dropout_p < 1 and float(torch.rand(1, generator=self.gen)) >= cfg.input_dropout_p:
                     n_null = 1
             for k in [int(target[i])] + others[:n_null - 1]:
                 available[i, k] = False
