@@ -66,13 +66,23 @@ def is_cancelled(cancel: CancelFlag) -> bool:
     return bool(cancel())
 
 
+def contrast_channels(slices: Mapping[str, torch.Tensor], contrasts: list[str], target: str,
+                      shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, N, H, W): the contrasts in model order, missing and target slots zero."""
+    zeros = torch.zeros(shape, dtype=torch.float32)
+    return torch.stack([slices[c] if (c in slices and c != target) else zeros for c in contrasts], dim=1)
+
+
+def target_planes(contrasts: list[str], target: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, N, H, W): the one-hot target mask, constant over the whole field."""
+    return torch.stack([torch.full(shape, float(c == target)) for c in contrasts], dim=1)
+
+
 def build_input(slices: Mapping[str, torch.Tensor], contrasts: list[str], target: str,
                 shape: tuple[int, ...]) -> torch.Tensor:
     """The model input (B, 2N, H, W): contrasts in model order (missing/target = 0), then the one-hot mask."""
-    zeros = torch.zeros(shape, dtype=torch.float32)
-    channels = [slices[c] if (c in slices and c != target) else zeros for c in contrasts]
-    channels += [torch.full(shape, float(c == target)) for c in contrasts]
-    return torch.stack(channels, dim=1)
+    return torch.cat([contrast_channels(slices, contrasts, target, shape), target_planes(contrasts, target, shape)],
+                     dim=1)
 
 
 def empty_slices(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -168,11 +178,10 @@ def _run_batch(plan: InferencePlan, usable: Mapping[str, np.ndarray], index: np.
     slices = {c: torch.from_numpy(np.ascontiguousarray(a[first:first + len(index)] if contiguous else a[index],
                                                        dtype=np.float32))
               for c, a in usable.items()}
-    x = grid.to_model(build_input(slices, card.contrasts, target, (len(index), *grid.shape)))
-    # The target planes cover the model's whole field, as in training: padded (or resampled) with the images
-    # they would be zero (or smoothed) around a slice smaller than the field, which the model never saw.
-    n = card.n_contrasts
-    x[:, n:] = torch.tensor([float(c == target) for c in card.contrasts], dtype=x.dtype)[None, :, None, None]
+    images = grid.to_model(contrast_channels(slices, card.contrasts, target, (len(index), *grid.shape)))
+    # Only the images go through the grid: the target planes are made on the model's field, ones over all of
+    # it as in training (padded with the images they were zero around a slice smaller than the field).
+    x = torch.cat([images, target_planes(card.contrasts, target, (len(index), *images.shape[-2:]))], dim=1)
     try:
         y = plan(x)
     except (torch.cuda.OutOfMemoryError, Cancelled, KeyboardInterrupt):

@@ -37,6 +37,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from CollaGANImputeLib.normalization import p99
 from scipy import ndimage
 
 
@@ -212,7 +213,5 @@ def brain_only_volume(images: np.ndarray, head: np.ndarray, threshold: float = 0
     out = np.zeros_like(images, dtype=np.float32)
     if ok.any():
         for c in range(images.shape[1]):
-            scale = float(np.percentile(images[:, c][brain], 99))
-            if scale > 0:
-                out[:, c] = np.where(brain, images[:, c] / scale, 0)
+            out[:, c] = np.where(brain, images[:, c] / p99(images[:, c], brain), 0)
     return out, brain, ok
