@@ -58,6 +58,7 @@ class TrainConfig:
     aug_appearance_p: float = 0.0   # per input: random gamma / scale / bias field (inputs only), augment.py
     aug_contrast_p: float = 0.0     # per input: tissue contrast stretched or flattened (inputs only), augment.py
     aug_contrast: float = 1.8       # the largest stretch factor (and 1/it the strongest flattening)
+    aug_enhance_p: float = 0.0      # per slice with a lesion: enhancement painted into T1+Gd inside it (inputs only)
     aug_gamma: float = 0.3          # log-gamma range
     aug_scale: float = 0.15         # global scale range
     aug_bias: float = 0.2           # linear bias-field amplitude

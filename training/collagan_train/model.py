@@ -95,7 +95,10 @@ class Generator(nn.Module):
             nn.init.zeros_(self.coef.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inputs = x
+        return self.output(self.features(x), x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last decoder's features (B, base, H, W), from which the output layer(s) read the image."""
         skips: List[torch.Tensor] = []
         for encoder in self.encoders:
             x = encoder(x)
@@ -107,6 +110,10 @@ class Generator(nn.Module):
             x = up(x)
             x = decoder(torch.cat([skips[len(skips) - 1 - i], x], dim=1))
             i += 1
+        return x
+
+    def output(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """The image (B, 1, H, W) from :meth:`features` ``x`` and the model input ``inputs``."""
         out = self.out(x)
         if self.input_coefficients:  # missing slots are zero, so their coefficients do not matter
             out = out + (self.coef(x) * inputs[:, :self.n_contrasts]).sum(dim=1, keepdim=True)

@@ -286,6 +286,9 @@ class Solver:
             out.update(loss_d=loss_d.item(), d_clsf=loss_d.item())
         else:
             given = images
+            if cfg.aug_enhance_p > 0 and "t1c" in cfg.contrasts:  # before the looks: it is anatomy, not style
+                given = augment.synthetic_enhancement(given, lesions, target, cfg.contrasts.index("t1c"), self.gen,
+                                                      cfg.aug_enhance_p)
             if cfg.aug_contrast_p > 0:  # inputs only, like the appearance below
                 given = augment.input_contrast(given, self.gen, cfg.aug_contrast_p, cfg.aug_contrast)
             if cfg.aug_appearance_p > 0:  # the first pass sees re-styled inputs; targets and cycles do not

@@ -165,3 +165,17 @@ def test_input_contrast_stretches_around_the_median_and_keeps_p99_and_background
     spread = (out[:, :, 8:24, 8:24].std(dim=(2, 3)) / images[:, :, 8:24, 8:24].std(dim=(2, 3)))
     assert (spread > 1.02).any() and (spread < 0.98).any()  # some inputs stretched, some flattened
     assert torch.equal(augment.input_contrast(images, gen, p=0.0), images)
+
+
+def test_synthetic_enhancement_brightens_t1c_inside_the_lesion_only(sample_slices):
+    images = torch.from_numpy(np.asarray(sample_slices.images[:4], dtype=np.float32))
+    lesions = torch.zeros(4, *images.shape[-2:], dtype=torch.bool)
+    lesions[:3, 100:160, 90:150] = True  # slice 3 has no lesion
+    target = torch.tensor([2, 0, 1, 2])  # slice 2 imputes T1+Gd itself: its target must stay real
+    out = augment.synthetic_enhancement(images, lesions, target, 1, torch.Generator().manual_seed(0), p=1.0)
+    added = out - images
+    assert float(added[:2, 1][lesions[:2]].max()) > 0.15  # painted, inside the lesion
+    assert float(added[:2, 1][~lesions[:2]].abs().max()) < 0.15  # outside only the 2-pixel softening reaches
+    assert torch.equal(out[2], images[2]) and torch.equal(out[3], images[3])  # T1+Gd target, no lesion
+    assert torch.equal(out[:, [0, 2]], images[:, [0, 2]])  # other contrasts untouched
+    assert torch.equal(augment.synthetic_enhancement(images, lesions, target, 1, torch.Generator(), p=0.0), images)
