@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -114,6 +115,17 @@ def prepare_slices(case_dir: Path, contrasts: Sequence[str], min_foreground: flo
     return stack[keep], mask[keep], lesion[keep]
 
 
+@dataclass(frozen=True)
+class BrainOnlyCopies:
+    """Brain-only copies of a :class:`SliceData`'s slices (``augment.brain_only_volume``): ``images`` (S, N, H, W)
+    float16, the brain ``masks`` (S, H, W) and ``ok`` (S,), the slices whose brain mask worked (the others have none).
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    ok: np.ndarray
+
+
 class SliceData:
     """Cached slices of a list of cases: ``images`` (S, N, H, W) float16 memmap, ``masks`` and ``lesions``
     (S, H, W) bool (head mask, lesion mask)."""
@@ -122,7 +134,7 @@ class SliceData:
                  lesions: Optional[np.ndarray] = None) -> None:
         self.images, self.masks, self.index = images, masks, index
         self.lesions = lesions if lesions is not None else np.zeros(masks.shape, dtype=bool)
-        self.brain: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None  # see add_brain_only_copies
+        self.brain: Optional[BrainOnlyCopies] = None  # see add_brain_only_copies
 
     def add_brain_only_copies(self) -> int:
         """Compute every case's brain-only copy (``augment.brain_only_volume``, in memory as float16) so that
@@ -138,7 +150,7 @@ class SliceData:
             copy, brain, good = brain_only_volume(np.asarray(self.images[rows], dtype=np.float32),
                                                   np.asarray(self.masks[rows], dtype=bool))
             images[rows], brains[rows], ok[rows] = copy.astype(np.float16), brain, good
-        self.brain = (images, brains, ok)
+        self.brain = BrainOnlyCopies(images, brains, ok)
         return int(ok.sum())
 
     def __len__(self) -> int:
@@ -187,10 +199,10 @@ class SliceData:
         use_brain = [False] * len(indices)
         if brain_p > 0 and self.brain is not None:
             draws = torch.rand(len(indices), generator=gen) < brain_p
-            use_brain = [bool(d) and bool(self.brain[2][i]) for d, i in zip(draws, indices)]
-        images = torch.from_numpy(np.stack([self.brain[0][i] if b else self.images[i]
+            use_brain = [bool(d) and bool(self.brain.ok[i]) for d, i in zip(draws, indices)]
+        images = torch.from_numpy(np.stack([self.brain.images[i] if b else self.images[i]
                                             for i, b in zip(indices, use_brain)]).astype(np.float32))
-        masks = torch.from_numpy(np.stack([self.brain[1][i] if b else self.masks[i]
+        masks = torch.from_numpy(np.stack([self.brain.masks[i] if b else self.masks[i]
                                            for i, b in zip(indices, use_brain)]).astype(bool))
         lesions = torch.from_numpy(np.stack([self.lesions[i] for i in indices]).astype(bool)) & masks
         if crop:
@@ -232,8 +244,12 @@ def load_data(cfg: TrainConfig) -> Tuple[SliceData, SliceData, dict]:
     if cfg.n_select:  # checkpoints are chosen on training patients set aside, never on the validation patients
         select = select_cases(train_cases, cfg.n_select, cfg.split_seed)
         split = {**split, "train": [c for c in train_cases if c not in select], "select": select}
-        return train.subset(split["train"]), train.subset(select), split
-    return train, SliceData.build(val_cases, cfg, folder), split
+        train, choice = train.subset(split["train"]), train.subset(select)
+    else:
+        choice = SliceData.build(val_cases, cfg, folder)
+    if cfg.aug_brain_only_p > 0:  # the augmentation swaps these in (about 10 s for 46 cases)
+        train.add_brain_only_copies()
+    return train, choice, split
 
 
 def select_cases(train_cases: List[str], n: int, seed: int) -> List[str]:

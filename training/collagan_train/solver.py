@@ -161,7 +161,8 @@ class Solver:
         self.steps_per_epoch = per_epoch
         self.strip_factors: Optional[torch.Tensor] = None
         if cfg.aug_brain_only_p > 0 and train.brain is None:
-            train.add_brain_only_copies()
+            raise ValueError("aug_brain_only_p needs the brain-only copies: load the data with load_data, or call "
+                             "train.add_brain_only_copies() first.")
         if cfg.aug_strip_p > 0 and cfg.aug_strip_per_volume:  # one re-scale per (case, radius, contrast)
             self.strip_factors = torch.from_numpy(augment.volume_strip_factors(
                 train.images, train.masks, [case for case, _ in train.index],

@@ -146,9 +146,9 @@ def test_brain_only_copy_removes_the_scalp_and_renormalizes_in_the_brain(sample_
 def test_batch_swaps_in_the_brain_only_copy(sample_slices):
     data = sample_slices.subset([sample_slices.index[0][0]])
     assert data.add_brain_only_copies() > 0
-    good = np.flatnonzero(data.brain[2])[:4].tolist()
+    good = np.flatnonzero(data.brain.ok)[:4].tolist()
     images, masks, lesions = data.batch(good, torch.Generator().manual_seed(0), brain_p=1.0)
-    assert torch.equal(masks, torch.from_numpy(data.brain[1][good]))
+    assert torch.equal(masks, torch.from_numpy(data.brain.masks[good]))
     assert (lesions <= masks).all() and (images[~masks[:, None].expand_as(images)] == 0).all()
     plain = data.batch(good, torch.Generator().manual_seed(0), brain_p=0.0)
     assert torch.equal(plain[1], torch.from_numpy(np.asarray(data.masks[good])))
