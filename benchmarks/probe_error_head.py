@@ -12,7 +12,7 @@ Usage:
 
 It works on the training cache's slices (the head slices of each volume, 256x256, through the same p99
 normalization as the core), not on whole volumes through ``impute``: the figures are for comparing the two maps
-with each other, not with docs/RESULTS.md's whole-volume uncertainty table. About 15 min on 2 CPU cores.
+with each other, not with docs/RESULTS.md's whole-volume uncertainty table. About 15-20 min on 2 CPU cores.
 """
 
 from __future__ import annotations
