@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "CollaGANImpute"))
 
 from CollaGANImputeLib.metrics import uncertainty_scores  # noqa: E402
-from CollaGANImputeLib.uncertainty import SMOOTH_PIXELS  # noqa: E402
+from CollaGANImputeLib.uncertainty import disagreement  # noqa: E402
 
 from training.collagan_train.data_loader import SliceData, locate_lgg, select_cases  # noqa: E402
 from training.collagan_train.solver import build_input, generator_from_checkpoint  # noqa: E402
@@ -83,12 +82,6 @@ def collect(generator, data: SliceData, target: int, members: bool, mirrored: bo
             subsets = [predict(generator, images, target, [k])[1] for k in others]
             out["members"].append(torch.stack(subsets + [predict(generator, images, target, others, True)[1]]))
     return {k: torch.cat(v, dim=1 if k == "members" else 0) for k, v in out.items() if v}
-
-
-def disagreement(pred: np.ndarray, members: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The core's map on these slices: mean |member - prediction|, 0 outside the head, 1-pixel Gaussian."""
-    u = np.abs(members - pred[None]).mean(axis=0) * mask
-    return ndimage.gaussian_filter(u, sigma=(0, SMOOTH_PIXELS, SMOOTH_PIXELS), mode="constant") * mask
 
 
 def rank_average(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -147,7 +140,7 @@ def main(argv=None) -> None:
         rows: dict = {"head": [], "disagreement": [], "rank average": []}
         for case in dict.fromkeys(names.tolist()):
             r = names == case
-            u_dis = disagreement(pred[r], members[:, r], mask[r])
+            u_dis = disagreement(pred[r], list(members[:, r]), mask[r])  # the core's map, default smoothing
             maps = {"head": b[r], "disagreement": u_dis, "rank average": rank_average(b[r], u_dis, mask[r])}
             for name, u in maps.items():
                 rows[name].append(uncertainty_scores(u, pred[r], real[r], mask[r], lesion[r]))

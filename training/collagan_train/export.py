@@ -161,11 +161,8 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                                                             "w_d_clsf", "w_direct_l1", "w_direct_l2",
                                                             "w_direct_ssim", "head_only_loss", "lesion_weight",
                                                             "w_lesion_contrast", "w_identity")},
-                  "augmentation": {k: getattr(cfg, k) for k in ("flip", "intensity_scale", "aug_strip_p",
-                                                                  "aug_strip_radius", "aug_appearance_p", "aug_gamma",
-                                                                  "aug_scale", "aug_bias", "aug_brain_only_p",
-                                                                  "aug_joint_gamma_p", "aug_contrast_p",
-                                                                  "aug_enhance_p", "input_dropout_p")},
+                  "augmentation": {k: v for k, v in cfg.to_dict().items()  # every aug_* setting, new ones too
+                                   if k.startswith("aug_") or k in ("flip", "intensity_scale", "input_dropout_p")},
                   "checkpoint_choice": (f"on {cfg.n_select} training patients set aside (never trained on): "
                                         + ", ".join(split_used(run_dir).get("select", []))
                                         if cfg.n_select else "validation slices"),
