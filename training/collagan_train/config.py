@@ -58,7 +58,8 @@ class TrainConfig:
     aug_appearance_p: float = 0.0   # per input: random gamma / scale / bias field (inputs only), augment.py
     aug_contrast_p: float = 0.0     # per input: tissue contrast stretched or flattened (inputs only), augment.py
     aug_contrast: float = 1.8       # the largest stretch factor (and 1/it the strongest flattening)
-    aug_enhance_p: float = 0.0      # per slice with a lesion: enhancement painted into T1+Gd inside it (inputs only)
+    aug_enhance_p: float = 0.0      # per slice with a lesion: enhancement painted inside it (inputs only)
+    aug_enhance_contrast: str = "t1c"  # the post-contrast T1 of ``contrasts`` that aug_enhance_p paints
     aug_gamma: float = 0.3          # log-gamma range
     aug_scale: float = 0.15         # global scale range
     aug_bias: float = 0.2           # linear bias-field amplitude
@@ -83,6 +84,7 @@ class TrainConfig:
     lesion_weight: float = 1.0      # direct L1/L2 weight of lesion voxels relative to other head voxels (-seg)
     w_lesion_contrast: float = 0.0  # |C_pred - C_real| per slice with a lesion (EVALUATION.md v2 conspicuity)
     w_identity: float = 0.0         # contrast identity: r(fake, input) above r(real, input), 1 - r(fake, real)
+    w_identity_pooled: float = 0.0  # the same, the slices of one target pooled like a volume
     target_weights: List[float] = field(default_factory=list)  # relative odds of each contrast as the target
     head_only_loss: bool = False    # losses see G's output inside the head mask only (not in the paper, see README)
     input_dropout_max_extra: int = 1  # besides the target, null 0..this many more inputs (>=1 input stays)

@@ -160,7 +160,7 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                   "losses": {k: getattr(cfg, k) for k in ("w_cyc_l1", "w_cyc_ssim", "w_gan", "w_g_clsf",
                                                             "w_d_clsf", "w_direct_l1", "w_direct_l2",
                                                             "w_direct_ssim", "head_only_loss", "lesion_weight",
-                                                            "w_lesion_contrast", "w_identity")},
+                                                            "w_lesion_contrast", "w_identity", "w_identity_pooled")},
                   "augmentation": {k: v for k, v in cfg.to_dict().items()  # every aug_* setting, new ones too
                                    if k.startswith("aug_") or k in ("flip", "intensity_scale", "input_dropout_p")},
                   "checkpoint_choice": (f"on {cfg.n_select} training patients set aside (never trained on): "

@@ -30,7 +30,7 @@ from .model import Discriminator, Generator
 
 LOG_FIELDS = ["step", "epoch", "phase", "lr_g", "sec_per_step", "loss_d", "d_gan", "d_clsf", "loss_g", "g_gan",
               "g_clsf", "direct_l1", "direct_ssim", "cyc_l1", "cyc_ssim", "n_cycle", "direct_l2", "lesion_contrast",
-              "identity"]
+              "identity", "identity_pooled"]
 
 
 def one_hot_planes(index: torch.Tensor, n: int, shape: Tuple[int, int]) -> torch.Tensor:
@@ -167,6 +167,10 @@ class Solver:
             self.strip_factors = torch.from_numpy(augment.volume_strip_factors(
                 train.images, train.masks, [case for case, _ in train.index],
                 augment.strip_radii(cfg.aug_strip_radius)))
+        if cfg.aug_enhance_p > 0 and cfg.aug_enhance_contrast not in cfg.contrasts:
+            raise ValueError(f"aug_enhance_p paints enhancement into {cfg.aug_enhance_contrast!r}, which is not among "
+                             f"the contrasts {cfg.contrasts}: set aug_enhance_contrast to the post-contrast T1's name "
+                             "or aug_enhance_p to 0.")
         if cfg.target_weights and len(cfg.target_weights) != self.n:
             raise ValueError(f"target_weights has {len(cfg.target_weights)} values for {self.n} contrasts "
                              f"{cfg.contrasts}; give one per contrast.")
@@ -287,8 +291,9 @@ class Solver:
             out.update(loss_d=loss_d.item(), d_clsf=loss_d.item())
         else:
             given = images
-            if cfg.aug_enhance_p > 0 and "t1c" in cfg.contrasts:  # before the looks: it is anatomy, not style
-                given = augment.synthetic_enhancement(given, lesions, target, cfg.contrasts.index("t1c"), self.gen,
+            if cfg.aug_enhance_p > 0:  # before the looks: it is anatomy, not style
+                given = augment.synthetic_enhancement(given, lesions, target,
+                                                      cfg.contrasts.index(cfg.aug_enhance_contrast), self.gen,
                                                       cfg.aug_enhance_p)
             if cfg.aug_contrast_p > 0:  # inputs only, like the appearance below
                 given = augment.input_contrast(given, self.gen, cfg.aug_contrast_p, cfg.aug_contrast)
@@ -324,6 +329,9 @@ class Solver:
             if cfg.w_identity > 0:  # scored against the inputs as acquired, not their augmented look
                 terms["identity"] = cfg.w_identity * losses.identity_loss(fake, real_t, images, available,
                                                                           masks[:, None])
+            if cfg.w_identity_pooled > 0:
+                terms["identity_pooled"] = cfg.w_identity_pooled * losses.identity_loss_pooled(
+                    fake, real_t, images, available, masks[:, None], target)
             if cfg.w_cyc_l1 > 0 or cfg.w_cyc_ssim > 0:
                 terms.update(self._cycle(images, target, available, fake, head))
                 out["n_cycle"] = float(int(available.sum()))

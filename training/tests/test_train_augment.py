@@ -62,6 +62,23 @@ def test_identity_loss_prefers_the_target_over_a_copy_of_an_input():
     assert losses.identity_loss(copy, real, inputs, torch.tensor([[False, True]] * 2), head).item() < loss.item()
 
 
+def test_pooled_identity_sees_slice_levels_that_follow_an_input():
+    # Per slice the output is the target itself; only its level from slice to slice follows the input, as
+    # when a volume's synthetic brightness tracks the T1's. The per-slice term cannot see that; pooled, it can.
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(4, 1, 32, 32, generator=gen)
+    inputs = torch.rand(4, 2, 32, 32, generator=gen)
+    inputs[:, 0] += torch.tensor([0.0, 3.0, 0.0, 3.0])[:, None, None]
+    fake = real + torch.tensor([0.0, 3.0, 0.0, 3.0])[:, None, None, None]
+    available, head = torch.ones(4, 2, dtype=torch.bool), torch.ones(4, 1, 32, 32, dtype=torch.bool)
+    target = torch.tensor([1, 1, 1, 1])
+    assert float(losses.identity_loss(fake, real, inputs, available, head)) < 1e-5
+    assert float(losses.identity_loss_pooled(real, real, inputs, available, head, target)) < 1e-5
+    assert float(losses.identity_loss_pooled(fake, real, inputs, available, head, target)) > 0.5
+    # Slices are pooled only with slices of the same target; a target with one slice adds nothing.
+    assert float(losses.identity_loss_pooled(fake, real, inputs, available, head, torch.arange(4))) == 0.0
+
+
 def test_joint_gamma_raises_the_level_of_every_contrast_alike_and_keeps_p99_units():
     x = torch.rand(8, 3, 16, 16)
     x[:, :, 0, 0], x[:, :, 0, 1] = 0.0, 1.0

@@ -259,3 +259,13 @@ def test_resume_needs_no_warm_start_file(tiny_cfg, sample_slices, tmp_path):
     assert resumed.step == 1 and resumed.cfg.init_g == str(seed)  # kept for the card's lineage
     for a, b in zip(staged.G.state_dict().values(), resumed.G.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_enhancement_into_a_contrast_the_model_lacks_is_refused(tiny_cfg, sample_slices):
+    with pytest.raises(ValueError, match="aug_enhance_contrast"):
+        Solver(tiny_cfg("aug_enhance_p=0.5", "aug_enhance_contrast=t1ce"), sample_slices, None)
+
+
+def test_pooled_identity_term_is_logged(tiny_cfg, sample_slices):
+    solver = Solver(tiny_cfg("method=l1", "w_identity_pooled=1", "batch_size=4"), sample_slices, None)
+    assert "identity_pooled" in solver.train_step()
