@@ -109,29 +109,30 @@ def identity_loss(fake: torch.Tensor, real: torch.Tensor, inputs: torch.Tensor, 
     return loss.mean()
 
 
+def _pool(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The (B, 1, H, W) slices picked by ``rows`` stacked into one (1, 1, n*H, W) sample."""
+    return x[rows].transpose(0, 1).reshape(1, 1, -1, x.shape[-1])
+
+
 def identity_loss_pooled(fake: torch.Tensor, real: torch.Tensor, inputs: torch.Tensor, available: torch.Tensor,
                          head: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """:func:`identity_loss` with the slices of one target pooled, as EVALUATION.md v2 scores a whole volume.
     The per-slice term cannot see whether the output's brightness from slice to slice follows the target or an
-    input; pooled, it does (``target`` (B,) the target index of each slice). Groups of one slice add nothing."""
+    input; pooled, it does (``target`` (B,) the target index of each slice). Each input is compared over the
+    slices that had it. Groups of one slice add nothing."""
+    weight = head.to(fake.dtype)
     terms = []
     for t in torch.unique(target).tolist():
         group = target == t
         if int(group.sum()) < 2:
             continue
-
-        def pooled(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            return x[rows].transpose(0, 1).reshape(1, 1, -1, x.shape[-1])
-
-        weight = pooled(head.to(fake.dtype), group)
-        loss = 1 - _pearson(pooled(fake, group), pooled(real, group), weight)[0]
+        loss = 1 - _pearson(_pool(fake, group), _pool(real, group), _pool(weight, group))[0]
         for k in range(inputs.shape[1]):
             rows = group & available[:, k]
             if int(rows.sum()) < 2:
                 continue
-            w_k, f_k = pooled(head.to(fake.dtype), rows), pooled(fake, rows)
-            given = pooled(inputs[:, k:k + 1], rows)
-            excess = _pearson(f_k, given, w_k) - _pearson(pooled(real, rows), given, w_k).detach()
+            given, w_k = _pool(inputs[:, k:k + 1], rows), _pool(weight, rows)
+            excess = _pearson(_pool(fake, rows), given, w_k) - _pearson(_pool(real, rows), given, w_k).detach()
             loss = loss + excess[0].clamp_min(0)
         terms.append(loss)
     return torch.stack(terms).mean() if terms else fake.sum() * 0
