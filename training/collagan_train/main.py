@@ -87,12 +87,13 @@ def main(argv: Optional[List[str]] = None) -> None:
                        help="override a config key (value parsed as JSON), e.g. --set steps=2000")
     train.add_argument("--resume", help="checkpoint to continue exactly (its config, then --set)")
     train.set_defaults(func=cmd_train)
-    from . import baselines, evaluate, export, prepare_lgg, report
+    from . import baselines, choose, evaluate, export, prepare_lgg, report
     prepare_lgg.add_parser(sub)
     export.add_parser(sub)
     baselines.add_parser(sub)
     evaluate.add_parser(sub)
     report.add_parser(sub)
+    choose.add_parser(sub)
     args = parser.parse_args(argv)
     args.func(args)
 
