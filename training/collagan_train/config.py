@@ -123,6 +123,10 @@ class TrainConfig:
             raise ValueError(f"Unknown method '{self.method}'; choose one of {sorted(METHODS)}.")
         if self.crop and self.crop % 32:
             raise ValueError(f"crop={self.crop} must be a multiple of 32 (generator pooling and D strides).")
+        if self.aug_enhance_p > 0 and self.aug_enhance_contrast not in self.contrasts:
+            raise ValueError(f"aug_enhance_p paints enhancement into {self.aug_enhance_contrast!r}, which is not among "
+                             f"the contrasts {self.contrasts}: set aug_enhance_contrast to the post-contrast T1's "
+                             "name or aug_enhance_p to 0.")
 
     @property
     def outside_head(self) -> str:

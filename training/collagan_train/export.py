@@ -157,10 +157,8 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                                           f"{len(split.get('val', []))} validation patients",
                   "method": cfg.method, "steps": state["step"], "epochs": state.get("epoch"),
                   "batch_size": cfg.batch_size, "crop": cfg.crop,
-                  "losses": {k: getattr(cfg, k) for k in ("w_cyc_l1", "w_cyc_ssim", "w_gan", "w_g_clsf",
-                                                            "w_d_clsf", "w_direct_l1", "w_direct_l2",
-                                                            "w_direct_ssim", "head_only_loss", "lesion_weight",
-                                                            "w_lesion_contrast", "w_identity", "w_identity_pooled")},
+                  "losses": {k: v for k, v in cfg.to_dict().items()  # every loss weight, new ones too
+                             if k.startswith("w_") or k in ("head_only_loss", "lesion_weight")},
                   "augmentation": {k: v for k, v in cfg.to_dict().items()  # every aug_* setting, new ones too
                                    if k.startswith("aug_") or k in ("flip", "intensity_scale", "input_dropout_p")},
                   "checkpoint_choice": (f"on {cfg.n_select} training patients set aside (never trained on): "

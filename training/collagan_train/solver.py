@@ -169,10 +169,6 @@ class Solver:
             self.strip_factors = torch.from_numpy(augment.volume_strip_factors(
                 train.images, train.masks, [case for case, _ in train.index],
                 augment.strip_radii(cfg.aug_strip_radius)))
-        if cfg.aug_enhance_p > 0 and cfg.aug_enhance_contrast not in cfg.contrasts:
-            raise ValueError(f"aug_enhance_p paints enhancement into {cfg.aug_enhance_contrast!r}, which is not among "
-                             f"the contrasts {cfg.contrasts}: set aug_enhance_contrast to the post-contrast T1's name "
-                             "or aug_enhance_p to 0.")
         if cfg.target_weights and len(cfg.target_weights) != self.n:
             raise ValueError(f"target_weights has {len(cfg.target_weights)} values for {self.n} contrasts "
                              f"{cfg.contrasts}; give one per contrast.")

@@ -11,7 +11,8 @@ from training.collagan_train import choose, main
 
 
 def _run(folder, nmse: dict, identity: dict) -> str:
-    rows = [{"case": f"C{k}", "target": t, "inputs": "x", "n_inputs": 2, "nmse": nmse[t] * (1 + 0.1 * k),
+    rows = [{"case": f"C{k}", "target": t, "inputs": "+".join(c for c in nmse if c != t), "n_inputs": 2,
+             "nmse": nmse[t] * (1 + 0.1 * k),
              "identity": identity[t]} for t in nmse for k in (-1, 1)]  # two cases, mean = the given value
     folder.mkdir(parents=True)
     (folder / "scores.json").write_text(json.dumps({"cases": rows}))
