@@ -91,28 +91,35 @@ def choose(candidates: Dict[str, Scores], bundled: Optional[Scores] = None, tole
     return best, reasons
 
 
-def _named(value: str) -> Tuple[str, Path]:
+def named_run(value: str) -> Tuple[str, Path]:
     name, sep, folder = value.partition("=")
     if not sep or not name or not folder:
         raise SystemExit(f"{value!r}: give NAME=FOLDER (an evaluate --out folder on the set-aside patients).")
     return name, Path(folder)
 
 
-def cmd_choose(args: argparse.Namespace) -> None:
-    candidates = {n: run_scores(load_rows(f), args.contrasts) for n, f in map(_named, args.candidate)}
-    bundled = None
-    if args.bundled:
-        bundled_name, folder = _named(args.bundled)
-        bundled = run_scores(load_rows(folder), args.contrasts)
-    chosen, reasons = choose(candidates, bundled, args.tolerance)
+def print_choice(candidates: Dict[str, Scores], reasons: Dict[str, str], chosen: Optional[str],
+                 contrasts: Sequence[str], bundled_name: Optional[str] = None, bundled: Optional[Scores] = None
+                 ) -> None:
+    """The rule's table (one row per run, the bundled model first) and the verdict, as Markdown."""
     rows = ([(f"{bundled_name} (bundled)", bundled, reasons.get("bundled", ""))] if bundled else []) + \
         [(n, s, reasons.get(n, "")) for n, s in candidates.items()]
-    print("| run | mean NMSE | mean I | " + " | ".join(f"{t} NMSE / I" for t in args.contrasts) + " | verdict |")
-    print("|---|---|---|" + "---|" * len(args.contrasts) + "---|")
+    print("| run | mean NMSE | mean I | " + " | ".join(f"{t} NMSE / I" for t in contrasts) + " | verdict |")
+    print("|---|---|---|" + "---|" * len(contrasts) + "---|")
     for name, s, why in rows:
         print(f"| {name} | {s.mean_nmse:.4f} | {s.mean_identity:+.3f} | "
-              + " | ".join(f"{s.nmse[t]:.3f} / {s.identity[t]:+.3f}" for t in args.contrasts) + f" | {why} |")
+              + " | ".join(f"{s.nmse[t]:.3f} / {s.identity[t]:+.3f}" for t in contrasts) + f" | {why} |")
     print("\nchosen: " + (f"{bundled_name} (keep the bundled model)" if chosen == "bundled" else str(chosen)))
+
+
+def cmd_choose(args: argparse.Namespace) -> None:
+    candidates = {n: run_scores(load_rows(f), args.contrasts) for n, f in map(named_run, args.candidate)}
+    bundled_name, bundled = None, None
+    if args.bundled:
+        bundled_name, folder = named_run(args.bundled)
+        bundled = run_scores(load_rows(folder), args.contrasts)
+    chosen, reasons = choose(candidates, bundled, args.tolerance)
+    print_choice(candidates, reasons, chosen, args.contrasts, bundled_name, bundled)
 
 
 def add_parser(sub) -> None:

@@ -1,0 +1,105 @@
+"""Score training snapshots on the patients set aside for checkpoint choice, then apply the checkpoint rule.
+
+Each snapshot is exported with the card's words for users (``OUT/<snapshot>/model.pt``) and scored through the
+core's ``collagan-impute evaluate`` on whole volumes of the set-aside patients that its run recorded in
+``split_used.json`` (``OUT/<snapshot>/select``). A snapshot already scored is not scored again, so the command
+can be repeated as a run writes more snapshots. With ``--bundled``, the bundled model's run on the same patients
+competes and is the reference of the per-target guard (:mod:`.choose`).
+
+Example:
+    python -m training.collagan_train.main select runs/v6_stage_i/snapshots/g_001000.pt \
+        runs/v6_stage_i/snapshots/g_002000.pt --about training/collagan_train/configs/card_v5.json \
+        --out runs/select_i --bundled v5=runs/v5_s002500/select
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .choose import Scores, choose, named_run, print_choice, run_scores
+from .data_loader import locate_lgg
+from .report import load_rows
+
+MODEL_NAME = "collagan-lgg-t1n-t1c-t2f"
+
+
+def set_aside_cases(snapshot: Path) -> List[str]:
+    """The patients the snapshot's run set aside for checkpoint choice (``split_used.json`` beside the
+    snapshots folder or the checkpoint)."""
+    for folder in (snapshot.parent, snapshot.parent.parent):
+        split = folder / "split_used.json"
+        if split.is_file():
+            cases = json.loads(split.read_text()).get("select") or []
+            if not cases:
+                raise SystemExit(f"{split} lists no set-aside patients: train with n_select > 0 so that "
+                                 "checkpoints are chosen on training patients, never on the validation ones.")
+            return list(cases)
+    raise SystemExit(f"No split_used.json beside {snapshot} or its folder: score snapshots of a run made by "
+                     "'main train', which records the set-aside patients there.")
+
+
+def score_snapshot(snapshot: Path, out: Path, data: Path, about: Optional[dict] = None, threads: int = 1,
+                   device: str = "cpu") -> Path:
+    """Export ``snapshot`` to ``out/model.pt`` and score it on its set-aside patients into ``out/select``
+    (skipped when that run is complete); returns the evaluate folder."""
+    from CollaGANImputeLib.cli import main as core_cli
+
+    from .export import export_checkpoint
+
+    scores = out / "select"
+    if (scores / "scores.json").is_file():
+        return scores
+    cases = set_aside_cases(snapshot)
+    out.mkdir(parents=True, exist_ok=True)
+    model = export_checkpoint(str(snapshot), str(out / "model.pt"), name=MODEL_NAME, about=about)
+    code = core_cli(["evaluate", str(data), "--cases", *cases, "--model", str(model), "--threads", str(threads),
+                     "--device", device, "--out", str(scores)])
+    if code:
+        raise SystemExit(f"evaluate failed for {snapshot} (exit {code}); see the messages above.")
+    return scores
+
+
+def select(snapshots: Sequence[Path], out: Path, data: Path, about: Optional[dict] = None, threads: int = 1,
+           bundled: Optional[Scores] = None, contrasts: Sequence[str] = ("t1n", "t1c", "t2f"),
+           tolerance: float = 0.05, device: str = "cpu") -> tuple[Optional[str], Dict[str, str], Dict[str, Scores]]:
+    """Score every snapshot (named by its file stem) and apply the checkpoint rule: (chosen, reasons, scores)."""
+    names = [Path(s).stem for s in snapshots]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"Snapshot names repeat ({names}): score snapshots of different runs into different "
+                         "--out folders.")
+    scored = {name: run_scores(load_rows(score_snapshot(Path(s), out / name, data, about, threads, device)),
+                               contrasts) for name, s in zip(names, snapshots)}
+    chosen, reasons = choose(scored, bundled, tolerance)
+    return chosen, reasons, scored
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    data = Path(args.data) if args.data else locate_lgg()
+    if data is None or not data.is_dir():
+        raise SystemExit("LGG data not found: pass --data PATH (the folder of complete cases), or set "
+                         "COLLAGAN_LGG_DIR.")
+    about = json.loads(Path(args.about).read_text()) if args.about else None
+    bundled_name, bundled = None, None
+    if args.bundled:
+        bundled_name, folder = named_run(args.bundled)
+        bundled = run_scores(load_rows(folder), args.contrasts)
+    chosen, reasons, scored = select([Path(s) for s in args.snapshots], Path(args.out), data, about, args.threads,
+                                     bundled, args.contrasts, args.tolerance, args.device)
+    print_choice(scored, reasons, chosen, args.contrasts, bundled_name, bundled)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("select", help="export and score snapshots on the set-aside patients, then choose one")
+    p.add_argument("snapshots", nargs="+", help="generator snapshots of one run (runs/<run>/snapshots/g_*.pt)")
+    p.add_argument("--out", required=True, help="folder for each snapshot's model and evaluate run")
+    p.add_argument("--about", help="JSON file with the card's words for users (configs/card_*.json)")
+    p.add_argument("--bundled", metavar="NAME=FOLDER", help="the bundled model's evaluate run on the same patients")
+    p.add_argument("--data", help="folder of complete LGG cases (default: as 'train' finds it)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--contrasts", nargs="+", default=["t1n", "t1c", "t2f"])
+    p.add_argument("--tolerance", type=float, default=0.05)
+    p.set_defaults(func=cmd_select)
