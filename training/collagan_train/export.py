@@ -125,7 +125,7 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
     """Write ``out`` from ``checkpoint`` (G weights + config) through ``CollaGANImputeLib.save_model``.
 
     ``about``: the card's words for users, keys ``intended_use``, ``domain``, ``limitations`` (a list) and
-    ``description`` (e.g. ``training/collagan_train/configs/card_v3.json``).
+    ``description`` (e.g. ``training/collagan_train/configs/card_lgg.json``, see :func:`load_about`).
 
     ``input_profile``: the training data profile for the card (None: computed from the split's training cases,
     :func:`training_input_profile`; {}: none); its median pixel spacing becomes the card's ``pixel_spacing``.
@@ -207,9 +207,30 @@ def add_parser(sub) -> None:
     p.add_argument("--no-input-profile", dest="input_profile", action="store_const", const={}, default=None,
                    help="no training data profile in the card (inference then skips its input check)")
     p.add_argument("--about", help="JSON file with the card's intended_use, domain, limitations, description")
+    p.add_argument("--version", help="the model version named in the --about words where they say {version}")
     p.set_defaults(func=lambda a: print(export_checkpoint(
         a.checkpoint, a.out, a.name, json.loads(Path(a.metrics).read_text()) if a.metrics else None,
-        a.description, a.optimize, a.input_profile, json.loads(Path(a.about).read_text()) if a.about else None)))
+        a.description, a.optimize, a.input_profile, load_about(a.about, a.version) if a.about else None)))
+
+
+def load_about(path: str, version: Optional[str] = None) -> dict:
+    """The card's words for users from a JSON file, ``{version}`` in its texts replaced by ``version`` (one file
+    serves every version of a model whose words only differ in it).
+
+    Example:
+        >>> about = load_about("training/collagan_train/configs/card_lgg.json", "v6")  # doctest: +SKIP
+    """
+    text = Path(path).read_text()
+    if "{version}" in text and not version:
+        raise SystemExit(f"{path} names the model version as {{version}}: pass --version (e.g. --version v6).")
+    about = json.loads(text)
+
+    def fill(value):
+        if isinstance(value, str):
+            return value.replace("{version}", version or "")
+        return [fill(v) for v in value] if isinstance(value, list) else value
+
+    return {key: fill(value) for key, value in about.items()}
 
 
 def _main(argv=None) -> None:

@@ -8,7 +8,7 @@ competes and is the reference of the per-target guard (:mod:`.choose`).
 
 Example:
     python -m training.collagan_train.main select runs/v6_stage_i/snapshots/g_001000.pt \
-        runs/v6_stage_i/snapshots/g_002000.pt --about training/collagan_train/configs/card_v5.json \
+        runs/v6_stage_i/snapshots/g_002000.pt --about training/collagan_train/configs/card_lgg.json \
         --out runs/select_i --bundled v5=runs/v5_s002500/select
 """
 
@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .choose import Scores, choose, named_run, print_choice, run_scores
 from .data_loader import locate_lgg
+from .export import load_about
 from .report import load_rows
 
 MODEL_NAME = "collagan-lgg-t1n-t1c-t2f"
@@ -81,7 +82,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     if data is None or not data.is_dir():
         raise SystemExit("LGG data not found: pass --data PATH (the folder of complete cases), or set "
                          "COLLAGAN_LGG_DIR.")
-    about = json.loads(Path(args.about).read_text()) if args.about else None
+    about = load_about(args.about, args.version) if args.about else None
     bundled_name, bundled = None, None
     if args.bundled:
         bundled_name, folder = named_run(args.bundled)
@@ -95,7 +96,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("select", help="export and score snapshots on the set-aside patients, then choose one")
     p.add_argument("snapshots", nargs="+", help="generator snapshots of one run (runs/<run>/snapshots/g_*.pt)")
     p.add_argument("--out", required=True, help="folder for each snapshot's model and evaluate run")
-    p.add_argument("--about", help="JSON file with the card's words for users (configs/card_*.json)")
+    p.add_argument("--about", help="JSON file with the card's words for users (configs/card_lgg.json)")
+    p.add_argument("--version", default="candidate", help="the version the words name (default: candidate)")
     p.add_argument("--bundled", metavar="NAME=FOLDER", help="the bundled model's evaluate run on the same patients")
     p.add_argument("--data", help="folder of complete LGG cases (default: as 'train' finds it)")
     p.add_argument("--threads", type=int, default=1)

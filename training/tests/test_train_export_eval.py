@@ -6,6 +6,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 import torch
 from CollaGANImputeLib.contract import load_model
 from CollaGANImputeLib.pipeline import impute, read_case
@@ -134,3 +135,18 @@ def test_voxel_regression_gives_the_same_output_for_channels_last_input():
     x[:, 4] = 1
     with torch.no_grad():
         assert torch.allclose(module(x.contiguous(memory_format=torch.channels_last)), module(x), atol=1e-6)
+
+
+def test_card_words_name_the_version_given(tmp_path):
+    from training.collagan_train.data_loader import REPO_ROOT
+    from training.collagan_train.export import load_about
+
+    card = REPO_ROOT / "training" / "collagan_train" / "configs" / "card_lgg.json"
+    about = load_about(str(card), "v6")
+    assert "(v6)" in about["description"] and "{version}" not in json.dumps(about)
+    assert about["limitations"] == json.loads(card.read_text())["limitations"]
+    with pytest.raises(SystemExit, match="--version"):
+        load_about(str(card))
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"description": "no version here"}))
+    assert load_about(str(plain)) == {"description": "no version here"}
