@@ -67,6 +67,10 @@ def select(snapshots: Sequence[Path], out: Path, data: Path, about: Optional[dic
            bundled: Optional[Scores] = None, contrasts: Sequence[str] = ("t1n", "t1c", "t2f"),
            tolerance: float = 0.05, device: str = "cpu") -> tuple[Optional[str], Dict[str, str], Dict[str, Scores]]:
     """Score every snapshot (named by its file stem) and apply the checkpoint rule: (chosen, reasons, scores)."""
+    missing = [str(s) for s in snapshots if not Path(s).is_file()]
+    if missing:
+        raise SystemExit(f"No such snapshot: {', '.join(missing)}. A run writes one at every validation step "
+                         "(val_every) into <out_dir>/snapshots when keep_snapshots is on.")
     names = [Path(s).stem for s in snapshots]
     if len(set(names)) != len(names):
         raise SystemExit(f"Snapshot names repeat ({names}): score snapshots of different runs into different "

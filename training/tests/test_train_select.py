@@ -37,7 +37,9 @@ def test_snapshots_are_exported_scored_on_the_set_aside_case_and_chosen(tiny_cfg
     assert (out / "g_000001" / "model.pt").stat().st_mtime_ns == stamp
 
 
-def test_a_run_without_set_aside_patients_is_refused(tmp_path):
+def test_a_run_without_set_aside_patients_or_a_missing_snapshot_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="No such snapshot"):
+        select([tmp_path / "g_000250.pt"], tmp_path / "out", tmp_path)
     snap = tmp_path / "run" / "snapshots" / "g_000010.pt"
     snap.parent.mkdir(parents=True)
     snap.touch()
