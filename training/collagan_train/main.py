@@ -10,6 +10,7 @@ Run from the repository root:
     python -m training.collagan_train.main evaluate --model collagan=runs/lgg_cpu/model.pt --out runs/eval
     python -m training.collagan_train.main report --run voxreg=runs/eval_core/voxreg --run collagan=... --out r.md
     python -m training.collagan_train.main select runs/lgg_cpu/snapshots/g_*.pt --out runs/select --about CARD.json
+    python -m training.collagan_train.main average BASE.pt FINE_TUNED.pt --out runs/soup/snapshots/g_soup.pt
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                        help="override a config key (value parsed as JSON), e.g. --set steps=2000")
     train.add_argument("--resume", help="checkpoint to continue exactly (its config, then --set)")
     train.set_defaults(func=cmd_train)
-    from . import baselines, choose, evaluate, export, prepare_lgg, report, select
+    from . import average, baselines, choose, evaluate, export, prepare_lgg, report, select
     prepare_lgg.add_parser(sub)
     export.add_parser(sub)
     baselines.add_parser(sub)
@@ -96,6 +97,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     report.add_parser(sub)
     choose.add_parser(sub)
     select.add_parser(sub)
+    average.add_parser(sub)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from CollaGANImputeLib.contract import load_model
 
 from training.collagan_train.select import select, set_aside_cases
@@ -48,3 +49,26 @@ def test_a_run_without_set_aside_patients_or_a_missing_snapshot_is_refused(tmp_p
     (tmp_path / "run" / "split_used.json").write_text(json.dumps({"train": ["A"], "val": ["B"]}))
     with pytest.raises(SystemExit, match="n_select > 0"):
         set_aside_cases(snap)
+
+
+def test_average_is_the_mean_generator_and_selectable(tiny_cfg, sample_slices, tmp_path):
+    from training.collagan_train import main
+
+    solver = Solver(tiny_cfg("steps=3", "clsf_warmup_steps=1"), sample_slices, None, out_dir=str(tmp_path / "run"))
+    snaps = tmp_path / "run" / "snapshots"
+    snaps.mkdir(parents=True)
+    first = shutil.copy(solver.save("latest.pt"), snaps / "g_000000.pt")
+    for _ in range(2):  # the first step only warms up the classifier
+        solver.train_step()
+    second = shutil.copy(solver.save("latest.pt"), snaps / "g_000001.pt")
+    (tmp_path / "run" / "split_used.json").write_text(json.dumps({"select": [SAMPLE.name]}))
+    out = tmp_path / "soup" / "snapshots" / "g_soup.pt"
+    main.main(["average", str(first), str(second), "--out", str(out), "--weights", "0.25", "0.75"])
+    a, b, mean = (torch.load(p, weights_only=False)["G"] for p in (first, second, out))
+    changed = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
+    assert changed  # one training step moved the weights
+    for key in changed:
+        assert torch.allclose(mean[key], 0.25 * a[key] + 0.75 * b[key], atol=1e-6)
+    assert set_aside_cases(out) == [SAMPLE.name]  # select scores it on the same patients as its inputs
+    with pytest.raises(SystemExit, match="summing to 1"):
+        main.main(["average", str(first), str(second), "--out", str(out), "--weights", "0.5", "0.6"])
