@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Optional, Sequence
@@ -48,11 +49,16 @@ def cmd_average(args: argparse.Namespace) -> None:
     tmp = out.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, out)
-    for folder in (paths[-1].parent, paths[-1].parent.parent):  # the last input's run: its set-aside patients
+    # The run records that select and export read: the last input's set-aside patients, and this command.
+    run_dir = out.parent.parent if out.parent.name == "snapshots" else out.parent
+    for folder in (paths[-1].parent, paths[-1].parent.parent):
         if (folder / "split_used.json").is_file():
-            target = out.parent.parent if out.parent.name == "snapshots" else out.parent
-            shutil.copyfile(folder / "split_used.json", target / "split_used.json")
+            shutil.copyfile(folder / "split_used.json", run_dir / "split_used.json")
             break
+    command = ["average", *args.snapshots, "--out", args.out] + (
+        ["--weights", *map(str, args.weights)] if args.weights else [])
+    with open(run_dir / "commands.txt", "a") as handle:
+        handle.write(f"python -m training.collagan_train.main {shlex.join(command)}\n")
     print(f"{out}: mean of {', '.join(f'{w:.2f} x {p}' for p, w in state['averaged_from'])}")
 
 

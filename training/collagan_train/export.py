@@ -136,6 +136,8 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     g, cfg = generator_from_checkpoint(state)
     run_dir = Path(checkpoint).resolve().parent
+    if run_dir.name == "snapshots":  # a run's snapshot: the run's records are one folder up
+        run_dir = run_dir.parent
     commands = (run_dir / "commands.txt").read_text().splitlines() if (run_dir / "commands.txt").is_file() else []
     split_file = Path(__file__).resolve().parents[2] / cfg.split_file
     split = json.loads(split_file.read_text()) if split_file.is_file() else {}
@@ -167,9 +169,13 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                   "optimizer": f"Adam lr_g {cfg.lr_g} lr_d {cfg.lr_d} betas ({cfg.beta1}, {cfg.beta2}), "
                                f"x{cfg.lr_decay}/{cfg.lr_decay_every} steps, G weight decay {cfg.weight_decay_g}",
                   "input_dropout_max_extra": cfg.input_dropout_max_extra, "single_input": cfg.single_input,
-                  "command": commands, "cost": f"{state.get('train_seconds', 0.0) / 3600:.2f} h of training steps on "
-                  f"{platform.processor() or platform.machine()} ({state.get('world', 1)} process(es))",
-                  "checkpoint": Path(checkpoint).name, "warm_start": warm_start_lineage(cfg)},
+                  "command": commands, "cost": (f"{state['train_seconds'] / 3600:.2f} h of training steps on "
+                                                f"{platform.processor() or platform.machine()} "
+                                                f"({state.get('world', 1)} process(es))"
+                                                if "train_seconds" in state else "not recorded in the checkpoint"),
+                  "checkpoint": Path(checkpoint).name, "warm_start": warm_start_lineage(cfg),
+                  **({"weight_mean_of": [{"checkpoint": p, "weight": w} for p, w in state["averaged_from"]]}
+                     if "averaged_from" in state else {})},
         outside_head=cfg.outside_head,
         licence=LICENCE,
         metrics=metrics if metrics is not None else last_validation(run_dir),

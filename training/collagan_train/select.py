@@ -24,7 +24,7 @@ from .data_loader import locate_lgg
 from .export import load_about
 from .report import load_rows
 
-MODEL_NAME = "collagan-lgg-t1n-t1c-t2f"
+MODEL_NAME = "collagan-lgg-t1n-t1c-t2f"  # the bundled model's name: candidates are scored as it would be
 
 
 def set_aside_cases(snapshot: Path) -> List[str]:
@@ -90,7 +90,14 @@ def cmd_select(args: argparse.Namespace) -> None:
     bundled_name, bundled = None, None
     if args.bundled:
         bundled_name, folder = named_run(args.bundled)
-        bundled = run_scores(load_rows(folder), args.contrasts)
+        rows = load_rows(folder)
+        first = Path(args.snapshots[0])
+        expected = set(set_aside_cases(first)) if first.is_file() else None
+        if expected is not None and {r["case"] for r in rows} != expected:
+            raise SystemExit(f"{folder} scored {sorted({r['case'] for r in rows})}, not the set-aside patients "
+                             f"{sorted(expected)}: run collagan-impute evaluate --cases on those with the bundled "
+                             "model.")
+        bundled = run_scores(rows, args.contrasts)
     chosen, reasons, scored = select([Path(s) for s in args.snapshots], Path(args.out), data, about, args.threads,
                                      bundled, args.contrasts, args.tolerance, args.device)
     print_choice(scored, reasons, chosen, args.contrasts, bundled_name, bundled)

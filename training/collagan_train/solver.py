@@ -462,7 +462,8 @@ class Solver:
         path = self.out_dir / "snapshots" / f"g_{self.step:06d}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({"G": generator.state_dict(), "step": self.step, "config": self.base_cfg.to_dict()}, tmp)
+        torch.save({"G": generator.state_dict(), "step": self.step, "config": self.base_cfg.to_dict(),
+                    "train_seconds": self.train_seconds}, tmp)
         os.replace(tmp, path)
         return path
 

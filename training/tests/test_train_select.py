@@ -16,7 +16,8 @@ from .conftest import SAMPLE
 
 
 def test_snapshots_are_exported_scored_on_the_set_aside_case_and_chosen(tiny_cfg, sample_slices, tmp_path):
-    solver = Solver(tiny_cfg("steps=2", "clsf_warmup_steps=1"), sample_slices, None, out_dir=str(tmp_path / "run"))
+    solver = Solver(tiny_cfg("steps=2", "clsf_warmup_steps=1", "n_select=1"), sample_slices, None,
+                    out_dir=str(tmp_path / "run"))
     snaps = tmp_path / "run" / "snapshots"
     snaps.mkdir(parents=True)
     paths = []
@@ -31,7 +32,10 @@ def test_snapshots_are_exported_scored_on_the_set_aside_case_and_chosen(tiny_cfg
     rows = json.loads((out / "g_000002" / "select" / "scores.json").read_text())["cases"]
     assert {r["case"] for r in rows} == {SAMPLE.name}  # only the set-aside case, never a validation one
     assert all(0 < s.mean_nmse < 10 for s in scored.values())
-    assert load_model(out / "g_000001" / "model.pt").card.intended_use == "a test"
+    card = load_model(out / "g_000001" / "model.pt").card
+    assert card.intended_use == "a test"
+    # The run's records sit one folder above its snapshots: the card names the set-aside patients and the cost.
+    assert SAMPLE.name in card.training["checkpoint_choice"] and " h of training steps" in card.training["cost"]
     # Scored snapshots are kept, not scored again (the command is repeated as a run writes more).
     stamp = (out / "g_000001" / "model.pt").stat().st_mtime_ns
     assert select(paths[:1], out, SAMPLE.parent)[2]["g_000001"] == scored["g_000001"]
@@ -70,5 +74,27 @@ def test_average_is_the_mean_generator_and_selectable(tiny_cfg, sample_slices, t
     for key in changed:
         assert torch.allclose(mean[key], 0.25 * a[key] + 0.75 * b[key], atol=1e-6)
     assert set_aside_cases(out) == [SAMPLE.name]  # select scores it on the same patients as its inputs
+    from training.collagan_train.export import export_checkpoint
+    card = load_model(export_checkpoint(str(out), str(tmp_path / "soup.pt"))).card
+    assert [(m["checkpoint"], m["weight"]) for m in card.training["weight_mean_of"]] == [(str(first), 0.25),
+                                                                                        (str(second), 0.75)]
+    assert "average" in (tmp_path / "soup" / "commands.txt").read_text()
     with pytest.raises(SystemExit, match="summing to 1"):
         main.main(["average", str(first), str(second), "--out", str(out), "--weights", "0.5", "0.6"])
+
+
+def test_the_bundled_run_must_score_the_set_aside_patients(tmp_path):
+    from training.collagan_train import main
+
+    snap = tmp_path / "run" / "snapshots" / "g_000010.pt"
+    snap.parent.mkdir(parents=True)
+    snap.touch()
+    (tmp_path / "run" / "split_used.json").write_text(json.dumps({"select": ["A", "B"]}))
+    validation = tmp_path / "validation"
+    validation.mkdir()
+    rows = [{"case": c, "target": "t1n", "inputs": "t1c+t2f", "n_inputs": 2, "nmse": 0.1, "identity": 0.0}
+            for c in ("V1", "V2")]
+    (validation / "scores.json").write_text(json.dumps({"cases": rows}))
+    with pytest.raises(SystemExit, match="not the set-aside patients"):
+        main.main(["select", str(snap), "--out", str(tmp_path / "out"), "--data", str(tmp_path),
+                   "--bundled", f"v5={validation}"])
