@@ -92,6 +92,13 @@ def _pearson(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Te
     return num / ((xc**2).sum(dim=(1, 2, 3)) * (yc**2).sum(dim=(1, 2, 3))).clamp_min(1e-8).sqrt()
 
 
+def _excess_resemblance(fake: torch.Tensor, real: torch.Tensor, given: torch.Tensor, weight: torch.Tensor
+                        ) -> torch.Tensor:
+    """Per sample, max(0, r(fake, given) − r(real, given)): how much more the fake resembles an input than the
+    real target does (the real side is a constant, not a path for gradients)."""
+    return (_pearson(fake, given, weight) - _pearson(real, given, weight).detach()).clamp_min(0)
+
+
 def identity_loss(fake: torch.Tensor, real: torch.Tensor, inputs: torch.Tensor, available: torch.Tensor,
                   head: torch.Tensor) -> torch.Tensor:
     """EVALUATION.md v2's contrast identity as a loss, per slice over the head: 1 − r(fake, real) plus, for every
@@ -103,9 +110,7 @@ def identity_loss(fake: torch.Tensor, real: torch.Tensor, inputs: torch.Tensor, 
     weight = head.to(fake.dtype)
     loss = 1 - _pearson(fake, real, weight)
     for k in range(inputs.shape[1]):
-        given = inputs[:, k:k + 1]
-        excess = (_pearson(fake, given, weight) - _pearson(real, given, weight).detach()).clamp_min(0)
-        loss = loss + excess * available[:, k].to(fake.dtype)
+        loss = loss + _excess_resemblance(fake, real, inputs[:, k:k + 1], weight) * available[:, k].to(fake.dtype)
     return loss.mean()
 
 
@@ -131,9 +136,8 @@ def identity_loss_pooled(fake: torch.Tensor, real: torch.Tensor, inputs: torch.T
             rows = group & available[:, k]
             if int(rows.sum()) < 2:
                 continue
-            given, w_k = _pool(inputs[:, k:k + 1], rows), _pool(weight, rows)
-            excess = _pearson(_pool(fake, rows), given, w_k) - _pearson(_pool(real, rows), given, w_k).detach()
-            loss = loss + excess[0].clamp_min(0)
+            loss = loss + _excess_resemblance(_pool(fake, rows), _pool(real, rows), _pool(inputs[:, k:k + 1], rows),
+                                              _pool(weight, rows))[0]
         terms.append(loss)
     return torch.stack(terms).mean() if terms else fake.sum() * 0
 
