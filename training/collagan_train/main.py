@@ -16,6 +16,7 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shlex
@@ -76,6 +77,11 @@ def cmd_train(args: argparse.Namespace) -> None:
               f"{torch.get_num_threads()} threads, world {world}; out {out_dir}", flush=True)
     solver.train()
     if world > 1:
+        # Release the DDP wrappers while the interpreter is alive: gloo work freed at interpreter exit can abort
+        # the process after a finished run.
+        del solver
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 
@@ -152,6 +153,11 @@ def _ddp_worker(rank: int, world: int, store: str, cfg, data, out: str) -> None:
     dist.all_gather(gathered, flat)
     if rank == 0:
         torch.save({"gathered": gathered, "step": solver.step}, out)
+    # Tear down while the interpreter is alive: DDP wrappers left to interpreter exit hold gloo work whose
+    # release then aborts the process now and then (SIGABRT, "terminate called without an active exception").
+    del solver
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
