@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from CollaGANImputeLib import load_model  # noqa: E402
 from CollaGANImputeLib.evaluate import read_volume_allow_empty, score_imputation  # noqa: E402
 from CollaGANImputeLib.io import find_lesion_mask  # noqa: E402
-from CollaGANImputeLib.metrics import pearson  # noqa: E402
+from CollaGANImputeLib.metrics import contrast_identity, pearson  # noqa: E402
 from CollaGANImputeLib.pipeline import read_case  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def main() -> None:
         mask, pred, real = scored.mask, scored.pred, scored.real
         given = [scored.result.case.arrays[c] for c in inputs]
         centred = [slice_centred(x, mask) for x in (pred, real, *given)]
-        per_slice = pearson(centred[0], centred[1], mask) - max(pearson(centred[0], g, mask) for g in centred[2:])
+        per_slice = contrast_identity(centred[0], centred[1], centred[2:], mask)
         print(f"{case}  {scored.scores['identity']:+.3f}  {per_slice:+.3f}  {pearson(pred, real, mask):.3f}  "
               + "  ".join(f"{pearson(pred, g, mask):.3f}" for g in given) + "  "
               + "  ".join(f"{pearson(real, g, mask):.3f}" for g in given), flush=True)

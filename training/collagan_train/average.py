@@ -22,6 +22,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .export import run_folder
+
 
 def average_generators(paths: Sequence[Path], weights: Optional[Sequence[float]] = None) -> dict:
     """The snapshot whose ``G`` is the weighted mean of the inputs' (equal weights by default)."""
@@ -50,11 +52,9 @@ def cmd_average(args: argparse.Namespace) -> None:
     torch.save(state, tmp)
     os.replace(tmp, out)
     # The run records that select and export read: the last input's set-aside patients, and this command.
-    run_dir = out.parent.parent if out.parent.name == "snapshots" else out.parent
-    for folder in (paths[-1].parent, paths[-1].parent.parent):
-        if (folder / "split_used.json").is_file():
-            shutil.copyfile(folder / "split_used.json", run_dir / "split_used.json")
-            break
+    run_dir, source = run_folder(out), run_folder(paths[-1]) / "split_used.json"
+    if source.is_file():
+        shutil.copyfile(source, run_dir / "split_used.json")
     command = ["average", *args.snapshots, "--out", args.out] + (
         ["--weights", *map(str, args.weights)] if args.weights else [])
     with open(run_dir / "commands.txt", "a") as handle:

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .report import _full_inputs, _values, load_rows
+from .report import case_values, full_inputs, load_rows
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,13 @@ def run_scores(rows: List[dict], contrasts: Sequence[str]) -> Scores:
     """Means over cases per target of the rows that impute a target from all the other contrasts."""
     nmse, identity = {}, {}
     for target in contrasts:
-        inputs = _full_inputs(contrasts, target)
-        values = _values(rows, target, inputs, "nmse")
+        inputs = full_inputs(contrasts, target)
+        values = case_values(rows, target, inputs, "nmse")
         if not values:
             raise SystemExit(f"no rows for target {target!r} from {inputs}: was the run made with this model's "
                              f"contrasts {list(contrasts)}?")
         nmse[target] = float(np.mean(list(values.values())))
-        identity[target] = float(np.mean(list(_values(rows, target, inputs, "identity").values()) or [math.nan]))
+        identity[target] = float(np.mean(list(case_values(rows, target, inputs, "identity").values()) or [math.nan]))
     return Scores(nmse, identity)
 
 

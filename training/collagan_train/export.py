@@ -135,9 +135,7 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     g, cfg = generator_from_checkpoint(state)
-    run_dir = Path(checkpoint).resolve().parent
-    if run_dir.name == "snapshots":  # a run's snapshot: the run's records are one folder up
-        run_dir = run_dir.parent
+    run_dir = run_folder(Path(checkpoint).resolve())
     commands = (run_dir / "commands.txt").read_text().splitlines() if (run_dir / "commands.txt").is_file() else []
     split_file = Path(__file__).resolve().parents[2] / cfg.split_file
     split = json.loads(split_file.read_text()) if split_file.is_file() else {}
@@ -193,6 +191,13 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
     x[:, len(cfg.contrasts)] = 1
     check_export(g, path, x)
     return path
+
+
+def run_folder(checkpoint: Path) -> Path:
+    """The training run a checkpoint belongs to, where its records are (``commands.txt``, ``split_used.json``):
+    the checkpoint's folder, or the one above for a run's ``snapshots/``."""
+    folder = checkpoint.parent
+    return folder.parent if folder.name == "snapshots" else folder
 
 
 def split_used(run_dir: Path) -> dict:

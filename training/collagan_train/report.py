@@ -32,7 +32,7 @@ def load_rows(run_dir: Path) -> List[dict]:
     return json.loads(path.read_text())["cases"]
 
 
-def _values(rows: List[dict], target: str, inputs: str, metric: str) -> Dict[str, float]:
+def case_values(rows: List[dict], target: str, inputs: str, metric: str) -> Dict[str, float]:
     """{case: value} of finite values (lesion scores are null for cases without lesion voxels)."""
     out = {}
     for r in rows:
@@ -50,7 +50,7 @@ def _cell(values: Dict[str, float], digits: int, bold: bool) -> str:
     return f"**{text}**" if bold else text
 
 
-def _full_inputs(contrasts: Sequence[str], target: str) -> str:
+def full_inputs(contrasts: Sequence[str], target: str) -> str:
     return "+".join(c for c in contrasts if c != target)
 
 
@@ -62,8 +62,8 @@ def comparison_tables(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> 
         lines += [f"**{label}** ({'higher' if higher else 'lower'} is better)", "",
                   "| target | inputs | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for t in contrasts:
-            inputs = _full_inputs(contrasts, t)
-            vals = {m: _values(runs[m], t, inputs, metric) for m in names}
+            inputs = full_inputs(contrasts, t)
+            vals = {m: case_values(runs[m], t, inputs, metric) for m in names}
             means = {m: np.mean(list(v.values())) for m, v in vals.items() if v}
             best = (max if higher else min)(means, key=means.get) if means else None
             cells = [_cell(vals[m], digits, m == best and len(means) > 1) for m in names]
@@ -79,13 +79,13 @@ def fidelity_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> str
     lines = ["| target | inputs | " + " | ".join(f"{m} I (I > 0) | {m} K median | {m} C real → synth" for m in names)
              + " |", "|---|---|" + "---|---|---|" * len(names)]
     for t in contrasts:
-        inputs = _full_inputs(contrasts, t)
+        inputs = full_inputs(contrasts, t)
         cells = []
         for m in names:
-            ident = _values(runs[m], t, inputs, "identity")
-            kept = _values(runs[m], t, inputs, "lesion_kept")
-            c_real = _values(runs[m], t, inputs, "lesion_contrast_real")
-            c_pred = _values(runs[m], t, inputs, "lesion_contrast_pred")
+            ident = case_values(runs[m], t, inputs, "identity")
+            kept = case_values(runs[m], t, inputs, "lesion_kept")
+            c_real = case_values(runs[m], t, inputs, "lesion_contrast_real")
+            c_pred = case_values(runs[m], t, inputs, "lesion_contrast_pred")
             arr = np.array(list(ident.values()))
             cells.append(f"{arr.mean():+.3f} ({int((arr > 0).sum())}/{arr.size})" if ident else "n/a")
             cells.append(f"{np.median(list(kept.values())):.2f}" if kept else "n/a")
@@ -100,11 +100,11 @@ def wins_table(runs: Dict[str, List[dict]], contrasts: Sequence[str], challenger
     lines = ["| target | " + " | ".join(label for _, label, _, _ in METRICS) + " |",
              "|---|" + "---|" * len(METRICS)]
     for t in contrasts:
-        inputs = _full_inputs(contrasts, t)
+        inputs = full_inputs(contrasts, t)
         cells = []
         for metric, _, higher, _ in METRICS:
-            a = _values(runs[challenger], t, inputs, metric)
-            b = _values(runs[reference], t, inputs, metric)
+            a = case_values(runs[challenger], t, inputs, metric)
+            b = case_values(runs[reference], t, inputs, metric)
             cases = sorted(set(a) & set(b))
             wins = sum((a[c] > b[c]) if higher else (a[c] < b[c]) for c in cases)
             cells.append(f"{wins}/{len(cases)}")
@@ -123,8 +123,8 @@ def missing_n_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> st
         for inputs in sets:
             cells = []
             for m in names:
-                cells += [_cell(_values(runs[m], t, inputs, "nmse"), 4, False),
-                          _cell(_values(runs[m], t, inputs, "ssim"), 4, False)]
+                cells += [_cell(case_values(runs[m], t, inputs, "nmse"), 4, False),
+                          _cell(case_values(runs[m], t, inputs, "ssim"), 4, False)]
             lines.append(f"| {t} | {inputs} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -138,13 +138,13 @@ def card_metrics(runs: Dict[str, List[dict]], contrasts: Sequence[str], model: s
     for m, rows in runs.items():
         out[m] = {}
         for t in contrasts:
-            inputs = _full_inputs(contrasts, t)
+            inputs = full_inputs(contrasts, t)
             entry = {metric: round(float(np.mean(list(v.values()))), 4)
-                     for metric, *_ in METRICS if (v := _values(rows, t, inputs, metric))}
-            if ident := _values(rows, t, inputs, "identity"):  # EVALUATION.md v2 fidelity checks
+                     for metric, *_ in METRICS if (v := case_values(rows, t, inputs, metric))}
+            if ident := case_values(rows, t, inputs, "identity"):  # EVALUATION.md v2 fidelity checks
                 entry["identity"] = round(float(np.mean(list(ident.values()))), 4)
                 entry["identity_positive"] = f"{sum(v > 0 for v in ident.values())}/{len(ident)}"
-            if kept := _values(rows, t, inputs, "lesion_kept"):
+            if kept := case_values(rows, t, inputs, "lesion_kept"):
                 entry["lesion_kept_median"] = round(float(np.median(list(kept.values()))), 3)
             out[m][f"{t}<-{inputs}"] = entry
     return out

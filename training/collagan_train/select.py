@@ -15,31 +15,28 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .choose import Scores, choose, named_run, print_choice, run_scores
 from .data_loader import locate_lgg
-from .export import load_about
+from .export import load_about, run_folder, split_used
 from .report import load_rows
 
 MODEL_NAME = "collagan-lgg-t1n-t1c-t2f"  # the bundled model's name: candidates are scored as it would be
 
 
 def set_aside_cases(snapshot: Path) -> List[str]:
-    """The patients the snapshot's run set aside for checkpoint choice (``split_used.json`` beside the
-    snapshots folder or the checkpoint)."""
-    for folder in (snapshot.parent, snapshot.parent.parent):
-        split = folder / "split_used.json"
-        if split.is_file():
-            cases = json.loads(split.read_text()).get("select") or []
-            if not cases:
-                raise SystemExit(f"{split} lists no set-aside patients: train with n_select > 0 so that "
-                                 "checkpoints are chosen on training patients, never on the validation ones.")
-            return list(cases)
-    raise SystemExit(f"No split_used.json beside {snapshot} or its folder: score snapshots of a run made by "
-                     "'main train', which records the set-aside patients there.")
+    """The patients the snapshot's run set aside for checkpoint choice (its run's ``split_used.json``)."""
+    run = run_folder(snapshot)
+    if not (run / "split_used.json").is_file():
+        raise SystemExit(f"No split_used.json in {run}, the run of {snapshot}: score snapshots of a run made by "
+                         "'main train', which records the set-aside patients there.")
+    cases = split_used(run).get("select") or []
+    if not cases:
+        raise SystemExit(f"{run / 'split_used.json'} lists no set-aside patients: train with n_select > 0 so that "
+                         "checkpoints are chosen on training patients, never on the validation ones.")
+    return list(cases)
 
 
 def score_snapshot(snapshot: Path, out: Path, data: Path, about: Optional[dict] = None, threads: int = 1,
