@@ -29,17 +29,12 @@ from CollaGANImputeLib.metrics import METRIC_NAMES, summarize
 from CollaGANImputeLib.pipeline import read_case
 
 from .data_loader import locate_lgg, repo_path
+from .report import atomic_write
 
 LABELS = {"nmse": "NMSE", "psnr": "PSNR (dB)", "ssim": "SSIM", "lesion_nmse": "lesion NMSE",
           "lesion_ssim": "lesion SSIM", "identity": "contrast identity I (mean; patients with I > 0)",
           "lesion_kept": "lesion kept share K (median)", "lesion_contrast_real": "lesion contrast C, real",
           "lesion_contrast_pred": "lesion contrast C, synthetic"}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def score_case(model, case_dir: Path, target: str, inputs: Sequence[str], device: str = "cpu",
@@ -84,7 +79,7 @@ def evaluate(models: Dict[str, str], case_dirs: Sequence[Path], out_dir: Path, d
                                 for t in contrasts}
     _write_rows(out_dir / "rows.csv", rows)
     _write_table(out_dir, summary, list(models), contrasts, len(case_dirs))
-    _atomic_write(out_dir / "summary.json", json.dumps({"protocol": "EVALUATION.md v2", "cases": [c.name for c in
+    atomic_write(out_dir / "summary.json", json.dumps({"protocol": "EVALUATION.md v2", "cases": [c.name for c in
                                                          case_dirs], "methods": summary}, indent=2))
     _montage(out_dir / "montage.png", montage, rows, montage_dir.name)
     return summary
@@ -143,7 +138,7 @@ def _write_table(out_dir: Path, summary: dict, methods: List[str], contrasts: Li
         lines.append("")
     lines.append("Inputs per method and target: " + "; ".join(
         f"{m}: " + ", ".join(f"{t}<-{summary[m]['inputs'][t]}" for t in contrasts) for m in methods))
-    _atomic_write(out_dir / "table.md", "\n".join(lines) + "\n")
+    atomic_write(out_dir / "table.md", "\n".join(lines) + "\n")
     tmp = out_dir / ".table.csv.tmp"
     with open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["target", "method", "inputs", "metric", "mean", "std", "median",

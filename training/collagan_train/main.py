@@ -11,6 +11,7 @@ Run from the repository root:
     python -m training.collagan_train.main report --run voxreg=runs/eval_core/voxreg --run collagan=... --out r.md
     python -m training.collagan_train.main select runs/lgg_cpu/snapshots/g_*.pt --out runs/select --about CARD.json
     python -m training.collagan_train.main average BASE.pt FINE_TUNED.pt --out runs/soup/snapshots/g_soup.pt
+    python -m training.collagan_train.main bundle runs/soup/snapshots/g_soup.pt --version v7 --out runs/v7 --about ...
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                        help="override a config key (value parsed as JSON), e.g. --set steps=2000")
     train.add_argument("--resume", help="checkpoint to continue exactly (its config, then --set)")
     train.set_defaults(func=cmd_train)
-    from . import average, baselines, choose, evaluate, export, prepare_lgg, report, select
+    from . import average, baselines, bundle, choose, evaluate, export, prepare_lgg, report, select
     prepare_lgg.add_parser(sub)
     export.add_parser(sub)
     baselines.add_parser(sub)
@@ -104,7 +105,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     choose.add_parser(sub)
     select.add_parser(sub)
     average.add_parser(sub)
+    bundle.add_parser(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the commands.txt records
     args.func(args)
 
 

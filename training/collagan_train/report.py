@@ -150,11 +150,25 @@ def card_metrics(runs: Dict[str, List[dict]], contrasts: Sequence[str], model: s
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in its folder (never half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def report_text(runs: Dict[str, List[dict]], contrasts: Sequence[str], challenger: str, reference: str) -> str:
+    """The Markdown report: comparison and fidelity tables, paired wins of ``challenger`` over ``reference``, and
+    the missing-N study."""
+    return "\n".join(["## Every target from all other inputs (mean ± std over patients; best in bold)", "",
+                      comparison_tables(runs, contrasts),
+                      "## Fidelity (EVALUATION.md v2): is it the target contrast, is the lesion there", "",
+                      fidelity_table(runs, contrasts),
+                      f"## Patients on which {challenger} beats {reference} (paired)", "",
+                      wins_table(runs, contrasts, challenger, reference),
+                      "## Missing-N study: each target from two inputs and from each single input", "",
+                      missing_n_table(runs, contrasts)])
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -165,18 +179,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     contrasts = args.contrasts
     challenger = args.challenger or list(runs)[-1]
     reference = args.reference or list(runs)[0]
-    text = ["## Every target from all other inputs (mean ± std over patients; best in bold)", "",
-            comparison_tables(runs, contrasts),
-            "## Fidelity (EVALUATION.md v2): is it the target contrast, is the lesion there", "",
-            fidelity_table(runs, contrasts),
-            f"## Patients on which {challenger} beats {reference} (paired)", "",
-            wins_table(runs, contrasts, challenger, reference),
-            "## Missing-N study: each target from two inputs and from each single input", "",
-            missing_n_table(runs, contrasts)]
-    _atomic_write(Path(args.out), "\n".join(text))
+    text = report_text(runs, contrasts, challenger, reference)
+    atomic_write(Path(args.out), text)
     if args.card_metrics:
-        _atomic_write(Path(args.card_metrics), json.dumps(card_metrics(runs, contrasts, challenger), indent=2))
-    print("\n".join(text))
+        atomic_write(Path(args.card_metrics), json.dumps(card_metrics(runs, contrasts, challenger), indent=2))
+    print(text)
 
 
 def add_parser(sub) -> None:

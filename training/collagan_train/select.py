@@ -18,12 +18,18 @@ import argparse
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import torch
+
+from .bundle import MODEL_NAME  # candidates are scored under the bundled model's name, as it would be
 from .choose import Scores, choose, named_run, print_choice, run_scores
 from .data_loader import locate_lgg
 from .export import load_about, run_folder, split_used
 from .report import load_rows
 
-MODEL_NAME = "collagan-lgg-t1n-t1c-t2f"  # the bundled model's name: candidates are scored as it would be
+
+def snapshot_contrasts(snapshot: Path) -> List[str]:
+    """The contrasts a snapshot's generator was trained on (its config), in model order."""
+    return list(torch.load(snapshot, map_location="cpu", weights_only=False)["config"]["contrasts"])
 
 
 def set_aside_cases(snapshot: Path) -> List[str]:
@@ -60,14 +66,20 @@ def score_snapshot(snapshot: Path, out: Path, data: Path, about: Optional[dict] 
     return scores
 
 
-def select(snapshots: Sequence[Path], out: Path, data: Path, about: Optional[dict] = None, threads: int = 1,
-           bundled: Optional[Scores] = None, contrasts: Sequence[str] = ("t1n", "t1c", "t2f"),
-           tolerance: float = 0.05, device: str = "cpu") -> tuple[Optional[str], Dict[str, str], Dict[str, Scores]]:
-    """Score every snapshot (named by its file stem) and apply the checkpoint rule: (chosen, reasons, scores)."""
+def require_snapshots(snapshots: Sequence[Path]) -> None:
     missing = [str(s) for s in snapshots if not Path(s).is_file()]
     if missing:
         raise SystemExit(f"No such snapshot: {', '.join(missing)}. A run writes one at every validation step "
                          "(val_every) into <out_dir>/snapshots when keep_snapshots is on.")
+
+
+def select(snapshots: Sequence[Path], out: Path, data: Path, about: Optional[dict] = None, threads: int = 1,
+           bundled: Optional[Scores] = None, contrasts: Optional[Sequence[str]] = None,
+           tolerance: float = 0.05, device: str = "cpu") -> tuple[Optional[str], Dict[str, str], Dict[str, Scores]]:
+    """Score every snapshot (named by its file stem) and apply the checkpoint rule: (chosen, reasons, scores).
+    ``contrasts``: the targets the rule weighs (default: the first snapshot's)."""
+    require_snapshots(snapshots)
+    contrasts = list(contrasts or snapshot_contrasts(Path(snapshots[0])))
     names = [Path(s).stem for s in snapshots]
     if len(set(names)) != len(names):
         raise SystemExit(f"Snapshot names repeat ({names}): score snapshots of different runs into different "
@@ -84,20 +96,23 @@ def cmd_select(args: argparse.Namespace) -> None:
         raise SystemExit("LGG data not found: pass --data PATH (the folder of complete cases), or set "
                          "COLLAGAN_LGG_DIR.")
     about = load_about(args.about, args.version) if args.about else None
-    bundled_name, bundled = None, None
+    snapshots = [Path(s) for s in args.snapshots]
+    require_snapshots(snapshots)
+    bundled_name, bundled_rows, bundled = None, None, None
     if args.bundled:
         bundled_name, folder = named_run(args.bundled)
-        rows = load_rows(folder)
-        first = Path(args.snapshots[0])
-        expected = set(set_aside_cases(first)) if first.is_file() else None
-        if expected is not None and {r["case"] for r in rows} != expected:
-            raise SystemExit(f"{folder} scored {sorted({r['case'] for r in rows})}, not the set-aside patients "
-                             f"{sorted(expected)}: run collagan-impute evaluate --cases on those with the bundled "
-                             "model.")
-        bundled = run_scores(rows, args.contrasts)
-    chosen, reasons, scored = select([Path(s) for s in args.snapshots], Path(args.out), data, about, args.threads,
-                                     bundled, args.contrasts, args.tolerance, args.device)
-    print_choice(scored, reasons, chosen, args.contrasts, bundled_name, bundled)
+        bundled_rows = load_rows(folder)
+        expected = set(set_aside_cases(snapshots[0]))
+        if {r["case"] for r in bundled_rows} != expected:
+            raise SystemExit(f"{folder} scored {sorted({r['case'] for r in bundled_rows})}, not the set-aside "
+                             f"patients {sorted(expected)}: run collagan-impute evaluate --cases on those with the "
+                             "bundled model.")
+    contrasts = args.contrasts or snapshot_contrasts(snapshots[0])
+    if bundled_rows is not None:
+        bundled = run_scores(bundled_rows, contrasts)
+    chosen, reasons, scored = select(snapshots, Path(args.out), data, about, args.threads, bundled, contrasts,
+                                     args.tolerance, args.device)
+    print_choice(scored, reasons, chosen, contrasts, bundled_name, bundled)
 
 
 def add_parser(sub) -> None:
@@ -110,6 +125,6 @@ def add_parser(sub) -> None:
     p.add_argument("--data", help="folder of complete LGG cases (default: as 'train' finds it)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--contrasts", nargs="+", default=["t1n", "t1c", "t2f"])
+    p.add_argument("--contrasts", nargs="+", help="targets the rule weighs (default: the snapshots' contrasts)")
     p.add_argument("--tolerance", type=float, default=0.05)
     p.set_defaults(func=cmd_select)

@@ -1,0 +1,142 @@
+"""Bundle a chosen generator: export it, score it on the validation patients (and on another domain), tabulate it
+beside earlier models, and export it again with those figures in its card.
+
+Every step writes into ``--out`` and is skipped when its result is already there, so an interrupted bundle is
+resumed by repeating the command. What it writes:
+
+- ``model_nometrics.pt``: the first export (the card's words, no figures), the one that is scored;
+- ``eval_lgg/``, ``eval_other/``: ``collagan-impute evaluate`` runs (the split's validation patients; the other
+  domain's cases, never trained on);
+- ``report_lgg.md``, ``report_other.md``: the tables of :mod:`.report`, this model last;
+- ``card_metrics.json`` and ``model.pt``: the model to bundle, its card holding the validation figures.
+
+Example:
+    python -m training.collagan_train.main bundle runs/soup/snapshots/g_v5_i2000.pt --version v6 --out runs/v6 \
+        --about training/collagan_train/configs/card_lgg.json --other ../shared/data/openms \
+        --compare voxreg=runs/baselines/eval_lgg_voxreg --compare v5=runs/v5/eval_lgg \
+        --compare-other voxreg=runs/baselines/eval_openms_voxreg --compare-other v5=runs/v5/eval_openms
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .choose import named_run
+from .data_loader import REPO_ROOT, locate_lgg
+from .export import export_checkpoint, load_about
+from .report import atomic_write, card_metrics, load_rows, report_text
+
+MODEL_NAME = "collagan-lgg-t1n-t1c-t2f"  # the bundled model's name (Resources/Models/models.json)
+#: The size limit of a bundled model file.
+MAX_MEGABYTES = 20
+
+
+def evaluate_once(data: Path, model: Path, out: Path, extra: Sequence[str], threads: int, device: str) -> Path:
+    """``collagan-impute evaluate`` of ``model`` on ``data`` into ``out``, unless ``out`` holds a finished run."""
+    from CollaGANImputeLib.cli import main as core_cli
+
+    if (out / "scores.json").is_file():
+        return out
+    code = core_cli(["evaluate", str(data), *extra, "--model", str(model), "--threads", str(threads),
+                     "--device", device, "--out", str(out)])
+    if code:
+        raise SystemExit(f"evaluate of {model} on {data} failed (exit {code}); see the messages above.")
+    return out
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bundle(checkpoint: Path, out: Path, version: str, about: Optional[dict], lgg: Path, split: Path,
+           other: Optional[Path] = None, compare: Optional[Dict[str, Path]] = None,
+           compare_other: Optional[Dict[str, Path]] = None, contrasts: Sequence[str] = ("t1n", "t1c", "t2f"),
+           name: str = MODEL_NAME, threads: int = 1, device: str = "cpu") -> Path:
+    """Export, score and re-export ``checkpoint`` into ``out`` (see the module docstring); returns ``out/model.pt``.
+    ``compare`` / ``compare_other``: earlier evaluate runs on the same patients, tabulated before this one."""
+    if not Path(checkpoint).is_file():
+        raise SystemExit(f"No such checkpoint: {checkpoint}. Bundle a generator snapshot or an `average` output.")
+    if version in (compare or {}) or version in (compare_other or {}):
+        raise SystemExit(f"'{version}' is both the new model's version and a --compare name: name them apart.")
+    out.mkdir(parents=True, exist_ok=True)
+    plain = out / "model_nometrics.pt"
+    if not plain.is_file():
+        export_checkpoint(str(checkpoint), str(plain), name=name, about=about)
+    lgg_run = evaluate_once(lgg, plain, out / "eval_lgg", ["--split", str(split)], threads, device)
+    runs = {n: load_rows(f) for n, f in (compare or {}).items()}
+    runs[version] = load_rows(lgg_run)
+    _check_same_cases(runs, version)
+    atomic_write(out / "report_lgg.md", report_text(runs, contrasts, version, list(runs)[0]))
+    metrics = {"model": version, **card_metrics(runs, contrasts, version)}
+    atomic_write(out / "card_metrics.json", json.dumps(metrics, indent=2))
+    if other is not None:
+        other_run = evaluate_once(other, plain, out / "eval_other", [], threads, device)
+        others = {n: load_rows(f) for n, f in (compare_other or {}).items()}
+        others[version] = load_rows(other_run)
+        _check_same_cases(others, version)
+        atomic_write(out / "report_other.md", report_text(others, contrasts, version, list(others)[0]))
+    final = out / "model.pt"
+    export_checkpoint(str(checkpoint), str(final), name=name, about=about, metrics=metrics)
+    return final
+
+
+def _check_same_cases(runs: Dict[str, List[dict]], version: str) -> None:
+    """Side-by-side figures only mean something on the same patients."""
+    expected = {r["case"] for r in runs[version]}
+    for run_name, rows in runs.items():
+        if {r["case"] for r in rows} != expected:
+            raise SystemExit(f"The '{run_name}' run scored other patients than {version} "
+                             f"({sorted({r['case'] for r in rows} ^ expected)} differ): compare runs of "
+                             "`collagan-impute evaluate` on the same cases.")
+
+
+def cmd_bundle(args: argparse.Namespace) -> None:
+    lgg = Path(args.data) if args.data else locate_lgg()
+    if lgg is None or not lgg.is_dir():
+        raise SystemExit("LGG data not found: pass --data PATH (the folder of complete cases), or set "
+                         "COLLAGAN_LGG_DIR.")
+    about = load_about(args.about, args.version) if args.about else None
+    final = bundle(Path(args.checkpoint), Path(args.out), args.version, about, lgg, Path(args.split),
+                   Path(args.other) if args.other else None, dict(named_run(c) for c in args.compare),
+                   dict(named_run(c) for c in args.compare_other), args.contrasts, args.name, args.threads,
+                   args.device)
+    with open(Path(args.out) / "commands.txt", "a") as handle:
+        handle.write(f"python -m training.collagan_train.main {shlex.join(args.argv)}\n")
+    megabytes = final.stat().st_size / 2 ** 20
+    print((Path(args.out) / "report_lgg.md").read_text())
+    print(f"\n{final}: {megabytes:.1f} MB, sha256 {sha256(final)}")
+    if megabytes > MAX_MEGABYTES:
+        print(f"Too large to bundle: {megabytes:.1f} MB, the limit is {MAX_MEGABYTES} MB.")
+    print("To bundle it: copy it to Resources/Models/, put the sha256 in Resources/Models/models.json and the card "
+          "(collagan-impute info --model ... --card) beside it.")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bundle", help="export a chosen generator, score it on validation and another domain, "
+                                      "and export it again with the figures in its card")
+    p.add_argument("checkpoint", help="the chosen generator (a snapshot, or an `average` output)")
+    p.add_argument("--out", required=True, help="folder for the exports, evaluate runs and reports")
+    p.add_argument("--version", required=True, help="the new model's version (its column in the tables)")
+    p.add_argument("--about", help="JSON file with the card's words for users (configs/card_lgg.json)")
+    p.add_argument("--data", help="folder of complete LGG cases (default: as 'train' finds it)")
+    p.add_argument("--split", default=str(REPO_ROOT / "training" / "splits" / "lgg_split.json"),
+                   help="the split whose validation patients are scored")
+    p.add_argument("--other", help="a folder of cases from another domain, scored separately (never trained on)")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=FOLDER",
+                   help="an earlier evaluate run on the validation patients (repeatable)")
+    p.add_argument("--compare-other", action="append", default=[], metavar="NAME=FOLDER",
+                   help="an earlier evaluate run on the --other cases (repeatable)")
+    p.add_argument("--contrasts", nargs="+", default=["t1n", "t1c", "t2f"])
+    p.add_argument("--name", default=MODEL_NAME, help=f"the model's name in its card (default: {MODEL_NAME})")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_bundle)

@@ -1,0 +1,63 @@
+"""bundle: a chosen generator exported, scored on the validation patients and another domain, tabulated beside
+earlier runs and exported again with the figures in its card; resumable; mismatched comparisons refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from CollaGANImputeLib.contract import load_model
+
+from training.collagan_train.bundle import bundle
+from training.collagan_train.report import load_rows
+from training.collagan_train.solver import Solver
+
+from .conftest import SAMPLE
+
+
+def test_bundle_scores_tabulates_and_writes_the_figures_into_the_card(tiny_cfg, sample_slices, tmp_path):
+    solver = Solver(tiny_cfg("steps=1", "clsf_warmup_steps=0"), sample_slices, None, out_dir=str(tmp_path / "run"))
+    solver.train_step()
+    checkpoint = solver.save("latest.pt")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [], "val": [SAMPLE.name]}))
+    about = {"intended_use": "a test", "domain": "the sample case", "limitations": ["tiny"]}
+    out = tmp_path / "v9"
+    model = bundle(checkpoint, out, "v9", about, SAMPLE.parent, split, other=SAMPLE.parent)
+
+    rows = load_rows(out / "eval_lgg")
+    assert {r["case"] for r in rows} == {SAMPLE.name}
+    card = load_model(model).card
+    assert card.metrics["model"] == "v9" and card.intended_use == "a test"
+    t1n = [r for r in rows if r["target"] == "t1n" and r["inputs"] == "t1c+t2f"]
+    assert card.metrics["v9"]["t1n<-t1c+t2f"]["nmse"] == pytest.approx(t1n[0]["nmse"], abs=1e-4)
+    assert "| target | inputs | v9 |" in (out / "report_lgg.md").read_text()
+    assert (out / "report_other.md").is_file() and (out / "eval_other" / "scores.json").is_file()
+    assert not load_model(out / "model_nometrics.pt").card.metrics.get("model")
+
+    # Repeating the command resumes: finished evaluate runs are kept, the earlier model can be compared.
+    stamp = (out / "eval_lgg" / "scores.json").stat().st_mtime_ns
+    again = bundle(checkpoint, tmp_path / "v10", "v10", about, SAMPLE.parent, split, compare={"v9": out / "eval_lgg"})
+    assert (out / "eval_lgg" / "scores.json").stat().st_mtime_ns == stamp
+    assert set(load_model(again).card.metrics) >= {"v9", "v10"}
+    assert "| target | inputs | v9 | v10 |" in (tmp_path / "v10" / "report_lgg.md").read_text()
+    stamp = (tmp_path / "v10" / "eval_lgg" / "scores.json").stat().st_mtime_ns
+    bundle(checkpoint, tmp_path / "v10", "v10", about, SAMPLE.parent, split)
+    assert (tmp_path / "v10" / "eval_lgg" / "scores.json").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match="both the new model's version"):
+        bundle(checkpoint, tmp_path / "v11", "v9", about, SAMPLE.parent, split, compare={"v9": out / "eval_lgg"})
+
+
+def test_a_comparison_on_other_patients_or_a_missing_checkpoint_is_refused(tiny_cfg, sample_slices, tmp_path):
+    with pytest.raises(SystemExit, match="No such checkpoint"):
+        bundle(tmp_path / "g.pt", tmp_path / "out", "v9", None, SAMPLE.parent, tmp_path / "split.json")
+    solver = Solver(tiny_cfg("steps=1"), sample_slices, None, out_dir=str(tmp_path / "run"))
+    checkpoint = solver.save("latest.pt")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [], "val": [SAMPLE.name]}))
+    other = tmp_path / "other_patients"
+    other.mkdir()
+    rows = [{"case": "V1", "target": "t1n", "inputs": "t1c+t2f", "n_inputs": 2, "nmse": 0.1}]
+    (other / "scores.json").write_text(json.dumps({"cases": rows}))
+    with pytest.raises(SystemExit, match="scored other patients"):
+        bundle(checkpoint, tmp_path / "out", "v9", None, SAMPLE.parent, split, compare={"v5": other})
