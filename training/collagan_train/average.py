@@ -3,8 +3,9 @@
 A generator fine-tuned from another sits in the same basin: the mean of their weights is a working generator
 that often keeps most of the fine-tune's gain and less of its regressions (Wortsman et al., "Robust fine-tuning
 of zero-shot models", CVPR 2022, WiSE-FT; "Model soups", ICML 2022). The result is a snapshot like any other
-(``G``, ``step`` and ``config`` of the last input; the inputs recorded in ``averaged_from``), so ``select`` and
-``export`` take it; ``split_used.json`` of the last input's run is copied beside it for ``select``.
+(``G``, ``step`` and ``config`` of the last input; each input's path, weight, steps and loss weights recorded in
+``averaged_from``, which the card lists as ``weight_mean_of``), so ``select`` and ``export`` take it;
+``split_used.json`` of the last input's run is copied beside it for ``select``.
 
 Example:
     python -m training.collagan_train.main average training/checkpoints/lgg_v5_stage_g_g.pt \
@@ -40,7 +41,11 @@ def average_generators(paths: Sequence[Path], weights: Optional[Sequence[float]]
                              "lineage (one fine-tuned from the other) can be averaged.")
     mean = {key: sum(w * s["G"][key].double() for w, s in zip(weights, states)).to(value.dtype)
             if value.is_floating_point() else value for key, value in reference.items()}
-    return {**states[-1], "G": mean, "averaged_from": [(str(p), w) for p, w in zip(paths, weights)]}
+    inputs = [{"checkpoint": str(p), "weight": w, "steps": s.get("step"),
+               "losses": {k: v for k, v in s.get("config", {}).items()
+                          if k.startswith("w_") or k in ("head_only_loss", "lesion_weight")}}
+              for p, w, s in zip(paths, weights, states)]
+    return {**states[-1], "G": mean, "averaged_from": inputs}
 
 
 def cmd_average(args: argparse.Namespace) -> None:
@@ -59,7 +64,8 @@ def cmd_average(args: argparse.Namespace) -> None:
         ["--weights", *map(str, args.weights)] if args.weights else [])
     with open(run_dir / "commands.txt", "a") as handle:
         handle.write(f"python -m training.collagan_train.main {shlex.join(command)}\n")
-    print(f"{out}: mean of {', '.join(f'{w:.2f} x {p}' for p, w in state['averaged_from'])}")
+    inputs = ", ".join(f"{m['weight']:.2f} x {m['checkpoint']}" for m in state["averaged_from"])
+    print(f"{out}: mean of {inputs}")
 
 
 def add_parser(sub) -> None:

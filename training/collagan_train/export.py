@@ -14,7 +14,7 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from CollaGANImputeLib.contract import DEFAULT_PIXEL_SPACING, ModelCard, load_model, save_model
@@ -172,7 +172,8 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                                                 f"({state.get('world', 1)} process(es))"
                                                 if "train_seconds" in state else "not recorded in the checkpoint"),
                   "checkpoint": Path(checkpoint).name, "warm_start": warm_start_lineage(cfg),
-                  **({"weight_mean_of": [{"checkpoint": p, "weight": w} for p, w in state["averaged_from"]]}
+                  **({"weight_mean_of": weight_mean_of(state["averaged_from"]),
+                      "recipe_of": "the last generator of weight_mean_of (steps, losses, augmentation above)"}
                      if "averaged_from" in state else {})},
         outside_head=cfg.outside_head,
         licence=LICENCE,
@@ -191,6 +192,12 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
     x[:, len(cfg.contrasts)] = 1
     check_export(g, path, x)
     return path
+
+
+def weight_mean_of(averaged_from: list) -> List[dict]:
+    """The card's list of the generators a weight mean was made of (``average``; older means recorded
+    (checkpoint, weight) pairs only)."""
+    return [dict(m) if isinstance(m, dict) else {"checkpoint": m[0], "weight": m[1]} for m in averaged_from]
 
 
 def run_folder(checkpoint: Path) -> Path:
