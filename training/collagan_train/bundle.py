@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .choose import named_run
 from .data_loader import REPO_ROOT, locate_lgg
-from .export import export_checkpoint, load_about
+from .export import export_checkpoint, load_about, snapshot_contrasts
 from .report import atomic_write, card_metrics, load_rows, report_text
 
 MODEL_NAME = "collagan-lgg-t1n-t1c-t2f"  # the bundled model's name (Resources/Models/models.json)
@@ -59,14 +59,16 @@ def sha256(path: Path) -> str:
 
 def bundle(checkpoint: Path, out: Path, version: str, about: Optional[dict], lgg: Path, split: Path,
            other: Optional[Path] = None, compare: Optional[Dict[str, Path]] = None,
-           compare_other: Optional[Dict[str, Path]] = None, contrasts: Sequence[str] = ("t1n", "t1c", "t2f"),
+           compare_other: Optional[Dict[str, Path]] = None, contrasts: Optional[Sequence[str]] = None,
            name: str = MODEL_NAME, threads: int = 1, device: str = "cpu") -> Path:
     """Export, score and re-export ``checkpoint`` into ``out`` (see the module docstring); returns ``out/model.pt``.
-    ``compare`` / ``compare_other``: earlier evaluate runs on the same patients, tabulated before this one."""
+    ``compare`` / ``compare_other``: earlier evaluate runs on the same patients, tabulated before this one;
+    ``contrasts``: the targets tabulated (default: the checkpoint's contrasts)."""
     if not Path(checkpoint).is_file():
         raise SystemExit(f"No such checkpoint: {checkpoint}. Bundle a generator snapshot or an `average` output.")
     if version in (compare or {}) or version in (compare_other or {}):
         raise SystemExit(f"'{version}' is both the new model's version and a --compare name: name them apart.")
+    contrasts = list(contrasts or snapshot_contrasts(Path(checkpoint)))
     out.mkdir(parents=True, exist_ok=True)
     plain = out / "model_nometrics.pt"
     if not plain.is_file():
@@ -135,7 +137,7 @@ def add_parser(sub) -> None:
                    help="an earlier evaluate run on the validation patients (repeatable)")
     p.add_argument("--compare-other", action="append", default=[], metavar="NAME=FOLDER",
                    help="an earlier evaluate run on the --other cases (repeatable)")
-    p.add_argument("--contrasts", nargs="+", default=["t1n", "t1c", "t2f"])
+    p.add_argument("--contrasts", nargs="+", help="targets tabulated (default: the checkpoint's contrasts)")
     p.add_argument("--name", default=MODEL_NAME, help=f"the model's name in its card (default: {MODEL_NAME})")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")

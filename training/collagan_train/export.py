@@ -194,6 +194,11 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
     return path
 
 
+def snapshot_contrasts(checkpoint: Path) -> List[str]:
+    """The contrasts a checkpoint's generator was trained on (its config), in model order."""
+    return list(torch.load(checkpoint, map_location="cpu", weights_only=False)["config"]["contrasts"])
+
+
 def weight_mean_of(averaged_from: list) -> List[dict]:
     """The card's list of the generators a weight mean was made of (``average``; older means recorded
     (checkpoint, weight) pairs only)."""

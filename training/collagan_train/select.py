@@ -18,18 +18,11 @@ import argparse
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import torch
-
 from .bundle import MODEL_NAME  # candidates are scored under the bundled model's name, as it would be
 from .choose import Scores, choose, named_run, print_choice, run_scores
 from .data_loader import locate_lgg
-from .export import load_about, run_folder, split_used
+from .export import load_about, run_folder, snapshot_contrasts, split_used
 from .report import load_rows
-
-
-def snapshot_contrasts(snapshot: Path) -> List[str]:
-    """The contrasts a snapshot's generator was trained on (its config), in model order."""
-    return list(torch.load(snapshot, map_location="cpu", weights_only=False)["config"]["contrasts"])
 
 
 def set_aside_cases(snapshot: Path) -> List[str]:
