@@ -118,8 +118,8 @@ def cmd_bundle(args: argparse.Namespace) -> None:
     print(f"\n{final}: {megabytes:.1f} MB, sha256 {sha256(final)}")
     if megabytes > MAX_MEGABYTES:
         print(f"Too large to bundle: {megabytes:.1f} MB, the limit is {MAX_MEGABYTES} MB.")
-    print("To bundle it: copy it to Resources/Models/, put the sha256 in Resources/Models/models.json and the card "
-          "(collagan-impute info --model ... --card) beside it.")
+    print("To bundle it: copy it to Resources/Models/, put its sha256 in Resources/Models/models.json and update the "
+          f"model card there (`collagan-impute info {final}` prints what the embedded card says).")
 
 
 def add_parser(sub) -> None:
