@@ -20,14 +20,15 @@ Example:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from CollaGANImputeLib.contract import sha256_of
+
 from .choose import named_run
-from .data_loader import REPO_ROOT, locate_lgg
+from .data_loader import REPO_ROOT, lgg_folder_or_exit
 from .export import export_checkpoint, load_about, snapshot_contrasts
 from .report import atomic_write, card_metrics, load_rows, report_text
 
@@ -47,14 +48,6 @@ def evaluate_once(data: Path, model: Path, out: Path, extra: Sequence[str], thre
     if code:
         raise SystemExit(f"evaluate of {model} on {data} failed (exit {code}); see the messages above.")
     return out
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def bundle(checkpoint: Path, out: Path, version: str, about: Optional[dict], lgg: Path, split: Path,
@@ -102,10 +95,7 @@ def _check_same_cases(runs: Dict[str, List[dict]], version: str) -> None:
 
 
 def cmd_bundle(args: argparse.Namespace) -> None:
-    lgg = Path(args.data) if args.data else locate_lgg()
-    if lgg is None or not lgg.is_dir():
-        raise SystemExit("LGG data not found: pass --data PATH (the folder of complete cases), or set "
-                         "COLLAGAN_LGG_DIR.")
+    lgg = lgg_folder_or_exit(args.data)
     about = load_about(args.about, args.version) if args.about else None
     final = bundle(Path(args.checkpoint), Path(args.out), args.version, about, lgg, Path(args.split),
                    Path(args.other) if args.other else None, dict(named_run(c) for c in args.compare),
@@ -115,7 +105,7 @@ def cmd_bundle(args: argparse.Namespace) -> None:
         handle.write(f"python -m training.collagan_train.main {shlex.join(args.argv)}\n")
     megabytes = final.stat().st_size / 2 ** 20
     print((Path(args.out) / "report_lgg.md").read_text())
-    print(f"\n{final}: {megabytes:.1f} MB, sha256 {sha256(final)}")
+    print(f"\n{final}: {megabytes:.1f} MB, sha256 {sha256_of(final)}")
     if megabytes > MAX_MEGABYTES:
         print(f"Too large to bundle: {megabytes:.1f} MB, the limit is {MAX_MEGABYTES} MB.")
     print("To bundle it: copy it to Resources/Models/, put its sha256 in Resources/Models/models.json and update the "

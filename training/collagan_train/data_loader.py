@@ -55,6 +55,16 @@ def locate_lgg(data_dir: str = "") -> Optional[Path]:
     return None
 
 
+def lgg_folder_or_exit(data: Optional[str]) -> Path:
+    """The folder of complete LGG cases a command was given with ``--data``, or found as :func:`locate_lgg` does;
+    exits with what to pass when there is none."""
+    folder = Path(data) if data else locate_lgg()
+    if folder is None or not folder.is_dir():
+        raise SystemExit("LGG data not found: pass --data PATH (the folder of complete cases), or set "
+                         "COLLAGAN_LGG_DIR.")
+    return folder
+
+
 def list_cases(folder: Path) -> List[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 

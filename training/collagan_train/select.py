@@ -18,9 +18,9 @@ import argparse
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .bundle import MODEL_NAME  # candidates are scored under the bundled model's name, as it would be
+from .bundle import MODEL_NAME, evaluate_once  # candidates are scored under the bundled model's name, as it would be
 from .choose import Scores, choose, named_run, print_choice, run_scores
-from .data_loader import locate_lgg
+from .data_loader import lgg_folder_or_exit
 from .export import load_about, run_folder, snapshot_contrasts, split_used
 from .report import load_rows
 
@@ -42,8 +42,6 @@ def score_snapshot(snapshot: Path, out: Path, data: Path, about: Optional[dict] 
                    device: str = "cpu") -> Path:
     """Export ``snapshot`` to ``out/model.pt`` and score it on its set-aside patients into ``out/select``
     (skipped when that run is complete); returns the evaluate folder."""
-    from CollaGANImputeLib.cli import main as core_cli
-
     from .export import export_checkpoint
 
     scores = out / "select"
@@ -52,11 +50,7 @@ def score_snapshot(snapshot: Path, out: Path, data: Path, about: Optional[dict] 
     cases = set_aside_cases(snapshot)
     out.mkdir(parents=True, exist_ok=True)
     model = export_checkpoint(str(snapshot), str(out / "model.pt"), name=MODEL_NAME, about=about)
-    code = core_cli(["evaluate", str(data), "--cases", *cases, "--model", str(model), "--threads", str(threads),
-                     "--device", device, "--out", str(scores)])
-    if code:
-        raise SystemExit(f"evaluate failed for {snapshot} (exit {code}); see the messages above.")
-    return scores
+    return evaluate_once(data, model, scores, ["--cases", *cases], threads, device)
 
 
 def require_snapshots(snapshots: Sequence[Path]) -> None:
@@ -84,10 +78,7 @@ def select(snapshots: Sequence[Path], out: Path, data: Path, about: Optional[dic
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    data = Path(args.data) if args.data else locate_lgg()
-    if data is None or not data.is_dir():
-        raise SystemExit("LGG data not found: pass --data PATH (the folder of complete cases), or set "
-                         "COLLAGAN_LGG_DIR.")
+    data = lgg_folder_or_exit(args.data)
     about = load_about(args.about, args.version) if args.about else None
     snapshots = [Path(s) for s in args.snapshots]
     require_snapshots(snapshots)
