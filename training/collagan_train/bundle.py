@@ -10,6 +10,10 @@ resumed by repeating the command. What it writes:
 - ``report_lgg.md``, ``report_other.md``: the tables of :mod:`.report`, this model last;
 - ``card_metrics.json`` and ``model.pt``: the model to bundle, its card holding the validation figures.
 
+With ``--install`` it then replaces the bundled model of that name in ``Resources/Models``: the file, its SHA-256 in
+``models.json`` and the card page's title, SHA-256 and size lines (:func:`install`). The card page's prose (what
+changed, the tables) is still the author's to write.
+
 Example:
     python -m training.collagan_train.main bundle runs/soup/snapshots/g_v5_i2000.pt --version v6 --out runs/v6 \
         --about training/collagan_train/configs/card_lgg.json --other ../shared/data/openms \
@@ -21,7 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shlex
+import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -35,6 +42,7 @@ from .report import atomic_write, card_metrics, load_rows, report_text
 MODEL_NAME = "collagan-lgg-t1n-t1c-t2f"  # the bundled model's name (Resources/Models/models.json)
 #: The size limit of a bundled model file.
 MAX_MEGABYTES = 20
+MODELS_DIR = REPO_ROOT / "Resources" / "Models"
 
 
 def evaluate_once(data: Path, model: Path, out: Path, extra: Sequence[str], threads: int, device: str) -> Path:
@@ -84,6 +92,47 @@ def bundle(checkpoint: Path, out: Path, version: str, about: Optional[dict], lgg
     return final
 
 
+def install(model: Path, version: str, name: str = MODEL_NAME, models_dir: Path = MODELS_DIR) -> str:
+    """Make ``model`` the bundled model ``name``: copy it over the manifest entry's file, put its SHA-256 in
+    ``models.json`` and update the card page's title (version), SHA-256 and size lines; returns the SHA-256.
+
+    Everything is staged first and swapped in last, so a failure leaves the bundled model as it was.
+
+    Example:
+        >>> install(Path("runs/v7/model.pt"), "v7")   # doctest: +SKIP
+    """
+    manifest_path = Path(models_dir) / "models.json"
+    if not manifest_path.is_file():
+        raise SystemExit(f"No {manifest_path}: --install replaces a bundled model; add its manifest entry first.")
+    manifest = json.loads(manifest_path.read_text())
+    entries = [e for e in manifest.get("models", []) if e.get("name") == name]
+    if not entries:
+        raise SystemExit(f"{manifest_path} lists no model named '{name}': add an entry for it (file, sha256, card) "
+                         "or pass the listed name with --name.")
+    if Path(model).stat().st_size > MAX_MEGABYTES * 2 ** 20:
+        raise SystemExit(f"{model} is over the {MAX_MEGABYTES} MB limit of a bundled model; not installed.")
+    entry, sha = entries[0], sha256_of(model)
+    entry["sha256"] = sha
+    target = Path(models_dir) / entry["file"]
+    staged = {manifest_path: json.dumps(manifest, indent=2) + "\n"}
+    card_page = Path(models_dir) / entry["card"] if entry.get("card") else None
+    if card_page is not None and card_page.is_file():
+        text = re.sub(r"^(# Model card: .*)\(v[^)]*\)", rf"\g<1>({version})", card_page.read_text(), count=1,
+                      flags=re.M)
+        text = re.sub(r"(\| SHA-256 \| `)[0-9a-f]{64}(`)", rf"\g<1>{sha}\g<2>", text, count=1)
+        text = re.sub(r"(TorchScript, )[0-9.]+ MB", rf"\g<1>{Path(model).stat().st_size / 2 ** 20:.1f} MB", text,
+                      count=1)
+        staged[card_page] = text
+    tmp_model = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(model, tmp_model)
+    for path, text in staged.items():
+        path.with_name(f".{path.name}.tmp").write_text(text)
+    os.replace(tmp_model, target)
+    for path in staged:
+        os.replace(path.with_name(f".{path.name}.tmp"), path)
+    return sha
+
+
 def _check_same_cases(runs: Dict[str, List[dict]], version: str) -> None:
     """Side-by-side figures only mean something on the same patients."""
     expected = {r["case"] for r in runs[version]}
@@ -108,8 +157,14 @@ def cmd_bundle(args: argparse.Namespace) -> None:
     print(f"\n{final}: {megabytes:.1f} MB, sha256 {sha256_of(final)}")
     if megabytes > MAX_MEGABYTES:
         print(f"Too large to bundle: {megabytes:.1f} MB, the limit is {MAX_MEGABYTES} MB.")
-    print("To bundle it: copy it to Resources/Models/, put its sha256 in Resources/Models/models.json and update the "
-          f"model card there (`collagan-impute info {final}` prints what the embedded card says).")
+    if args.install:
+        install(final, args.version, args.name, Path(args.models_dir))
+        print(f"Installed as the bundled '{args.name}' in {args.models_dir} (file, models.json, the card page's "
+              "title, SHA-256 and size). Still to write: the card page's prose and tables (from report_lgg.md).")
+    else:
+        print("To bundle it: repeat with --install (replaces the file, its models.json SHA-256 and the card page's "
+              f"header lines), then write the card page's prose (`collagan-impute info {final}` prints the "
+              "embedded card).")
 
 
 def add_parser(sub) -> None:
@@ -131,4 +186,7 @@ def add_parser(sub) -> None:
     p.add_argument("--name", default=MODEL_NAME, help=f"the model's name in its card (default: {MODEL_NAME})")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--install", action="store_true",
+                   help="then replace the bundled model of --name with it (file, models.json, card page header)")
+    p.add_argument("--models-dir", default=str(MODELS_DIR), help=f"where --install puts it (default: {MODELS_DIR})")
     p.set_defaults(func=cmd_bundle)

@@ -4,6 +4,7 @@ earlier runs and exported again with the figures in its card; resumable; mismatc
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from CollaGANImputeLib.contract import load_model
@@ -61,3 +62,34 @@ def test_a_comparison_on_other_patients_or_a_missing_checkpoint_is_refused(tiny_
     (other / "scores.json").write_text(json.dumps({"cases": rows}))
     with pytest.raises(SystemExit, match="scored other patients"):
         bundle(checkpoint, tmp_path / "out", "v9", None, SAMPLE.parent, split, compare={"v5": other})
+
+
+def test_install_replaces_the_bundled_model_its_sha_and_card_header(tiny_cfg, sample_slices, tmp_path):
+    from CollaGANImputeLib.contract import sha256_of
+    from CollaGANImputeLib.models import bundled_models
+
+    from training.collagan_train.bundle import MODELS_DIR, install
+    from training.collagan_train.export import export_checkpoint
+
+    models = tmp_path / "Resources" / "Models"
+    models.mkdir(parents=True)
+    for name in ("models.json", "collagan_lgg_t1n_t1c_t2f.md"):
+        shutil.copyfile(MODELS_DIR / name, models / name)
+    (models / "collagan_lgg_t1n_t1c_t2f.pt").write_bytes(b"the old model")
+    solver = Solver(tiny_cfg("steps=1"), sample_slices, None, out_dir=str(tmp_path / "run"))
+    model = tmp_path / "model.pt"
+    export_checkpoint(str(solver.save("latest.pt")), str(model))
+
+    with pytest.raises(SystemExit, match="no model named 'nobody'"):
+        install(model, "v9", name="nobody", models_dir=models)
+    assert (models / "collagan_lgg_t1n_t1c_t2f.pt").read_bytes() == b"the old model"
+
+    sha = install(model, "v9", models_dir=models)
+    assert sha == sha256_of(model)
+    assert (models / "collagan_lgg_t1n_t1c_t2f.pt").read_bytes() == model.read_bytes()
+    card = (models / "collagan_lgg_t1n_t1c_t2f.md").read_text()
+    assert card.startswith("# Model card: collagan-lgg-t1n-t1c-t2f (v9)") and f"| SHA-256 | `{sha}` |" in card
+    assert sorted(p.name for p in models.iterdir()) == ["collagan_lgg_t1n_t1c_t2f.md", "collagan_lgg_t1n_t1c_t2f.pt",
+                                                        "models.json"]  # no staged leftovers
+    [bundled] = bundled_models(tmp_path / "Resources")
+    assert bundled.sha256 == sha and bundled.load().card.contrasts == ["t1n", "t1c", "t2f"]
