@@ -55,13 +55,13 @@ def locate_lgg(data_dir: str = "") -> Optional[Path]:
     return None
 
 
-def lgg_folder_or_exit(data: Optional[str]) -> Path:
-    """The folder of complete LGG cases a command was given with ``--data``, or found as :func:`locate_lgg` does;
-    exits with what to pass when there is none."""
-    folder = Path(data) if data else locate_lgg()
-    if folder is None or not folder.is_dir():
-        raise SystemExit("LGG data not found: pass --data PATH (the folder of complete cases), or set "
-                         "COLLAGAN_LGG_DIR.")
+def lgg_folder_or_exit(data: Optional[str], flag: str = "--data PATH") -> Path:
+    """The folder of complete LGG cases a command was given with ``flag`` (the folder or the one holding
+    ``complete/``), or found as :func:`locate_lgg` does; exits with what to pass when there is none."""
+    folder = locate_lgg(data or "")
+    if folder is None:
+        given = f"{data} holds no case folders" if data else "LGG data not found"
+        raise SystemExit(f"{given}: pass {flag} (the folder of complete cases), or set {DATA_ENV}.")
     return folder
 
 
@@ -242,10 +242,7 @@ class SliceData:
 def load_data(cfg: TrainConfig) -> Tuple[SliceData, SliceData, dict]:
     """(train, choice, split): the training slices and the slices checkpoints are chosen on (the set-aside
     training patients when ``n_select``, else the validation patients), and the split used."""
-    folder = locate_lgg(cfg.data_dir)
-    if folder is None:
-        raise SystemExit("LGG data not found: set data_dir in the config (--set data_dir=PATH), or "
-                         "COLLAGAN_LGG_DIR, or place shared/data/lgg beside the repository.")
+    folder = lgg_folder_or_exit(cfg.data_dir, "--set data_dir=PATH")
     split = load_or_make_split(cfg, folder)
     train_cases, val_cases = split["train"], split["val"]
     if cfg.max_cases:

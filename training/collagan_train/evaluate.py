@@ -28,7 +28,7 @@ from CollaGANImputeLib.io import find_lesion_mask
 from CollaGANImputeLib.metrics import METRIC_NAMES, summarize
 from CollaGANImputeLib.pipeline import read_case
 
-from .data_loader import locate_lgg, repo_path
+from .data_loader import lgg_folder_or_exit, repo_path
 from .report import atomic_write
 
 LABELS = {"nmse": "NMSE", "psnr": "PSNR (dB)", "ssim": "SSIM", "lesion_nmse": "lesion NMSE",
@@ -184,9 +184,7 @@ def _montage(path: Path, montage: dict, rows: List[dict], case: str) -> None:
 
 
 def validation_cases(split_file: str, data_dir: str = "", limit: int = 0) -> List[Path]:
-    folder = locate_lgg(data_dir)
-    if folder is None:
-        raise SystemExit("LGG data not found: pass --data-dir or set COLLAGAN_LGG_DIR.")
+    folder = lgg_folder_or_exit(data_dir, "--data-dir PATH")
     cases = json.loads(repo_path(split_file).read_text())["val"]
     return [folder / c for c in (cases[:limit] if limit else cases)]
 

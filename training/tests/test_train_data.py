@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.collagan_train.data_loader import REPO_ROOT, locate_lgg, make_split
+from training.collagan_train.data_loader import REPO_ROOT, lgg_folder_or_exit, locate_lgg, make_split
 
 SPLIT = REPO_ROOT / "training" / "splits" / "lgg_split.json"
 
@@ -29,6 +29,15 @@ def test_committed_split_keeps_the_demo_case_in_validation():
     assert "TCGA-HT-7882" in split["val"]
     assert len(split["train"]) == 52 and len(split["val"]) == 12
     assert not set(split["train"]) & set(split["val"])
+
+
+def test_the_lgg_folder_is_the_one_given_or_its_complete_subfolder_and_an_empty_one_is_refused(tmp_path):
+    (tmp_path / "lgg" / "complete" / "TCGA-XX-0001").mkdir(parents=True)
+    assert lgg_folder_or_exit(str(tmp_path / "lgg")) == tmp_path / "lgg" / "complete"
+    assert lgg_folder_or_exit(str(tmp_path / "lgg" / "complete")) == tmp_path / "lgg" / "complete"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="empty holds no case folders: pass --set data_dir=PATH"):
+        lgg_folder_or_exit(str(tmp_path / "empty"), "--set data_dir=PATH")
 
 
 def test_batch_crop_flip_and_scale(sample_slices):
