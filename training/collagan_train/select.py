@@ -66,11 +66,16 @@ def select(snapshots: Sequence[Path], out: Path, data: Path, about: Optional[dic
     """Score every snapshot (named by its file stem) and apply the checkpoint rule: (chosen, reasons, scores).
     ``contrasts``: the targets the rule weighs (default: the first snapshot's)."""
     require_snapshots(snapshots)
-    contrasts = list(contrasts or snapshot_contrasts(Path(snapshots[0])))
     names = [Path(s).stem for s in snapshots]
     if len(set(names)) != len(names):
         raise SystemExit(f"Snapshot names repeat ({names}): score snapshots of different runs into different "
                          "--out folders.")
+    set_aside = {name: set_aside_cases(Path(s)) for name, s in zip(names, snapshots)}
+    if len({tuple(sorted(c)) for c in set_aside.values()}) > 1:
+        raise SystemExit("The snapshots' runs set aside different patients "
+                         f"({', '.join(f'{n}: {sorted(c)}' for n, c in set_aside.items())}); the rule compares "
+                         "scores on the same patients: select among runs made with one split.")
+    contrasts = list(contrasts or snapshot_contrasts(Path(snapshots[0])))
     scored = {name: run_scores(load_rows(score_snapshot(Path(s), out / name, data, about, threads, device)),
                                contrasts) for name, s in zip(names, snapshots)}
     chosen, reasons = choose(scored, bundled, tolerance)

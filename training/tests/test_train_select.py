@@ -53,6 +53,14 @@ def test_a_run_without_set_aside_patients_or_a_missing_snapshot_is_refused(tmp_p
     (tmp_path / "run" / "split_used.json").write_text(json.dumps({"train": ["A"], "val": ["B"]}))
     with pytest.raises(SystemExit, match="n_select > 0"):
         set_aside_cases(snap)
+    (tmp_path / "run" / "split_used.json").write_text(json.dumps({"select": ["A"]}))
+    other = tmp_path / "other_run" / "snapshots" / "g_000020.pt"
+    other.parent.mkdir(parents=True)
+    other.touch()
+    (tmp_path / "other_run" / "split_used.json").write_text(json.dumps({"select": ["B"]}))
+    with pytest.raises(SystemExit, match="set aside different patients"):
+        select([snap, other], tmp_path / "out", tmp_path)
+    assert not (tmp_path / "out").exists()  # refused before exporting or scoring anything
 
 
 def test_average_is_the_mean_generator_and_selectable(tiny_cfg, sample_slices, tmp_path):
