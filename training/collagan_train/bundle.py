@@ -96,7 +96,8 @@ def install(model: Path, version: str, name: str = MODEL_NAME, models_dir: Path 
     """Make ``model`` the bundled model ``name``: copy it over the manifest entry's file, put its SHA-256 in
     ``models.json`` and update the card page's title (version), SHA-256 and size lines; returns the SHA-256.
 
-    Everything is staged first and swapped in last, so a failure leaves the bundled model as it was.
+    Every file is written beside its target first and renamed over it last, so a failure while copying or
+    writing leaves the bundled model as it was (and a half-done swap fails the SHA-256 check at load).
 
     Example:
         >>> install(Path("runs/v7/model.pt"), "v7")   # doctest: +SKIP
