@@ -96,8 +96,8 @@ def install(model: Path, version: str, name: str = MODEL_NAME, models_dir: Path 
     """Make ``model`` the bundled model ``name``: copy it over the manifest entry's file, put its SHA-256 in
     ``models.json`` and update the card page's title (version), SHA-256 and size lines; returns the SHA-256.
 
-    Every file is written beside its target first and renamed over it last, so a failure while copying or
-    writing leaves the bundled model as it was (and a half-done swap fails the SHA-256 check at load).
+    The new texts are made before anything is written, and each file is replaced by a rename, so a failure leaves
+    whole files (a half-done swap fails the SHA-256 check at load).
 
     Example:
         >>> install(Path("runs/v7/model.pt"), "v7")   # doctest: +SKIP
@@ -110,27 +110,24 @@ def install(model: Path, version: str, name: str = MODEL_NAME, models_dir: Path 
     if not entries:
         raise SystemExit(f"{manifest_path} lists no model named '{name}': add an entry for it (file, sha256, card) "
                          "or pass the listed name with --name.")
-    if Path(model).stat().st_size > MAX_MEGABYTES * 2 ** 20:
+    megabytes = Path(model).stat().st_size / 2 ** 20
+    if megabytes > MAX_MEGABYTES:
         raise SystemExit(f"{model} is over the {MAX_MEGABYTES} MB limit of a bundled model; not installed.")
     entry, sha = entries[0], sha256_of(model)
     entry["sha256"] = sha
-    target = Path(models_dir) / entry["file"]
-    staged = {manifest_path: json.dumps(manifest, indent=2) + "\n"}
+    texts = {manifest_path: json.dumps(manifest, indent=2) + "\n"}
     card_page = Path(models_dir) / entry["card"] if entry.get("card") else None
     if card_page is not None and card_page.is_file():
         text = re.sub(r"^(# Model card: .*)\(v[^)]*\)", rf"\g<1>({version})", card_page.read_text(), count=1,
                       flags=re.M)
         text = re.sub(r"(\| SHA-256 \| `)[0-9a-f]{64}(`)", rf"\g<1>{sha}\g<2>", text, count=1)
-        text = re.sub(r"(TorchScript, )[0-9.]+ MB", rf"\g<1>{Path(model).stat().st_size / 2 ** 20:.1f} MB", text,
-                      count=1)
-        staged[card_page] = text
-    tmp_model = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(model, tmp_model)
-    for path, text in staged.items():
-        path.with_name(f".{path.name}.tmp").write_text(text)
-    os.replace(tmp_model, target)
-    for path in staged:
-        os.replace(path.with_name(f".{path.name}.tmp"), path)
+        texts[card_page] = re.sub(r"(TorchScript, )[0-9.]+ MB", rf"\g<1>{megabytes:.1f} MB", text, count=1)
+    target = Path(models_dir) / entry["file"]
+    staged_model = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(model, staged_model)
+    os.replace(staged_model, target)
+    for path, text in texts.items():
+        atomic_write(path, text)
     return sha
 
 

@@ -38,16 +38,15 @@ def set_aside_cases(snapshot: Path) -> List[str]:
     return list(cases)
 
 
-def score_snapshot(snapshot: Path, out: Path, data: Path, about: Optional[dict] = None, threads: int = 1,
-                   device: str = "cpu") -> Path:
-    """Export ``snapshot`` to ``out/model.pt`` and score it on its set-aside patients into ``out/select``
-    (skipped when that run is complete); returns the evaluate folder."""
+def score_snapshot(snapshot: Path, cases: Sequence[str], out: Path, data: Path, about: Optional[dict] = None,
+                   threads: int = 1, device: str = "cpu") -> Path:
+    """Export ``snapshot`` to ``out/model.pt`` and score it on ``cases`` (its run's set-aside patients) into
+    ``out/select`` (skipped when that run is complete); returns the evaluate folder."""
     from .export import export_checkpoint
 
     scores = out / "select"
     if (scores / "scores.json").is_file():
         return scores
-    cases = set_aside_cases(snapshot)
     out.mkdir(parents=True, exist_ok=True)
     model = export_checkpoint(str(snapshot), str(out / "model.pt"), name=MODEL_NAME, about=about)
     return evaluate_once(data, model, scores, ["--cases", *cases], threads, device)
@@ -76,8 +75,8 @@ def select(snapshots: Sequence[Path], out: Path, data: Path, about: Optional[dic
                          f"({', '.join(f'{n}: {sorted(c)}' for n, c in set_aside.items())}); the rule compares "
                          "scores on the same patients: select among runs made with one split.")
     contrasts = list(contrasts or snapshot_contrasts(Path(snapshots[0])))
-    scored = {name: run_scores(load_rows(score_snapshot(Path(s), out / name, data, about, threads, device)),
-                               contrasts) for name, s in zip(names, snapshots)}
+    scored = {name: run_scores(load_rows(score_snapshot(Path(s), set_aside[name], out / name, data, about, threads,
+                                                        device)), contrasts) for name, s in zip(names, snapshots)}
     chosen, reasons = choose(scored, bundled, tolerance)
     return chosen, reasons, scored
 
