@@ -82,6 +82,8 @@ class TrainConfig:
     w_direct_ssim: float = 0.0
     w_direct_l2: float = 0.0        # squared error on the imputed target (not in the paper: NMSE is its metric)
     lesion_weight: float = 1.0      # direct L1/L2 weight of lesion voxels relative to other head voxels (-seg)
+    edge_weight: float = 1.0        # direct L1/L2 weight of head voxels near the head's edge (scalp, skull)
+    edge_px: int = 12               # ... within this many pixels of it
     w_lesion_contrast: float = 0.0  # |C_pred - C_real| per slice with a lesion (EVALUATION.md v2 conspicuity)
     w_identity: float = 0.0         # contrast identity: r(fake, input) above r(real, input), 1 - r(fake, real)
     w_identity_pooled: float = 0.0  # the same, the slices of one target pooled like a volume

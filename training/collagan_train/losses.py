@@ -2,7 +2,7 @@
 
 Example:
     >>> x = torch.rand(2, 1, 32, 32)
-    >>> float(ssim_loss(x, x))          # identical images: SSIM 1, loss -log((1+1)/2) = 0
+    >>> abs(float(ssim_loss(x, x)))     # identical images: SSIM 1, loss -log((1+1)/2) = 0
     0.0
 """
 
@@ -43,6 +43,19 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Paper eq. 7: -log((1 + SSIM) / 2); 0 for identical images, log 2 at SSIM 0."""
     return -torch.log((1 + ssim(x, y)).clamp_min(1e-6) / 2)
+
+
+def edge_band(masks: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, H, W) bool masks -> the voxels of each mask within ``width`` pixels (chessboard distance) of its
+    outer edge: the scalp and skull of a head mask, the cortex and outer CSF of a brain mask.
+
+    Example:
+        >>> mask = torch.zeros(1, 9, 9, dtype=torch.bool); mask[:, 1:8, 1:8] = True
+        >>> int(edge_band(mask, 2).sum())   # 7x7 square minus its 3x3 core
+        40
+    """
+    inside = -F.max_pool2d(-masks[:, None].float(), 2 * width + 1, stride=1, padding=width)[:, 0]
+    return masks & (inside < 0.5)
 
 
 def l1(x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -228,13 +228,28 @@ class Solver:
         return (images.to(self.device), target.to(self.device), available.to(self.device), masks.to(self.device),
                 lesions.to(self.device))
 
+    def _voxel_weight(self, masks: torch.Tensor, lesions: torch.Tensor, dtype: torch.dtype
+                      ) -> Optional[torch.Tensor]:
+        """(B, 1, H, W) weights of the direct L1/L2 terms: lesion voxels and the head's outer band up-weighted
+        (the higher weight where they meet), or None when both weights are 1."""
+        cfg = self.cfg
+        weight = None
+        if cfg.lesion_weight != 1:
+            weight = 1 + (cfg.lesion_weight - 1) * lesions[:, None].to(dtype)
+        if cfg.edge_weight != 1:
+            # The scalp holds a third of the head's squared error and is where a FLAIR copied from the T1 shows
+            # most in the whole-head contrast identity (benchmarks/identity_counterfactual.py).
+            edge = 1 + (cfg.edge_weight - 1) * losses.edge_band(masks, cfg.edge_px)[:, None].to(dtype)
+            weight = edge if weight is None else torch.maximum(weight, edge)
+        return weight
+
     def _direct_terms(self, fake: torch.Tensor, real_t: torch.Tensor, masks: torch.Tensor, lesions: torch.Tensor
                       ) -> Dict[str, torch.Tensor]:
         """Direct losses on the imputed target: (lesion-weighted) L1/L2, SSIM, and the lesion-contrast term."""
         cfg = self.cfg
         terms: Dict[str, torch.Tensor] = {}
         lesion = lesions[:, None]
-        weight = 1 + (cfg.lesion_weight - 1) * lesion.to(fake.dtype) if cfg.lesion_weight != 1 else None
+        weight = self._voxel_weight(masks, lesions, fake.dtype)
         if cfg.w_direct_l1 > 0:
             terms["direct_l1"] = cfg.w_direct_l1 * losses.l1(fake, real_t, weight)
         if cfg.w_direct_l2 > 0:

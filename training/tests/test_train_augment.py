@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -125,6 +127,30 @@ def test_lesion_weight_raises_the_loss_of_errors_inside_the_lesion(tiny_cfg, sam
     a = plain._direct_terms(fake, real, head, lesion)["direct_l1"]
     b = weighted._direct_terms(fake, real, head, lesion)["direct_l1"]
     assert float(b) == float(a) * 5
+
+
+def test_edge_weight_raises_the_loss_of_errors_in_the_heads_outer_band(tiny_cfg, sample_slices):
+    plain = Solver(tiny_cfg("method=l1"), sample_slices, None)
+    weighted = Solver(tiny_cfg("method=l1", "edge_weight=3", "edge_px=2", "lesion_weight=5"), sample_slices, None)
+    real = torch.zeros(1, 1, 16, 16)
+    head = torch.zeros(1, 16, 16, dtype=torch.bool)
+    head[0, 2:14, 2:14] = True
+    lesion = torch.zeros_like(head)
+    lesion[0, 2:4, 6:10] = True  # in the band too: the lesion's weight wins
+    for region, factor in ((head & ~losses.edge_band(head, 2), 1), (losses.edge_band(head, 2) & ~lesion, 3),
+                           (lesion, 5)):
+        fake = torch.where(region[:, None], 1.0, real)
+        a = plain._direct_terms(fake, real, head, lesion)["direct_l1"]
+        b = weighted._direct_terms(fake, real, head, lesion)["direct_l1"]
+        assert math.isclose(float(b), float(a) * factor, rel_tol=1e-6), (factor, float(a), float(b))
+
+
+def test_edge_band_is_the_masks_outer_ring():
+    head = torch.zeros(2, 12, 12, dtype=torch.bool)
+    head[0, 1:11, 1:11] = True  # a 10x10 square: a 2-pixel ring around a 6x6 core
+    band = losses.edge_band(head, 2)
+    assert int(band[0].sum()) == 100 - 36 and not band[0, 3:9, 3:9].any() and band[0, 1, 5]
+    assert not band[1].any()  # an empty mask has no band
 
 
 def test_select_cases_are_seeded_training_patients():
