@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .config import loss_settings
 from .export import run_folder
 
 
@@ -42,8 +43,7 @@ def average_generators(paths: Sequence[Path], weights: Optional[Sequence[float]]
     mean = {key: sum(w * s["G"][key].double() for w, s in zip(weights, states)).to(value.dtype)
             if value.is_floating_point() else value for key, value in reference.items()}
     inputs = [{"checkpoint": str(p), "weight": w, "steps": s.get("step"),
-               "losses": {k: v for k, v in s.get("config", {}).items()
-                          if k.startswith("w_") or k in ("head_only_loss", "lesion_weight")}}
+               "losses": loss_settings(s.get("config", {}))}
               for p, w, s in zip(paths, weights, states)]
     return {**states[-1], "G": mean, "averaged_from": inputs}
 

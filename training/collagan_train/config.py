@@ -143,6 +143,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def loss_settings(config: dict) -> dict:
+    """The settings of a config dict that shape G's loss: every ``w_*`` weight (new ones too) and the voxel
+    weighting (head-only, lesion, head edge). What a model card and an averaged checkpoint record of a run."""
+    return {k: v for k, v in config.items()
+            if k.startswith("w_") or k in ("head_only_loss", "lesion_weight", "edge_weight", "edge_px")}
+
+
 def _parse_value(text: str):
     try:
         return json.loads(text)

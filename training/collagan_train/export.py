@@ -19,7 +19,7 @@ from typing import List, Optional
 import torch
 from CollaGANImputeLib.contract import DEFAULT_PIXEL_SPACING, ModelCard, load_model, save_model
 
-from .config import TrainConfig
+from .config import TrainConfig, loss_settings
 from .model import count_parameters
 from .solver import generator_from_checkpoint
 
@@ -157,8 +157,7 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                                           f"{len(split.get('val', []))} validation patients",
                   "method": cfg.method, "steps": state["step"], "epochs": state.get("epoch"),
                   "batch_size": cfg.batch_size, "crop": cfg.crop,
-                  "losses": {k: v for k, v in cfg.to_dict().items()  # every loss weight, new ones too
-                             if k.startswith("w_") or k in ("head_only_loss", "lesion_weight")},
+                  "losses": loss_settings(cfg.to_dict()),
                   "augmentation": {k: v for k, v in cfg.to_dict().items()  # every aug_* setting, new ones too
                                    if k.startswith("aug_") or k in ("flip", "intensity_scale", "input_dropout_p")},
                   "checkpoint_choice": (f"on {cfg.n_select} training patients set aside (never trained on): "
