@@ -1,6 +1,7 @@
 """Where a synthetic contrast loses its contrast identity I (EVALUATION.md v2): the lesion, the brain, or the scalp.
 
-For each validation patient, I of the model's output and of edits of it that put back a part of the real image:
+For each validation patient (or training patient, ``--subset train``), I of the model's output and of edits of
+it that put back a part of the real image:
 - "real lesion": the lesion voxels replaced by the real target's; "lesion at real C": the lesion scaled so that
   its contrast C to the rest of the head is the real one;
 - "real tissue": every voxel outside the lesion replaced by the real target's;
@@ -11,6 +12,12 @@ For each validation patient, I of the model's output and of edits of it that put
 - "I inner only": I scored inside the inner head alone.
 An edit that turns I positive shows where the resemblance to an input lies. Also: the band's share of the head's
 squared error. Rows, then the mean and the count of cases with I > 0 per column.
+
+A second table asks whether a regression could have I > 0 at all. For a prediction that is the conditional mean
+of the real image given the inputs, r(pred, input) = ρ / R, with R = r(pred, real) and ρ = r(real, input): the
+mean correlates with the input more than the real image does, by the share of the real image it cannot predict.
+So such a prediction has I > 0 only where R² > ρ (for the input closest to the real image); the table lists R², ρ,
+the measured r(pred, input) next to ρ / R, and I.
 
 Usage:
     python benchmarks/identity_counterfactual.py --model Resources/Models/collagan_lgg_t1n_t1c_t2f.pt --threads 2
@@ -33,7 +40,7 @@ import torch  # noqa: E402
 from CollaGANImputeLib import load_model  # noqa: E402
 from CollaGANImputeLib.evaluate import read_volume_allow_empty, score_imputation  # noqa: E402
 from CollaGANImputeLib.io import find_lesion_mask  # noqa: E402
-from CollaGANImputeLib.metrics import contrast_identity, lesion_contrast  # noqa: E402
+from CollaGANImputeLib.metrics import contrast_identity, lesion_contrast, pearson  # noqa: E402
 from CollaGANImputeLib.pipeline import read_case  # noqa: E402
 
 COLUMNS = ("I", "real lesion", "lesion at real C", "real tissue", "real band 6", "real band 12", "real inner",
@@ -70,20 +77,31 @@ def identities(pred: np.ndarray, real: np.ndarray, given: list[np.ndarray], mask
     return [contrast_identity(x, real, given, mask) for x in edits] + [contrast_identity(pred, real, given, inner)]
 
 
+def regression_bound(pred: np.ndarray, real: np.ndarray, given: list[np.ndarray], mask: np.ndarray) -> list[float]:
+    """R², ρ, measured r(pred, input) and the conditional mean's ρ / R, for the input closest to ``real``."""
+    closest = max(given, key=lambda x: pearson(real, x, mask))
+    fit, rho = pearson(pred, real, mask), pearson(real, closest, mask)
+    return [fit**2, rho, pearson(pred, closest, mask), rho / fit]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(REPO / "Resources/Models/collagan_lgg_t1n_t1c_t2f.pt"))
     parser.add_argument("--data", default=str(REPO.parent / "shared/data/lgg/complete"))
     parser.add_argument("--split", default=str(REPO / "training/splits/lgg_split.json"))
     parser.add_argument("--target", default="t2f")
+    parser.add_argument("--subset", choices=("val", "train"), default="val",
+                        help="the split's patients to score; train shows if I is lost in fitting or in generalizing")
+    parser.add_argument("--limit", type=int, default=0, help="score only the first N patients of the subset")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     inputs = [c for c in model.card.contrasts if c != args.target]
     print(f"{args.target} from {'+'.join(inputs)}; columns: " + " | ".join(COLUMNS) + " | band share of error")
-    table = []
-    for case in json.loads(Path(args.split).read_text())["val"]:
+    table, bounds = [], []
+    cases = json.loads(Path(args.split).read_text())[args.subset]
+    for case in cases[: args.limit or None]:
         folder = Path(args.data) / case
         images = read_case(folder, model.card.contrasts)
         lesion_path = find_lesion_mask(folder)
@@ -94,12 +112,18 @@ def main() -> None:
         lesion = (scored.lesion > 0) & mask if scored.lesion is not None else np.zeros_like(mask)
         row = identities(pred, real, given, mask, lesion)
         table.append(row)
+        bounds.append((case, regression_bound(pred, real, given, mask), row[0]))
         error = (pred - real) ** 2
         band_share = error[mask & (edge_distance(mask) <= 12)].sum() / error[mask].sum()
         print(f"{case}  " + "  ".join(f"{v:+.3f}" for v in row) + f"  {band_share:.2f}", flush=True)
     values = np.array(table)
     print("mean          " + "  ".join(f"{v:+.3f}" for v in values.mean(0)))
     print("cases I > 0   " + "  ".join(f"{n:6d}" for n in (values > 0).sum(0)))
+    print("\nI > 0 needs R² > ρ from a regression; columns: R² = r(pred, real)² | ρ = r(real, closest input) | "
+          "r(pred, input) | ρ / R | I")
+    for case, (fit2, rho, measured, expected), identity in bounds:
+        print(f"{case}  {fit2:.3f}  {rho:.3f}  {measured:.3f}  {expected:.3f}  {identity:+.3f}")
+    print(f"cases R² > ρ: {sum(b[0] > b[1] for _, b, _ in bounds)} of {len(bounds)}")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def lgg_folder_or_exit(data: Optional[str], flag: str = "--data PATH") -> Path:
     ``complete/``), or found as :func:`locate_lgg` does; exits with what to pass when there is none."""
     folder = locate_lgg(data or "")
     if folder is None:
-        given = f"{data} holds no case folders" if data else "LGG data not found"
+        default = REPO_ROOT.parent / "shared/data/lgg"
+        given = f"{data} holds no case folders" if data else f"LGG data not found (looked in {DATA_ENV} and {default})"
         raise SystemExit(f"{given}: pass {flag} (the folder of complete cases), or set {DATA_ENV}.")
     return folder
 

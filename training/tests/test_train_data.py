@@ -40,6 +40,18 @@ def test_the_lgg_folder_is_the_one_given_or_its_complete_subfolder_and_an_empty_
         lgg_folder_or_exit(str(tmp_path / "empty"), "--set data_dir=PATH")
 
 
+def test_without_lgg_data_the_error_names_where_it_looked_and_what_to_pass(tmp_path, monkeypatch):
+    from training.collagan_train import data_loader
+
+    monkeypatch.setattr(data_loader, "REPO_ROOT", tmp_path / "repo")  # no shared/data/lgg beside it
+    monkeypatch.setenv(data_loader.DATA_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit) as raised:
+        lgg_folder_or_exit(None, "--data-dir PATH")
+    message = str(raised.value)
+    assert "LGG data not found" in message and str(tmp_path / "shared/data/lgg") in message
+    assert "pass --data-dir PATH" in message and data_loader.DATA_ENV in message
+
+
 def test_batch_crop_flip_and_scale(sample_slices):
     gen = torch.Generator().manual_seed(0)
     images, masks, lesions = sample_slices.batch([0, 5], gen, crop=64, flip=True, intensity_scale=0.1)
