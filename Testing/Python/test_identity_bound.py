@@ -1,0 +1,52 @@
+"""The bound in benchmarks/identity_counterfactual.py: a conditional mean has r(pred, input) = ρ / R, so its
+contrast identity I is positive exactly where R² > ρ; and plot_identity_bound reads the table it prints."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from CollaGANImputeLib.metrics import contrast_identity
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import identity_counterfactual
+    import plot_identity_bound
+
+    yield identity_counterfactual, plot_identity_bound
+    for name in ("identity_counterfactual", "plot_identity_bound"):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("noise, identity_positive", [(0.05, True), (0.6, False)])
+def test_a_conditional_mean_has_positive_identity_only_where_r2_exceeds_rho(bench, noise, identity_positive):
+    regression_bound = bench[0].regression_bound
+    rng = np.random.default_rng(0)
+    t1 = rng.uniform(0, 1, (4, 48, 48))
+    predictable = t1 + 0.4 * np.sin(9 * t1)  # not linear in the input, so it is not the input itself
+    real = predictable + noise * rng.standard_normal(t1.shape)
+    mask = np.ones(t1.shape, bool)
+    r2, rho, measured, expected = regression_bound(predictable, real, [t1], mask)
+    identity = contrast_identity(predictable, real, [t1], mask)
+    assert measured == pytest.approx(expected, abs=0.02)
+    assert (r2 > rho) == identity_positive and (identity > 0) == identity_positive
+
+
+def test_the_plot_reads_the_printed_table_and_refuses_a_file_without_it(bench, tmp_path):
+    read_bound_table = bench[1].read_bound_table
+    table = tmp_path / "cf.txt"
+    table.write_text("t2f from t1n+t1c; columns: ...\nTCGA-A  -0.1  +0.2\nmean  -0.1\n\n"
+                     "I > 0 needs R² > ρ from a regression; columns: ...\n"
+                     "TCGA-A  0.514  0.727  0.823  1.015  -0.106\nTCGA-B  0.625  0.689  0.740  0.871  +0.050\n"
+                     "cases R² > ρ: 0 of 2\n")
+    assert read_bound_table(table) == [("TCGA-A", 0.514, 0.727, 0.823, 1.015, -0.106),
+                                       ("TCGA-B", 0.625, 0.689, 0.740, 0.871, 0.050)]
+    (tmp_path / "other.txt").write_text("no table here\n")
+    with pytest.raises(SystemExit, match="no R² / ρ table"):
+        read_bound_table(tmp_path / "other.txt")
