@@ -1,5 +1,6 @@
 """The bound in benchmarks/identity_counterfactual.py: a conditional mean has r(pred, input) = ρ / R, so its
-contrast identity I is positive exactly where R² > ρ; and plot_identity_bound reads the table it prints."""
+contrast identity I is positive exactly where R² > ρ; plot_identity_bound reads the table it prints; and
+identity_residual splits a residual into its smooth part and the rest."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import identity_counterfactual
+    import identity_residual
     import plot_identity_bound
 
-    yield identity_counterfactual, plot_identity_bound
-    for name in ("identity_counterfactual", "plot_identity_bound"):
+    yield identity_counterfactual, plot_identity_bound, identity_residual
+    for name in ("identity_counterfactual", "plot_identity_bound", "identity_residual"):
         sys.modules.pop(name, None)
 
 
@@ -50,3 +52,17 @@ def test_the_plot_reads_the_printed_table_and_refuses_a_file_without_it(bench, t
     (tmp_path / "other.txt").write_text("no table here\n")
     with pytest.raises(SystemExit, match="no R² / ρ table"):
         read_bound_table(tmp_path / "other.txt")
+
+
+def test_the_residual_is_split_into_slow_intensity_changes_and_the_rest(bench):
+    residual_shares = bench[2].residual_shares
+    rng = np.random.default_rng(1)
+    mask = np.zeros((6, 64, 64), bool)
+    mask[:, 8:56, 8:56] = True
+    real = rng.uniform(0, 1, mask.shape)
+    per_slice = np.linspace(-0.3, 0.3, 6)[:, None, None]
+    smooth_share, slice_share, smooth = residual_shares(real - per_slice, real, mask, sigma=8)
+    assert smooth_share == pytest.approx(1, abs=1e-6) and slice_share == pytest.approx(1, abs=1e-6)
+    assert np.allclose(smooth[mask], np.broadcast_to(per_slice, mask.shape)[mask])
+    smooth_share, slice_share, _ = residual_shares(real - 0.3 * rng.standard_normal(mask.shape), real, mask, 8)
+    assert smooth_share < 0.02 and slice_share < 0.02

@@ -84,6 +84,7 @@ class TrainConfig:
     lesion_weight: float = 1.0      # direct L1/L2 weight of lesion voxels relative to other head voxels (-seg)
     edge_weight: float = 1.0        # direct L1/L2 weight of head voxels near the head's edge (scalp, skull)
     edge_px: int = 12               # ... within this many pixels of it
+    target_coverage_only: bool = False  # no loss where the real target has no data (losses.no_data)
     w_lesion_contrast: float = 0.0  # |C_pred - C_real| per slice with a lesion (EVALUATION.md v2 conspicuity)
     w_identity: float = 0.0         # contrast identity: r(fake, input) above r(real, input), 1 - r(fake, real)
     w_identity_pooled: float = 0.0  # the same, the slices of one target pooled like a volume
@@ -129,6 +130,9 @@ class TrainConfig:
             raise ValueError(f"aug_enhance_p paints enhancement into {self.aug_enhance_contrast!r}, which is not among "
                              f"the contrasts {self.contrasts}: set aug_enhance_contrast to the post-contrast T1's "
                              "name or aug_enhance_p to 0.")
+        if self.target_coverage_only and not self.head_only_loss:
+            raise ValueError("target_coverage_only takes the target's missing data out of the head mask, which only "
+                             "the head-only losses use: set head_only_loss to true as well.")
 
     @property
     def outside_head(self) -> str:
@@ -145,9 +149,11 @@ class TrainConfig:
 
 def loss_settings(config: dict) -> dict:
     """The settings of a config dict that shape G's loss: every ``w_*`` weight (new ones too) and the voxel
-    weighting (head-only, lesion, head edge). What a model card and an averaged checkpoint record of a run."""
+    weighting (head-only, lesion, head edge, the target's coverage). What a model card and an averaged checkpoint
+    record of a run."""
     return {k: v for k, v in config.items()
-            if k.startswith("w_") or k in ("head_only_loss", "lesion_weight", "edge_weight", "edge_px")}
+            if k.startswith("w_") or k in ("head_only_loss", "lesion_weight", "edge_weight", "edge_px",
+                                           "target_coverage_only")}
 
 
 def _parse_value(text: str):

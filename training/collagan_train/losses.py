@@ -58,6 +58,21 @@ def edge_band(masks: torch.Tensor, width: int) -> torch.Tensor:
     return masks & (inside < 0.5)
 
 
+def no_data(images: torch.Tensor, size: int = 7) -> torch.Tensor:
+    """(B, N, H, W) images in p99 units -> the voxels inside a ``size`` x ``size`` patch of exact zeros: where a
+    contrast was not acquired (outside its field of view, e.g. a FLAIR slab that ends before the T1's), which an
+    MR image's noise never is inside the head.
+
+    Example:
+        >>> image = torch.rand(1, 1, 12, 12) + 0.1; image[..., :, :5] = 0   # the first 5 columns never acquired
+        >>> no_data(image, 3)[0, 0, 0].tolist()[:6]
+        [True, True, True, True, False, False]
+    """
+    zero = (images <= 0).float().flatten(0, 1)[:, None]
+    share = F.avg_pool2d(zero, size, stride=1, padding=size // 2, count_include_pad=False)
+    return (share > 0.999).reshape(images.shape)
+
+
 def l1(x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean absolute error, each voxel's error times ``weight`` where given (e.g. lesion voxels up-weighted)."""
     error = (x - y).abs()

@@ -195,11 +195,14 @@ class Solver:
 
     def sample(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch: images (B, N, h, w), target (B,), available (B, N) after input dropout, head masks and
-        lesion masks (B, h, w). The outer-head augmentation is applied here (it changes the masks)."""
+        lesion masks (B, h, w). The outer-head augmentation is applied here (it changes the masks); with
+        ``target_coverage_only`` the head masks leave out where the real target has no data."""
         cfg = self.cfg
         indices = self._next_indices()
         images, masks, lesions = self.train_data.batch(indices, self.gen, cfg.crop, cfg.flip, cfg.intensity_scale,
                                                        cfg.aug_brain_only_p)
+        # Before any augmentation moves the zeros: where a contrast was never acquired (outside its field of view).
+        nodata = losses.no_data(images) if cfg.target_coverage_only else None
         if cfg.aug_strip_p > 0:
             factors = self.strip_factors[indices] if self.strip_factors is not None else None
             images, masks = augment.strip_outer_head(images, masks, self.gen, cfg.aug_strip_p,
@@ -213,6 +216,9 @@ class Solver:
                                        generator=self.gen)
         else:
             target = torch.randint(n, (b,), generator=self.gen)
+        if nodata is not None:  # the real target has nothing to learn from there: out of every head-only term
+            masks = masks & ~nodata[torch.arange(b), target]
+            lesions = lesions & masks
         available = torch.ones(b, n, dtype=torch.bool)
         for i in range(b):
             others = [k for k in torch.randperm(n, generator=self.gen).tolist() if k != int(target[i])]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from training.collagan_train import augment, losses
@@ -222,3 +223,35 @@ def test_synthetic_enhancement_brightens_t1c_inside_the_lesion_only(sample_slice
     assert torch.equal(out[2], images[2]) and torch.equal(out[3], images[3])  # T1+Gd target, no lesion
     assert torch.equal(out[:, [0, 2]], images[:, [0, 2]])  # other contrasts untouched
     assert torch.equal(augment.synthetic_enhancement(images, lesions, target, 1, torch.Generator(), p=0.0), images)
+
+
+def test_no_data_is_a_patch_of_exact_zeros_not_dark_tissue(sample_slices):
+    images, masks, _ = sample_slices.batch([10], torch.Generator())
+    assert not losses.no_data(images)[:, :, masks[0]].any()  # real head tissue: never a patch of exact zeros
+    images[0, 2, :, :100] = 0  # a FLAIR slab that ends: no data in the first 100 columns
+    missing = losses.no_data(images)
+    assert missing[0, 2, :, :97].all() and not missing[0, 2, :, 104:][masks[0, :, 104:]].any()
+    assert not missing[0, :2][:, masks[0]].any()  # the other contrasts are untouched
+
+
+def test_target_coverage_only_leaves_the_targets_missing_data_out_of_the_loss_mask(tiny_cfg, sample_slices):
+    images = np.array(sample_slices.images)
+    images[:, 2, :, :128] = 0  # the FLAIR (index 2) was not acquired in the left half of every slice
+    data = type(sample_slices)(images, sample_slices.masks, sample_slices.index, sample_slices.lesions)
+    cfg = tiny_cfg("method=l1", "crop=0", "flip=false", "batch_size=8", "head_only_loss=true",
+                   "target_coverage_only=true", "target_weights=[1,1,2]")
+    solver = Solver(cfg, data, None)
+    seen = set()
+    for _ in range(3):
+        _, target, _, masks, lesions = solver.sample()
+        for i, t in enumerate(target.tolist()):
+            left, right = masks[i, :, :120], masks[i, :, 136:]
+            assert right.any() and (not left.any() if t == 2 else left.any()), (t, int(left.sum()))
+            seen.add(t == 2)
+        assert not (lesions & ~masks).any()
+    assert seen == {True, False}  # both cases drawn
+
+
+def test_target_coverage_only_without_head_only_losses_is_refused(tiny_cfg):
+    with pytest.raises(ValueError, match="set head_only_loss to true"):
+        tiny_cfg("target_coverage_only=true", "head_only_loss=false")

@@ -1,0 +1,123 @@
+"""How much of what a synthetic contrast misses is smooth: the real image's own slow intensity changes.
+
+For each patient, the residual real − synthetic inside the head M (EVALUATION.md v2 units) is split into its
+smooth part (a Gaussian of ``--sigma`` px, normalized inside M, slice by slice) and the rest. Printed per patient:
+R² = r(synthetic, real)², ρ = r(real, closest input), the smooth part's share of the residual's variance, the
+slice means' share, I, and I and R² once the smooth part is put back (synthetic + smooth residual). A large smooth
+share that stays on the patients the model was trained on is intensity non-uniformity of the real scans, which no
+model of the inputs can predict; it lowers R² and so the contrast identity (see identity_counterfactual.py's bound).
+
+``--n4`` adds SimpleITK's N4 bias-field correction twice. The inputs corrected before imputing (I against the
+inputs as given, and R²): is it the inputs' own non-uniformity, copied into the synthetic image, that makes it
+resemble them? And the real image corrected before scoring (R² and I against it): how much of the residual is the
+real scan's own non-uniformity?
+
+Usage:
+    python benchmarks/identity_residual.py --threads 2 [--subset train --limit 12] [--n4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "CollaGANImpute"))
+
+import torch  # noqa: E402
+from CollaGANImputeLib import load_model  # noqa: E402
+from CollaGANImputeLib.evaluate import score_imputation  # noqa: E402
+from CollaGANImputeLib.metrics import contrast_identity, pearson  # noqa: E402
+from CollaGANImputeLib.pipeline import read_case  # noqa: E402
+
+
+def smooth_inside(values: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Per slice, the Gaussian average of ``values`` over the voxels of ``mask`` only (normalized convolution)."""
+    out = np.zeros(values.shape, np.float64)
+    for z in range(len(values)):
+        weight = ndimage.gaussian_filter(mask[z].astype(np.float64), sigma)
+        total = ndimage.gaussian_filter(np.where(mask[z], values[z], 0.0), sigma)
+        out[z] = np.where(weight > 1e-3, total / np.maximum(weight, 1e-3), 0.0)
+    return out
+
+
+def residual_shares(pred: np.ndarray, real: np.ndarray, mask: np.ndarray, sigma: float) -> tuple[float, float,
+                                                                                                 np.ndarray]:
+    """(smooth share, slice-mean share) of the variance of real − pred inside ``mask``, and the smooth part."""
+    residual = np.where(mask, real.astype(np.float64) - pred, 0.0)
+    centre = residual[mask].mean()
+    total = ((residual[mask] - centre) ** 2).sum()
+    smooth = smooth_inside(residual, mask, sigma)
+    slice_means = np.zeros_like(residual)
+    for z in range(len(residual)):
+        if mask[z].any():
+            slice_means[z][mask[z]] = residual[z][mask[z]].mean()
+    smooth_share = ((smooth[mask] - centre) ** 2).sum() / total
+    slice_share = ((slice_means[mask] - centre) ** 2).sum() / total
+    return float(smooth_share), float(slice_share), smooth
+
+
+def n4_corrected(image: sitk.Image) -> sitk.Image:
+    """``image`` divided by its N4 bias field (fitted at a quarter of the in-plane size inside an Otsu mask)."""
+    values = sitk.Cast(image, sitk.sitkFloat32)
+    head = sitk.OtsuThreshold(values, 0, 1, 200)
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations([50] * 3)
+    corrector.Execute(sitk.Shrink(values, [4, 4, 1]), sitk.Shrink(head, [4, 4, 1]))
+    return values / sitk.Exp(corrector.GetLogBiasFieldAsImage(values))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(REPO / "Resources/Models/collagan_lgg_t1n_t1c_t2f.pt"))
+    parser.add_argument("--data", default=str(REPO.parent / "shared/data/lgg/complete"))
+    parser.add_argument("--split", default=str(REPO / "training/splits/lgg_split.json"))
+    parser.add_argument("--subset", choices=("val", "train"), default="val")
+    parser.add_argument("--limit", type=int, default=0, help="score only the first N patients of the subset")
+    parser.add_argument("--target", default="t2f")
+    parser.add_argument("--sigma", type=float, default=8.0, help="the smooth part's Gaussian, in pixels")
+    parser.add_argument("--n4", action="store_true", help="also with the inputs, then the real image, N4-corrected")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    inputs = [c for c in model.card.contrasts if c != args.target]
+    header = "R² | ρ | smooth share | slice-mean share | I | I smooth put back | R² smooth put back"
+    print(f"{args.target} from {'+'.join(inputs)}, smooth = Gaussian {args.sigma:g} px; columns: {header}"
+          + (" | I from N4 inputs | R² from N4 inputs | R² to N4 real | I to N4 real" if args.n4 else ""))
+    table = []
+    cases = json.loads(Path(args.split).read_text())[args.subset]
+    for case in cases[: args.limit or None]:
+        images = read_case(Path(args.data) / case, model.card.contrasts)
+        scored = score_imputation(model, images, args.target, inputs, device="cpu")
+        mask, pred, real = scored.mask, scored.pred.astype(np.float64), scored.real.astype(np.float64)
+        given = [scored.result.case.arrays[c] for c in inputs]
+        smooth_share, slice_share, smooth = residual_shares(pred, real, mask, args.sigma)
+        restored = pred + smooth
+        row = [pearson(pred, real, mask) ** 2, max(pearson(real, x, mask) for x in given), smooth_share,
+               slice_share, contrast_identity(pred, real, given, mask), contrast_identity(restored, real, given, mask),
+               pearson(restored, real, mask) ** 2]
+        if args.n4:
+            corrected = {c: n4_corrected(images[c]) if c in inputs else images[c] for c in images}
+            other = score_imputation(model, corrected, args.target, inputs, device="cpu")
+            both = mask & other.mask
+            real_n4 = scored.result.case.normalize_like_inputs(n4_corrected(images[args.target]))
+            row += [contrast_identity(other.pred, real, given, both), pearson(other.pred, real, both) ** 2,
+                    pearson(pred, real_n4, mask) ** 2, contrast_identity(pred, real_n4, given, mask)]
+        table.append(row)
+        print(f"{case}  " + "  ".join(f"{v:+.3f}" for v in row), flush=True)
+    values = np.array(table)
+    print("mean          " + "  ".join(f"{v:+.3f}" for v in values.mean(0)))
+    counts = f"cases I > 0: as given {(values[:, 4] > 0).sum()} | smooth put back {(values[:, 5] > 0).sum()}"
+    print(counts + (f" | from N4 inputs {(values[:, 7] > 0).sum()} | to N4 real {(values[:, 10] > 0).sum()}"
+                    if args.n4 else ""))
+
+
+if __name__ == "__main__":
+    main()
