@@ -187,7 +187,7 @@ def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argpa
                     save_volumes: bool, failures: Optional[list] = None) -> list[dict]:
     from tqdm import tqdm
 
-    from .evaluate import evaluate_cases, markdown_table, summary_table, write_report
+    from .evaluate import coverage_warnings, evaluate_cases, markdown_table, summary_table, write_report
 
     steps = tqdm(total=_evaluation_steps(model, dirs, args.target, args.all_subsets), desc="evaluating",
                  unit="imputation", file=sys.stderr)
@@ -209,6 +209,8 @@ def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argpa
         steps.close()
     paths = write_report(rows, out, failures)
     print(markdown_table(summary_table(rows)))
+    for line in coverage_warnings(rows):
+        print(f"warning: {line}", file=sys.stderr)
     print(f"Scores: {paths['summary_csv']}, {paths['cases_csv']}, {paths['json']}; montages in {out}")
     return rows
 

@@ -27,7 +27,14 @@ from .errors import CollaGANError, InputError, ModelError
 from .figures import montage_png
 from .inference import CancelFlag
 from .io import OutputSet, case_name, find_lesion_mask, follow_umask, read_volume, synthetic_filename
-from .metrics import METRIC_NAMES, UNCERTAINTY_NAMES, score_volume, summarize, uncertainty_scores
+from .metrics import (
+    METRIC_NAMES,
+    NO_DATA_WARN_SHARE,
+    UNCERTAINTY_NAMES,
+    score_volume,
+    summarize,
+    uncertainty_scores,
+)
 from .pipeline import ImputationResult, impute, read_case, stage_imputed
 
 CaseCallback = Callable[[str, str, Sequence[str]], None]
@@ -183,6 +190,26 @@ def read_volume_allow_empty(path: Path):
         return read_volume(path)
     except InputError:
         return sitk.ReadImage(str(path))
+
+
+def coverage_warnings(rows: list[dict], share: float = NO_DATA_WARN_SHARE) -> list[str]:
+    """One line per case and target whose real image has no data in more than ``share`` of the head mask
+    (``real_no_data``): its scores partly compare the synthetic image with zeros.
+
+    Example:
+        >>> coverage_warnings([{"case": "TCGA-DU-A5TU", "target": "t2f", "real_no_data": 0.124}])[0][:60]
+        'TCGA-DU-A5TU t2f: the acquired t2f has no data in 12.4 % of '
+    """
+    seen, lines = set(), []
+    for row in rows:
+        missing = row.get("real_no_data", 0.0)
+        key = (row["case"], row["target"])
+        if missing > share and key not in seen:
+            seen.add(key)
+            lines.append(f"{row['case']} {row['target']}: the acquired {row['target']} has no data in "
+                         f"{100 * missing:.1f} % of the head mask (outside its field of view); its scores compare "
+                         "the synthetic image with zeros there.")
+    return lines
 
 
 def summary_table(rows: list[dict]) -> list[dict]:

@@ -24,6 +24,10 @@ METRIC_NAMES = ("nmse", "psnr", "ssim", "lesion_nmse", "lesion_ssim", "identity"
 UNCERTAINTY_NAMES = ("rho_u", "auroc_u", "lesion_rho_u", "lesion_auroc_u")
 #: Lesion scores need at least this many lesion voxels inside M (EVALUATION.md).
 LESION_MIN_VOXELS = 50
+#: The real target counts as not acquired inside a square of this many pixels of exact zeros (no_data_share).
+NO_DATA_PATCH = 7
+#: ``collagan-impute evaluate`` warns when the real target has no data in more than this share of M.
+NO_DATA_WARN_SHARE = 0.01
 #: K is computed only where the real lesion differs from the tissue around it by more than this (|C_real − 1|).
 MIN_LESION_CONTRAST = 0.05
 
@@ -110,11 +114,33 @@ def kept_share(c_pred: float, c_real: float) -> float:
     return (c_pred - 1) / (c_real - 1)
 
 
+def no_data_share(gt: np.ndarray, mask: np.ndarray, patch: int = NO_DATA_PATCH) -> float:
+    """The share of M where the real target has no data: voxels inside a ``patch`` x ``patch`` square (per slice)
+    of exact zeros, which an MR image's noise inside the head never is. It is where the target was not acquired,
+    e.g. the end slices of a FLAIR slab shorter than the T1's; every score there compares the synthetic image
+    with zeros. Not a score of the model: a caveat on the real image (not in EVALUATION.md).
+
+    Example:
+        >>> gt = np.ones((2, 16, 16)); gt[0] = 0        # the first slice was not acquired
+        >>> no_data_share(gt, np.ones_like(gt, bool))
+        0.5
+    """
+    from scipy import ndimage  # scipy comes with scikit-image
+
+    mask = mask.astype(bool)
+    if not mask.any():
+        return float("nan")
+    zero = (gt <= 0).astype(np.float32)
+    missing = ndimage.uniform_filter(zero, size=(1, patch, patch), mode="constant", cval=1.0) > 0.999
+    return float(missing[mask].mean())
+
+
 def score_volume(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, lesion: Optional[np.ndarray] = None,
                  inputs: Sequence[np.ndarray] = ()) -> dict[str, float]:
     """NMSE, PSNR and masked SSIM of one case and target; lesion NMSE/SSIM inside ``M ∩ lesion``; contrast
     identity against ``inputs`` (the input volumes in p99 units, NaN without them) and lesion conspicuity
-    (``lesion_contrast_real/pred``, ``lesion_kept``) where ``M ∩ lesion`` holds at least 50 voxels."""
+    (``lesion_contrast_real/pred``, ``lesion_kept``) where ``M ∩ lesion`` holds at least 50 voxels; and
+    ``real_no_data``, the share of M where the real target was not acquired (:func:`no_data_share`)."""
     if pred.shape != gt.shape or gt.shape != mask.shape:
         raise ValueError(f"Shapes differ: pred {pred.shape}, gt {gt.shape}, mask {mask.shape}.")
     for x in inputs:
@@ -126,7 +152,7 @@ def score_volume(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, lesion: Opt
     scores = {"nmse": nmse(pred, gt, mask), "psnr": psnr(pred, gt, mask), "ssim": masked_mean(map_, mask),
               "lesion_nmse": nan, "lesion_ssim": nan, "lesion_voxels": 0.0,
               "identity": contrast_identity(pred, gt, inputs, mask), "lesion_kept": nan,
-              "lesion_contrast_real": nan, "lesion_contrast_pred": nan}
+              "lesion_contrast_real": nan, "lesion_contrast_pred": nan, "real_no_data": no_data_share(gt, mask)}
     if lesion is not None:
         lesion = lesion > 0
         region = mask & lesion

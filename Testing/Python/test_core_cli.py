@@ -53,6 +53,29 @@ def test_evaluate_writes_scores_and_montages(tiny_model_path, sample_case, tmp_p
     assert "| t2f |" in (out / "scores_summary.md").read_text()
 
 
+def test_evaluate_warns_where_the_real_target_has_no_data(tiny_model_path, sample_case, tmp_path, capsys):
+    data = tmp_path / "data"
+    for name in ("whole", "short-slab"):
+        shutil.copytree(sample_case, data / name)
+        for path in (data / name).iterdir():
+            path.rename(path.with_name(path.name.replace(sample_case.name, name)))
+    flair_path = data / "short-slab" / "short-slab-t2f.nii.gz"
+    flair = sitk.ReadImage(str(flair_path))
+    values = sitk.GetArrayFromImage(flair)
+    values[:4] = 0  # the FLAIR slab ends four slices before the T1's
+    cut = sitk.GetImageFromArray(values)
+    cut.CopyInformation(flair)
+    sitk.WriteImage(cut, str(flair_path))
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(data), "--out", str(out), "--model", str(tiny_model_path), "--target", "t2f",
+                 "--device", "cpu"]) == EXIT_OK
+    rows = {r["case"]: r for r in csv.DictReader((out / "scores_per_case.csv").open())}
+    assert float(rows["whole"]["real_no_data"]) == 0.0
+    assert 0.03 < float(rows["short-slab"]["real_no_data"]) < 0.2
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "short-slab t2f: the acquired t2f has no data in" in warnings[0]
+
+
 def test_evaluate_scores_the_uncertainty_map_on_request(tiny_model_path, sample_case, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

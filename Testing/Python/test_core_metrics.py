@@ -6,7 +6,16 @@ import math
 
 import numpy as np
 import pytest
-from CollaGANImputeLib.metrics import error_map, nmse, per_slice_ssim, psnr, score_volume, ssim_map, summarize
+from CollaGANImputeLib.metrics import (
+    error_map,
+    nmse,
+    no_data_share,
+    per_slice_ssim,
+    psnr,
+    score_volume,
+    ssim_map,
+    summarize,
+)
 from skimage.metrics import structural_similarity
 
 
@@ -138,3 +147,16 @@ def test_fidelity_checks_are_nan_without_inputs_or_lesion_contrast():
     assert math.isnan(scores["identity"])  # no inputs given
     flat = np.where(mask, 1.0, 0.0)
     assert math.isnan(score_volume(flat, flat, mask, lesion, inputs=[t1])["lesion_kept"])  # C_real = 1
+
+
+def test_no_data_is_where_the_real_image_is_a_patch_of_zeros_not_where_single_voxels_are_zero():
+    rng = np.random.default_rng(3)
+    gt = rng.random((4, 32, 32)) + 0.05
+    mask = np.ones(gt.shape, bool)
+    gt[rng.random(gt.shape) < 0.05] = 0  # scattered zero voxels (dark tissue, clipped noise): data
+    assert no_data_share(gt, mask) == 0.0
+    gt[0] = 0  # one slice not acquired
+    gt[1, :, :16] = 0  # half a slice cut off by a slab's edge
+    # the cut's last 3 columns touch acquired voxels within the 7x7 patch: counted as data (a conservative edge)
+    assert no_data_share(gt, mask) == pytest.approx((32 * 32 + 32 * 13) / gt.size)
+    assert score_volume(gt, gt, mask)["real_no_data"] == no_data_share(gt, mask)

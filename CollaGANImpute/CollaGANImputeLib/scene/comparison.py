@@ -87,6 +87,8 @@ SCORE_LABELS = {
     "lesion_contrast_real": ("Lesion contrast, acquired", "mean in lesion / mean in the rest of the head"),
     "lesion_contrast_pred": ("Lesion contrast, synthetic", "mean in lesion / mean in the rest of the head"),
     "lesion_voxels": ("Lesion voxels", "count inside the head mask"),
+    "real_no_data": ("Acquired image without data", "share of the head outside its field of view; scores there "
+                     "compare with zeros"),
 }
 
 
