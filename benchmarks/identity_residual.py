@@ -3,7 +3,9 @@
 For each patient, the residual real − synthetic inside the head M (EVALUATION.md v2 units) is split into its
 smooth part (a Gaussian of ``--sigma`` px, normalized inside M, slice by slice) and the rest. Printed per patient:
 R² = r(synthetic, real)², ρ = r(real, closest input), the smooth part's share of the residual's variance, the
-slice means' share, I, and I and R² once the smooth part is put back (synthetic + smooth residual). A large smooth
+slice means' share, I, and I and R² once the smooth part is put back (synthetic + smooth residual); then the
+share of M where the real image has no data (not acquired, metrics.no_data_share), and I and NMSE over M and over
+the part of M where it was acquired. A large smooth
 share that stays on the patients the model was trained on is intensity non-uniformity of the real scans, which no
 model of the inputs can predict; it lowers R² and so the contrast identity (see identity_counterfactual.py's bound).
 
@@ -12,8 +14,11 @@ inputs as given, and R²): is it the inputs' own non-uniformity, copied into the
 resemble them? And the real image corrected before scoring (R² and I against it): how much of the residual is the
 real scan's own non-uniformity?
 
+``--montage PNG`` draws the patient whose real image has the most voxels without data (metrics.no_data_share):
+its first two, middle and last two slices of the input, the real and the synthetic image.
+
 Usage:
-    python benchmarks/identity_residual.py --threads 2 [--subset train --limit 12] [--n4]
+    python benchmarks/identity_residual.py --threads 2 [--subset train --limit 12] [--n4] [--montage out.png]
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ sys.path.insert(0, str(REPO / "CollaGANImpute"))
 import torch  # noqa: E402
 from CollaGANImputeLib import load_model  # noqa: E402
 from CollaGANImputeLib.evaluate import score_imputation  # noqa: E402
-from CollaGANImputeLib.metrics import contrast_identity, pearson  # noqa: E402
+from CollaGANImputeLib.metrics import contrast_identity, nmse, no_data_share, not_acquired, pearson  # noqa: E402
 from CollaGANImputeLib.pipeline import read_case  # noqa: E402
 
 
@@ -73,6 +78,31 @@ def n4_corrected(image: sitk.Image) -> sitk.Image:
     return values / sitk.Exp(corrector.GetLogBiasFieldAsImage(values))
 
 
+def draw_end_slices(path: Path, case: str, given: np.ndarray, real: np.ndarray, pred: np.ndarray, mask: np.ndarray,
+                    names: tuple[str, str, str]) -> None:
+    """Rows: an input, the real and the synthetic image; columns: the first two, middle and last two slices with
+    head, each titled with its mean inside the head (p99 units)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    slices = [z for z in range(len(mask)) if mask[z].any()]
+    picks = slices[:2] + [slices[len(slices) // 2]] + slices[-2:]
+    fig, axes = plt.subplots(3, len(picks), figsize=(2.6 * len(picks), 8.2))
+    for row, (volume, name) in enumerate(zip((given, real, pred), names)):
+        for column, z in enumerate(picks):
+            axis = axes[row, column]
+            axis.imshow(volume[z], cmap="gray", vmin=0, vmax=1.2)
+            axis.set_title(f"{name}, slice {z + 1}/{len(mask)}: mean {volume[z][mask[z]].mean():.2f}", fontsize=7)
+            axis.axis("off")
+    fig.suptitle(f"{case}: where the real image was not acquired (black), the scores compare the synthetic one "
+                 "with zeros", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(REPO / "Resources/Models/collagan_lgg_t1n_t1c_t2f.pt"))
@@ -83,15 +113,17 @@ def main() -> None:
     parser.add_argument("--target", default="t2f")
     parser.add_argument("--sigma", type=float, default=8.0, help="the smooth part's Gaussian, in pixels")
     parser.add_argument("--n4", action="store_true", help="also with the inputs, then the real image, N4-corrected")
+    parser.add_argument("--montage", type=Path, help="draw the patient with the most voxels without data here")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     inputs = [c for c in model.card.contrasts if c != args.target]
-    header = "R² | ρ | smooth share | slice-mean share | I | I smooth put back | R² smooth put back"
+    header = ("R² | ρ | smooth share | slice-mean share | I | I smooth put back | R² smooth put back | no data | "
+              "I acquired part | NMSE | NMSE acquired part")
     print(f"{args.target} from {'+'.join(inputs)}, smooth = Gaussian {args.sigma:g} px; columns: {header}"
           + (" | I from N4 inputs | R² from N4 inputs | R² to N4 real | I to N4 real" if args.n4 else ""))
-    table = []
+    table, worst = [], None
     cases = json.loads(Path(args.split).read_text())[args.subset]
     for case in cases[: args.limit or None]:
         images = read_case(Path(args.data) / case, model.card.contrasts)
@@ -103,6 +135,9 @@ def main() -> None:
         row = [pearson(pred, real, mask) ** 2, max(pearson(real, x, mask) for x in given), smooth_share,
                slice_share, contrast_identity(pred, real, given, mask), contrast_identity(restored, real, given, mask),
                pearson(restored, real, mask) ** 2]
+        acquired = mask & ~not_acquired(real)
+        row += [no_data_share(real, mask), contrast_identity(pred, real, given, acquired), nmse(pred, real, mask),
+                nmse(pred, real, acquired)]
         if args.n4:
             corrected = {c: n4_corrected(images[c]) if c in inputs else images[c] for c in images}
             other = score_imputation(model, corrected, args.target, inputs, device="cpu")
@@ -112,10 +147,18 @@ def main() -> None:
                     pearson(pred, real_n4, mask) ** 2, contrast_identity(pred, real_n4, given, mask)]
         table.append(row)
         print(f"{case}  " + "  ".join(f"{v:+.3f}" for v in row), flush=True)
+        missing = no_data_share(real, mask)
+        if args.montage and (worst is None or missing > worst[0]):
+            closest = max(range(len(inputs)), key=lambda i: pearson(real, given[i], mask))
+            worst = (missing, case, given[closest], real, pred, mask,
+                     (inputs[closest], f"real {args.target}", f"synthetic {args.target}"))
     values = np.array(table)
     print("mean          " + "  ".join(f"{v:+.3f}" for v in values.mean(0)))
-    counts = f"cases I > 0: as given {(values[:, 4] > 0).sum()} | smooth put back {(values[:, 5] > 0).sum()}"
-    print(counts + (f" | from N4 inputs {(values[:, 7] > 0).sum()} | to N4 real {(values[:, 10] > 0).sum()}"
+    if worst is not None:
+        draw_end_slices(args.montage, *worst[1:])
+    counts = (f"cases I > 0: as given {(values[:, 4] > 0).sum()} | smooth put back {(values[:, 5] > 0).sum()} | "
+              f"acquired part {(values[:, 8] > 0).sum()}; cases with no data > 1 %: {(values[:, 7] > 0.01).sum()}")
+    print(counts + (f" | from N4 inputs {(values[:, 12] > 0).sum()} | to N4 real {(values[:, 15] > 0).sum()}"
                     if args.n4 else ""))
 
 

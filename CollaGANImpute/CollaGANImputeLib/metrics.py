@@ -125,14 +125,18 @@ def no_data_share(gt: np.ndarray, mask: np.ndarray, patch: int = NO_DATA_PATCH) 
         >>> no_data_share(gt, np.ones_like(gt, bool))
         0.5
     """
-    from scipy import ndimage  # scipy comes with scikit-image
-
     mask = mask.astype(bool)
     if not mask.any():
         return float("nan")
+    return float(not_acquired(gt, patch)[mask].mean())
+
+
+def not_acquired(gt: np.ndarray, patch: int = NO_DATA_PATCH) -> np.ndarray:
+    """The voxels :func:`no_data_share` counts: inside a ``patch`` x ``patch`` square of exact zeros, per slice."""
+    from scipy import ndimage  # scipy comes with scikit-image
+
     zero = (gt <= 0).astype(np.float32)
-    missing = ndimage.uniform_filter(zero, size=(1, patch, patch), mode="constant", cval=1.0) > 0.999
-    return float(missing[mask].mean())
+    return ndimage.uniform_filter(zero, size=(1, patch, patch), mode="constant", cval=1.0) > 0.999
 
 
 def score_volume(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, lesion: Optional[np.ndarray] = None,
