@@ -2,7 +2,7 @@
 
 Example:
     >>> rows = evaluate_cases(model, ["data/case1", "data/case2"])           # doctest: +SKIP
-    >>> write_report(rows, "out/", model_name=model.card.name)               # CSV, JSON, montages
+    >>> write_report(rows, "out/")   # CSV, JSON, Markdown  # doctest: +SKIP
 """
 
 from __future__ import annotations
