@@ -4,7 +4,7 @@ For each patient, the residual real − synthetic inside the head M (EVALUATION.
 smooth part (a Gaussian of ``--sigma`` px, normalized inside M, slice by slice) and the rest. Printed per patient:
 R² = r(synthetic, real)², ρ = r(real, closest input), the smooth part's share of the residual's variance, the
 slice means' share, I, and I and R² once the smooth part is put back (synthetic + smooth residual); then the
-share of M where the real image has no data (not acquired, metrics.no_data_share), and I and NMSE over M and over
+share of M where the real image has no data (not acquired, metrics.not_acquired), and I and NMSE over M and over
 the part of M where it was acquired. A large smooth
 share that stays on the patients the model was trained on is intensity non-uniformity of the real scans, which no
 model of the inputs can predict; it lowers R² and so the contrast identity (see identity_counterfactual.py's bound).
@@ -14,7 +14,7 @@ inputs as given, and R²): is it the inputs' own non-uniformity, copied into the
 resemble them? And the real image corrected before scoring (R² and I against it): how much of the residual is the
 real scan's own non-uniformity?
 
-``--montage PNG`` draws the patient whose real image has the most voxels without data (metrics.no_data_share):
+``--montage PNG`` draws the patient whose real image has the most voxels without data (metrics.not_acquired):
 its first two, middle and last two slices of the input, the real and the synthetic image.
 
 Usage:
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "CollaGANImpute"))
 import torch  # noqa: E402
 from CollaGANImputeLib import load_model  # noqa: E402
 from CollaGANImputeLib.evaluate import score_imputation  # noqa: E402
-from CollaGANImputeLib.metrics import contrast_identity, nmse, no_data_share, not_acquired, pearson  # noqa: E402
+from CollaGANImputeLib.metrics import contrast_identity, nmse, not_acquired, pearson  # noqa: E402
 from CollaGANImputeLib.pipeline import read_case  # noqa: E402
 
 
@@ -132,11 +132,15 @@ def main() -> None:
         given = [scored.result.case.arrays[c] for c in inputs]
         smooth_share, slice_share, smooth = residual_shares(pred, real, mask, args.sigma)
         restored = pred + smooth
-        row = [pearson(pred, real, mask) ** 2, max(pearson(real, x, mask) for x in given), smooth_share,
+        closeness = [pearson(real, x, mask) for x in given]
+        closest = int(np.argmax(closeness))
+        row = [pearson(pred, real, mask) ** 2, closeness[closest], smooth_share,
                slice_share, contrast_identity(pred, real, given, mask), contrast_identity(restored, real, given, mask),
                pearson(restored, real, mask) ** 2]
-        acquired = mask & ~not_acquired(real)
-        row += [no_data_share(real, mask), contrast_identity(pred, real, given, acquired), nmse(pred, real, mask),
+        unacquired = not_acquired(real)  # what metrics.no_data_share counts, computed once for all three uses
+        missing = float(unacquired[mask].mean())
+        acquired = mask & ~unacquired
+        row += [missing, contrast_identity(pred, real, given, acquired), nmse(pred, real, mask),
                 nmse(pred, real, acquired)]
         if args.n4:
             corrected = {c: n4_corrected(images[c]) if c in inputs else images[c] for c in images}
@@ -147,9 +151,7 @@ def main() -> None:
                     pearson(pred, real_n4, mask) ** 2, contrast_identity(pred, real_n4, given, mask)]
         table.append(row)
         print(f"{case}  " + "  ".join(f"{v:+.3f}" for v in row), flush=True)
-        missing = no_data_share(real, mask)
         if args.montage and (worst is None or missing > worst[0]):
-            closest = max(range(len(inputs)), key=lambda i: pearson(real, given[i], mask))
             worst = (missing, case, given[closest], real, pred, mask,
                      (inputs[closest], f"real {args.target}", f"synthetic {args.target}"))
     values = np.array(table)

@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from CollaGANImputeLib.metrics import NO_DATA_PATCH
 
 #: SSIM constants of EVALUATION.md (Gaussian window sigma 1.5, 11x11, K1 0.01, K2 0.03, data range 1).
 SSIM_SIGMA = 1.5
@@ -58,10 +59,11 @@ def edge_band(masks: torch.Tensor, width: int) -> torch.Tensor:
     return masks & (inside < 0.5)
 
 
-def no_data(images: torch.Tensor, size: int = 7) -> torch.Tensor:
+def no_data(images: torch.Tensor, size: int = NO_DATA_PATCH) -> torch.Tensor:
     """(B, N, H, W) images in p99 units -> the voxels inside a ``size`` x ``size`` patch of exact zeros: where a
     contrast was not acquired (outside its field of view, e.g. a FLAIR slab that ends before the T1's), which an
-    MR image's noise never is inside the head.
+    MR image's noise never is inside the head. The batched torch form of the core's ``metrics.not_acquired``
+    (the rule ``evaluate`` reports as ``real_no_data``), for the training loss.
 
     Example:
         >>> image = torch.rand(1, 1, 12, 12) + 0.1; image[..., :, :5] = 0   # the first 5 columns never acquired
