@@ -203,7 +203,7 @@ def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argpa
             model, dirs, targets=args.target or None, all_subsets=args.all_subsets, device=args.device,
             batch_size=args.batch_size, montage_dir=out, volumes_dir=out if save_volumes else None,
             precision=args.precision, on_case=on_case, failures=failures,
-            uncertainty=getattr(args, "uncertainty", False))
+            uncertainty=getattr(args, "uncertainty", False), protocol=getattr(args, "protocol", "v3"))
         steps.update(started[0] - steps.n)
     finally:
         steps.close()
@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-volumes", action="store_true", help="also write the imputed volumes")
     p.add_argument("--uncertainty", action="store_true",
                    help="also score each imputation's uncertainty map (rho_U, AUROC_U; about 3x the time)")
+    p.add_argument("--protocol", default="v3", choices=["v3", "v2"],
+                   help="docs/EVALUATION.md version (default: v3, scored where the real image was acquired; v2 "
+                        "reproduces earlier tables)")
     common(p, precision="fp32")
     p.set_defaults(func=cmd_evaluate)
 

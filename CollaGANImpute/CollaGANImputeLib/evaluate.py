@@ -28,9 +28,12 @@ from .figures import montage_png
 from .inference import CancelFlag
 from .io import OutputSet, case_name, find_lesion_mask, follow_umask, read_volume, synthetic_filename
 from .metrics import (
+    DEFAULT_PROTOCOL,
     METRIC_NAMES,
     NO_DATA_WARN_SHARE,
+    NOT_SCORED_SHARE,
     UNCERTAINTY_NAMES,
+    check_protocol,
     score_volume,
     summarize,
     uncertainty_scores,
@@ -74,11 +77,13 @@ def score_imputation(
     cancel: CancelFlag = None,
     precision: str = "fp32",
     uncertainty: bool = False,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> ScoredImputation:
     """Impute ``target`` from ``inputs`` and score it against the real ``images[target]`` (EVALUATION.md):
-    mask from the inputs only, the real target in its own p99 units, lesion scores inside ``M ∩ lesion``.
+    mask from the inputs only, scores inside ``M_t`` (``protocol="v2"``: M), lesion scores inside the lesion.
     ``uncertainty``: also the uncertainty map, scored with the protocol's rho_U and AUROC_U (whole head and
     inside the lesion)."""
+    check_protocol(protocol)
     result = impute({c: images[c] for c in inputs}, model, targets=[target], device=device,
                     batch_size=batch_size, cancel=cancel, precision=precision, uncertainty=uncertainty)
     case = result.case
@@ -88,9 +93,10 @@ def score_imputation(
         lesion = case.lesion_like_inputs(lesion_image)
     pred = result.arrays[target]
     given = [case.arrays[c] for c in inputs]  # the inputs as the model saw them, for contrast identity
-    scores = score_volume(pred, real, case.mask, lesion, given)
+    scores = score_volume(pred, real, case.mask, lesion, given, protocol=protocol)
     if uncertainty:
-        scores.update(uncertainty_scores(result.uncertainty_arrays[target], pred, real, case.mask, lesion))
+        scores.update(uncertainty_scores(result.uncertainty_arrays[target], pred, real, case.mask, lesion,
+                                         protocol=protocol))
     return ScoredImputation(result, pred, real, lesion, scores)
 
 
@@ -108,9 +114,11 @@ def evaluate_cases(
     precision: str = "fp32",
     failures: Optional[list[tuple[str, str]]] = None,
     uncertainty: bool = False,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> list[dict]:
     """One row per (case, target, input set) with the protocol's scores; optional montage per target.
     ``uncertainty``: also the uncertainty scores (rho_U, AUROC_U) of each imputation's uncertainty map.
+    ``protocol``: "v3" (EVALUATION.md, the default) or "v2" (earlier tables).
 
     Scores use fp32 by default so that they do not depend on the machine's CPU (``precision="auto"`` is faster).
     Cases lacking a target contrast are skipped for that target (nothing to compare with). With
@@ -119,6 +127,7 @@ def evaluate_cases(
     that cannot be used (bad input, unwritable output) is appended there as (case, message) and the others go
     on; without one the first such error is raised. A model error always stops the evaluation.
     """
+    check_protocol(protocol)
     contrasts = model.card.contrasts
     targets = list(targets or contrasts)
     rows: list[dict] = []
@@ -128,7 +137,7 @@ def evaluate_cases(
             with OutputSet() as outputs:
                 case_rows, case_montages = _evaluate_case(
                     model, Path(folder), contrasts, targets, all_subsets, device, batch_size, montage_dir,
-                    volumes_dir, on_case, cancel, precision, montaged, outputs, uncertainty)
+                    volumes_dir, on_case, cancel, precision, montaged, outputs, uncertainty, protocol)
                 outputs.commit()
         except ModelError:
             raise
@@ -145,7 +154,8 @@ def evaluate_cases(
 def _evaluate_case(model: LoadedModel, folder: Path, contrasts: Sequence[str], targets: Sequence[str],
                    all_subsets: bool, device: str, batch_size: Optional[int], montage_dir, volumes_dir,
                    on_case: Optional[CaseCallback], cancel: CancelFlag, precision: str, montaged: set[str],
-                   outputs: OutputSet, uncertainty: bool = False) -> tuple[list[dict], set[str]]:
+                   outputs: OutputSet, uncertainty: bool = False,
+                   protocol: str = DEFAULT_PROTOCOL) -> tuple[list[dict], set[str]]:
     """The rows of one case; its volumes and montages staged in ``outputs``."""
     rows: list[dict] = []
     drawn: set[str] = set()
@@ -162,18 +172,18 @@ def _evaluate_case(model: LoadedModel, folder: Path, contrasts: Sequence[str], t
                 on_case(case_name(folder), target, inputs)
             scored = score_imputation(model, images, target, inputs, lesion_image, device=device,
                                       batch_size=batch_size, cancel=cancel, precision=precision,
-                                      uncertainty=uncertainty)
+                                      uncertainty=uncertainty, protocol=protocol)
             result, case, pred, real, lesion, scores = (scored.result, scored.result.case, scored.pred,
                                                         scored.real, scored.lesion, scored.scores)
             rows.append({"case": case_name(folder), "target": target, "inputs": "+".join(inputs),
-                         "n_inputs": len(inputs), "model": model.card.name, **scores})
+                         "n_inputs": len(inputs), "model": model.card.name, "protocol": protocol, **scores})
             if volumes_dir is not None:
                 name = f"{case_name(folder)}-from-{'+'.join(inputs)}" if all_subsets else case_name(folder)
                 Path(volumes_dir).mkdir(parents=True, exist_ok=True)
                 stage_imputed(outputs, result.images[target], Path(volumes_dir) / synthetic_filename(name, target),
                               model, case)
             key = f"{target}|{'+'.join(inputs)}"
-            if montage_dir is not None and key not in montaged | drawn:
+            if montage_dir is not None and key not in montaged | drawn and not scores["not_scored"]:
                 drawn.add(key)
                 Path(montage_dir).mkdir(parents=True, exist_ok=True)
                 title = (f"{case_name(folder)}: {target} from {'+'.join(inputs)} (NMSE {scores['nmse']:.3f}, "
@@ -194,7 +204,8 @@ def read_volume_allow_empty(path: Path):
 
 def coverage_warnings(rows: list[dict], share: float = NO_DATA_WARN_SHARE) -> list[str]:
     """One line per case and target whose real image has no data in more than ``share`` of the head mask
-    (``real_no_data``): its scores partly compare the synthetic image with zeros.
+    (``real_no_data``): v3 scores it only where it was acquired (``M_t``), and not at all above 50 %; v2's
+    scores compare the synthetic image with zeros there.
 
     Example:
         >>> coverage_warnings([{"case": "TCGA-DU-A5TU", "target": "t2f", "real_no_data": 0.124}])[0][:60]
@@ -206,9 +217,14 @@ def coverage_warnings(rows: list[dict], share: float = NO_DATA_WARN_SHARE) -> li
         key = (row["case"], row["target"])
         if missing > share and key not in seen:
             seen.add(key)
+            if row.get("not_scored"):
+                consequence = f"not scored (above {100 * NOT_SCORED_SHARE:.0f} %)"
+            elif row.get("protocol") == "v2":
+                consequence = "its v2 scores compare the synthetic image with zeros there"
+            else:
+                consequence = "scored where it was acquired only"
             lines.append(f"{row['case']} {row['target']}: the acquired {row['target']} has no data in "
-                         f"{100 * missing:.1f} % of the head mask (outside its field of view); its scores compare "
-                         "the synthetic image with zeros there.")
+                         f"{100 * missing:.1f} % of the head mask (outside its field of view); {consequence}.")
     return lines
 
 
@@ -220,13 +236,16 @@ def summary_table(rows: list[dict]) -> list[dict]:
     table = []
     for (model, target, inputs), group in groups.items():
         stats = summarize(group)
-        entry = {"model": model, "target": target, "inputs": inputs, "cases": len(group)}
+        entry = {"model": model, "target": target, "inputs": inputs, "cases": len(group),
+                 "protocol": group[0].get("protocol", DEFAULT_PROTOCOL)}
         for key in METRIC_NAMES:
             entry[f"{key}_mean"] = stats[key]["mean"]
             entry[f"{key}_std"] = stats[key]["std"]
-        # EVALUATION.md v2 reports I as mean and count of cases with I > 0, K as the median
-        entry["identity_positive"] = stats["identity"]["positive"]
-        entry["identity_n"] = stats["identity"]["n"]
+        # EVALUATION.md reports I_T and I as mean and count of cases above 0, K as the median
+        for key in ("identity_t", "identity"):
+            entry[f"{key}_positive"] = stats[key]["positive"]
+            entry[f"{key}_n"] = stats[key]["n"]
+        entry["not_scored"] = sum(1 for row in group if row.get("not_scored"))
         entry["lesion_kept_median"] = stats["lesion_kept"]["median"]
         entry["lesion_kept_n"] = stats["lesion_kept"]["n"]
         if any(UNCERTAINTY_NAMES[0] in row for row in group):
@@ -266,24 +285,32 @@ def markdown_table(table: list[dict]) -> str:
         return f"{mean:.{digits}f}" if entry["cases"] < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
     def fidelity(e: dict) -> list[str]:
-        identity = (f"{e['identity_mean']:+.3f} ({e['identity_positive']}/{e['identity_n']})"
-                    if math.isfinite(e["identity_mean"]) else "n/a")
+        def identity(key: str) -> str:
+            return (f"{e[f'{key}_mean']:+.3f} ({e[f'{key}_positive']}/{e[f'{key}_n']})"
+                    if math.isfinite(e[f"{key}_mean"]) else "n/a")
         kept = (f"{e['lesion_kept_median']:.2f} (n={e['lesion_kept_n']})"
                 if math.isfinite(e["lesion_kept_median"]) else "n/a")
         contrast = (f"{e['lesion_contrast_real_mean']:.2f} → {e['lesion_contrast_pred_mean']:.2f}"
                     if math.isfinite(e["lesion_contrast_real_mean"]) else "n/a")
-        return [identity, kept, contrast]
+        return [identity("identity_t"), kept, contrast, identity("identity")]
 
     lines = ["| model | target | inputs | cases | NMSE | PSNR (dB) | SSIM | lesion NMSE | lesion SSIM "
-             "| identity I (cases I > 0) | lesion kept K (median) | lesion contrast real → synthetic |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| tissue identity I_T (cases > 0) | lesion kept K (median) | lesion contrast real → synthetic "
+             "| voxel identity I (cases > 0) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in table:
         lines.append(f"| {e['model']} | {e['target']} | {e['inputs']} | {e['cases']} | {fmt(e, 'nmse', 4)} | "
                      f"{fmt(e, 'psnr', 2)} | {fmt(e, 'ssim', 4)} | {fmt(e, 'lesion_nmse', 4)} | "
                      f"{fmt(e, 'lesion_ssim', 4)} | " + " | ".join(fidelity(e)) + " |")
-    lines += ["", "I = r(synthetic, real) − max r(synthetic, input): > 0 means it resembles the real contrast more "
-              "than any input. K = kept share of the real lesion-to-tissue contrast: 1 as in the real image, 0 "
-              "vanished, < 0 inverted (docs/EVALUATION.md v2)."]
+    protocols = sorted({e.get("protocol", DEFAULT_PROTOCOL) for e in table}) or [DEFAULT_PROTOCOL]
+    lines += ["", "I_T: r(P synthetic, P real) − max r(P synthetic, P input), P the mean over tissue cells of the "
+              "inputs; > 0 means each tissue has the brightness the real contrast gives it. I (a diagnostic): the "
+              "same on voxels. K = kept share of the real lesion-to-tissue contrast: 1 as in the real image, 0 "
+              f"vanished, < 0 inverted (docs/EVALUATION.md {', '.join(protocols)})."]
+    skipped = [e for e in table if e.get("not_scored")]
+    if skipped:
+        lines += [""] + [f"{e['model']} {e['target']} from {e['inputs']}: {e['not_scored']} case(s) not scored (the "
+                         "real image was not acquired in more than half of the head)." for e in skipped]
     scored = [e for e in table if f"{UNCERTAINTY_NAMES[0]}_mean" in e]
     if scored:
         lines += ["", "| model | target | inputs | cases | rho_U | AUROC_U | lesion rho_U | lesion AUROC_U |",
@@ -293,7 +320,7 @@ def markdown_table(table: list[dict]) -> str:
                          + " | ".join(fmt(e, key, 3) for key in UNCERTAINTY_NAMES) + " |")
         lines += ["", "rho_U: Spearman correlation of the uncertainty map with |error| in the head; AUROC_U: how well "
                   "it separates voxels with |error| > 0.2 from the rest (0.5 = chance); the same inside the lesion "
-                  "(docs/EVALUATION.md v2)."]
+                  "(docs/EVALUATION.md)."]
     return "\n".join(lines) + "\n"
 
 
@@ -320,7 +347,8 @@ def write_report(rows: list[dict], out_dir: os.PathLike | str,
              "json": out / "scores.json", "markdown": out / "scores_summary.md"}
     _atomic_text(paths["cases_csv"], _csv(rows))
     _atomic_text(paths["summary_csv"], _csv(table))
-    report = {"protocol": "EVALUATION.md v2", "summary": table, "cases": rows,
+    protocols = sorted({row.get("protocol", DEFAULT_PROTOCOL) for row in rows}) or [DEFAULT_PROTOCOL]
+    report = {"protocol": f"EVALUATION.md {', '.join(protocols)}", "summary": table, "cases": rows,
               "failed_cases": [{"case": case, "error": message} for case, message in failures or ()]}
     _atomic_text(paths["json"], json.dumps(_json_safe(report), indent=2))
     failed = "".join(f"\n- not scored: {case}: {message}" for case, message in failures or ())

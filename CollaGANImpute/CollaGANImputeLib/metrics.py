@@ -1,12 +1,13 @@
-"""The evaluation protocol of docs/EVALUATION.md (v2), implemented once for CLI, training and Slicer.
+"""The evaluation protocol of docs/EVALUATION.md (v3), implemented once for CLI, training, Slicer and web.
 
-Arrays are canonical volumes (S, H, W) of axial slices in p99 units; ``mask`` is the inputs-only head mask.
-v2 adds two fidelity checks: contrast identity ``I`` (does the prediction resemble the real target more than
-any input?) and lesion conspicuity (kept share ``K`` of the real lesion-to-tissue contrast).
+Arrays are canonical volumes (S, H, W) of axial slices in p99 units; ``mask`` is the inputs-only head mask M.
+v3 scores inside ``M_t`` (M less the voxels where the real target was not acquired) and judges contrast identity
+on tissue profiles (``I_T``); v2's voxel identity ``I`` stays as a diagnostic. ``protocol="v2"`` reproduces v2's
+numbers (M everywhere). Lesion conspicuity: kept share ``K`` of the real lesion-to-tissue contrast.
 
 Example:
     >>> scores = score_volume(pred, gt, mask, lesion=seg > 0, inputs=[t1n, t1c])   # doctest: +SKIP
-    >>> scores["nmse"], scores["ssim"], scores["identity"], scores["lesion_kept"]   # doctest: +SKIP
+    >>> scores["nmse"], scores["ssim"], scores["identity_t"], scores["lesion_kept"]   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,10 +18,19 @@ from typing import Optional, Sequence
 import numpy as np
 from skimage.metrics import structural_similarity
 
+from .normalization import normalize
+
 SSIM_SIGMA = 1.5
-METRIC_NAMES = ("nmse", "psnr", "ssim", "lesion_nmse", "lesion_ssim", "identity", "lesion_kept",
+METRIC_NAMES = ("nmse", "psnr", "ssim", "lesion_nmse", "lesion_ssim", "identity_t", "identity", "lesion_kept",
                 "lesion_contrast_real", "lesion_contrast_pred")
-#: The uncertainty scores of EVALUATION.md v2 (:func:`uncertainty_scores`, besides its ``error_rate``).
+#: The protocols :func:`score_volume` implements (docs/EVALUATION.md); the first is the default.
+PROTOCOLS = ("v3", "v2")
+DEFAULT_PROTOCOL = PROTOCOLS[0]
+#: v3: a target with no data in more than this share of M is not scored (EVALUATION.md, Masks).
+NOT_SCORED_SHARE = 0.5
+#: v3's tissue cells cut each input at its octiles.
+TISSUE_BINS = 8
+#: The uncertainty scores of EVALUATION.md (:func:`uncertainty_scores`, besides its ``error_rate``).
 UNCERTAINTY_NAMES = ("rho_u", "auroc_u", "lesion_rho_u", "lesion_auroc_u")
 #: Lesion scores need at least this many lesion voxels inside M (EVALUATION.md).
 LESION_MIN_VOXELS = 50
@@ -97,6 +107,70 @@ def contrast_identity(pred: np.ndarray, gt: np.ndarray, inputs: Sequence[np.ndar
     return pearson(pred, gt, mask) - max(pearson(pred, x, mask) for x in inputs)
 
 
+def tissue_cells(inputs: Sequence[np.ndarray], region: np.ndarray, bins: int = TISSUE_BINS) -> np.ndarray:
+    """The tissue cell of each voxel of ``region``: its tuple of octile bins of every input (EVALUATION.md v3),
+    as one integer per voxel (in the order of ``region``'s voxels).
+
+    Example:
+        >>> t1 = np.arange(16.0).reshape(1, 4, 4)
+        >>> np.unique(tissue_cells([t1], np.ones_like(t1, bool))).size   # 8 octile bins of one input
+        8
+    """
+    cells = np.zeros(int(region.sum()), dtype=np.int64)
+    quantiles = np.arange(1, bins) / bins
+    for image in inputs:
+        values = image[region].astype(np.float64)
+        cells = cells * bins + np.digitize(values, np.quantile(values, quantiles))
+    return cells
+
+
+def tissue_profile(values: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """``P(a)``: each value replaced by the mean of ``values`` over its tissue cell (only non-empty cells are read).
+
+    Example:
+        >>> tissue_profile(np.array([1.0, 3.0, 10.0]), np.array([0, 0, 5]))
+        array([ 2.,  2., 10.])
+    """
+    sums = np.bincount(cells, weights=values.astype(np.float64))
+    counts = np.bincount(cells, minlength=sums.size)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty cells: 0 / 0, never indexed
+        return (sums / counts)[cells]
+
+
+def tissue_identity(pred: np.ndarray, gt: np.ndarray, inputs: Sequence[np.ndarray], region: np.ndarray) -> float:
+    """``I_T = r(P pred, P gt) − max_i r(P pred, P input_i)`` over ``region`` (EVALUATION.md v3), with ``P`` the
+    mean over cells of input octiles (:func:`tissue_profile`). The conditional mean of the target given the
+    inputs has ``P pred = P gt`` (``I_T > 0``) however much detail it misses; a copy of an input has ``I_T ≤ 0``.
+
+    Example:
+        >>> tissue_identity(t1_copy, flair, [t1, t1c], mask_t) <= 0   # doctest: +SKIP
+        True
+    """
+    region = region.astype(bool)
+    if not len(inputs) or not region.any():
+        return float("nan")
+    cells = tissue_cells(inputs, region)
+    counts = np.bincount(cells).astype(np.float64)
+    filled = counts > 0
+    weights = counts[filled]
+
+    def cell_means(image: np.ndarray) -> np.ndarray:
+        return np.bincount(cells, weights=image[region].astype(np.float64), minlength=counts.size)[filled] / weights
+
+    # P(a) is constant on each cell: the voxel-wise Pearson correlation of two profiles is the cell-count weighted
+    # correlation of their cell means (one value per cell instead of one per voxel).
+    own = cell_means(pred)
+    return _weighted_pearson(own, cell_means(gt), weights) - max(
+        _weighted_pearson(own, cell_means(x), weights) for x in inputs)
+
+
+def _weighted_pearson(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
+    x = x - np.average(x, weights=weights)
+    y = y - np.average(y, weights=weights)
+    denominator = math.sqrt(float(np.sum(weights * x * x)) * float(np.sum(weights * y * y)))
+    return float(np.sum(weights * x * y) / denominator) if denominator > 0 else float("nan")
+
+
 def lesion_contrast(image: np.ndarray, mask: np.ndarray, lesion: np.ndarray) -> float:
     """``C = mean(lesion) / mean(M minus lesion)`` (NaN where either region is empty or the tissue mean is 0)."""
     inside, outside = mask & lesion, mask & ~lesion
@@ -139,24 +213,67 @@ def not_acquired(gt: np.ndarray, patch: int = NO_DATA_PATCH) -> np.ndarray:
     return ndimage.uniform_filter(zero, size=(1, patch, patch), mode="constant", cval=1.0) > 0.999
 
 
+def check_protocol(protocol: str) -> str:
+    """``protocol`` if :func:`score_volume` implements it, else a ValueError naming the choices."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown evaluation protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}.")
+    return protocol
+
+
+def target_mask(gt: np.ndarray, mask: np.ndarray, protocol: str = DEFAULT_PROTOCOL) -> np.ndarray:
+    """Where a target is scored: ``M_t`` (v3: M less the voxels where the real target was not acquired) or M (v2).
+
+    Example:
+        >>> gt = np.ones((2, 16, 16)); gt[0] = 0        # the first slice was not acquired
+        >>> int(target_mask(gt, np.ones_like(gt, bool)).sum()), int(target_mask(gt, gt > -1, "v2").sum())
+        (256, 512)
+    """
+    mask = mask.astype(bool)
+    if check_protocol(protocol) == "v2":
+        return mask
+    return mask & ~not_acquired(gt)
+
+
+def scored_target(gt: np.ndarray, mask: np.ndarray, protocol: str = DEFAULT_PROTOCOL
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The real target as the protocol scores it, and where: v3 re-scales ``gt`` (p99 units inside M) to its own
+    p99 inside ``M_t`` and returns ``M_t``; v2 returns both as given. Unchanged where nothing is missing."""
+    region = target_mask(gt, mask, protocol)
+    if region.any() and not np.array_equal(region, mask.astype(bool)):
+        gt = normalize(gt, region)
+    return gt, region
+
+
 def score_volume(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, lesion: Optional[np.ndarray] = None,
-                 inputs: Sequence[np.ndarray] = ()) -> dict[str, float]:
-    """NMSE, PSNR and masked SSIM of one case and target; lesion NMSE/SSIM inside ``M ∩ lesion``; contrast
-    identity against ``inputs`` (the input volumes in p99 units, NaN without them) and lesion conspicuity
-    (``lesion_contrast_real/pred``, ``lesion_kept``) where ``M ∩ lesion`` holds at least 50 voxels; and
-    ``real_no_data``, the share of M where the real target was not acquired (:func:`no_data_share`)."""
+                 inputs: Sequence[np.ndarray] = (), protocol: str = DEFAULT_PROTOCOL) -> dict[str, float]:
+    """The protocol's scores of one case and target. ``gt`` is the real target in p99 units inside M.
+
+    v3 (default): everything inside ``M_t`` (:func:`target_mask`), the real target re-scaled to its own p99
+    inside ``M_t``; NMSE, PSNR, masked SSIM; lesion NMSE/SSIM and conspicuity (``lesion_contrast_real/pred``,
+    ``lesion_kept``) inside ``M_t ∩ lesion`` when it holds at least 50 voxels; tissue-contrast identity
+    ``identity_t`` and voxel identity ``identity`` against ``inputs`` (the input volumes in p99 units, NaN
+    without them); ``real_no_data`` = 1 − |M_t| / |M|. A target with ``real_no_data`` above 50 % is not scored
+    (every score NaN, ``not_scored`` 1). v2: the same inside M, the real target as given.
+    """
     if pred.shape != gt.shape or gt.shape != mask.shape:
         raise ValueError(f"Shapes differ: pred {pred.shape}, gt {gt.shape}, mask {mask.shape}.")
     for x in inputs:
         if x.shape != gt.shape:
             raise ValueError(f"Shapes differ: input {x.shape}, gt {gt.shape}.")
     mask = mask.astype(bool)
-    map_ = ssim_map(pred, gt, mask)
     nan = float("nan")
-    scores = {"nmse": nmse(pred, gt, mask), "psnr": psnr(pred, gt, mask), "ssim": masked_mean(map_, mask),
-              "lesion_nmse": nan, "lesion_ssim": nan, "lesion_voxels": 0.0,
-              "identity": contrast_identity(pred, gt, inputs, mask), "lesion_kept": nan,
-              "lesion_contrast_real": nan, "lesion_contrast_pred": nan, "real_no_data": no_data_share(gt, mask)}
+    missing = no_data_share(gt, mask)
+    scores = {"nmse": nan, "psnr": nan, "ssim": nan, "lesion_nmse": nan, "lesion_ssim": nan, "lesion_voxels": 0.0,
+              "identity_t": nan, "identity": nan, "lesion_kept": nan, "lesion_contrast_real": nan,
+              "lesion_contrast_pred": nan, "real_no_data": missing, "not_scored": 0.0}
+    if check_protocol(protocol) == "v3" and not missing <= NOT_SCORED_SHARE:  # NaN: no head mask at all
+        scores["not_scored"] = 1.0
+        return scores
+    gt, mask = scored_target(gt, mask, protocol)
+    map_ = ssim_map(pred, gt, mask)
+    scores.update(nmse=nmse(pred, gt, mask), psnr=psnr(pred, gt, mask), ssim=masked_mean(map_, mask),
+                  identity_t=tissue_identity(pred, gt, inputs, mask),
+                  identity=contrast_identity(pred, gt, inputs, mask))
     if lesion is not None:
         lesion = lesion > 0
         region = mask & lesion
@@ -185,9 +302,9 @@ def summarize(rows: list[dict[str, float]], keys: tuple[str, ...] = METRIC_NAMES
     return summary
 
 
-# ------------------------------------------------------------------------------------ uncertainty scores (v2)
+# ------------------------------------------------------------------------------------------ uncertainty scores
 
-#: |pred − gt| above this (p99 units) is a "wrong" voxel for AUROC_U (EVALUATION.md v2).
+#: |pred − gt| above this (p99 units) is a "wrong" voxel for AUROC_U (EVALUATION.md).
 UNCERTAINTY_ERROR_THRESHOLD = 0.2
 
 
@@ -232,11 +349,11 @@ def auroc(scores: np.ndarray, positive: np.ndarray, region: np.ndarray) -> float
 
 def uncertainty_scores(uncertainty: np.ndarray, pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
                        lesion: Optional[np.ndarray] = None, threshold: float = UNCERTAINTY_ERROR_THRESHOLD,
-                       lesion_min_voxels: int = 50) -> dict[str, float]:
-    """EVALUATION.md v2 uncertainty scores of one case and target: ``rho_u`` (Spearman between U and
-    |pred − gt| over M), ``auroc_u`` (U ranking voxels of M with |pred − gt| > ``threshold`` above the others),
-    both again inside ``M ∩ lesion`` (``lesion_rho_u``, ``lesion_auroc_u``; NaN below ``lesion_min_voxels``),
-    and ``error_rate`` (share of M above the threshold).
+                       lesion_min_voxels: int = 50, protocol: str = DEFAULT_PROTOCOL) -> dict[str, float]:
+    """EVALUATION.md uncertainty scores of one case and target: ``rho_u`` (Spearman between U and |pred − gt|
+    over ``M_t``, or M with ``protocol="v2"``), ``auroc_u`` (U ranking its voxels with |pred − gt| >
+    ``threshold`` above the others), both again inside the lesion (``lesion_rho_u``, ``lesion_auroc_u``; NaN
+    below ``lesion_min_voxels``), and ``error_rate`` (share of the region above the threshold).
 
     Example:
         >>> s = uncertainty_scores(u, pred, gt, mask, lesion=seg > 0)   # doctest: +SKIP
@@ -245,7 +362,7 @@ def uncertainty_scores(uncertainty: np.ndarray, pred: np.ndarray, gt: np.ndarray
     if not (uncertainty.shape == pred.shape == gt.shape == mask.shape):
         raise ValueError(f"Shapes differ: uncertainty {uncertainty.shape}, pred {pred.shape}, gt {gt.shape}, "
                          f"mask {mask.shape}.")
-    mask = mask.astype(bool)
+    gt, mask = scored_target(gt, mask, protocol)
     error = np.abs(pred.astype(np.float64) - gt.astype(np.float64))
     wrong = error > threshold
     nan = float("nan")

@@ -27,7 +27,7 @@ CONTRAST_NAMES = {"t1n": "T1", "t1c": "T1+Gd", "t2w": "T2", "t2f": "T2-FLAIR"}
 #: (metric key, column title, digits) of the validation table
 METRIC_COLUMNS = [("nmse", "NMSE", 4), ("psnr", "PSNR dB", 2), ("ssim", "SSIM", 4),
                   ("lesion_nmse", "lesion NMSE", 4), ("lesion_ssim", "lesion SSIM", 4),
-                  ("identity", "identity I", 3), ("lesion_kept", "lesion kept K", 2)]
+                  ("identity_t", "identity I_T", 3), ("identity", "identity I", 3), ("lesion_kept", "lesion kept K", 2)]
 SHARED_LIMITS = [
     "Every output is a SYNTHETIC image: research use only, not for diagnosis or treatment.",
     "2-D model applied slice by slice (axial): no through-plane consistency.",

@@ -10,12 +10,18 @@ from CollaGANImputeLib.metrics import (
     error_map,
     nmse,
     no_data_share,
+    pearson,
     per_slice_ssim,
     psnr,
     score_volume,
     ssim_map,
     summarize,
+    target_mask,
+    tissue_cells,
+    tissue_identity,
+    tissue_profile,
 )
+from CollaGANImputeLib.normalization import normalize, p99
 from skimage.metrics import structural_similarity
 
 
@@ -27,7 +33,7 @@ def test_identical_images_are_perfect():
     scores = score_volume(gt.copy(), gt, mask, lesion=mask)
     assert scores["nmse"] == 0.0
     assert scores["ssim"] == pytest.approx(1.0)
-    assert math.isinf(scores["psnr"])
+    assert scores["psnr"] > 100  # identical up to rounding
     assert scores["lesion_nmse"] == 0.0 and scores["lesion_ssim"] == pytest.approx(1.0)
 
 
@@ -160,3 +166,67 @@ def test_no_data_is_where_the_real_image_is_a_patch_of_zeros_not_where_single_vo
     # the cut's last 3 columns touch acquired voxels within the 7x7 patch: counted as data (a conservative edge)
     assert no_data_share(gt, mask) == pytest.approx((32 * 32 + 32 * 13) / gt.size)
     assert score_volume(gt, gt, mask)["real_no_data"] == no_data_share(gt, mask)
+
+
+# ------------------------------------------------------------------------------------------- protocol v3
+
+def _regression_case():
+    """Inputs of two tissue variables and a target that mixes them differently, with detail (noise) that no
+    function of the inputs can predict: the setting where voxel identity fails an honest estimate."""
+    rng = np.random.default_rng(0)
+    shape = (4, 48, 48)
+    s, v = rng.random(shape), rng.random(shape)
+    t1, t1c = 0.5 + 0.5 * s, 0.5 + 0.4 * s + 0.2 * v
+    flair = 1.0 + 0.5 * s - 0.5 * v + 0.35 * rng.standard_normal(shape)
+    return t1, t1c, flair, np.ones(shape, bool)
+
+
+def test_conditional_mean_passes_tissue_identity_where_voxel_identity_fails():
+    t1, t1c, flair, mask = _regression_case()
+    conditional_mean = np.zeros_like(flair)  # the target's mean over each cell of the inputs: a function of them
+    conditional_mean[mask] = tissue_profile(flair[mask], tissue_cells([t1, t1c], mask))
+    r = pearson(conditional_mean, flair, mask)
+    rho = max(pearson(flair, x, mask) for x in (t1, t1c))
+    assert r * r < rho  # the bound: voxel identity cannot be positive here
+    scores = score_volume(conditional_mean, flair, mask, inputs=[t1, t1c])
+    assert scores["identity_t"] > 0.1 and scores["identity"] < 0
+    assert scores["identity_t"] == pytest.approx(tissue_identity(conditional_mean, flair, [t1, t1c], mask))
+
+
+def test_copy_of_an_input_fails_tissue_identity():
+    t1, t1c, flair, mask = _regression_case()
+    for copy in (t1, t1c, 2.0 * t1c + 0.1):  # a relabelled input, also rescaled
+        assert score_volume(copy.copy(), flair, mask, inputs=[t1, t1c])["identity_t"] < 0
+
+
+def test_not_acquired_slices_do_not_change_a_perfect_prediction():
+    rng = np.random.default_rng(5)
+    raw = 50 + 100 * rng.random((6, 32, 32))
+    mask = np.ones(raw.shape, bool)
+    acquired = raw.copy()
+    acquired[0] = 0  # the real target's slab missed the first slice
+    acquired[5, :, :20] = 0  # and part of the last
+    gt = normalize(acquired, mask)  # what evaluate gives: p99 units inside M
+    region = target_mask(gt, mask)
+    # the real target in its own p99 units inside M_t, and the anatomy it would have shown where it was not acquired
+    perfect = np.where(region, acquired, raw) / p99(acquired, region)
+    scores = score_volume(perfect, gt, mask)
+    assert scores["nmse"] == pytest.approx(0.0, abs=1e-12) and scores["ssim"] == pytest.approx(1.0)
+    assert scores["psnr"] > 100  # identical up to rounding
+    assert scores["real_no_data"] == pytest.approx(1 - region.sum() / mask.sum())
+    v2 = score_volume(perfect, gt, mask, protocol="v2")  # v2 scores the synthetic image against zeros there
+    assert v2["nmse"] > 0.1 and v2["ssim"] < 0.95
+
+
+def test_a_target_mostly_not_acquired_is_not_scored():
+    gt = np.ones((4, 16, 16))
+    gt[:3] = 0
+    scores = score_volume(gt.copy(), gt, np.ones_like(gt, bool))
+    assert scores["not_scored"] == 1.0 and math.isnan(scores["nmse"]) and scores["real_no_data"] == 0.75
+    assert score_volume(gt.copy(), gt, np.ones_like(gt, bool), protocol="v2")["not_scored"] == 0.0
+
+
+def test_unknown_protocol_is_refused():
+    gt = np.ones((1, 8, 8))
+    with pytest.raises(ValueError, match="v3, v2"):
+        score_volume(gt, gt, gt > 0, protocol="v4")

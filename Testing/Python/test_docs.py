@@ -20,7 +20,7 @@ LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 def test_protocol_is_in_the_repository() -> None:
     text = (REPO / "docs" / "EVALUATION.md").read_text(encoding="utf-8")
-    assert text.startswith("# Evaluation protocol (v2)")
+    assert text.startswith("# Evaluation protocol (v3)")
 
 
 @pytest.mark.skipif(not REFERENCE_PROTOCOL.is_file(), reason="reference protocol (../shared beside the clone) absent")

@@ -28,7 +28,7 @@ from core_fixtures import REPO  # noqa: E402
 
 pytestmark = pytest.mark.slicer_core
 CASE = "TCGA-HT-7882"
-V2_KEYS = {"identity", "lesion_kept", "lesion_contrast_real", "lesion_contrast_pred"}
+FIDELITY_KEYS = {"identity_t", "identity", "lesion_kept", "lesion_contrast_real", "lesion_contrast_pred"}
 
 
 def _matrix(node) -> np.ndarray:
@@ -155,7 +155,7 @@ def test_compare_table_rows_are_the_scores_of_collagan_impute_evaluate(compared,
     images = {c: sitk.ReadImage(str(small_case / f"{CASE}-{c}.nii.gz")) for c in ("t1n", "t1c", "t2f")}
     lesion = sitk.ReadImage(str(small_case / f"{CASE}-seg.nii.gz"))
     core = score_imputation(bundled, images, "t1c", ["t1n", "t2f"], lesion_image=lesion, device="cpu").scores
-    assert V2_KEYS <= set(core) and core["lesion_voxels"] >= 50
+    assert FIDELITY_KEYS <= set(core) and core["lesion_voxels"] >= 50
     scores = outputs.comparison.scores
     assert set(scores) == set(core)
     for key, value in core.items():
@@ -164,7 +164,7 @@ def test_compare_table_rows_are_the_scores_of_collagan_impute_evaluate(compared,
     rows = [tuple(table.GetCellText(r, c) for c in range(3)) for r in range(table.GetNumberOfRows())]
     assert rows == score_table(core) and len(rows) == len(core)
     labels = [r[0] for r in rows]
-    assert {"NMSE", "SSIM", "Contrast identity I", "Lesion contrast kept K"} <= set(labels)
+    assert {"NMSE", "SSIM", "Tissue-contrast identity I_T", "Lesion contrast kept K"} <= set(labels)
     assert [table.GetColumnName(c) for c in range(3)] == ["Metric", "Value", "Note"]
     assert outputs.context == {"synthetic": node.GetName(), "reference": nodes["t1c"].GetName(),
                                "model": bundled.card.name, "lesion": nodes["seg"].GetName()}

@@ -181,7 +181,7 @@ def test_compare_scores_as_the_core_does(sample, finished_job):
     region = sitk.GetArrayFromImage(sitk.DICOMOrient(lesion, "LPS")) > 0
     direct = score_volume(job.result.arrays["t1c"], case.normalize_like_inputs(images["t1c"]), case.mask, region,
                           inputs=[case.arrays["t1n"], case.arrays["t2f"]])
-    assert {"identity", "lesion_kept"} <= set(direct)  # the v2 metrics, computed where they can be
+    assert {"identity_t", "identity", "lesion_kept"} <= set(direct)  # the fidelity checks, where computable
     for key, value in direct.items():
         assert with_case.scores[key] == pytest.approx(value, rel=1e-9, nan_ok=True), key
         assert recomputed.scores[key] == pytest.approx(value, rel=1e-9, nan_ok=True), key
@@ -214,7 +214,8 @@ def test_score_table_and_csv(tmp_path):
               "lesion_ssim": float("nan"), "identity": -0.25, "rho_u": 0.5}
     rows = helpers_comparison.score_table(scores)
     # One row per score, the labelled ones in display order, a key the table does not know under its own name.
-    assert [r[0] for r in rows] == ["NMSE", "PSNR (dB)", "SSIM", "Contrast identity I", "Lesion NMSE", "Lesion SSIM",
+    assert [r[0] for r in rows] == ["NMSE", "PSNR (dB)", "SSIM", "Voxel identity I (diagnostic)", "Lesion NMSE",
+                                    "Lesion SSIM",
                                     "Lesion voxels", "rho_u"]
     assert rows[0] == ("NMSE", "0.0123", "lower is better")
     assert rows[1][1] == "inf" and rows[3][1] == "-0.2500" and rows[4][1] == "n/a" and rows[6][1] == "0"

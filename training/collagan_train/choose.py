@@ -1,10 +1,10 @@
 """The checkpoint rule, applied to ``collagan-impute evaluate`` runs of candidate snapshots on the set-aside patients.
 
 Rule (docs/RESULTS.md, training/README.md): among the candidates whose mean NMSE over targets is within
-``tolerance`` (5 %) of the lowest, the one with the highest mean contrast identity I; and, given the bundled
-model's run on the same patients, no candidate whose NMSE on any one target is more than ``tolerance`` worse than
-the bundled model's (a mean over targets can hide one target's regression). The bundled model's own run competes
-under the same rule: when it wins, it stays.
+``tolerance`` (5 %) of the lowest, the one with the highest mean tissue-contrast identity I_T (EVALUATION.md
+v3); and, given the bundled model's run on the same patients, no candidate whose NMSE on any one target is more
+than ``tolerance`` worse than the bundled model's (a mean over targets can hide one target's regression). The
+bundled model's own run competes under the same rule: when it wins, it stays.
 
 Example:
     python -m training.collagan_train.main choose --bundled v5=runs/v5_s002500/select \
@@ -26,7 +26,7 @@ from .report import case_values, full_inputs, load_rows
 
 @dataclass(frozen=True)
 class Scores:
-    """Per-target mean NMSE and mean identity I of one run (all-other-inputs rows only)."""
+    """Per-target mean NMSE and mean tissue-contrast identity I_T of one run (all-other-inputs rows only)."""
 
     nmse: Dict[str, float]
     identity: Dict[str, float]
@@ -50,7 +50,7 @@ def run_scores(rows: List[dict], contrasts: Sequence[str]) -> Scores:
             raise SystemExit(f"no rows for target {target!r} from {inputs}: was the run made with this model's "
                              f"contrasts {list(contrasts)}?")
         nmse[target] = float(np.mean(list(values.values())))
-        identity[target] = float(np.mean(list(case_values(rows, target, inputs, "identity").values()) or [math.nan]))
+        identity[target] = float(np.mean(list(case_values(rows, target, inputs, "identity_t").values()) or [math.nan]))
     return Scores(nmse, identity)
 
 
@@ -87,7 +87,7 @@ def choose(candidates: Dict[str, Scores], bundled: Optional[Scores] = None, tole
                              f"{lowest:.4f}")
     best = max(near, key=lambda n: near[n].mean_identity)
     for name in near:
-        reasons[name] = "chosen: highest mean I" if name == best else "within NMSE tolerance, lower mean I"
+        reasons[name] = "chosen: highest mean I_T" if name == best else "within NMSE tolerance, lower mean I_T"
     return best, reasons
 
 
@@ -104,7 +104,7 @@ def print_choice(candidates: Dict[str, Scores], reasons: Dict[str, str], chosen:
     """The rule's table (one row per run, the bundled model first) and the verdict, as Markdown."""
     rows = ([(f"{bundled_name} (bundled)", bundled, reasons.get("bundled", ""))] if bundled else []) + \
         [(n, s, reasons.get(n, "")) for n, s in candidates.items()]
-    print("| run | mean NMSE | mean I | " + " | ".join(f"{t} NMSE / I" for t in contrasts) + " | verdict |")
+    print("| run | mean NMSE | mean I_T | " + " | ".join(f"{t} NMSE / I_T" for t in contrasts) + " | verdict |")
     print("|---|---|---|" + "---|" * len(contrasts) + "---|")
     for name, s, why in rows:
         print(f"| {name} | {s.mean_nmse:.4f} | {s.mean_identity:+.3f} | "

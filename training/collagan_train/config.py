@@ -85,7 +85,7 @@ class TrainConfig:
     edge_weight: float = 1.0        # direct L1/L2 weight of head voxels near the head's edge (scalp, skull)
     edge_px: int = 12               # ... within this many pixels of it
     target_coverage_only: bool = False  # no loss where the real target has no data (losses.no_data)
-    w_lesion_contrast: float = 0.0  # |C_pred - C_real| per slice with a lesion (EVALUATION.md v2 conspicuity)
+    w_lesion_contrast: float = 0.0  # |C_pred - C_real| per slice with a lesion (EVALUATION.md conspicuity)
     w_identity: float = 0.0         # contrast identity: r(fake, input) above r(real, input), 1 - r(fake, real)
     w_identity_pooled: float = 0.0  # the same, the slices of one target pooled like a volume
     target_weights: List[float] = field(default_factory=list)  # relative odds of each contrast as the target

@@ -32,7 +32,8 @@ from .data_loader import lgg_folder_or_exit, repo_path
 from .report import atomic_write
 
 LABELS = {"nmse": "NMSE", "psnr": "PSNR (dB)", "ssim": "SSIM", "lesion_nmse": "lesion NMSE",
-          "lesion_ssim": "lesion SSIM", "identity": "contrast identity I (mean; patients with I > 0)",
+          "lesion_ssim": "lesion SSIM", "identity_t": "tissue-contrast identity I_T (mean; patients with I_T > 0)",
+          "identity": "voxel identity I, a diagnostic (mean; patients with I > 0)",
           "lesion_kept": "lesion kept share K (median)", "lesion_contrast_real": "lesion contrast C, real",
           "lesion_contrast_pred": "lesion contrast C, synthetic"}
 
@@ -79,7 +80,7 @@ def evaluate(models: Dict[str, str], case_dirs: Sequence[Path], out_dir: Path, d
                                 for t in contrasts}
     _write_rows(out_dir / "rows.csv", rows)
     _write_table(out_dir, summary, list(models), contrasts, len(case_dirs))
-    atomic_write(out_dir / "summary.json", json.dumps({"protocol": "EVALUATION.md v2", "cases": [c.name for c in
+    atomic_write(out_dir / "summary.json", json.dumps({"protocol": "EVALUATION.md v3", "cases": [c.name for c in
                                                          case_dirs], "methods": summary}, indent=2))
     _montage(out_dir / "montage.png", montage, rows, montage_dir.name)
     return summary
@@ -109,7 +110,7 @@ def _write_rows(path: Path, rows: List[dict]) -> None:
 def _fmt(stat: dict, metric: str) -> str:
     if not np.isfinite(stat["mean"]):
         return "n/a"
-    if metric == "identity":  # EVALUATION.md v2: the mean and the number of cases with I > 0
+    if metric in ("identity_t", "identity"):  # EVALUATION.md: the mean and the number of cases above 0
         return f"{stat['mean']:+.3f} ({stat['positive']}/{stat['n']})"
     if metric == "lesion_kept":
         return f"{stat['median']:.2f} (n={stat['n']})"
@@ -120,7 +121,7 @@ def _fmt(stat: dict, metric: str) -> str:
 
 
 def _write_table(out_dir: Path, summary: dict, methods: List[str], contrasts: List[str], n_cases: int) -> None:
-    lines = [f"# Imputation on {n_cases} validation patients (EVALUATION.md v2; mean ± std over patients)", ""]
+    lines = [f"# Imputation on {n_cases} validation patients (EVALUATION.md v3; mean ± std over patients)", ""]
     csv_rows = []
     for metric in METRIC_NAMES:
         better = ("lower is better" if "nmse" in metric else "1 = as the real lesion" if metric == "lesion_kept"

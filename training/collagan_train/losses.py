@@ -90,7 +90,7 @@ def l2(x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor] = None) 
 def lesion_contrast_loss(fake: torch.Tensor, real: torch.Tensor, head: torch.Tensor, lesion: torch.Tensor,
                          min_voxels: int = 50) -> torch.Tensor:
     """Mean over slices with a lesion of |Δ_fake − Δ_real| / t_real, Δ = mean(lesion) − mean(head minus lesion),
-    t_real = the real tissue mean: the error of EVALUATION.md v2's conspicuity C = mean(lesion) / mean(tissue),
+    t_real = the real tissue mean: the error of EVALUATION.md's conspicuity C = mean(lesion) / mean(tissue),
     linearised around the real image so that a dark or blank early output cannot make it explode. A lesion the
     direct loss blurs away still costs; 0 without lesions."""
     inside = (head & lesion).to(fake.dtype)
@@ -131,7 +131,7 @@ def _excess_resemblance(fake: torch.Tensor, real: torch.Tensor, given: torch.Ten
 
 def identity_loss(fake: torch.Tensor, real: torch.Tensor, inputs: torch.Tensor, available: torch.Tensor,
                   head: torch.Tensor) -> torch.Tensor:
-    """EVALUATION.md v2's contrast identity as a loss, per slice over the head: 1 − r(fake, real) plus, for every
+    """EVALUATION.md's voxel identity I as a loss, per slice over the head: 1 − r(fake, real) plus, for every
     available input, how much more the fake resembles that input than the real target does,
     max(0, r(fake, input) − r(real, input)). A regression to the mean of the target given the inputs resembles
     the inputs more than the target does (its unexplained part is shrunk away); this term asks the output to keep
@@ -151,7 +151,7 @@ def _pool(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 def identity_loss_pooled(fake: torch.Tensor, real: torch.Tensor, inputs: torch.Tensor, available: torch.Tensor,
                          head: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """:func:`identity_loss` with the slices of one target pooled, as EVALUATION.md v2 scores a whole volume.
+    """:func:`identity_loss` with the slices of one target pooled, as EVALUATION.md scores a whole volume.
     The per-slice term cannot see whether the output's brightness from slice to slice follows the target or an
     input; pooled, it does (``target`` (B,) the target index of each slice). Each input is compared over the
     slices that had it. Groups of one slice add nothing."""

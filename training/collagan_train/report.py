@@ -73,16 +73,17 @@ def comparison_tables(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> 
 
 
 def fidelity_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> str:
-    """EVALUATION.md v2's fidelity checks per target and method: identity I (mean, patients with I > 0), kept
-    lesion contrast K (median) and the lesion contrast C, real -> synthetic (means)."""
+    """EVALUATION.md's fidelity checks per target and method: tissue-contrast identity I_T (mean, patients with
+    I_T > 0), kept lesion contrast K (median) and the lesion contrast C, real -> synthetic (means)."""
     names = list(runs)
-    lines = ["| target | inputs | " + " | ".join(f"{m} I (I > 0) | {m} K median | {m} C real → synth" for m in names)
-             + " |", "|---|---|" + "---|---|---|" * len(names)]
+    lines = ["| target | inputs | "
+             + " | ".join(f"{m} I_T (I_T > 0) | {m} K median | {m} C real → synth" for m in names) + " |",
+             "|---|---|" + "---|---|---|" * len(names)]
     for t in contrasts:
         inputs = full_inputs(contrasts, t)
         cells = []
         for m in names:
-            ident = case_values(runs[m], t, inputs, "identity")
+            ident = case_values(runs[m], t, inputs, "identity_t")
             kept = case_values(runs[m], t, inputs, "lesion_kept")
             c_real = case_values(runs[m], t, inputs, "lesion_contrast_real")
             c_pred = case_values(runs[m], t, inputs, "lesion_contrast_pred")
@@ -132,7 +133,7 @@ def missing_n_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> st
 def card_metrics(runs: Dict[str, List[dict]], contrasts: Sequence[str], model: str) -> dict:
     """Compact validation metrics for the model card: mean per target (all other inputs) for every run."""
     cases = sorted({r["case"] for r in runs[model]})
-    out: dict = {"protocol": "EVALUATION.md v2 via `collagan-impute evaluate --split training/splits/"
+    out: dict = {"protocol": "EVALUATION.md v3 via `collagan-impute evaluate --split training/splits/"
                              "lgg_split.json` (full volumes, masks from inputs, p99 units)",
                  "validation_patients": len(cases)}
     for m, rows in runs.items():
@@ -141,9 +142,10 @@ def card_metrics(runs: Dict[str, List[dict]], contrasts: Sequence[str], model: s
             inputs = full_inputs(contrasts, t)
             entry = {metric: round(float(np.mean(list(v.values()))), 4)
                      for metric, *_ in METRICS if (v := case_values(rows, t, inputs, metric))}
-            if ident := case_values(rows, t, inputs, "identity"):  # EVALUATION.md v2 fidelity checks
-                entry["identity"] = round(float(np.mean(list(ident.values()))), 4)
-                entry["identity_positive"] = f"{sum(v > 0 for v in ident.values())}/{len(ident)}"
+            for key in ("identity_t", "identity"):  # EVALUATION.md's fidelity checks (I_T the bar)
+                if ident := case_values(rows, t, inputs, key):
+                    entry[key] = round(float(np.mean(list(ident.values()))), 4)
+                    entry[f"{key}_positive"] = f"{sum(v > 0 for v in ident.values())}/{len(ident)}"
             if kept := case_values(rows, t, inputs, "lesion_kept"):
                 entry["lesion_kept_median"] = round(float(np.median(list(kept.values()))), 3)
             out[m][f"{t}<-{inputs}"] = entry
@@ -163,7 +165,7 @@ def report_text(runs: Dict[str, List[dict]], contrasts: Sequence[str], challenge
     the missing-N study."""
     return "\n".join(["## Every target from all other inputs (mean ± std over patients; best in bold)", "",
                       comparison_tables(runs, contrasts),
-                      "## Fidelity (EVALUATION.md v2): is it the target contrast, is the lesion there", "",
+                      "## Fidelity (EVALUATION.md v3): is it the target contrast, is the lesion there", "",
                       fidelity_table(runs, contrasts),
                       f"## Patients on which {challenger} beats {reference} (paired)", "",
                       wins_table(runs, contrasts, challenger, reference),

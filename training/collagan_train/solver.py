@@ -394,7 +394,7 @@ class Solver:
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
         """Score a fixed set of validation slices (full size, all other inputs) with the core's metrics,
-        EVALUATION.md v2's identity and lesion conspicuity included; ``select_score`` (lower is better) is the mean
+        EVALUATION.md's identity checks and lesion conspicuity included; ``select_score`` (lower is better) is the mean
         over targets of (NMSE + lesion NMSE) / 2, so a checkpoint that blurs lesions away is not chosen."""
         if self.val_data is None or len(self.val_data) == 0:
             return {}
@@ -403,7 +403,7 @@ class Solver:
         picks = fixed_validation_slices(len(self.val_data), self.cfg.val_slices)
         images, masks, lesions = self.val_data.batch(picks, torch.Generator())
         result: Dict[str, float] = {}
-        keys = ("nmse", "psnr", "ssim", "lesion_nmse", "identity", "lesion_kept")
+        keys = ("nmse", "psnr", "ssim", "lesion_nmse", "identity_t", "identity", "lesion_kept")
         for t, name in enumerate(self.cfg.contrasts):
             target = torch.full((len(picks),), t, dtype=torch.long)
             available = torch.ones(len(picks), self.n, dtype=torch.bool)

@@ -13,7 +13,7 @@ from training.collagan_train import choose, main
 def _run(folder, nmse: dict, identity: dict) -> str:
     rows = [{"case": f"C{k}", "target": t, "inputs": "+".join(c for c in nmse if c != t), "n_inputs": 2,
              "nmse": nmse[t] * (1 + 0.1 * k),
-             "identity": identity[t]} for t in nmse for k in (-1, 1)]  # two cases, mean = the given value
+             "identity_t": identity[t]} for t in nmse for k in (-1, 1)]  # two cases, mean = the given value
     folder.mkdir(parents=True)
     (folder / "scores.json").write_text(json.dumps({"cases": rows}))
     return str(folder)
@@ -22,7 +22,7 @@ def _run(folder, nmse: dict, identity: dict) -> str:
 def test_rule_and_guard_from_score_files(tmp_path, capsys):
     bundled = _run(tmp_path / "bundled", {"t1n": 0.05, "t1c": 0.09, "t2f": 0.10},
                    {"t1n": 0.06, "t1c": 0.0, "t2f": 0.07})
-    # lower mean NMSE and higher I, but FLAIR 8 % worse: ruled out by the guard
+    # lower mean NMSE and higher I_T, but FLAIR 8 % worse: ruled out by the guard
     regress = _run(tmp_path / "regress", {"t1n": 0.045, "t1c": 0.085, "t2f": 0.108},
                    {"t1n": 0.06, "t1c": 0.0, "t2f": 0.10})
     # within 5 % of the lowest mean NMSE, higher mean I than the bundled model: chosen
@@ -33,7 +33,7 @@ def test_rule_and_guard_from_score_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.strip().endswith("chosen: better")
     assert "t2f (+8.0%)" in out
-    # without a bundled run: the highest I loses when its mean NMSE is more than 5 % above the lowest
+    # without a bundled run: the highest I_T loses when its mean NMSE is more than 5 % above the lowest
     loose = _run(tmp_path / "loose", {"t1n": 0.06, "t1c": 0.11, "t2f": 0.12}, {"t1n": 0.2, "t1c": 0.2, "t2f": 0.2})
     main.main(["choose", "--candidate", f"better={better}", "--candidate", f"loose={loose}"])
     out = capsys.readouterr().out

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry import align_to_reference, to_canonical_array
-from ..metrics import error_map, per_slice_ssim, score_volume, ssim_map
+from ..metrics import error_map, per_slice_ssim, score_volume, scored_target, ssim_map
 from ..pipeline import PreparedCase, prepare_case
 
 
@@ -64,13 +64,14 @@ def compare_to_reference(
         region = to_canonical_array(on_grid) > 0
     # The inputs as the model saw them (p99 units on the case grid): contrast identity needs them.
     scores = score_volume(pred, gt, case.mask, lesion=region, inputs=list(case.arrays.values()))
-    errors = error_map(pred, gt, case.mask)
+    gt, scored = scored_target(gt, case.mask)  # the map and per-slice SSIM where the scores are taken (M_t)
+    errors = error_map(pred, gt, scored)
     error_image = case.to_image(errors)
     error_image.SetMetaData("collagan_error_map", "synthetic minus acquired, p99 units, 0 outside the head mask")
-    inside = np.abs(errors[case.mask])
+    inside = np.abs(errors[scored])
     limit = float(np.percentile(inside, 99)) if inside.size else 1.0
     return Comparison(scores=scores, error_image=error_image, slice_ssim=per_slice_ssim(
-        ssim_map(pred, gt, case.mask), case.mask), error_limit=max(limit, 1e-3))
+        ssim_map(pred, gt, scored), scored), error_limit=max(limit, 1e-3))
 
 
 #: Labels of the results table: key in the core's score dict -> (label, unit / meaning), in display order.
@@ -79,16 +80,19 @@ SCORE_LABELS = {
     "nmse": ("NMSE", "lower is better"),
     "psnr": ("PSNR (dB)", "higher is better; images clipped to [0, 1] p99 units"),
     "ssim": ("SSIM", "masked mean, 1 = identical"),
-    "identity": ("Contrast identity I", "r(synthetic, acquired) - max r(synthetic, input); > 0: resembles the "
-                 "acquired contrast more than any input"),
+    "identity_t": ("Tissue-contrast identity I_T", "> 0: each tissue has the brightness the acquired contrast "
+                   "gives it rather than an input's (tissue cells: octiles of the inputs)"),
+    "identity": ("Voxel identity I (diagnostic)", "r(synthetic, acquired) - max r(synthetic, input); can be < 0 "
+                 "even for the best estimate the inputs allow"),
     "lesion_nmse": ("Lesion NMSE", "inside mask and lesion"),
     "lesion_ssim": ("Lesion SSIM", "inside mask and lesion"),
     "lesion_kept": ("Lesion contrast kept K", "1 = as conspicuous as acquired, 0 = vanished, < 0 = inverted"),
     "lesion_contrast_real": ("Lesion contrast, acquired", "mean in lesion / mean in the rest of the head"),
     "lesion_contrast_pred": ("Lesion contrast, synthetic", "mean in lesion / mean in the rest of the head"),
     "lesion_voxels": ("Lesion voxels", "count inside the head mask"),
-    "real_no_data": ("Acquired image without data", "share of the head outside its field of view; scores there "
-                     "compare with zeros"),
+    "real_no_data": ("Acquired image without data", "share of the head outside its field of view; not scored "
+                     "there (the whole target is not scored above 50 %)"),
+    "not_scored": ("Not scored", "1 = the acquired image has no data in more than half of the head"),
 }
 
 
