@@ -68,7 +68,7 @@ from CollaGANImputeLib.pipeline import prepare_case, read_case
 
 CONTRASTS = ["t1n", "t1c", "t2f"]
 INPUTS, TARGET = ["t1n", "t2f"], "t1c"
-SSIM_TOLERANCE, NMSE_TOLERANCE = 0.002, 0.01  # the quality rule of the issue
+SSIM_TOLERANCE, NMSE_TOLERANCE = 0.002, 0.01  # the quality rule the README states for bf16
 CPU = torch.device("cpu")
 
 Runner = Callable[[Mapping[str, np.ndarray], str], np.ndarray]
@@ -146,7 +146,7 @@ def build_options(eager: torch.nn.Module, models: Mapping[str, LoadedModel], ful
             Option("fast export with every CCNR merged, auto", lib(models["all merged"])),
             Option("fast export with no CCNR merged, auto", lib(models["none merged"])),
         ]
-    if torch.cuda.is_available():  # unmeasured in the session that wrote this benchmark (no GPU)
+    if torch.cuda.is_available():  # CUDA rows (no CUDA figure is published yet)
         options += [Option("CUDA fp32, batch 32", lambda i, t: impute_slices(plain, i, t, device="cuda",
                                                                              batch_size=32, precision="fp32")),
                     Option("CUDA DEFAULT (autocast, channels-last), batch 32",

@@ -1,6 +1,6 @@
 """One BraTS-sized volume, warm, in memory: what a GPU (or the CPU) takes from images to the imputed image.
 
-The issue's CUDA target is timed "warm, end to end excluding file IO": the 240x240x155 case (the sample case,
+The CUDA figure is timed "warm, end to end excluding file IO": the 240x240x155 case (the sample case,
 as in bench_inference.py) is read once; then ``pipeline.impute`` (align, mask + normalize, infer on
 the device, back to an image labelled synthetic) runs ``--repeats`` times after one warm-up call. On CUDA the
 mask and the p99 scales are computed on the GPU too (``CollaGANImputeLib.device_mask``). Printed: each

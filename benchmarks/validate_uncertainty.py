@@ -34,7 +34,7 @@ from CollaGANImputeLib.models import default_model  # noqa: E402
 from CollaGANImputeLib.pipeline import impute, read_case  # noqa: E402
 
 SCORES = UNCERTAINTY_NAMES
-#: The bar of issue 14: means over the LGG validation patients, every target.
+#: The bar the uncertainty map must reach: means over the LGG validation patients, every target.
 BAR = {"rho_u": 0.3, "auroc_u": 0.7, "lesion_gap": 0.1}
 
 
@@ -85,8 +85,8 @@ def summarize(rows: list[dict], targets: list[str]) -> dict:
 
 
 def bar_verdict(summary: dict) -> tuple[bool, list[str]]:
-    """Issue 14's bar on the LGG summary: each target's means and their mean over targets, lesion within 0.1 of
-    the whole head, the mean decile curve rising."""
+    """The uncertainty bar (``BAR``) on the LGG summary: each target's means and their mean over targets, lesion
+    within 0.1 of the whole head, the mean decile curve rising."""
     notes, ok = [], True
     for target, entry in summary.items():
         checks = {f"rho_U {entry['rho_u']:.3f} >= {BAR['rho_u']}": entry["rho_u"] >= BAR["rho_u"],
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {d: summarize(rows, contrasts) for d, rows in rows_by_domain.items()}
     table = markdown(summaries, contrasts)
     ok, notes = bar_verdict(summaries["LGG validation"])
-    verdict = ("REACHED" if ok else "NOT REACHED") + " (issue 14's bar on the LGG validation patients)"
+    verdict = ("REACHED" if ok else "NOT REACHED") + " (the uncertainty bar on the LGG validation patients)"
     text = f"Model {model.card.name} ({model.sha256[:12]}), precision {args.precision}\n\n{table}\n\n" + \
         "\n".join(f"- {n}" for n in notes) + f"\n\nBar: {verdict}\n"
     print(text)

@@ -16,7 +16,7 @@ def test_default_model_is_listed_loads_and_carries_its_card():
     assert model.card.name in [e.name for e in entries]
     assert model.card.contrasts == ["t1n", "t1c", "t2f"]
     assert "CC BY-NC-SA" in model.card.licence and model.card.training.get("data")
-    assert (entries[0].path.stat().st_size) <= 20 * 2**20, "issue 4: the bundled model stays under 20 MB"
+    assert (entries[0].path.stat().st_size) <= 20 * 2**20, "the bundled model stays under 20 MB"
 
 
 @pytest.mark.parametrize("target", ["t1n", "t1c", "t2f"])

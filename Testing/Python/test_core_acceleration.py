@@ -2,7 +2,7 @@
 ``auto`` falls back to fp32 without native bf16, and results never depend on the batch size.
 
 A small real generator (the training tree's CCNR U-Net, 3 levels, random weights) runs on crops of the sample
-case; the quality rule is the issue's (masked SSIM within 0.002, NMSE within 1 % of fp32 eager).
+case; the quality rule is the README's (masked SSIM within 0.002, NMSE within 1 % of fp32 eager).
 """
 
 from __future__ import annotations

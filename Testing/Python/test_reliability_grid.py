@@ -1,4 +1,4 @@
-"""Scans larger than the model's field (issue 16): slices brought to the model's pixel grid and back, never cropped
+"""Scans larger than the model's field: slices brought to the model's pixel grid and back, never cropped
 silently; a warning when the head does not fit."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from core_fixtures import head_phantom, make_image
 
 
 def _upsample(image: sitk.Image, factor: int = 2, dtype=sitk.sitkUInt8) -> sitk.Image:
-    """The same field at 1/factor the pixel size (the issue's 512x512 at 0.5 mm from 256x256 at 1 mm)."""
+    """The same field at 1/factor the pixel size (e.g. a 512x512 scan at 0.5 mm from 256x256 at 1 mm)."""
     size = [image.GetSize()[0] * factor, image.GetSize()[1] * factor, image.GetSize()[2]]
     spacing = [image.GetSpacing()[0] / factor, image.GetSpacing()[1] / factor, image.GetSpacing()[2]]
     return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing,
@@ -50,7 +50,7 @@ def test_resampled_grid_round_trip_and_coverage():
 def test_512_at_half_a_millimetre_gives_the_256_result(sample_case):
     model = bundled_models()[0].load()
     images = {c: read_volume(sample_case / f"TCGA-HT-7882-{c}.nii.gz")[:, :, 12:17] for c in ("t1n", "t2f")}
-    fine = {c: _upsample(image) for c, image in images.items()}  # 512 x 512 at 0.5 mm, as in the issue
+    fine = {c: _upsample(image) for c, image in images.items()}  # 512 x 512 at 0.5 mm: twice the model's field
     torch.set_num_threads(1)
     original = impute(images, model, targets=["t1c"], device="cpu", precision="fp32")
     with warnings.catch_warnings(record=True) as caught:

@@ -1,4 +1,4 @@
-"""The input check (issue 16): inputs unlike the training data are warned about, in the API, the CLI and the
+"""The input check: inputs unlike the training data are warned about, in the API, the CLI and the
 output's provenance; the LGG validation patients pass, the skull-stripped OpenMS scans do not."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reading faults ITK lets through (issue 16): truncated or damaged NIfTI, NaN/Inf in NIfTI, float64 overflow."""
+"""Reading faults ITK lets through: truncated or damaged NIfTI, NaN/Inf in NIfTI, float64 overflow."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model faults (issue 16): broken outputs refused on the first batch, invalid cards and tampered files refused."""
+"""Model faults: broken outputs refused on the first batch, invalid cards and tampered files refused."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Outputs (issue 16): all or nothing, never over an input, checked before inference, umask, case names, sidecar."""
+"""Outputs: all or nothing, never over an input, checked before inference, umask, case names, sidecar."""
 
 from __future__ import annotations
 

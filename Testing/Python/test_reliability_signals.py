@@ -1,4 +1,4 @@
-"""Signals and start-up (issue 16): SIGTERM cleans up like Ctrl-C in a real process; Ctrl-C while the CLI starts
+"""Signals and start-up: SIGTERM cleans up like Ctrl-C in a real process; Ctrl-C while the CLI starts
 gives one line, no traceback; evaluate goes on past a bad case."""
 
 from __future__ import annotations

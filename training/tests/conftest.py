@@ -17,7 +17,7 @@ TINY = REPO_ROOT / "training" / "collagan_train" / "configs" / "tiny.json"
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    torch.set_num_threads(1)  # the suite shares 2 cores; tiny models gain nothing from more
+    torch.set_num_threads(1)  # tiny models gain nothing from more threads, and the suite stays light on small machines
 
 
 @pytest.fixture(scope="session")

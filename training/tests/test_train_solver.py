@@ -118,7 +118,7 @@ def test_train_loop_writes_log_curves_and_checkpoints(tiny_cfg, sample_slices, t
 
 def test_resuming_a_log_from_older_code_keeps_columns_aligned(tiny_cfg, sample_slices, tmp_path):
     """A log.csv written before the direct_l2 column existed: the resumed run's rows go under the file's header
-    (the new column appended), and old rows keep their values (stop 8's note: rows one field too long)."""
+    (the new column appended), and old rows keep their values (not shifted: no row one field too long)."""
     import csv
 
     from training.collagan_train.solver import LOG_FIELDS

@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# The CUDA checks of issue 6 in one call of the session tool `device` (an H200 lent to some sessions; 15 minutes
-# of device time in all). Run on the device machine from the repository root; writes its logs to $OUT.
+# Every CUDA check in one run, for a machine with an NVIDIA GPU:
+#   1. the device-rule tests: the mask and p99 scales computed on the GPU equal the CPU rule, and the fast
+#      inference paths keep the quality rule (test_core_device_mask.py, test_core_acceleration.py);
+#   2. one 240x240x155 volume, warm, in memory (bench_volume.py): each stage's time, slices per second against
+#      the naive path, peak GPU memory, the quality rule;
+#   3. every way of running the generator, its CUDA rows included (bench_inference.py --no-e2e).
+# Each step has a time limit (at most about 9 minutes in all); the logs go to $OUT (default: a new temporary
+# folder) and the exit status is non-zero when a step failed.
 #
-# The device image has torch, numpy, scikit-image, scipy, matplotlib and tqdm, but not SimpleITK, and nothing
-# can be fetched there. Prepare here, once per session (the tracked tree, 16 MB, plus the 53 MB wheel is over
-# the tool's 64 MiB, so the 4.7 MB stage-1 checkpoint stays behind for the call):
-#   echo /.whl/ >> .git/info/exclude
+#   bash benchmarks/gpu_checks.sh                              # from a clone, on the GPU machine
+#   OUT=/path/to/logs bash benchmarks/gpu_checks.sh            # logs in a folder of your choice
+#   DEVICE=cpu OUT=/tmp/out bash benchmarks/gpu_checks.sh      # the same steps on a machine without a GPU
+#
+# Needs torch with CUDA, numpy, scipy, scikit-image, matplotlib, pytest and SimpleITK. On a machine that cannot
+# install SimpleITK (no network), put its wheel in the clone's .whl/ folder first, downloaded elsewhere with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl SimpleITK
-#   git rm -q --cached training/checkpoints/lgg_v2_stage1_g.pt
-#   echo /training/checkpoints/lgg_v2_stage1_g.pt >> .git/info/exclude
-# then call the tool's run with command "bash benchmarks/gpu_session.sh", carry [".whl"], timeout_s 540, and
-# afterwards undo the two lines of .git/info/exclude and `git reset -q training/checkpoints/lgg_v2_stage1_g.pt`.
-#
-# DEVICE=cpu OUT=/tmp/out bash benchmarks/gpu_session.sh   runs the same steps on a machine without a GPU.
+# (the Python version of the GPU machine); the script then installs it into /tmp/site for this run only.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 1  # absolute: the script changes folder
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO" || exit 1
 if ! python3 -c "import SimpleITK" 2>/dev/null; then
@@ -31,7 +35,7 @@ status=0
 # 1. The device rule on this device: the same mask and p99 scales as the CPU rule (and the inference tests).
 timeout 150 python3 -m pytest -q -p no:cacheprovider -rs Testing/Python/test_core_device_mask.py \
   Testing/Python/test_core_acceleration.py 2>&1 | tee "$OUT/pytest.log" || status=1
-# 2. The issue's CUDA target: one 240x240x155 volume, warm, in memory; slices/s; quality rule.
+# 2. The CUDA target: one 240x240x155 volume, warm, in memory; slices/s; quality rule.
 timeout 150 python3 benchmarks/bench_volume.py --device "$DEVICE" --repeats 10 2>&1 | tee "$OUT/bench_volume.log" \
   || status=1
 # 3. Every way of running the generator (CUDA rows where there is a GPU), without the CPU end-to-end runs.
