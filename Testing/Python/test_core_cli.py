@@ -74,6 +74,17 @@ def test_evaluate_warns_where_the_real_target_has_no_data(tiny_model_path, sampl
     assert 0.03 < float(rows["short-slab"]["real_no_data"]) < 0.2
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "short-slab t2f: the acquired t2f has no data in" in warnings[0]
+    assert "scored where it was acquired only" in warnings[0]
+    assert json.loads((out / "scores.json").read_text())["protocol"] == "EVALUATION.md v3"
+    # v3 leaves the slices without data out; v2 scores the synthetic image against their zeros
+    v2 = tmp_path / "eval_v2"
+    assert main(["evaluate", str(data), "--out", str(v2), "--model", str(tiny_model_path), "--target", "t2f",
+                 "--device", "cpu", "--protocol", "v2"]) == EXIT_OK
+    rows_v2 = {r["case"]: r for r in csv.DictReader((v2 / "scores_per_case.csv").open())}
+    assert json.loads((v2 / "scores.json").read_text())["protocol"] == "EVALUATION.md v2"
+    assert rows_v2["whole"]["nmse"] == rows["whole"]["nmse"]  # nothing missing: the same numbers
+    assert float(rows_v2["short-slab"]["nmse"]) > float(rows["short-slab"]["nmse"])
+    assert {"identity_t", "identity"} <= set(rows["whole"]) and "I_T" in (out / "scores_summary.md").read_text()
 
 
 def test_evaluate_scores_the_uncertainty_map_on_request(tiny_model_path, sample_case, tmp_path):
