@@ -76,7 +76,7 @@ class WebFault:
     what: str
     check: Callable[[Web], None]
     result: str  # what the server does, as the table shows it
-    message: str  # a fragment of what the server answers or the page shows
+    message: str  # a fragment of what the server answers or the page shows ("" when it answers nothing)
     left: str = "nothing"
 
 
@@ -315,7 +315,7 @@ WEB_FAULTS = [
     WebFault("default-secret", "a client with the served origin but the framework's public secret `wslink-secret`",
              _default_secret, "refused", "Authentication failed"),
     WebFault("upload-broadcast", "an upload while a second client is connected", _broadcast,
-             "sent to the server only", "none of the file's bytes reach the other client",
+             "sent to the server only: none of the file's bytes reach the other client", "",
              "the upload in the private folder only"),
     WebFault("mhd-absolute", "an `.mhd` whose `ElementDataFile` is an absolute path on the server",
              _absolute_data_file, "refused", "its header names the data file '...' by a path"),
@@ -329,13 +329,13 @@ WEB_FAULTS = [
              "refused before decompressing", "declares 4096 MB of voxel data, more than the 1024 MB limit",
              "nothing; server memory +<150 MB"),
     WebFault("bomb-hidden", "a 1 MB `.nii.gz` holding 256 MB more than its header declares", _bomb_hidden,
-             "refused after at most 64 MB past the declared size, off the event loop",
+             "refused after inflating at most 64 MB past the declared size",
              "holds more than its header declares", "nothing; server memory +<150 MB"),
     WebFault("huge-message", "a client announcing a 3 GiB WebSocket message", _huge_message,
-             "connection closed before allocating", "(connection closed)", "nothing; server memory +<150 MB"),
+             "connection closed before the message is allocated", "", "nothing; server memory +<150 MB"),
     WebFault("owned-state", "a client sets the banner and labels empty and the status to `Acquired t1c`",
-             _owned_state, "ignored; the server's values sent back", "SYNTHETIC banner and status unchanged in "
-             "every page"),
+             _owned_state, "dropped, the server's values sent back: the SYNTHETIC banner and the status are unchanged "
+             "in every page", ""),
     WebFault("idle", "no page open for a while", _idle, "runs on (default); `--idle-timeout 3`: stops after 3 s, "
              "exit 0", "stops 3 s after the last page is closed", "nothing (uploads deleted on stop)"),
 ]
@@ -345,8 +345,8 @@ def render_rows() -> list[str]:
     """The web block of docs/RELIABILITY.md's table."""
     rows = [f"| {HEADING} | | | |"]
     for fault in WEB_FAULTS:
-        rows.append(f"| {fault.what} | {fault.result} | `{fault.message.replace('|', chr(92) + '|')}` | "
-                    f"{fault.left} |")
+        message = f"`{fault.message}`" if fault.message else "-"
+        rows.append(f"| {fault.what} | {fault.result} | {message} | {fault.left} |")
     return rows
 
 
