@@ -200,10 +200,12 @@ class WebApp:
         if not files:
             return
         loop = asyncio.get_running_loop()
-        messages, loaded, companions = [], [], []
-        volumes = [f for f in files if volume_extension(str(f.get("name", ""))) or
-                   not str(f.get("name", "")).lower().endswith(DATA_EXTENSIONS)]
-        for item in [f for f in files if f not in volumes]:
+        messages, loaded, companions, volumes = [], [], [], []
+        for item in files:
+            name = str(item.get("name", ""))
+            if volume_extension(name) or not name.lower().endswith(DATA_EXTENSIONS):
+                volumes.append(item)  # a volume, or a file refused below with its own message
+                continue
             try:
                 companions.append(self._write_upload(str(item.get("name")), item.get("content"), item.get("size")))
             except Exception as error:
