@@ -151,7 +151,8 @@ def _default_secret(web: Web) -> None:
 
 
 def _broadcast(web: Web) -> None:
-    """Chromium uploads a volume while a second client listens: none of the file's bytes may reach it."""
+    """Chromium uploads a volume while a second client listens: nothing of the file (its bytes, its name as
+    uploaded, its size and date) may reach that client; the shared status naming the new volume does."""
     from CollaGANImputeLib.models import sample_case_dir
 
     upload = web.root / "broadcast-t1n.nii.gz"
@@ -168,6 +169,8 @@ def _broadcast(web: Web) -> None:
         assert any("Loaded broadcast-t1n" in str(m.get("status", "")) for m in listener.published()), \
             "the listener did not see the upload finish"
         assert not any(sample in listener.raw for sample in samples), "uploaded bytes reached another client"
+        assert upload.name.encode() not in listener.raw, "the upload's description reached another client"
+        assert not any("uploads" in m for m in listener.published() if isinstance(m, dict))
     finally:
         listener.close()
 
@@ -315,7 +318,7 @@ WEB_FAULTS = [
     WebFault("default-secret", "a client with the served origin but the framework's public secret `wslink-secret`",
              _default_secret, "refused", "Authentication failed"),
     WebFault("upload-broadcast", "an upload while a second client is connected", _broadcast,
-             "sent to the server only: none of the file's bytes reach the other client", "",
+             "sent to the server only: nothing of the file (bytes, name, size) reaches the other client", "",
              "the upload in the private folder only"),
     WebFault("mhd-absolute", "an `.mhd` whose `ElementDataFile` is an absolute path on the server",
              _absolute_data_file, "refused", "its header names the data file '...' by a path"),
