@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import sys
 from typing import Iterable
 from urllib.parse import urlsplit
 
@@ -82,7 +83,7 @@ class Guard:
         """Why a request to the server listening on ``port`` is refused ('' when it is allowed)."""
         host, origin = headers.get("Host", ""), headers.get("Origin")
         if not self.host_allowed(host, port):
-            return (f"Host '{host}' is not this server's; open the page at http://127.0.0.1:<port>/ or start the "
+            return (f"Host '{host}' is not this server's; open the page at http://127.0.0.1:{port}/ or start the "
                     "server with --allow-origin for the address you use.")
         websocket = headers.get("Upgrade", "").lower() == "websocket"
         if origin is None and (websocket or method not in ("GET", "HEAD")):
@@ -103,6 +104,8 @@ class Guard:
             sockname = request.transport.get_extra_info("sockname") if request.transport else None
             reason = self.refusal(request.method, request.headers, sockname[1] if sockname else -1)
             if reason:
+                if request.method != "GET" or "Upgrade" in request.headers:  # who tried to drive it: for the log
+                    print(f"Refused a request to {request.path}: {reason}", file=sys.stderr, flush=True)
                 return web.Response(status=403, text=reason)
             return await handler(request)
 

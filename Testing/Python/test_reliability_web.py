@@ -120,6 +120,7 @@ def _foreign_page(web: Web) -> None:
         finally:
             httpd.shutdown()
     assert seen == {"secret": "blocked", "ws": "refused"}, seen
+    assert f"Refused a request to /ws: Origin 'http://127.0.0.1:{port}' may not use" in web.server.output()
     request = urllib.request.Request(f"{web.server.url}paraview/", data=b"{}", method="POST",
                                      headers={"Origin": f"http://127.0.0.1:{port}"})
     with pytest.raises(urllib.error.HTTPError) as refused:
