@@ -129,6 +129,8 @@ def test_header_plus_data_uploads_must_bring_their_data_file(tmp_path):
     (folder / "f.raw").write_bytes(bytes(40 * 48 * 12 * 4))
     check_data_file(_mhd(folder, "f.mhd", "f.raw"), folder)  # uploaded together: accepted
     check_data_file(_mhd(folder, "g.mha", "LOCAL"), folder)
+    nhdr.write_text("NRRD0004\ntype: float\ndimension: 3\nsizes: 40 48 12\nencoding: raw\ndata file: f.raw\n")
+    check_data_file(nhdr, folder)
 
 
 def test_declared_size_is_checked_before_the_data_is_inflated(tmp_path):
