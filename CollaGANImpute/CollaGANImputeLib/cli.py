@@ -107,6 +107,17 @@ def _positive(value: str) -> int:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    """argparse type of --idle-timeout."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a whole number of seconds (0 or more)")
+    return number
+
+
 def cmd_impute(args: argparse.Namespace) -> int:
     if bool(args.case) == bool(args.input):
         raise InputError("Give case folder(s) or --input CONTRAST=PATH pairs (not both, not neither).")
@@ -259,7 +270,8 @@ def cmd_web(args: argparse.Namespace) -> int:
         from .web import serve
     except ImportError as exc:
         raise InputError(f"The web app needs the 'web' extra: pip install 'collagan-impute[web]' ({exc}).") from exc
-    return serve(host=args.host, port=args.port, model=args.model, device=args.device, precision=args.precision)
+    return serve(host=args.host, port=args.port, model=args.model, device=args.device, precision=args.precision,
+                 allowed_origins=args.allow_origin, idle_timeout=args.idle_timeout)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -334,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="as for impute (default: auto)")
     p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                   help="another origin whose pages may use the server, e.g. a reverse proxy's "
+                        "https://collagan.example.org (repeatable; default: only the served page)")
+    p.add_argument("--idle-timeout", type=_non_negative_int, default=0, metavar="SECONDS",
+                   help="stop after this many seconds with no page open (default: 0, never; results not "
+                        "downloaded are lost when it stops)")
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("info", help="what a model is for, its limits and validation (--json: the full card)")

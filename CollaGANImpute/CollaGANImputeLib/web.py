@@ -5,15 +5,17 @@ Everything the page does goes through the Slicer module's Qt-free logic (:class:
 reading, input matching, the stepwise imputation with progress and cancel, the labeled result node and the
 comparison. This module only wires the page to it.
 
-Safety: the server binds 127.0.0.1 unless ``--host`` says otherwise; uploads are size-limited, written with
-sanitized names to a private temporary folder (mode 0700) that is deleted when the server stops; the server runs
-one imputation at a time and all browser tabs share one session (one user per server: put several servers behind
-an authenticating reverse proxy for several users, see docs/WEB.md).
+Safety: the server binds 127.0.0.1 unless ``--host`` says otherwise and only its own page (plus origins named with
+``--allow-origin``) may drive it, with a per-server secret (:mod:`.web_guard`); uploads go to the server only, are
+size-limited, checked before their data is read (:mod:`.web_uploads`), written with sanitized names to a private
+temporary folder (mode 0700) that is deleted when the server stops; the banner, labels and status are written by
+the server alone; the server runs one imputation at a time and all browser tabs share one session (one user per
+server: put several servers behind an authenticating reverse proxy for several users, see docs/WEB.md).
 
 Example (``pip install "collagan-impute[web]"``):
     collagan-impute web --port 8080            # then open http://127.0.0.1:8080
     >>> app = WebApp(model=None, device="cpu")                                           # doctest: +SKIP
-    >>> app.server.start(host="127.0.0.1", port=8080, open_browser=False)               # doctest: +SKIP
+    >>> app.start(host="127.0.0.1", port=8080)                                           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from typing import Optional
 #: Largest upload accepted, per file (a 3D MR volume is a few to a few hundred MB); COLLAGAN_WEB_MAX_UPLOAD_MB.
 MAX_UPLOAD_BYTES = int(float(os.environ.get("COLLAGAN_WEB_MAX_UPLOAD_MB", "512")) * 1024 * 1024)
 UPLOAD_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: State only the server writes: a client's change to one of these is dropped (the SYNTHETIC banner, labels, ...).
+SERVER_OWNED_KEYS = ("banner", "result_name", "status", "error", "warnings", "progress", "running", "volume_items",
+                     "label_items", "scores", "legend", "error_limit", "ssim_plot", "uncertainty_legend", "model_name",
+                     "contrasts", "max_upload_mb", "trame__title")
 INPUT_VIEW, RESULT_VIEW = "Input", "Synthetic"
 ONE_JOB_TEXT = "This server runs one imputation at a time; all browser tabs share this session."
 
@@ -96,6 +102,7 @@ class WebApp:
         self._init_state()
         self._build_ui()
         self.ctrl.on_server_exited.add(lambda **_: self.cleanup())
+        self.ctrl.trigger("upload")(self.on_uploads)  # a call to the server: the bytes reach no other client
         self.ctrl.trigger("download_volume")(self.download_volume)
         self.ctrl.trigger("download_sidecar")(self.download_sidecar)
 
@@ -126,9 +133,7 @@ class WebApp:
         s.legend = ""
         s.error_limit = 0.0
         s.ssim_plot = ""
-        s.uploads = None
         s.max_upload_mb = MAX_UPLOAD_BYTES // (1024 * 1024)
-        s.change("uploads")(self.on_uploads)
         s.change("target")(lambda **_: self._default_reference())
 
     def _view(self, name: str):
@@ -186,43 +191,88 @@ class WebApp:
         self._refresh_volumes()
         self.state.status = "Sample case TCGA-HT-7882 loaded (t1n, t1c, t2f, lesion mask)."
 
-    def on_uploads(self, uploads=None, **_) -> None:
-        if not uploads:
+    async def on_uploads(self, uploads=None) -> None:
+        """The files chosen in the page, sent to the server alone: data files first (a header's companions), then
+        each volume checked off the event loop (other tabs stay live) and added to the scene."""
+        from .web_uploads import DATA_EXTENSIONS
+
+        files = [f for f in (uploads if isinstance(uploads, list) else [uploads]) if isinstance(f, dict)]
+        if not files:
             return
-        files = uploads if isinstance(uploads, list) else [uploads]
-        messages, loaded = [], []
+        loop = asyncio.get_running_loop()
+        messages, loaded, companions, volumes = [], [], [], []
         for item in files:
-            name = str(item.get("name", "upload"))
+            name = str(item.get("name", ""))
+            if volume_extension(name) or not name.lower().endswith(DATA_EXTENSIONS):
+                volumes.append(item)  # a volume, or a file refused below with its own message
+                continue
             try:
-                loaded.append(self.read_upload(name, item.get("content"), int(item.get("size") or 0)))
+                companions.append(self._write_upload(str(item.get("name")), item.get("content"), item.get("size")))
             except Exception as error:
-                text = self.logic.plainError(error).replace(str(self.upload_dir) + os.sep, "")
-                messages.append(f"'{name}' was not loaded: {text}")  # no server paths on the page
-        self.state.uploads = None
-        self.state.error = " ".join(messages)
-        if loaded:
-            self._refresh_volumes()
-            self.state.status = f"Loaded {', '.join(loaded)}."
+                messages.append(self._upload_message(str(item.get("name")), error))
+        try:
+            for item in volumes:
+                name = str(item.get("name", "upload"))
+                try:
+                    path = self._write_upload(name, item.get("content"), item.get("size"))
+                    await loop.run_in_executor(None, self._check_upload, path)
+                    loaded.append(self._add_upload(path))
+                except Exception as error:
+                    messages.append(self._upload_message(name, error))
+        finally:
+            for path in companions:  # read into the scene with their headers: not kept
+                path.unlink(missing_ok=True)
+        with self.state:
+            self.state.error = " ".join(messages)
+            if loaded:
+                self._refresh_volumes()
+                self.state.status = f"Loaded {', '.join(loaded)}."
+
+    def _upload_message(self, name: str, error: Exception) -> str:
+        text = self.logic.plainError(error).replace(str(self.upload_dir) + os.sep, "")
+        return f"'{name}' was not loaded: {text}"  # no server paths on the page
 
     def read_upload(self, name: str, content, size: int = 0) -> str:
-        """Write one uploaded file to the private folder and read it with Slicer's reader; the node's name."""
-        from .errors import InputError
-        from .io import read_volume
+        """Write one uploaded file to the private folder, check it and read it with Slicer's reader; the node's
+        name (the page's uploads do the same, with the checks off the event loop)."""
+        path = self._write_upload(name, content, size)
+        self._check_upload(path)
+        return self._add_upload(path)
 
-        extension = volume_extension(name)
-        if extension is None:
+    def _write_upload(self, name: str, content, size=0) -> Path:
+        from .errors import InputError
+        from .web_uploads import DATA_EXTENSIONS
+
+        if volume_extension(name) is None and not name.lower().endswith(DATA_EXTENSIONS):
             raise InputError("unsupported file type; upload NIfTI (.nii, .nii.gz), NRRD (.nrrd) or MHA (.mha).")
         if isinstance(content, list):  # large files arrive in chunks
             content = b"".join(bytes(c) for c in content)
         data = bytes(content or b"")
-        if max(size, len(data)) > MAX_UPLOAD_BYTES:
+        if max(int(size or 0), len(data)) > MAX_UPLOAD_BYTES:
             raise InputError(f"the file is larger than the {MAX_UPLOAD_BYTES // 2 ** 20} MB upload limit.")
         if not data:
             raise InputError("the file is empty.")
         path = self.upload_dir / sanitize_filename(name)
         path.write_bytes(data)
+        return path
+
+    def _check_upload(self, path: Path) -> None:
+        """The checks that read no voxels (data file, declared size), then the core's (damaged, NaN, ...)."""
+        from .errors import InputError
+        from .io import read_volume
+        from .web_uploads import check_upload
+
         try:
+            if volume_extension(path.name) is None:
+                raise InputError("is a data file without its header; select the header (.mhd, .nhdr) with it.")
+            check_upload(path, self.upload_dir)
             read_volume(path)  # the core's checks: truncated/damaged files, NaN/Inf, a clear message
+        except Exception:
+            path.unlink(missing_ok=True)  # a refused upload is not kept
+            raise
+
+    def _add_upload(self, path: Path) -> str:
+        try:
             node = self.logic.readVolume(path)
         except Exception:
             path.unlink(missing_ok=True)
@@ -378,6 +428,23 @@ class WebApp:
         """Delete the uploads (and downloads) folder."""
         shutil.rmtree(self.upload_dir, ignore_errors=True)
 
+    def start(self, host: str = "127.0.0.1", port: int = 8080, allowed_origins=(), idle_timeout: int = 0,
+              **options):
+        """Serve the page with the :class:`.web_guard.Guard` installed; blocks until the server stops.
+
+        ``idle_timeout``: seconds without any page connected after which the server stops (0, the default: never,
+        so results not yet downloaded are not lost).
+        """
+        from .web_guard import Guard
+
+        # One message may carry a selection of a few files (a case: its contrasts and a mask, or a header and its
+        # data); anything larger is refused before wslink allocates it.
+        self.guard = Guard(host=host, allowed_origins=allowed_origins, owned_keys=SERVER_OWNED_KEYS,
+                           max_message_bytes=4 * MAX_UPLOAD_BYTES + 2 ** 20)
+        self.ctrl.on_server_bind.add(self.guard.bind)
+        return self.server.start(host=host, port=port, open_browser=False, show_connection_info=False,
+                                 timeout=max(0, int(idle_timeout)), **options)
+
     # --- page -----------------------------------------------------------------------------------------------
 
     def _build_ui(self) -> None:
@@ -406,8 +473,10 @@ class WebApp:
             with v.VCardText():
                 v.VBtn("Load sample case", click=self.load_sample_case, id="load-sample", block=True,
                        classes="mb-2", disabled=("running",))
-                v.VFileInput(v_model=("uploads", None), multiple=True, label="Upload NIfTI / NRRD / MHA",
-                             accept=".nii,.gz,.nrrd,.nhdr,.mha,.mhd", density="compact", id="upload",
+                # Not a state variable: the files go to the server in a call, never into state shared by all tabs.
+                v.VFileInput(update_modelValue="trigger('upload', [$event])", multiple=True,
+                             label="Upload NIfTI / NRRD / MHA", accept=".nii,.gz,.nrrd,.nhdr,.mha,.mhd,.raw,.zraw",
+                             density="compact", id="upload",
                              hint=("`at most ${max_upload_mb} MB per file`",), persistent_hint=True)
         with v.VCard(classes="mb-3", title="2. Inputs and target"):
             with v.VCardText():
@@ -473,8 +542,15 @@ class WebApp:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, model: Optional[str] = None, device: str = "auto",
-          precision: str = "auto") -> int:
-    """Start the server; block until it is stopped. Returns 0, or 143 when SIGTERM stopped it."""
+          precision: str = "auto", allowed_origins=(), idle_timeout: int = 0) -> int:
+    """Start the server; block until it is stopped. Returns 0, or 143 when SIGTERM stopped it.
+
+    ``allowed_origins``: origins besides the served page that may drive it (a reverse proxy's public address);
+    ``idle_timeout``: stop after that many seconds without a connected page (0: never).
+    """
+    from .web_guard import normalize_origin
+
+    allowed_origins = [normalize_origin(o) for o in allowed_origins]  # a bad one refused before the model loads
     os.environ.setdefault("WSLINK_MAX_MSG_SIZE", str(MAX_UPLOAD_BYTES + 2 ** 20))
     app = WebApp(model=model, device=device, precision=precision)
     terminated = threading.Event()
@@ -492,9 +568,12 @@ def serve(host: str = "127.0.0.1", port: int = 8080, model: Optional[str] = None
 
     app.ctrl.on_server_ready.add(on_ready)
     print(f"CollaGAN Impute web: http://{host}:{port}/  (one imputation at a time; Ctrl-C stops)", flush=True)
+    if idle_timeout > 0:
+        print(f"The server stops {idle_timeout} s after the last page is closed (--idle-timeout); results not "
+              "downloaded by then are lost.", flush=True)
     print(f"Uploads are kept in {app.upload_dir} (private; deleted when the server stops).", flush=True)
     try:
-        app.server.start(host=host, port=port, open_browser=False, show_connection_info=False)
+        app.start(host=host, port=port, allowed_origins=allowed_origins, idle_timeout=idle_timeout)
     finally:
         app.cleanup()
     return 128 + signal.SIGTERM if terminated.is_set() else 0

@@ -2,7 +2,8 @@
 
 Each row sets up one fault, runs the command line in this process, and checks the exit code, the message and
 what is left on disk (inputs unchanged, no temporary file anywhere). ``test_docs_table_is_current`` compares
-the table in docs/RELIABILITY.md with :func:`render_table`; to regenerate it after changing a row:
+the table in docs/RELIABILITY.md with :func:`render_table`, which appends the web app's rows
+(``test_reliability_web.py``) as a separate block; to regenerate it after changing a row:
 
     python3 Testing/Python/test_reliability_table.py --write
 """
@@ -492,11 +493,13 @@ def test_fault(fault: Fault, env: Env):
 # ------------------------------------------------------------------------------------------- the table
 
 def render_table() -> str:
+    from test_reliability_web import render_rows as web_rows
+
     rows = ["| bad input or fault | exit code | message (stderr, part) | left on disk |", "|---|---|---|---|"]
     for fault in FAULTS:
         message = fault.message.replace("|", "\\|")
         rows.append(f"| {fault.what} | {fault.code} | `{message}` | {fault.left} |")
-    return "\n".join([BEGIN, *rows, END])
+    return "\n".join([BEGIN, *rows, *web_rows(), END])
 
 
 def _doc_table(text: str) -> str:

@@ -1,0 +1,133 @@
+"""Checks of a file uploaded to ``collagan-impute web`` before any of its voxel data is read.
+
+Two ways an upload could hurt the server that the core's reader does not guard against, because on the command
+line the user owns both the file and the machine:
+
+- a header-plus-data format (``.mhd`` with ``ElementDataFile``, ``.nhdr``/``.nrrd`` with ``data file:``) names
+  its data file, which could be any file the server can read (``/etc/passwd``, another user's scan). The data
+  file must have been uploaded with the header, named by its file name alone, inside the upload folder.
+- a compressed file can declare (or hold) far more voxel data than its size suggests: a 4 MB ``.nii.gz`` can
+  expand to 4 GiB. The size the header declares is checked against a limit without reading the data
+  (``ImageFileReader.ReadImageInformation``), and a gzip stream is never inflated beyond what its header declares.
+
+Example:
+    >>> check_upload(Path("/tmp/collagan-web-x/case-t1n.nii.gz"), Path("/tmp/collagan-web-x"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import zlib
+from pathlib import Path
+from typing import Optional
+
+import SimpleITK as sitk
+
+from .errors import InputError
+
+#: The most voxel data an uploaded volume may declare (a 512^3 float32 volume is 512 MiB); COLLAGAN_WEB_MAX_IMAGE_MB.
+MAX_IMAGE_BYTES = int(float(os.environ.get("COLLAGAN_WEB_MAX_IMAGE_MB", "1024")) * 2 ** 20)
+#: Data files of header-plus-data formats, accepted only as companions of an uploaded header.
+DATA_EXTENSIONS = (".raw.gz", ".raw", ".zraw", ".dat", ".img")
+#: Header and NIfTI extensions a gzip stream may hold beyond the declared voxel data.
+_GZIP_SLACK = 64 * 2 ** 20
+_CHUNK = 1 << 22
+_HEADER_BYTES = 1 << 16  # a header longer than this is not one a scanner export writes
+
+
+def _data_file_reference(path: Path) -> Optional[str]:
+    """The data file a MetaImage or NRRD header names (None when the data is in the file itself)."""
+    with open(path, "rb") as handle:
+        head = handle.read(_HEADER_BYTES).decode("latin-1")
+    lower = path.name.lower()
+    if lower.endswith((".mhd", ".mha")):
+        for line in head.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip().lower() == "elementdatafile":
+                value = value.strip()
+                return None if value.upper() == "LOCAL" else value
+        return None
+    if lower.endswith((".nhdr", ".nrrd")):
+        for line in head.splitlines():
+            if not line.strip():
+                break  # the blank line that ends a NRRD header: what follows is data
+            key, _, value = line.partition(":")
+            if key.strip().lower() in ("data file", "datafile"):
+                return value.strip()
+    return None
+
+
+def check_data_file(path: Path, folder: Path) -> None:
+    """Refuse a header whose data file was not uploaded with it or lies outside the upload folder.
+
+    >>> check_data_file(Path("/tmp/up/a.mhd"), Path("/tmp/up"))  # doctest: +SKIP
+    """
+    reference = _data_file_reference(path)
+    if reference is None:
+        return
+    if not reference or " " in reference or "%" in reference or reference.upper() == "LIST":
+        raise InputError(f"its header names its data as '{reference}' (several files or a pattern); upload a "
+                         "single-file format instead (.nii.gz, .nrrd, .mha).")
+    if re.search(r"[\\/]", reference) or reference.startswith("~"):
+        raise InputError(f"its header names the data file '{reference}' by a path; in the web app the data file "
+                         "must be named by its file name alone and uploaded with the header (or use .nii.gz, "
+                         ".nrrd, .mha).")
+    data = (folder / reference).resolve()
+    if data.parent != folder.resolve() or not data.is_file():
+        raise InputError(f"its data file '{reference}' was not uploaded with it; select the header and its data "
+                         "file together (or use a single-file format: .nii.gz, .nrrd, .mha).")
+
+
+def declared_bytes(path: Path) -> int:
+    """The voxel data a file's header declares, in bytes, read without reading the voxels.
+
+    >>> declared_bytes(Path("case-t1n.nii.gz"))  # doctest: +SKIP
+    38400000
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"its header cannot be read ({str(exc).strip().splitlines()[-1]}).") from exc
+    kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    bits = re.search(r"(\d+)-bit", kind)
+    component = (int(bits.group(1)) // 8 if bits else 8) * (2 if "complex" in kind else 1)
+    count = 1
+    for size in reader.GetSize():
+        count *= int(size)
+    return count * component * max(1, reader.GetNumberOfComponents())
+
+
+def _check_gzip_bound(path: Path, limit: int) -> None:
+    """Inflate a gzip file in chunks, at most ``limit`` bytes: a stream holding more is refused."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while block := handle.read(_CHUNK):
+                total += len(block)
+                if total > limit:
+                    raise InputError("its compressed data holds more than its header declares; a file built to "
+                                     "exhaust the server's memory is refused. Export the volume again.")
+    except (EOFError, gzip.BadGzipFile, zlib.error):
+        return  # a damaged stream: the core's reader refuses it with its own message
+
+
+def check_upload(path: Path, folder: Path, limit: int = 0) -> None:
+    """Every check of an uploaded volume that reads no voxel data; raises InputError naming the fix.
+
+    ``limit`` is the most voxel data in bytes (default :data:`MAX_IMAGE_BYTES`).
+    """
+    limit = limit or MAX_IMAGE_BYTES
+    check_data_file(path, folder)
+    size = declared_bytes(path)
+    if size > limit:
+        raise InputError(f"its header declares {size / 2 ** 20:.0f} MB of voxel data, more than the "
+                         f"{limit // 2 ** 20} MB limit (COLLAGAN_WEB_MAX_IMAGE_MB); crop or downsample it, or use "
+                         "the command line.")
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"
+    if compressed:
+        _check_gzip_bound(path, size + _GZIP_SLACK)
