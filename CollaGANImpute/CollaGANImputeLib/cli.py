@@ -124,7 +124,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
             written = impute_case(
                 case, model, out_dir=args.out, targets=args.target or None, reference=args.reference,
                 device=args.device, batch_size=args.batch_size, progress=progress, name=args.name,
-                montage=args.montage, precision=args.precision, uncertainty=args.uncertainty)
+                montage=args.montage, precision=args.precision, uncertainty=args.uncertainty,
+                overwrite=args.overwrite, allow_synthetic=args.allow_synthetic_input)
         except (InputError, OutputError) as exc:
             if len(cases) == 1:
                 raise
@@ -298,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="contrast whose grid the output takes (default: the first input)")
     p.add_argument("--name", help="case name used in output file names (default: folder name)")
     p.add_argument("--montage", action="store_true", help="also write a PNG per target: inputs | synthetic")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace outputs of another case in the output folder (default: refused; a rerun of the "
+                        "same case replaces its own outputs)")
+    p.add_argument("--allow-synthetic-input", action="store_true",
+                   help="use inputs whose header or sidecar says they are synthetic (default: refused); recorded "
+                        "in the outputs' provenance")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write <case>-<target>-uncertainty-collagan.nii.gz: how much the model's predictions "
                         "from smaller input sets and mirrored inputs disagree (p99 units; about 3x the time). A "

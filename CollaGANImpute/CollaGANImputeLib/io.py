@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import os
@@ -17,7 +18,7 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -44,7 +45,7 @@ def _strip_extension(name: str) -> str:
 def check_volume(image: sitk.Image, name: str = "volume") -> sitk.Image:
     """Refuse what cannot be a 3-D scalar MR volume; returns ``image`` unchanged."""
     dim = image.GetDimension()
-    if dim == 2 or (dim == 3 and min(image.GetSize()) == 1 and image.GetSize()[2] == 1):
+    if dim == 2 or (dim == 3 and min(image.GetSize()) == 1):  # one axial, sagittal or coronal slice
         raise InputError(f"{name} is 2-D (size {image.GetSize()}); a 3-D volume is needed. Load the whole "
                          "series (for DICOM, the folder) rather than a single slice.")
     if dim != 3 or image.GetNumberOfComponentsPerPixel() != 1:
@@ -165,16 +166,21 @@ def check_nifti_data(path: PathLike) -> bool:
     return True
 
 
-def read_volume(path: PathLike) -> sitk.Image:
-    """Read a volume (NIfTI, NRRD, MHA, ... or a DICOM series folder) and check it."""
+def read_volume(path: PathLike, contrast: Optional[str] = None) -> sitk.Image:
+    """Read a volume (NIfTI, NRRD, MHA, ... or a DICOM series folder) and check it.
+
+    A DICOM folder holding several series gives the one whose tags say it is ``contrast`` (:func:`dicom_series`),
+    or ``FOLDER#N`` the series numbered N; otherwise it is refused, listing the series. The DICOM series read is
+    recorded in the image's ``0020|000e`` (Series Instance UID) key.
+
+    Example:
+        >>> read_volume("exam/dicom", contrast="t2f").GetMetaData("0020|000e")   # doctest: +SKIP
+        '1.2.826.0.1.3680043.2.1125.1.42'
+    """
     path = Path(path)
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise InputError(f"{path} is a folder with no DICOM series; give a volume file or a DICOM folder.")
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-        image = reader.Execute()
+    folder, number = _dicom_selector(path)
+    if folder is not None:
+        image = _read_dicom(folder, contrast, number)
     elif not path.exists():
         raise InputError(f"Input file not found: {path}.")
     else:
@@ -190,27 +196,184 @@ def read_volume(path: PathLike) -> sitk.Image:
     return check_volume(image, name=str(path))
 
 
-def find_case_files(folder: PathLike, contrasts: Iterable[str]) -> dict[str, Path]:
-    """Map each contrast found in ``folder`` to its file, by BraTS naming ``<case>-<contrast>.<ext>``.
+def synthetic_label(image: sitk.Image) -> Optional[str]:
+    """Why ``image``'s header says it is not an acquired scan (None when it does not): a ``collagan_synthetic`` or
+    ``collagan_uncertainty`` key set to true (NRRD, MHA, a Slicer node), or a description (NIfTI descrip) written
+    by this package ("SYNTHETIC ...", "UNCERTAINTY ...").
 
-    Synthetic outputs of this package are ignored. Contrasts not present are simply absent from the result.
+    Example:
+        >>> synthetic_label(read_volume("out/P1-t1c-synthetic-collagan.nii.gz"))   # doctest: +SKIP
+        "its header's description reads 'SYNTHETIC t1c imputed by CollaGAN from t1n+t2f; not acquired'"
+    """
+    keys = set(image.GetMetaDataKeys())
+    for key in ("collagan_synthetic", "collagan_uncertainty"):
+        if key in keys and image.GetMetaData(key).strip().lower() == "true":
+            source = image.GetMetaData("collagan_synthetic_source") if "collagan_synthetic_source" in keys else ""
+            return source or f"its header's {key} is true"
+    for key in ("descrip", "ITK_FileNotes", "collagan_description"):
+        if key in keys and image.GetMetaData(key).strip().upper().startswith(("SYNTHETIC", "UNCERTAINTY")):
+            return f"its header's description reads '{image.GetMetaData(key).strip()}'"
+    return None
+
+
+#: The image key that records the DICOM series an input was read from (its Series Instance UID tag).
+SERIES_UID = "0020|000e"
+#: DICOM tags that tell a folder's series apart (:func:`dicom_series`).
+_DICOM_TAGS = {"uid": SERIES_UID, "number": "0020|0011", "description": "0008|103e", "tr": "0018|0080",
+               "te": "0018|0081", "ti": "0018|0082", "agent": "0018|0010"}
+
+
+def _dicom_selector(path: Path) -> tuple[Optional[Path], Optional[int]]:
+    """(DICOM folder, series number or None) for ``FOLDER`` or ``FOLDER#N``; (None, None) for anything else."""
+    if path.is_dir():
+        return path, None
+    folder, sep, number = str(path).rpartition("#")
+    if sep and number.isdigit() and Path(folder).is_dir():
+        return Path(folder), int(number)
+    return None, None
+
+
+def _tag_number(value: str) -> float:
+    try:
+        return float(value.split("\\")[0])
+    except ValueError:
+        return 0.0
+
+
+def _contrast_from_tags(info: Mapping[str, str]) -> Optional[str]:
+    """The contrast a series' tags denote: its description's words (as Slicer's input guess reads them), else its
+    timing (FLAIR: long TI and TE; T2w: long TE and TR; T1w: short TE with short TR or an inversion pulse); a
+    contrast agent tag makes a T1w a T1+Gd."""
+    from .scene.names import classify_contrast  # pure Python name rules, no Slicer
+
+    contrast = classify_contrast(info["description"]) if info["description"] else None
+    tr, te, ti = (_tag_number(info[key]) for key in ("tr", "te", "ti"))
+    if contrast is None and te > 0:
+        if ti >= 1500 and te >= 70:
+            contrast = "t2f"
+        elif te >= 60 and tr >= 1500:
+            contrast = "t2w"
+        elif te <= 30 and (0 < tr <= 1200 or 300 <= ti <= 1300):
+            contrast = "t1n"
+    if contrast == "t1n" and info["agent"].strip():
+        contrast = "t1c"
+    return contrast
+
+
+def dicom_series(folder: PathLike) -> list[dict[str, Any]]:
+    """The DICOM series of ``folder``: per series its tags (:data:`_DICOM_TAGS`), files, size and the contrast its
+    tags denote (None when they do not tell).
+
+    Example:
+        >>> [(s["number"], s["description"], s["contrast"]) for s in dicom_series("exam")]   # doctest: +SKIP
+        [('3', 'AX FLAIR', 't2f'), ('5', 'T1 MPRAGE', 't1n')]
+    """
+    series = []
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(files[0])
+        reader.ReadImageInformation()
+        info: dict[str, Any] = {key: reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+                                for key, tag in _DICOM_TAGS.items()}
+        info.update(uid=uid, files=files, size=(*reader.GetSize()[:2], len(files)))
+        info["contrast"] = _contrast_from_tags(info)
+        series.append(info)
+    return series
+
+
+def _read_dicom(folder: Path, contrast: Optional[str], number: Optional[int]) -> sitk.Image:
+    series = dicom_series(folder)
+    if not series:
+        raise InputError(f"{folder} is a folder with no DICOM series; give a volume file or a DICOM folder.")
+    if number is not None:
+        chosen = [s for s in series if s["number"] and int(_tag_number(s["number"])) == number]
+        why = f"numbered {number}"
+    elif len(series) == 1:
+        chosen, why = series, ""
+    else:
+        chosen = [s for s in series if contrast is not None and s["contrast"] == contrast]
+        why = f"whose tags say '{contrast}'" if contrast else "chosen"
+    if len(chosen) != 1:
+        listed = "; ".join(f"#{s['number'] or '?'} '{s['description']}' {'x'.join(map(str, s['size']))} "
+                           f"({s['contrast'] or 'contrast not told'})" for s in series)
+        raise InputError(f"{folder} holds {len(series)} DICOM series and {'none' if not chosen else 'several'} "
+                         f"{why}: {listed}. Choose one by its number as FOLDER#NUMBER (e.g. "
+                         f"--input {contrast or 't1n'}={folder}#{series[0]['number'] or 1}).")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(chosen[0]["files"])
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"Cannot read the DICOM series {chosen[0]['uid']} in {folder} "
+                         f"({str(exc).strip().splitlines()[-1]}).") from exc
+    image.SetMetaData(SERIES_UID, chosen[0]["uid"])
+    return image
+
+
+#: Contrast names in case file names ``<case>-<contrast>.<ext>`` → the contrast they denote: BraTS 2023 names and
+#: BraTS 2021 names (``_t1``, ``_t1ce``, ``_t2``, ``_flair``, ``_seg``). The one table for finding a case's files
+#: and for cutting the contrast off a name.
+CONTRAST_NAMES = {
+    "t1n": ("t1n", "BraTS 2023"), "t1c": ("t1c", "BraTS 2023"), "t2w": ("t2w", "BraTS 2023"),
+    "t2f": ("t2f", "BraTS 2023"), "seg": ("seg", "BraTS 2023"),
+    "t1": ("t1n", "BraTS 2021"), "t1ce": ("t1c", "BraTS 2021"), "t2": ("t2w", "BraTS 2021"),
+    "flair": ("t2f", "BraTS 2021"),
+}
+_NAME_SEPARATORS = "-_. "
+
+
+def split_contrast(stem: str, anywhere: bool = False) -> Optional[tuple[str, str, str]]:
+    """(case part, contrast, name as written) of a file name without extension, by :data:`CONTRAST_NAMES`: the
+    contrast is the last word (``anywhere``: the last word that is a contrast name); None when there is none.
+    Words are split at ``-``, ``_``, ``.`` and spaces only, so a case name is never cut inside a word.
+
+    Example:
+        >>> split_contrast("BraTS2021_00012_t1ce")
+        ('BraTS2021_00012', 't1c', 't1ce')
+        >>> split_contrast("TCGA-HT-7882-t2f_reg", anywhere=True)
+        ('TCGA-HT-7882', 't2f', 't2f')
+    """
+    words = [m for m in re.finditer(r"[^-_. ]+", stem)]
+    for match in reversed(words if anywhere else words[-1:]):
+        entry = CONTRAST_NAMES.get(match.group().lower())
+        if entry is not None:
+            return stem[: match.start()].rstrip(_NAME_SEPARATORS), entry[0], match.group()
+    return None
+
+
+def find_case_files(folder: PathLike, contrasts: Iterable[str]) -> dict[str, Path]:
+    """Map each contrast found in ``folder`` to its file, by BraTS naming ``<case>-<contrast>.<ext>`` (2023 names,
+    or 2021 names: :data:`CONTRAST_NAMES`).
+
+    This package's outputs (``...-synthetic-collagan``) do not end in a contrast name and are not found.
+    Contrasts not present are simply absent from the result. Two files for one contrast are refused, naming
+    both (and, for two naming conventions, saying so).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"Case folder not found: {folder}.")
+    wanted = set(contrasts)
+    candidates: dict[str, list[tuple[Path, str]]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.name.lower().endswith(VOLUME_EXTENSIONS) or not path.is_file():
+            continue
+        parsed = split_contrast(_strip_extension(path.name))
+        if parsed is not None and parsed[1] in wanted:
+            candidates.setdefault(parsed[1], []).append((path, CONTRAST_NAMES[parsed[2].lower()][1]))
     found: dict[str, Path] = {}
     for contrast in contrasts:
-        pattern = re.compile(rf"(^|[-_.]){re.escape(contrast)}$", re.IGNORECASE)
-        matches = sorted(
-            p for p in folder.iterdir()
-            if p.is_file() and SYNTHETIC_TAG not in p.name.lower() and not p.name.startswith(".")
-            and p.name.lower().endswith(VOLUME_EXTENSIONS) and pattern.search(_strip_extension(p.name))
-        )
+        matches = candidates.get(contrast, [])
+        conventions = sorted({convention for _, convention in matches})
+        if len(conventions) > 1:
+            raise InputError(f"{folder} mixes naming conventions for contrast '{contrast}' ({' and '.join(conventions)}"
+                             f"): {[m.name for m, _ in matches]}. Keep the one file that is the '{contrast}' "
+                             "acquisition, or pass the files explicitly with --input.")
         if len(matches) > 1:
             raise InputError(f"{folder} has several files for contrast '{contrast}': "
-                             f"{[m.name for m in matches]}. Keep one, or pass the files explicitly.")
+                             f"{[m.name for m, _ in matches]}. Keep one, or pass the files explicitly.")
         if matches:
-            found[contrast] = matches[0]
+            found[contrast] = matches[0][0]
     return found
 
 
@@ -225,9 +388,10 @@ def case_name(folder: PathLike) -> str:
 
 
 def case_name_from_files(paths: Mapping[str, PathLike]) -> str:
-    """The case name for explicit input files (contrast → file): the common start of their names without the
-    contrast (``TCGA-HT-7882-t1n.nii.gz`` and ``TCGA-HT-7882-t2f.nii.gz`` → ``TCGA-HT-7882``); when the names are
-    the contrasts alone (``X/t1n.nii.gz``), their folder's name; else the first file's name without extension.
+    """The case name for explicit input files (contrast → file): the part of their names before the contrast
+    (:func:`split_contrast`; ``TCGA-HT-7882-t1n.nii.gz`` and ``TCGA-HT-7882-t2f_reg.nii.gz`` → ``TCGA-HT-7882``);
+    when the names are the contrasts alone (``X/t1n.nii.gz``), their folder's name; else the first file's name
+    without extension. Never a part cut out of a longer name.
 
     Example:
         >>> case_name_from_files({"t1n": "p7_t1n.nii.gz", "t2f": "p7_t2f.nrrd"})
@@ -235,22 +399,16 @@ def case_name_from_files(paths: Mapping[str, PathLike]) -> str:
         >>> case_name_from_files({"t1n": "a.nii.gz", "t2f": "b.nrrd"})
         'a'
     """
-    stems = []
-    for contrast, path in paths.items():
+    parts = []
+    for path in paths.values():
         stem = _strip_extension(Path(path).name)
-        stems.append(re.sub(rf"(^|[-_. ]){re.escape(contrast)}$", "", stem, flags=re.IGNORECASE))
-    common = os.path.commonprefix(stems)
-    if not all(stem == common for stem in stems):  # cut back to a word boundary: "TCGA-HT-788" is no name
-        cut = max(common.rfind(sep) for sep in "-_. ")
-        common = common[:cut] if cut >= 0 else ""
-    name = common.strip("-_. ")
-    if name:
-        return name
+        parsed = split_contrast(stem, anywhere=True)
+        parts.append((parsed[0] if parsed is not None else stem).strip(_NAME_SEPARATORS))
     first = Path(next(iter(paths.values())))
+    if parts[0]:
+        return parts[0]  # differing parts: the first input's, whole (a common prefix could cut a patient's ID)
     folder = first.resolve().parent.name
-    if not stems[0].strip("-_. ") and folder:  # named by its contrast alone: the folder names the case
-        return folder
-    return stems[0].strip("-_. ") or _strip_extension(first.name)
+    return folder or _strip_extension(first.name)
 
 
 def check_case_name(name: str) -> str:
@@ -328,6 +486,41 @@ def follow_umask(path: PathLike) -> None:
         pass
 
 
+@contextlib.contextmanager
+def locked_folders(folders: Iterable[PathLike]) -> Iterator[None]:
+    """Hold an exclusive lock on each folder while the block runs (other processes committing there wait).
+
+    Why the folder itself (``flock`` on its descriptor) and not a lock file: nothing is left behind, even after
+    SIGKILL, and the lock goes with the process. Folders are locked in sorted order (no deadlock between two sets
+    sharing folders). Where locks are not available (Windows, some network file systems) the block runs unlocked.
+
+    Example:
+        >>> with locked_folders(["out"]):                      # doctest: +SKIP
+        ...     os.replace("out/.a.tmp", "out/a.nii.gz")
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    descriptors = []
+    try:
+        for folder in sorted({str(Path(f).resolve()) for f in folders}):
+            try:
+                descriptor = os.open(folder, os.O_RDONLY)
+            except OSError:
+                continue
+            descriptors.append(descriptor)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+            except OSError:  # pragma: no cover - a file system without flock
+                pass
+        yield
+    finally:
+        for descriptor in reversed(descriptors):
+            os.close(descriptor)  # closing releases the lock
+
+
 class OutputSet:
     """All-or-nothing writing of several files (a case's volumes, sidecars and montages).
 
@@ -371,8 +564,23 @@ class OutputSet:
                 os.unlink(tmp)
         self._staged = []
 
-    def commit(self) -> list[Path]:
-        """Rename every staged file into place, all or none; returns the destinations."""
+    def commit(self, check: Optional[Callable[[], object]] = None) -> list[Path]:
+        """Rename every staged file into place, all or none; returns the destinations.
+
+        The output folders are locked while committing (:func:`locked_folders`): concurrent commits of one set
+        follow each other, so the set is always one commit's files, never a mix. ``check`` runs under the lock
+        first (e.g. that the files to be replaced may be); an exception from it commits nothing.
+        """
+        with locked_folders(path.parent for _, path in self._staged):
+            if check is not None:
+                try:
+                    check()
+                except BaseException:
+                    self.discard()
+                    raise
+            return self._commit()
+
+    def _commit(self) -> list[Path]:
         done: list[tuple[Path, Optional[str]]] = []
         try:
             for tmp, path in self._staged:
