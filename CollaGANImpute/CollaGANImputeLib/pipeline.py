@@ -46,7 +46,7 @@ from .io import (
     synthetic_label,
     write_volume,
 )
-from .normalization import foreground_mask, normalize
+from .normalization import foreground_mask, normalize, p99
 from .uncertainty import (
     ensemble_members,
     estimate_uncertainty,
@@ -126,9 +126,17 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
             notes.append(f"The mask could not be computed on {device} ({str(exc).splitlines()[0]}); used the CPU.")
             warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
     if mask is None:
-        mask = foreground_mask([raw[name] for name in names])
-    arrays = {name: normalize(array, mask, None if scales is None else scales[index])
-              for index, (name, array) in enumerate(raw.items())}
+        try:
+            mask = foreground_mask([raw[name] for name in names])
+        except InputError as exc:  # say which input: a percentile alone names none
+            culprit = next((n for n in names if _scale_error(raw[n]) is not None), names[0])
+            raise InputError(f"Input '{culprit}': {_scale_error(raw[culprit]) or exc}") from exc
+    arrays = {}
+    for index, (name, array) in enumerate(raw.items()):
+        try:
+            arrays[name] = normalize(array, mask, None if scales is None else scales[index])
+        except InputError as exc:
+            raise InputError(f"Input '{name}': {exc}") from exc
     case = PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=notes,
                         series_uids={c: image.GetMetaData(SERIES_UID) for c, image in images.items()
                                      if image.HasMetaDataKey(SERIES_UID)})
@@ -142,6 +150,15 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
     if card is not None:
         check_for_model(case, card, names)
     return case
+
+
+def _scale_error(array: np.ndarray) -> Optional[str]:
+    """Why ``array`` has no usable p99 scale (no positive intensities), or None."""
+    try:
+        p99(array)
+    except InputError as exc:
+        return str(exc)
+    return None
 
 
 def check_for_model(case: PreparedCase, card: ModelCard, inputs: Sequence[str]) -> PreparedCase:
@@ -454,7 +471,6 @@ def impute_case(
     """
     if isinstance(case, Mapping):
         paths = {c: Path(p) for c, p in case.items()}
-        refuse_same_file(paths)
         default_dir = next(iter(paths.values())).parent
         name = check_case_name(name or case_name_from_files(paths))
     else:
@@ -468,6 +484,8 @@ def impute_case(
     extra = [sidecar_path(f) for f in [*files.values(), *maps.values()]] + list(maps.values()) + \
         [out / synthetic_filename(name, t, ".png") for t in planned if montage]
     refuse_overwriting_inputs([*files.values(), *extra], paths)
+    check_request(model.card, list(paths), planned)  # unknown contrasts first: they are the likelier mistake
+    refuse_same_file(paths)
 
     def check_replaced() -> None:
         if not overwrite:
@@ -550,13 +568,14 @@ def refuse_overwriting_inputs(outputs: Sequence[Path], inputs: Mapping[str, Path
 
 
 def refuse_same_file(paths: Mapping[str, PathLike]) -> None:
-    """Refuse one file (or one DICOM folder and series) given for two contrasts."""
+    """Refuse one file given for two contrasts. One DICOM folder may hold each contrast's series (the same series
+    chosen twice is refused for its identical voxels: :func:`refuse_unusable_inputs`)."""
     seen: dict[str, str] = {}
     for contrast, path in paths.items():
         path = Path(path)
-        key = str(path.resolve())
-        if path.exists():
-            key = f"{path.stat().st_dev}:{path.stat().st_ino}"  # hard links and symbolic links too
+        if path.is_dir() or not path.exists():
+            continue
+        key = f"{path.stat().st_dev}:{path.stat().st_ino}"  # hard links and symbolic links too
         if key in seen:
             raise InputError(f"The inputs '{seen[key]}' and '{contrast}' are the same file ({path}): each contrast "
                              f"needs its own acquisition. Give the '{contrast}' file (or leave it out).")
