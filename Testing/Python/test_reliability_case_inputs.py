@@ -24,7 +24,7 @@ from CollaGANImputeLib.io import (
     write_volume,
 )
 from CollaGANImputeLib.pipeline import read_input, sidecar_path
-from core_fixtures import head_phantom, make_image
+from core_fixtures import head_phantom, make_image, write_dicom_series
 
 
 @pytest.fixture(scope="module")
@@ -181,35 +181,11 @@ def test_a_single_slice_in_any_orientation_is_refused(tmp_path, axis):
 
 # ------------------------------------------------------------------------------------- DICOM with several series
 
-def _dicom_series(folder: Path, array: np.ndarray, number: int, description: str, tr: str, te: str, ti: str = "",
-                  agent: str = "") -> str:
-    """Write ``array`` (z, y, x) as a real DICOM MR series (one file per slice) with SimpleITK; returns its UID."""
-    folder.mkdir(parents=True, exist_ok=True)
-    uid = f"1.2.826.0.1.3680043.2.1125.7.{number}"
-    volume = sitk.Cast(make_image(array), sitk.sitkInt16)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for z in range(volume.GetDepth()):
-        slice_ = volume[:, :, z]
-        tags = {"0008|0060": "MR", "0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0010|0020": "P1",
-                "0020|000d": "1.2.826.0.1.3680043.2.1125.7", "0020|000e": uid, "0020|0011": str(number),
-                "0008|103e": description, "0018|0080": tr, "0018|0081": te, "0018|0082": ti, "0018|0010": agent,
-                "0008|0018": f"{uid}.{z + 1}", "0020|0013": str(z + 1),
-                "0020|0032": "\\".join(map(str, volume.TransformIndexToPhysicalPoint((0, 0, z)))),
-                "0020|0037": "1\\0\\0\\0\\1\\0"}
-        for tag, value in tags.items():
-            if value:
-                slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"s{number}-{z:03d}.dcm"))
-        writer.Execute(slice_)
-    return uid
-
-
 @pytest.fixture
 def two_series(tmp_path) -> dict[str, str]:
     exam = tmp_path / "exam"
-    return {"t2f": _dicom_series(exam, head_phantom(seed=1), 3, "AX FLAIR", "9000", "120", "2500"),
-            "t1n": _dicom_series(exam, head_phantom(seed=0), 5, "AX T1 SE", "500", "12")}
+    return {"t2f": write_dicom_series(exam, head_phantom(seed=1), 3, "AX FLAIR", "9000", "120", "2500"),
+            "t1n": write_dicom_series(exam, head_phantom(seed=0), 5, "AX T1 SE", "500", "12")}
 
 
 def test_a_dicom_series_is_chosen_by_its_contrast(model, tmp_path, two_series):
@@ -227,8 +203,8 @@ def test_a_dicom_series_is_chosen_by_its_contrast(model, tmp_path, two_series):
 
 def test_the_timing_tags_tell_the_contrast_without_a_description(tmp_path):
     exam = tmp_path / "exam"
-    _dicom_series(exam, head_phantom(seed=1), 7, "", "9000", "120", "2500")
-    _dicom_series(exam, head_phantom(seed=0), 8, "", "500", "12", agent="gadobutrol")
+    write_dicom_series(exam, head_phantom(seed=1), 7, "", "9000", "120", "2500")
+    write_dicom_series(exam, head_phantom(seed=0), 8, "", "500", "12", agent="gadobutrol")
     assert sorted((s["number"], s["contrast"]) for s in dicom_series(exam)) == [("7", "t2f"), ("8", "t1c")]
 
 

@@ -30,7 +30,16 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core_fixtures import CONTRASTS, REPO, NaNOutput, TinyGenerator, WrongShape, head_phantom, make_image  # noqa: E402
+from core_fixtures import (  # noqa: E402
+    CONTRASTS,
+    REPO,
+    NaNOutput,
+    TinyGenerator,
+    WrongShape,
+    head_phantom,
+    make_image,
+    write_dicom_series,
+)
 
 DOC = REPO / "docs" / "RELIABILITY.md"
 BEGIN = "<!-- fault table: generated from Testing/Python/test_reliability_table.py; do not edit by hand -->"
@@ -81,6 +90,7 @@ class Fault:
     message: str  # a fragment of the one-line message (stderr), as the table shows it
     left: str = NOTHING
     kept: bool = False  # outputs are expected (rc 0 warnings, batches)
+    check: Optional[Callable[[Env], None]] = None  # the row's own checks of what was written, right after the run
 
 
 # ------------------------------------------------------------------------------------------------ the rows
@@ -415,6 +425,187 @@ FAULTS = [
 ]
 
 
+# ---- case inputs from clinical exports: names, other cases, synthetic inputs, DICOM, one scan twice, concurrency
+
+def _without_out(args: list[str], out: Path) -> list[str]:
+    at = args.index("--out")
+    return [*args[:at], "--out", str(out), *args[at + 2:]]
+
+
+def _sidecar(env: Env, folder: Optional[Path] = None, name: str = "P1") -> dict:
+    return json.loads(((folder or env.out) / f"{name}-t1c-synthetic-collagan.json").read_text())
+
+
+def _registered_names(env: Env) -> list[str]:
+    t1n, t2f = env.root / "TCGA-HT-7882-t1n.nii.gz", env.root / "TCGA-HT-7882-t2f_reg.nii.gz"
+    shutil.copy(env.file("t1n"), t1n)
+    shutil.copy(env.file("t2f"), t2f)
+    return env.impute(t1n=t1n, t2f=t2f)
+
+
+def _named_whole(env: Env) -> None:
+    assert sorted(p.name for p in env.out.iterdir()) == ["TCGA-HT-7882-t1c-synthetic-collagan.json",
+                                                         "TCGA-HT-7882-t1c-synthetic-collagan.nii.gz"]
+
+
+def _another_case(env: Env) -> list[str]:
+    shared = env.root / "shared"
+    assert run_cli(_without_out(env.impute(), shared))[0] == 0  # patient P1's outputs
+    other = env.root / "P2"
+    other.mkdir()
+    for seed, contrast in ((5, "t1n"), (6, "t2f")):
+        sitk.WriteImage(make_image(head_phantom(seed=seed)), str(other / f"P2-{contrast}.nii.gz"))
+    return _without_out(env.impute("--name", "P1", t1n=other / "P2-t1n.nii.gz", t2f=other / "P2-t2f.nii.gz"), shared)
+
+
+def _brats_2021(env: Env) -> list[str]:
+    case = env.root / "B1"
+    case.mkdir()
+    shutil.copy(env.file("t1n"), case / "B1_t1.nii.gz")
+    shutil.copy(env.file("t2f"), case / "B1_flair.nii.gz")
+    return ["impute", str(case), "--model", str(env.model), "--out", str(env.out), "--device", "cpu"]
+
+
+def _both_2021_inputs_used(env: Env) -> None:
+    assert _sidecar(env, name="B1")["collagan_inputs"] == "t1n,t2f"
+
+
+def _mixed_conventions(env: Env) -> list[str]:
+    shutil.copy(env.file("t2f"), env.case / "P1_flair.nii.gz")
+    return ["impute", str(env.case), "--model", str(env.model), "--out", str(env.out), "--device", "cpu"]
+
+
+def _labelled_synthetic(env: Env) -> Path:
+    """A volume whose NIfTI header says it is this package's synthetic output, renamed like an acquired scan."""
+    from CollaGANImputeLib.io import write_volume
+    from CollaGANImputeLib.pipeline import synthetic_description
+
+    path = env.root / "P9-t2f.nii.gz"
+    write_volume(make_image(head_phantom(seed=4)), path, description=synthetic_description("t2f", ["t1n", "t1c"]))
+    return path
+
+
+def _synthetic_input(env: Env) -> list[str]:
+    return env.impute(t2f=_labelled_synthetic(env))
+
+
+def _synthetic_allowed(env: Env) -> list[str]:
+    return env.impute("--allow-synthetic-input", t2f=_labelled_synthetic(env))
+
+
+def _synthetic_recorded(env: Env) -> None:
+    record = _sidecar(env)
+    assert record["collagan_synthetic_inputs"] == "t2f" and "'t2f' is not an acquired scan" in record["warnings"][0]
+
+
+def _exam(env: Env, second: tuple[str, str, str, str]) -> Path:
+    exam = env.root / "exam"
+    write_dicom_series(exam, head_phantom(seed=1), 3, "AX FLAIR", "9000", "120", "2500")
+    write_dicom_series(exam, head_phantom(seed=0), 5, *second)
+    return exam
+
+
+def _dicom_two_series(env: Env) -> list[str]:
+    exam = _exam(env, ("AX T1 SE", "500", "12", ""))
+    return env.impute("--name", "P1", t1n=exam, t2f=exam)
+
+
+def _dicom_uids(env: Env) -> None:
+    uids = _sidecar(env)["input_series_uid"]
+    assert uids == {"t1n": "1.2.826.0.1.3680043.2.1125.7.5", "t2f": "1.2.826.0.1.3680043.2.1125.7.3"}, uids
+
+
+def _dicom_ambiguous(env: Env) -> list[str]:
+    exam = _exam(env, ("AX T2 TSE", "5000", "100", ""))
+    return env.impute(t1n=exam)
+
+
+def _same_file(env: Env) -> list[str]:
+    return env.impute(t2f=env.file("t1n"))
+
+
+def _same_content(env: Env) -> list[str]:
+    copy = env.root / "P1-copy-t2f.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(env.file("t1n"))), str(copy))
+    return env.impute(t2f=copy)
+
+
+def _sagittal_slice(env: Env) -> list[str]:
+    return env.impute(t2f=env.write("sagittal.nii.gz", head_phantom(seed=1)[:, :, 20:21]))
+
+
+def _run_concurrently(argv: list[str], start) -> None:
+    start.wait(60)
+    code, err = run_cli(argv)
+    os._exit(code)
+
+
+def _concurrent_runs(env: Env) -> list[str]:
+    import multiprocessing
+
+    import CollaGANImputeLib.pipeline as pipeline
+
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    args = ["--name", "P1", "--overwrite", "--uncertainty"]
+    env.processes = []
+    for seed in range(3):
+        t2f = env.write(f"P1-{seed}-t2f.nii.gz", head_phantom(seed=10 + seed))
+        env.processes.append(context.Process(target=_run_concurrently, args=(env.impute(*args, t2f=t2f), start)))
+        env.processes[-1].start()
+    real = pipeline.impute
+
+    def impute(*a, **k):  # the other runs start with this one's computation, once the inputs are recorded
+        start.set()
+        return real(*a, **k)
+
+    env.monkeypatch.setattr(pipeline, "impute", impute)
+    return env.impute(*args)
+
+
+def _one_run_per_set(env: Env) -> None:
+    for process in env.processes:
+        process.join(120)
+        assert process.exitcode == 0
+    synthetic = _sidecar(env)
+    uncertainty = json.loads((env.out / "P1-t1c-uncertainty-collagan.json").read_text())
+    assert synthetic["input_files"] == uncertainty["input_files"], "a mixed output set"
+    assert len(list(env.out.iterdir())) == 4
+
+
+CASE_INPUT_FAULTS = [
+    Fault("case-name-cut", "inputs named `TCGA-HT-7882-t1n`, `TCGA-HT-7882-t2f_reg`", _registered_names, 0, "",
+          "the outputs, named `TCGA-HT-7882-...` (a case name is never cut inside a name)", kept=True,
+          check=_named_whole),
+    Fault("another-case", "a second patient imputed into a folder holding another case's outputs of the same name",
+          _another_case, 2, "is the output of another case", "nothing; the other case's outputs are unchanged "
+          "(`--overwrite` replaces them)"),
+    Fault("brats-2021-names", "a case folder with BraTS 2021 names (`_t1`, `_t1ce`, `_t2`, `_flair`, `_seg`)",
+          _brats_2021, 0, "", "the outputs, imputed from every acquired contrast", kept=True,
+          check=_both_2021_inputs_used),
+    Fault("mixed-conventions", "a case folder with `-t2f` and `_flair` files (two conventions for one contrast)",
+          _mixed_conventions, 2, "mixes naming conventions for contrast 't2f'"),
+    Fault("synthetic-input", "a synthetic volume (its header or JSON sidecar says so) given as an input",
+          _synthetic_input, 2, "is not an acquired scan"),
+    Fault("synthetic-input-allowed", "the same with `--allow-synthetic-input`", _synthetic_allowed, 0,
+          "warning: The input 't2f' is not an acquired scan", "the outputs; their sidecars name the synthetic input",
+          kept=True, check=_synthetic_recorded),
+    Fault("dicom-several-series", "a DICOM folder with a FLAIR and a T1 series, given for t1n and t2f",
+          _dicom_two_series, 0, "", "the outputs, from the series whose tags match; the sidecar records their "
+          "series UIDs", kept=True, check=_dicom_uids),
+    Fault("dicom-ambiguous", "a DICOM folder whose series' tags do not tell which one is the contrast",
+          _dicom_ambiguous, 2, "holds 2 DICOM series and none whose tags say 't1n'"),
+    Fault("same-file-twice", "one file given for two contrasts", _same_file, 2, "are the same file"),
+    Fault("same-content-twice", "two files with identical voxels for two contrasts", _same_content, 2,
+          "have identical voxels"),
+    Fault("sagittal-slice", "a single sagittal (or coronal) slice", _sagittal_slice, 2, "is 2-D"),
+    Fault("concurrent-runs", "four runs writing one output set at once (`--overwrite`)", _concurrent_runs, 0, "",
+          "one run's complete set (the output folder is locked while a set is committed)", kept=True,
+          check=_one_run_per_set),
+]
+FAULTS += CASE_INPUT_FAULTS
+
+
 # ---------------------------------------------------------------------------------------------- the test
 
 @pytest.fixture(scope="module")
@@ -466,6 +657,8 @@ def test_fault(fault: Fault, env: Env):
     before = _digests(env.root)
     code, err = run_cli(argv)
     env.monkeypatch.undo()  # os.replace and friends back before the checks below
+    if fault.check is not None:
+        fault.check(env)
     assert code == fault.code, err
     assert fault.message in err, err
     assert "Traceback" not in err, err
@@ -479,7 +672,7 @@ def test_fault(fault: Fault, env: Env):
     written = [p for p in after if p not in before]
     if fault.kept:
         assert written, "outputs expected"
-        if fault.code == 0:
+        if fault.code == 0 and fault.check is None:
             sidecar = next(p for p in written if p.endswith(".json"))
             record = json.loads(Path(sidecar).read_text())
             assert record["warnings"] or record["input_check"]["findings"], record
@@ -494,8 +687,9 @@ def test_fault(fault: Fault, env: Env):
 def render_table() -> str:
     rows = ["| bad input or fault | exit code | message (stderr, part) | left on disk |", "|---|---|---|---|"]
     for fault in FAULTS:
-        message = fault.message.replace("|", "\\|")
-        rows.append(f"| {fault.what} | {fault.code} | `{message}` | {fault.left} |")
+        escaped = fault.message.replace("|", "\\|")
+        message = f"`{escaped}`" if fault.message else "none"
+        rows.append(f"| {fault.what} | {fault.code} | {message} | {fault.left} |")
     return "\n".join([BEGIN, *rows, END])
 
 
