@@ -396,6 +396,10 @@ def _run(args: argparse.Namespace) -> int:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "cancelled"
         print(f"{what}: nothing of the case in progress was written{kept}", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_CANCELLED
+    except MemoryError:  # wherever it strikes: one line (the core names the volume where it can)
+        print("error: out of memory; nothing of the case in progress was written. Free memory or use a machine with "
+              "more, or crop or resample the inputs.", file=sys.stderr)
+        return EXIT_FAILURE
     except OSError as exc:  # a file the command reads or writes outside the core's checks: one line, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import hashlib
 import os
 import re
 import shutil
+import socket
 import struct
 import tempfile
 import zlib
@@ -186,14 +188,108 @@ def read_volume(path: PathLike, contrast: Optional[str] = None) -> sitk.Image:
     else:
         if path.stat().st_size == 0:
             raise InputError(f"{path} is an empty file (0 bytes).")
+        lower = path.name.lower()
+        if lower.endswith(".nii") and _is_gzip(path):
+            raise InputError(f"{path} is gzip-compressed but named .nii, so no reader takes it: copy or rename it "
+                             f"to {path.name}.gz.")
+        if lower.endswith(".mhd"):
+            check_metaimage_data(path)
         try:
-            if path.name.lower().endswith((".nii", ".nii.gz")):
+            if lower.endswith((".nii", ".nii.gz")):
                 check_nifti_data(path)  # ITK reads missing or NaN voxels of a NIfTI file as zeros
             image = sitk.ReadImage(str(path))
+        except MemoryError as exc:
+            raise InputError(f"Not enough memory to read {path} ({path.stat().st_size / 2**20:.0f} MiB on disk): "
+                             "free memory or use a machine with more, or crop the volume first.") from exc
         except RuntimeError as exc:
-            raise InputError(f"Cannot read {path} as an image ({str(exc).strip().splitlines()[-1]}). "
+            reason = str(exc).strip().splitlines()[-1]
+            if "alloc" in reason.lower():
+                raise InputError(f"Not enough memory to read {path} ({reason}): free memory or use a machine with "
+                                 "more, or crop the volume first.") from exc
+            raise InputError(f"Cannot read {path} as an image ({reason}). "
                              "Supported: NIfTI, NRRD, MHA/MHD and DICOM series folders.") from exc
+        if lower.endswith((".nii", ".nii.gz")):
+            note = sheared_sform_note(path)
+            if note:
+                image.SetMetaData(READ_WARNING, note)
     return check_volume(image, name=str(path))
+
+
+#: The image key that carries a warning found while reading (e.g. a sheared sform), for the provenance.
+READ_WARNING = "collagan_read_warning"
+_METAIMAGE_TYPES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4,
+                    "MET_ULONG": 8, "MET_LONG": 8, "MET_ULONG_LONG": 8, "MET_LONG_LONG": 8, "MET_FLOAT": 4,
+                    "MET_DOUBLE": 8}
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as raw:
+        return raw.read(2) == b"\x1f\x8b"
+
+
+def check_metaimage_data(path: PathLike) -> None:
+    """Refuse a ``.mhd`` header whose data file is missing or shorter than the header announces, naming the data
+    file (ITK says only "No such file or directory"). Compressed, listed and pattern data files are left to ITK.
+
+    Example:
+        >>> check_metaimage_data("scan.mhd")   # doctest: +SKIP
+        InputError: scan.mhd's data file scan.raw is missing ...
+    """
+    path = Path(path)
+    fields = {}
+    for line in path.read_text(encoding="latin-1").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip().lower()] = value.strip()
+    data = fields.get("elementdatafile", "")
+    if not data or data.upper() in ("LOCAL", "LIST") or "%" in data or fields.get("compresseddata", "").lower() == \
+            "true":
+        return
+    data_path = Path(data) if Path(data).is_absolute() else path.parent / data
+    if not data_path.is_file():
+        raise InputError(f"{path}'s data file {data_path} is missing (a .mhd holds the header only): copy the data "
+                         "file beside it, or give a .mha/.nii.gz that holds both.")
+    try:
+        dims = [int(v) for v in fields.get("dimsize", "").split()]
+        size = int(np.prod(dims, dtype=np.int64)) * _METAIMAGE_TYPES[fields.get("elementtype", "").upper()] * \
+            int(fields.get("elementnumberofchannels", "1"))
+        offset = max(0, int(fields.get("headersize", "0")))
+    except (KeyError, ValueError):
+        return  # a header ITK will refuse with its own message
+    if data_path.stat().st_size < offset + size:
+        raise InputError(f"{path}'s data file {data_path} is truncated: the header announces {size} bytes, the file "
+                         f"holds {data_path.stat().st_size}. Copy or export the file again.")
+
+
+def sheared_sform_note(path: PathLike) -> Optional[str]:
+    """A warning when a NIfTI-1 file's sform (its voxel-to-world matrix) is sheared: ITK then places the volume by
+    its qform, which may differ. None when the sform is a rotation times scaling, or absent.
+
+    Example:
+        >>> sheared_sform_note("case-t1n.nii.gz") is None   # doctest: +SKIP
+        True
+    """
+    path = Path(path)
+    with (gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")) as handle:
+        head = handle.read(348)
+    for order in "<>":
+        if len(head) == 348 and struct.unpack(order + "i", head[:4])[0] == 348:
+            break
+    else:
+        return None
+    if struct.unpack(order + "h", head[254:256])[0] <= 0:
+        return None  # no sform
+    matrix = np.array([struct.unpack(order + "4f", head[o:o + 16])[:3] for o in (280, 296, 312)], dtype=np.float64)
+    norms = np.linalg.norm(matrix, axis=0)
+    if not np.all(np.isfinite(matrix)) or np.any(norms == 0):
+        return None
+    columns = matrix / norms
+    shear = float(np.abs(columns.T @ columns - np.eye(3)).max())
+    if shear <= 1e-3:
+        return None
+    return (f"{path.name}'s sform is sheared (its axes are {np.degrees(np.arcsin(min(1.0, shear))):.1f} degrees off "
+            "perpendicular): the volume was placed by its qform, which may differ. Check the result's orientation "
+            "against the inputs, or export the scan again.")
 
 
 def synthetic_label(image: sitk.Image) -> Optional[str]:
@@ -411,6 +507,11 @@ def case_name_from_files(paths: Mapping[str, PathLike]) -> str:
     return folder or _strip_extension(first.name)
 
 
+#: Longest case name: its longest output's temporary name (``.<case>-<target>-uncertainty-collagan.<owner>.<random>
+#: .tmp.nii.gz.previous``) must stay within the 255 bytes most file systems allow.
+MAX_CASE_NAME_BYTES = 160
+
+
 def check_case_name(name: str) -> str:
     """Refuse a case name that is not a plain file-name part (it would write outside the output folder)."""
     bad = (not name or name in (".", "..") or name.startswith((".", "-")) or any(sep in name for sep in "/\\")
@@ -418,6 +519,10 @@ def check_case_name(name: str) -> str:
     if bad:
         raise InputError(f"The case name {name!r} cannot name output files: give a plain name without folders, "
                          "'..', a leading '.' or '-' (e.g. --name patient01); choose the folder with --out.")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_CASE_NAME_BYTES:
+        raise InputError(f"The case name '{name[:40]}...' is {len(name.encode('utf-8', 'surrogateescape'))} bytes "
+                         f"long: its output file names would pass the file system's 255-byte limit. Give a shorter "
+                         f"--name (at most {MAX_CASE_NAME_BYTES} bytes).")
     return name
 
 
@@ -521,6 +626,46 @@ def locked_folders(folders: Iterable[PathLike]) -> Iterator[None]:
             os.close(descriptor)  # closing releases the lock
 
 
+#: This machine, in temporary file names (with the process id): a rerun removes what a killed process left.
+_OWNER = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: PathLike) -> list[Path]:
+    """Remove the hidden temporary files of ``path`` that a process of this machine left when it was killed
+    (SIGKILL, power loss) before it could clean up; those of running processes are kept. Returns the removed.
+
+    Example:
+        >>> remove_stale_temporaries("out/P1-t1c-synthetic-collagan.nii.gz")   # doctest: +SKIP
+        [PosixPath('out/.P1-t1c-synthetic-collagan.3f2a1c-4242.k2j4l1x9.tmp.nii.gz')]
+    """
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(_strip_extension(path.name))}\.{_OWNER}-(\d+)\.[^.]+\.tmp")
+    removed = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        match = pattern.match(name)
+        if match and not _alive(int(match.group(1))):
+            try:
+                os.unlink(path.parent / name)
+                removed.append(path.parent / name)
+            except OSError:
+                pass
+    return removed
+
+
 class OutputSet:
     """All-or-nothing writing of several files (a case's volumes, sidecars and montages).
 
@@ -550,7 +695,9 @@ class OutputSet:
         path = Path(path)
         name = path.name
         suffix = suffix or next((e for e in VOLUME_EXTENSIONS if name.lower().endswith(e)), path.suffix)
-        fd, tmp = tempfile.mkstemp(prefix=f".{_strip_extension(name)}.", suffix=f".tmp{suffix}", dir=path.parent)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_strip_extension(name)}.{_OWNER}-{os.getpid()}.",
+                                   suffix=f".tmp{suffix}", dir=path.parent)
         os.close(fd)
         self._staged.append((tmp, path))
         write(tmp)

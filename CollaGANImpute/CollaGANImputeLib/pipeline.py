@@ -32,6 +32,7 @@ from .geometry import SliceGrid, align_to_reference, canonical_spacing, from_can
 from .inference import CancelFlag, ProgressCallback, impute_slices, resolve_device
 from .input_check import InputCheck, check_case, training_profile
 from .io import (
+    READ_WARNING,
     SERIES_UID,
     OutputSet,
     PathLike,
@@ -112,6 +113,10 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     notes = [str(w.message) for w in caught]
+    for name, image in images.items():  # what reading the files found (e.g. a sheared sform): into the provenance
+        if image.HasMetaDataKey(READ_WARNING):
+            notes.append(f"Input '{name}': {image.GetMetaData(READ_WARNING)}")
+            warnings.warn(notes[-1], GeometryWarning, stacklevel=2)
     ref = aligned[reference or next(iter(images))]
     raw = {name: to_canonical_array(image) for name, image in aligned.items()}
     names = list(mask_from or raw)
@@ -496,9 +501,18 @@ def impute_case(
         read_case(case, model.card.contrasts)
     created = check_output_folder(out, [*files.values(), *extra])
     try:
-        result = impute(images, model, targets=targets, reference=reference, device=device,
-                        batch_size=batch_size, progress=progress, cancel=cancel, precision=precision,
-                        uncertainty=uncertainty, allow_synthetic=allow_synthetic)
+        try:
+            result = impute(images, model, targets=targets, reference=reference, device=device,
+                            batch_size=batch_size, progress=progress, cancel=cancel, precision=precision,
+                            uncertainty=uncertainty, allow_synthetic=allow_synthetic)
+        except (MemoryError, RuntimeError) as exc:
+            if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+                raise
+            largest = max(images, key=lambda c: int(np.prod(images[c].GetSize())))
+            raise InputError(f"Not enough memory to impute case {name}: its largest input, '{largest}' "
+                             f"({paths[largest]}), has {'x'.join(map(str, images[largest].GetSize()))} voxels. Free "
+                             "memory or use a machine with more, or crop or resample the inputs; nothing was "
+                             "written.") from exc
         with OutputSet() as outputs:
             written = {}
             for target, image in result.images.items():
