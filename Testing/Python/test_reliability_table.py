@@ -573,6 +573,79 @@ def _one_run_per_set(env: Env) -> None:
     assert len(list(env.out.iterdir())) == 4
 
 
+def _mhd(env: Env, keep: int) -> list[str]:
+    header = env.root / "P1-t2f.mhd"
+    sitk.WriteImage(sitk.ReadImage(str(env.file("t2f"))), str(header), useCompression=False)
+    data = env.root / "P1-t2f.raw"
+    if keep:
+        data.write_bytes(data.read_bytes()[:keep])
+    else:
+        data.unlink()
+    return env.impute(t2f=header)
+
+
+def _gzip_named_nii(env: Env) -> list[str]:
+    wrong = env.root / "P1-t2f.nii"
+    wrong.write_bytes(env.file("t2f").read_bytes())
+    return env.impute(t2f=wrong)
+
+
+def _negative(env: Env) -> list[str]:
+    return env.impute(t2f=env.write("negative.nii.gz", -head_phantom(seed=1)))
+
+
+def _folder_named_synthetic(env: Env) -> list[str]:
+    case = env.root / "synthetic_phantom_01"
+    case.mkdir()
+    for contrast in ("t1n", "t2f"):
+        shutil.copy(env.file(contrast), case / f"synthetic_phantom_01-{contrast}.nii.gz")
+    return ["impute", str(case), "--model", str(env.model), "--out", str(env.out), "--device", "cpu"]
+
+
+def _read_as_a_case(env: Env) -> None:
+    assert (env.out / "synthetic_phantom_01-t1c-synthetic-collagan.nii.gz").is_file()
+
+
+def _sheared(env: Env) -> list[str]:
+    import struct
+
+    sheared = env.root / "sheared-t2f.nii"
+    sitk.WriteImage(sitk.ReadImage(str(env.file("t2f"))), str(sheared))
+    header = bytearray(sheared.read_bytes())
+    header[280:296] = struct.pack("<4f", -1.0, 0.3, 0.0, 0.0)  # srow_x with a shear
+    sheared.write_bytes(bytes(header))
+    return env.impute(t2f=sheared)
+
+
+def _long_name(env: Env) -> list[str]:
+    return env.impute("--name", "p" * 200)
+
+
+def _out_of_memory(env: Env) -> list[str]:
+    import resource
+
+    import CollaGANImputeLib.pipeline as pipeline
+
+    real = pipeline.impute
+
+    def impute(*a, **k):  # this run's address space capped at what it uses plus 40 MiB, as `ulimit -v` does
+        with open("/proc/self/status") as status:
+            used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize"))
+        limits = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (used + 40 * 2**20, limits[1]))
+        try:
+            return real(*a, **k)
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, limits)
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux's /proc to cap the address space")
+    env.monkeypatch.setattr(pipeline, "impute", impute)
+    shape = (96, 256, 256)
+    return env.impute(t1n=env.write("big-t1n.nii", head_phantom(shape, noise=0)),
+                      t2f=env.write("big-t2f.nii", head_phantom(shape, seed=1, noise=0) + 1))
+
+
 CASE_INPUT_FAULTS = [
     Fault("case-name-cut", "inputs named `TCGA-HT-7882-t1n`, `TCGA-HT-7882-t2f_reg`", _registered_names, 0, "",
           "the outputs, named `TCGA-HT-7882-...` (a case name is never cut inside a name)", kept=True,
@@ -599,6 +672,23 @@ CASE_INPUT_FAULTS = [
     Fault("same-content-twice", "two files with identical voxels for two contrasts", _same_content, 2,
           "have identical voxels"),
     Fault("sagittal-slice", "a single sagittal (or coronal) slice", _sagittal_slice, 2, "is 2-D"),
+    Fault("mhd-data-missing", "a `.mhd` header whose `.raw` data file is missing", lambda env: _mhd(env, 0), 2,
+          "P1-t2f.raw is missing"),
+    Fault("mhd-data-short", "a `.mhd` header whose `.raw` data file is cut short", lambda env: _mhd(env, 1000), 2,
+          "P1-t2f.raw is truncated"),
+    Fault("gzip-named-nii", "a gzip-compressed file named `.nii`", _gzip_named_nii, 2,
+          "is gzip-compressed but named .nii"),
+    Fault("negative-intensities", "an input with negative intensities only", _negative, 2,
+          "Input 't2f': Cannot normalize"),
+    Fault("folder-named-synthetic", "a case folder (and its files) named `synthetic_...`", _folder_named_synthetic, 0,
+          "", "the outputs (only this package's `-synthetic-collagan` outputs are never read as inputs)", kept=True,
+          check=_read_as_a_case),
+    Fault("sheared-sform", "a NIfTI whose sform is sheared (ITK places it by its qform)", _sheared, 0,
+          "sform is sheared", KEPT, kept=True),
+    Fault("name-too-long", "`--name` too long for the file system's 255-byte file names", _long_name, 2,
+          "shorter --name"),
+    Fault("out-of-memory", "not enough memory for the volumes (`ulimit -v`)", _out_of_memory, 2,
+          "Not enough memory to impute case"),
     Fault("concurrent-runs", "four runs writing one output set at once (`--overwrite`)", _concurrent_runs, 0, "",
           "one run's complete set (the output folder is locked while a set is committed)", kept=True,
           check=_one_run_per_set),
