@@ -629,11 +629,13 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
         return self.core.parameters()
 
     def startImputation(self, inputNodes: dict, model, target: str, device: str = "auto", batchSize: int = 8,
-                        cancel=None, precision: str = "auto", uncertainty: bool = False):
+                        cancel=None, precision: str = "auto", uncertainty: bool = False, allowSynthetic: bool = False):
         """Copy the input volumes out of the scene and return a ChunkedImputation to step (GUI) or run;
-        ``uncertainty`` also computes the uncertainty map."""
+        ``uncertainty`` also computes the uncertainty map; a synthetic input node is refused unless
+        ``allowSynthetic`` (then named in the result's provenance)."""
         return self.core.startImputation(inputNodes, model, target, device=device, batchSize=batchSize,
-                                         cancel=cancel, precision=precision, uncertainty=uncertainty)
+                                         cancel=cancel, precision=precision, uncertainty=uncertainty,
+                                         allowSynthetic=allowSynthetic)
 
     def addResultToScene(self, job, showNextTo=None):
         """Add the finished job's image as '<target> (synthetic, CollaGAN)', shown beside ``showNextTo``; its
