@@ -212,7 +212,11 @@ def read_volume(path: PathLike, contrast: Optional[str] = None) -> sitk.Image:
             note = sheared_sform_note(path)
             if note:
                 image.SetMetaData(READ_WARNING, note)
-    return check_volume(image, name=str(path))
+    try:
+        return check_volume(image, name=str(path))
+    except MemoryError as exc:
+        raise InputError(f"Not enough memory to check {path} ({'x'.join(map(str, image.GetSize()))} voxels): free "
+                         "memory or use a machine with more, or crop the volume first.") from exc
 
 
 #: The image key that carries a warning found while reading (e.g. a sheared sform), for the provenance.
@@ -404,6 +408,11 @@ def _read_dicom(folder: Path, contrast: Optional[str], number: Optional[int]) ->
         raise InputError(f"Cannot read the DICOM series {chosen[0]['uid']} in {folder} "
                          f"({str(exc).strip().splitlines()[-1]}).") from exc
     image.SetMetaData(SERIES_UID, chosen[0]["uid"])
+    told = chosen[0]["contrast"]
+    if contrast is not None and told is not None and told != contrast:  # the folder's only series, or chosen by N
+        image.SetMetaData(READ_WARNING, f"the DICOM series #{chosen[0]['number'] or '?'} "
+                                        f"'{chosen[0]['description']}' in {folder} was given as '{contrast}' but its "
+                                        f"tags say '{told}': check that it is the right series.")
     return image
 
 

@@ -216,8 +216,9 @@ def test_an_ambiguous_dicom_folder_is_refused_listing_its_series(tmp_path, two_s
     assert "holds 2 DICOM series and none whose tags say 't1c'" in message
     assert "#3 'AX FLAIR' 40x48x12 (t2f)" in message and "#5 'AX T1 SE' 40x48x12 (t1n)" in message
     assert f"--input t1c={exam}#3" in message
-    chosen = read_volume(f"{exam}#5", "t1c")  # the series by its number, whatever its tags say
+    chosen = read_volume(f"{exam}#5", "t1c")  # the series by its number; the provenance notes what its tags say
     assert chosen.GetMetaData("0020|000e") == two_series["t1n"]
+    assert "given as 't1c' but its tags say 't1n'" in chosen.GetMetaData("collagan_read_warning")
 
 
 # ---------------------------------------------------------------------------------- concurrent commits
