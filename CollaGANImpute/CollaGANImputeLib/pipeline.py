@@ -27,13 +27,13 @@ import torch
 from ._version import __version__
 from .contract import LoadedModel, ModelCard
 from .device_mask import device_mask_and_scales
+from .dicom import SERIES_UID
 from .errors import GeometryWarning, InputCheckWarning, InputError, OutputError
 from .geometry import SliceGrid, align_to_reference, canonical_spacing, from_canonical_array, to_canonical_array
 from .inference import CancelFlag, ProgressCallback, impute_slices, resolve_device
 from .input_check import InputCheck, check_case, training_profile
 from .io import (
     READ_WARNING,
-    SERIES_UID,
     OutputSet,
     PathLike,
     case_name,
@@ -601,9 +601,8 @@ def refuse_replacing_other_case(outputs: Sequence[Path], inputs: Mapping[str, Pa
     ``inputs`` (or that has no readable sidecar to tell) belongs to another case.
 
     Example:
-        >>> refuse_replacing_other_case([Path("out/P1-t1c-synthetic-collagan.nii.gz")], {"t1n": "P2/P2-t1n.nii.gz"})
-        ...   # doctest: +SKIP
-        OutputError: out/P1-t1c-synthetic-collagan.nii.gz is the output of another case ...
+        >>> refuse_replacing_other_case([Path("out/P1-t1c-synthetic-collagan.nii")], {"t1n": "P2.nii"}) # doctest: +SKIP
+        OutputError: out/P1-t1c-synthetic-collagan.nii is the output of another case ...
     """
     mine = {str(Path(p).resolve()) for p in inputs.values()}
     for output in outputs:
@@ -616,7 +615,8 @@ def refuse_replacing_other_case(outputs: Sequence[Path], inputs: Mapping[str, Pa
             recorded = None
         if recorded and mine & {str(v) for v in recorded.values()}:
             continue
-        source = f"imputed from {next(iter(recorded.values()))}" if recorded else "its sidecar records no inputs"
+        source = f"imputed from {next(iter(recorded.values()))}" if recorded else \
+            "it has no readable sidecar recording its inputs"
         raise OutputError(f"{output} is the output of another case ({source}), not of these inputs: writing would "
                           "replace it. Choose another --out or --name, or pass --overwrite to replace it.")
 

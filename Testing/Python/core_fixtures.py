@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,16 @@ def write_dicom_series(folder: Path, array: np.ndarray, number: int, description
     volume = sitk.Cast(make_image(array), sitk.sitkInt16)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    previous = locale.setlocale(locale.LC_CTYPE)  # GDCM's writer sets the C locale: text reads after it would fail
+    try:
+        _write_slices(writer, volume, folder, uid, number, description, tr, te, ti, agent)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
+    return uid
+
+
+def _write_slices(writer: sitk.ImageFileWriter, volume: sitk.Image, folder: Path, uid: str, number: int,
+                  description: str, tr: str, te: str, ti: str, agent: str) -> None:
     for z in range(volume.GetDepth()):
         slice_ = volume[:, :, z]
         tags = {"0008|0060": "MR", "0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0010|0020": "P1",
@@ -79,4 +90,3 @@ def write_dicom_series(folder: Path, array: np.ndarray, number: int, description
                 slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"s{number}-{z:03d}.dcm"))
         writer.Execute(slice_)
-    return uid

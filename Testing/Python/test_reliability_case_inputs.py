@@ -14,15 +14,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 from CollaGANImputeLib import impute_case, load_model
+from CollaGANImputeLib.dicom import dicom_series
 from CollaGANImputeLib.errors import InputError, OutputError
-from CollaGANImputeLib.io import (
-    OutputSet,
-    case_name_from_files,
-    dicom_series,
-    find_case_files,
-    read_volume,
-    write_volume,
-)
+from CollaGANImputeLib.io import OutputSet, case_name_from_files, find_case_files, read_volume, write_volume
 from CollaGANImputeLib.pipeline import read_input, sidecar_path
 from core_fixtures import head_phantom, make_image, write_dicom_series
 
@@ -111,7 +105,7 @@ def test_an_output_without_sidecar_is_not_replaced(model, tmp_path):
     out = tmp_path / "out"
     _write(out / "P1-t1c-synthetic-collagan.nii.gz", 5)
     before = (out / "P1-t1c-synthetic-collagan.nii.gz").read_bytes()
-    with pytest.raises(OutputError, match="its sidecar records no inputs"):
+    with pytest.raises(OutputError, match="it has no readable sidecar recording its inputs"):
         impute_case(_patient(tmp_path, "P1", 0), model, out_dir=out, targets=["t1c"], device="cpu")
     assert (out / "P1-t1c-synthetic-collagan.nii.gz").read_bytes() == before
 
