@@ -297,7 +297,8 @@ def test_a_synthetic_node_is_refused_as_input_unless_allowed(logic, bundled, sma
                                   device="cpu", precision="fp32")
     inputs = {"t1n": nodes["t1n"], "t1c": synthetic}
     before = logic.scene.GetNumberOfNodes()
-    with pytest.raises(InputError, match=r"'t1c' \('t1c \(synthetic, CollaGAN\)'\) is a synthetic volume"):
+    with pytest.raises(InputError, match=r"'t1c' \('t1c \(synthetic, CollaGAN\)'\) is a synthetic volume \(its "
+                                         r"collagan_synthetic attribute is true\)"):
         logic.imputeNodes(inputs, model=bundled, target="t2f", device="cpu")
     with pytest.raises(InputError, match="'t1n' and 't2f' have identical voxels"):
         logic.imputeNodes({"t1n": nodes["t1n"], "t2f": nodes["t1n"]}, model=bundled, target="t1c", device="cpu")
@@ -305,3 +306,7 @@ def test_a_synthetic_node_is_refused_as_input_unless_allowed(logic, bundled, sma
     node = logic.imputeNodes(inputs, model=bundled, target="t2f", device="cpu", allowSynthetic=True)
     assert node.GetAttribute("collagan_synthetic_inputs") == "t1c"
     assert "'t1c' is not an acquired scan" in node.GetAttribute("collagan_warnings")
+    loaded = logic.readVolume(small_case / f"{CASE}-t1c.nii.gz", name="P1-t1c-synthetic-collagan")  # an output file
+    assert logic.syntheticReason(loaded) == "its name says so"
+    phantom = logic.readVolume(small_case / f"{CASE}-t1c.nii.gz", name="synthetic_phantom_01-t1c")  # a study name
+    assert logic.syntheticReason(phantom) is None

@@ -205,6 +205,28 @@ class SceneLogic:
 
         return node.GetAttribute(SYNTHETIC_ATTRIBUTE) == "true" or is_synthetic_name(node.GetName())
 
+    @staticmethod
+    def syntheticReason(node) -> Optional[str]:
+        """Why ``node`` is an imputed volume, not an acquired one (None when nothing says so): its
+        ``collagan_synthetic``/``collagan_uncertainty`` attribute, its description, or its name as this package
+        names results and output files. A case merely named "synthetic..." (a phantom study) is not refused.
+
+        Example:
+            >>> SceneLogic.syntheticReason(resultNode)   # doctest: +SKIP
+            'its collagan_synthetic attribute is true'
+        """
+        from .names import SYNTHETIC_SUFFIX
+
+        for key in ("collagan_synthetic", "collagan_uncertainty"):
+            if (node.GetAttribute(key) or "").lower() == "true":
+                return f"its {key} attribute is true"
+        if (node.GetDescription() or "").upper().startswith(("SYNTHETIC", "UNCERTAINTY")):
+            return "its description says so"
+        name = node.GetName() or ""
+        if name.endswith(SYNTHETIC_SUFFIX) or "-synthetic-collagan" in name or "-uncertainty-collagan" in name:
+            return "its name says so"
+        return None
+
     def guessInputNodes(self, contrasts: list, taken: tuple = ()) -> dict:
         """Scalar volumes of the scene matched to the contrasts by name; label maps, error maps, synthetic
         volumes and the nodes in ``taken`` are never proposed. Contrasts without a match map to None."""
@@ -243,7 +265,7 @@ class SceneLogic:
 
         The first input is the reference grid. ``cancel``: an Event that stops the job (also ``job.cancel()``).
         ``uncertainty``: also the uncertainty map (more passes of the model; :mod:`CollaGANImputeLib.uncertainty`).
-        A node marked synthetic (:meth:`isSynthetic`) is refused unless ``allowSynthetic``; then the result's
+        A synthetic node (:meth:`syntheticReason`) is refused unless ``allowSynthetic``; then the result's
         provenance names it. Two inputs with identical voxels are refused.
         """
         from ..pipeline import refuse_unusable_inputs
@@ -252,14 +274,15 @@ class SceneLogic:
         images = {}
         for contrast, node in inputNodes.items():
             images[contrast] = image_from_node(node)
-            if node is not None and contrast != target and self.isSynthetic(node):
+            why = self.syntheticReason(node) if node is not None and contrast != target else None
+            if why is not None:
                 if not allowSynthetic:
-                    raise InputError(f"The input '{contrast}' ('{node.GetName()}') is a synthetic volume, not an "
-                                     "acquired scan: imputing from it would hide that the result rests on imputed "
+                    raise InputError(f"The input '{contrast}' ('{node.GetName()}') is a synthetic volume ({why}), not "
+                                     "an acquired scan: imputing from it would hide that the result rests on imputed "
                                      "data. Choose the acquired volume, or allow synthetic inputs explicitly "
                                      "(recorded in the result's provenance).")
                 images[contrast].SetMetaData("collagan_synthetic", "true")
-                images[contrast].SetMetaData("collagan_synthetic_source", f"node '{node.GetName()}' is synthetic")
+                images[contrast].SetMetaData("collagan_synthetic_source", f"node '{node.GetName()}': {why}")
         refuse_unusable_inputs(images, [c for c in images if c != target], allow_synthetic=True)
         return ChunkedImputation(images, self._model(model), target, device=device, batch_size=batchSize,
                                  precision=precision, cancel_flag=cancel, uncertainty=uncertainty)
