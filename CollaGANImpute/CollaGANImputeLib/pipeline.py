@@ -494,7 +494,7 @@ def impute_case(
 
     def check_replaced() -> None:
         if not overwrite:
-            refuse_replacing_other_case(list(files.values()), paths)
+            refuse_replacing_other_case([*files.values(), *maps.values()], paths)
 
     check_replaced()
     images = {c: read_input(p, c) for c, p in paths.items()} if isinstance(case, Mapping) else \

@@ -646,6 +646,29 @@ def _out_of_memory(env: Env) -> list[str]:
                       t2f=env.write("big-t2f.nii", head_phantom(shape, seed=1, noise=0) + 1))
 
 
+def _killed_before(env: Env) -> list[str]:
+    import subprocess
+    import textwrap
+
+    env.out.mkdir()
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(REPO / "CollaGANImpute")!r})
+        from pathlib import Path
+        from CollaGANImputeLib.io import OutputSet
+        OutputSet().stage(Path({str(env.out / "P1-t1c-synthetic-collagan.nii.gz")!r}), lambda tmp: None)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert subprocess.run([sys.executable, "-c", script]).returncode == -signal.SIGKILL
+    assert [p.name for p in env.out.iterdir() if ".tmp" in p.name], "the killed run left its temporary file"
+    return env.impute()
+
+
+def _outputs_only(env: Env) -> None:
+    assert sorted(p.name for p in env.out.iterdir()) == ["P1-t1c-synthetic-collagan.json",
+                                                         "P1-t1c-synthetic-collagan.nii.gz"]
+
+
 CASE_INPUT_FAULTS = [
     Fault("case-name-cut", "inputs named `TCGA-HT-7882-t1n`, `TCGA-HT-7882-t2f_reg`", _registered_names, 0, "",
           "the outputs, named `TCGA-HT-7882-...` (a case name is never cut inside a name)", kept=True,
@@ -689,6 +712,8 @@ CASE_INPUT_FAULTS = [
           "shorter --name"),
     Fault("out-of-memory", "not enough memory for the volumes (`ulimit -v`)", _out_of_memory, 2,
           "Not enough memory to impute case"),
+    Fault("killed-before", "a rerun after a run was killed (SIGKILL) while writing its outputs", _killed_before, 0,
+          "", "the outputs; the killed run's hidden temporary files are removed", kept=True, check=_outputs_only),
     Fault("concurrent-runs", "four runs writing one output set at once (`--overwrite`)", _concurrent_runs, 0, "",
           "one run's complete set (the output folder is locked while a set is committed)", kept=True,
           check=_one_run_per_set),
@@ -744,7 +769,7 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 def test_fault(fault: Fault, env: Env):
     torch.set_num_threads(1)
     argv = fault.setup(env)
-    before = _digests(env.root)
+    before = {p: d for p, d in _digests(env.root).items() if ".tmp" not in Path(p).name}  # inputs, not leftovers
     code, err = run_cli(argv)
     env.monkeypatch.undo()  # os.replace and friends back before the checks below
     if fault.check is not None:
