@@ -1,6 +1,6 @@
 """DICOM folders with several series: which series is which contrast, from its tags, and reading the chosen one.
 
-A clinical export often puts every series of a session in one folder. :func:`read_dicom_series` takes the series
+A clinical export often puts every series of an examination in one folder. :func:`read_dicom_series` takes the series
 whose tags (series description; repetition, echo and inversion times; contrast agent) say it is the wanted
 contrast, or the one numbered N (``FOLDER#N``), and refuses an ambiguous folder, listing its series.
 
