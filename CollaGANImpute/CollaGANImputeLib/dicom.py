@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -27,7 +28,7 @@ PathLike = Union[str, os.PathLike]
 SERIES_UID = "0020|000e"
 #: DICOM tags that tell a folder's series apart (:func:`dicom_series`).
 _DICOM_TAGS = {"uid": SERIES_UID, "number": "0020|0011", "description": "0008|103e", "tr": "0018|0080",
-               "te": "0018|0081", "ti": "0018|0082", "agent": "0018|0010"}
+               "te": "0018|0081", "ti": "0018|0082", "agent": "0018|0010", "sequence": "0018|0020"}
 
 
 def dicom_selector(path: Path) -> tuple[Optional[Path], Optional[int]]:
@@ -47,19 +48,45 @@ def _tag_number(value: str) -> float:
         return 0.0
 
 
+#: Series that are none of the model contrasts, whatever their timing: T2*/SWI, diffusion, perfusion, localizers.
+_OTHER_SERIES = re.compile(r"t2\s*\*|t2star|swi|dwi|diff|adc|trace|perf|dsc|asl|local|scout|survey|calib|mip",
+                           re.IGNORECASE)
+_DARK_FLUID = re.compile(r"dark.?fluid|tirm|flair", re.IGNORECASE)
+
+
+def _contrast_from_timing(tr: float, te: float, ti: float, sequence: str) -> Optional[str]:
+    """The contrast the timing tags (ms) and the scanning sequence (0018,0020) denote, or None: FLAIR a long TI
+    and TE; T1w a short TE with a short TR or a T1 inversion (MPRAGE); T2w a long TE and TR. EPI (diffusion,
+    perfusion) and gradient echoes with a T2* echo time are none of them."""
+    if te <= 0 or "EP" in sequence.upper().split("\\"):
+        return None
+    if ti >= 1500 and te >= 70:
+        return "t2f"
+    if "GR" in sequence.upper().split("\\") and "IR" not in sequence.upper() and te >= 10:
+        return None  # a T2*-weighted gradient echo
+    if te <= 30 and (0 < tr <= 1200 or 300 <= ti <= 1300):
+        return "t1n"
+    if te >= 60 and tr >= 1500 and ti <= 0:
+        return "t2w"
+    return None
+
+
 def _contrast_from_tags(info: Mapping[str, str]) -> Optional[str]:
     """The contrast a series' tags denote: its description's words (as Slicer's input guess reads them), else its
-    timing (FLAIR: long TI and TE; T2w: long TE and TR; T1w: short TE with short TR or an inversion pulse); a
-    contrast agent tag makes a T1w a T1+Gd."""
-    contrast = classify_contrast(info["description"]) if info["description"] else None
-    tr, te, ti = (_tag_number(info[key]) for key in ("tr", "te", "ti"))
-    if contrast is None and te > 0:
-        if ti >= 1500 and te >= 70:
-            contrast = "t2f"
-        elif te >= 60 and tr >= 1500:
-            contrast = "t2w"
-        elif te <= 30 and (0 < tr <= 1200 or 300 <= ti <= 1300):
-            contrast = "t1n"
+    timing (:func:`_contrast_from_timing`); the timing corrects a T2 description to FLAIR (``t2_tirm_dark-fluid``)
+    and a FLAIR description to T1w (a T1-FLAIR); a contrast agent tag makes a T1w a T1+Gd. T2*, diffusion,
+    perfusion and localizer series are none of the contrasts."""
+    description = info["description"]
+    if _OTHER_SERIES.search(description):
+        return None
+    timing = _contrast_from_timing(*(_tag_number(info[key]) for key in ("tr", "te", "ti")), info.get("sequence", ""))
+    contrast = classify_contrast(description) if description else None
+    if contrast is None:
+        contrast = timing
+    elif contrast == "t2w" and (timing == "t2f" or _DARK_FLUID.search(description)):
+        contrast = "t2f"
+    elif contrast == "t2f" and timing == "t1n":
+        contrast = "t1n"
     if contrast == "t1n" and info["agent"].strip():
         contrast = "t1c"
     return contrast

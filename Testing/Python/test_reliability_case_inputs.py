@@ -202,6 +202,25 @@ def test_the_timing_tags_tell_the_contrast_without_a_description(tmp_path):
     assert sorted((s["number"], s["contrast"]) for s in dicom_series(exam)) == [("7", "t2f"), ("8", "t1c")]
 
 
+@pytest.mark.parametrize("description, tr, te, ti, sequence, agent, expected", [
+    ("t2_tirm_tra_dark-fluid", "9000", "81", "2500", "SE\\IR", "", "t2f"),  # a T2 by its words, FLAIR by its TI
+    ("T2W_TSE", "4500", "100", "", "SE", "", "t2w"),
+    ("sag T1 FLAIR", "2000", "9", "800", "SE\\IR", "", "t1n"),  # T1-weighted, whatever its name says
+    ("t1_mprage_sag", "2300", "2.3", "900", "GR\\IR", "", "t1n"),
+    ("t1_vibe_tra", "5", "2", "", "GR", "gadobutrol", "t1c"),
+    ("", "650", "20", "", "GR", "", None),  # a T2*-weighted gradient echo
+    ("", "5000", "80", "", "EP", "", None),  # diffusion (EPI)
+    ("ep2d_diff_3scan_trace", "5000", "80", "", "EP", "", None),
+    ("AX SWI", "28", "20", "", "GR", "", None),
+    ("AAHScout", "3", "1.4", "", "GR", "", None),
+])
+def test_series_contrast_from_description_and_timing(description, tr, te, ti, sequence, agent, expected):
+    from CollaGANImputeLib.dicom import _contrast_from_tags
+
+    info = {"description": description, "tr": tr, "te": te, "ti": ti, "sequence": sequence, "agent": agent}
+    assert _contrast_from_tags(info) == expected
+
+
 def test_an_ambiguous_dicom_folder_is_refused_listing_its_series(tmp_path, two_series):
     exam = tmp_path / "exam"
     with pytest.raises(InputError) as error:
