@@ -101,6 +101,22 @@ def test_another_patients_outputs_are_kept_without_overwrite(model, tmp_path):
     assert record["input_files"]["t1n"] == str(other["t1n"].resolve())
 
 
+def test_another_case_writing_first_is_checked_again_at_commit(model, tmp_path):
+    out = tmp_path / "out"
+    other = impute_case(_patient(tmp_path, "P2", 3), model, out_dir=tmp_path / "elsewhere", targets=["t1c"],
+                        device="cpu", name="P1")["t1c"]
+
+    def meanwhile(done: int, total: int) -> None:  # another run of another case commits while this one computes
+        if not (out / other.name).exists():
+            shutil.copy(other, out / other.name)
+            shutil.copy(sidecar_path(other), out / sidecar_path(other).name)
+
+    with pytest.raises(OutputError, match="is the output of another case"):
+        impute_case(_patient(tmp_path, "P1", 0), model, out_dir=out, targets=["t1c"], device="cpu", progress=meanwhile)
+    assert (out / other.name).read_bytes() == other.read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted([other.name, sidecar_path(other).name])
+
+
 def test_an_output_without_sidecar_is_not_replaced(model, tmp_path):
     out = tmp_path / "out"
     _write(out / "P1-t1c-synthetic-collagan.nii.gz", 5)
