@@ -543,6 +543,8 @@ _OWNER = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
 def _alive(pid: int) -> bool:
+    if os.name == "nt":  # Windows' os.kill terminates the process: never probe, keep every temporary there
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
