@@ -505,6 +505,12 @@ def impute_case(
             result = impute(images, model, targets=targets, reference=reference, device=device,
                             batch_size=batch_size, progress=progress, cancel=cancel, precision=precision,
                             uncertainty=uncertainty, allow_synthetic=allow_synthetic)
+        except InputError as exc:  # "Input 't2f': ..." from the core: name the file too
+            contrast = next((c for c in paths if str(exc).startswith(f"Input '{c}': ")), None)
+            if contrast is None:
+                raise
+            raise InputError(f"Input '{contrast}' ({paths[contrast]}): "
+                             f"{str(exc)[len(contrast) + 10:]}") from exc
         except (MemoryError, RuntimeError) as exc:
             if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
                 raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -66,7 +67,7 @@ def test_a_gzip_named_nii_says_to_rename_it(tmp_path, inputs):
 def test_negative_intensities_name_the_input(model, tmp_path, inputs):
     negative = tmp_path / "negative-t2f.nii.gz"
     sitk.WriteImage(make_image(-head_phantom(seed=1)), str(negative))
-    with pytest.raises(InputError, match=r"^Input 't2f': Cannot normalize: the 99th percentile"):
+    with pytest.raises(InputError, match=rf"^Input 't2f' \({re.escape(str(negative))}\): Cannot normalize: the 99th"):
         impute_case({"t1n": inputs["t1n"], "t2f": negative}, model, out_dir=tmp_path / "out", device="cpu")
     assert not (tmp_path / "out").exists()
 

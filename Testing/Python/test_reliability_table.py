@@ -702,7 +702,7 @@ CASE_INPUT_FAULTS = [
     Fault("gzip-named-nii", "a gzip-compressed file named `.nii`", _gzip_named_nii, 2,
           "is gzip-compressed but named .nii"),
     Fault("negative-intensities", "an input with negative intensities only", _negative, 2,
-          "Input 't2f': Cannot normalize"),
+          "negative.nii.gz): Cannot normalize"),
     Fault("folder-named-synthetic", "a case folder (and its files) named `synthetic_...`", _folder_named_synthetic, 0,
           "", "the outputs (only this package's `-synthetic-collagan` outputs are never read as inputs)", kept=True,
           check=_read_as_a_case),
