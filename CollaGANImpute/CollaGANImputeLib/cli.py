@@ -294,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("impute", help="impute the missing contrast(s) of one case")
     p.add_argument("case", nargs="*", help="case folder(s) with <case>-<contrast>.nii.gz files")
-    p.add_argument("--input", action="append", default=[], metavar="CONTRAST=PATH", help="explicit input file")
+    p.add_argument("--input", action="append", default=[], metavar="CONTRAST=PATH",
+                   help="explicit input file, or DICOM folder (its series for CONTRAST by their tags; FOLDER#N: "
+                        "series number N)")
     p.add_argument("--out", help="output folder (default: next to the inputs)")
     p.add_argument("--reference", help="contrast whose grid the output takes (default: the first input)")
     p.add_argument("--name", help="case name used in output file names (default: folder name)")
