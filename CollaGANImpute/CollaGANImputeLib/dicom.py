@@ -32,7 +32,14 @@ _DICOM_TAGS = {"uid": SERIES_UID, "number": "0020|0011", "description": "0008|10
 
 
 def dicom_selector(path: Path) -> tuple[Optional[Path], Optional[int]]:
-    """(DICOM folder, series number or None) for ``FOLDER`` or ``FOLDER#N``; (None, None) for anything else."""
+    """(DICOM folder, series number or None) for ``FOLDER`` or ``FOLDER#N``; (None, None) for anything else.
+
+    Example:
+        >>> dicom_selector(Path("exam#5"))   # doctest: +SKIP
+        (PosixPath('exam'), 5)
+        >>> dicom_selector(Path("no-such-scan.nii.gz"))
+        (None, None)
+    """
     if path.is_dir():
         return path, None
     folder, sep, number = str(path).rpartition("#")

@@ -589,7 +589,12 @@ def refuse_overwriting_inputs(outputs: Sequence[Path], inputs: Mapping[str, Path
 
 def refuse_same_file(paths: Mapping[str, PathLike]) -> None:
     """Refuse one file given for two contrasts. One DICOM folder may hold each contrast's series (the same series
-    chosen twice is refused for its identical voxels: :func:`refuse_unusable_inputs`)."""
+    chosen twice is refused for its identical voxels: :func:`refuse_unusable_inputs`).
+
+    Example:
+        >>> refuse_same_file({"t1n": "P1-t1n.nii.gz", "t2f": "P1-t1n.nii.gz"})   # doctest: +SKIP
+        InputError: The inputs 't1n' and 't2f' are the same file (P1-t1n.nii.gz) ...
+    """
     seen: dict[str, str] = {}
     for contrast, path in paths.items():
         path = Path(path)
