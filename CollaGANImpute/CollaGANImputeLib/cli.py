@@ -135,7 +135,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
             written = impute_case(
                 case, model, out_dir=args.out, targets=args.target or None, reference=args.reference,
                 device=args.device, batch_size=args.batch_size, progress=progress, name=args.name,
-                montage=args.montage, precision=args.precision, uncertainty=args.uncertainty)
+                montage=args.montage, precision=args.precision, uncertainty=args.uncertainty,
+                overwrite=args.overwrite, allow_synthetic=args.allow_synthetic_input)
         except (InputError, OutputError) as exc:
             if len(cases) == 1:
                 raise
@@ -305,11 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("impute", help="impute the missing contrast(s) of one case")
     p.add_argument("case", nargs="*", help="case folder(s) with <case>-<contrast>.nii.gz files")
-    p.add_argument("--input", action="append", default=[], metavar="CONTRAST=PATH", help="explicit input file")
+    p.add_argument("--input", action="append", default=[], metavar="CONTRAST=PATH",
+                   help="explicit input file, or DICOM folder (its series for CONTRAST by their tags; FOLDER#N: "
+                        "series number N)")
     p.add_argument("--out", help="output folder (default: next to the inputs)")
     p.add_argument("--reference", help="contrast whose grid the output takes (default: the first input)")
     p.add_argument("--name", help="case name used in output file names (default: folder name)")
     p.add_argument("--montage", action="store_true", help="also write a PNG per target: inputs | synthetic")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace outputs of another case in the output folder (default: refused; a rerun of the "
+                        "same case replaces its own outputs)")
+    p.add_argument("--allow-synthetic-input", action="store_true",
+                   help="use inputs whose header or sidecar says they are synthetic (default: refused); recorded "
+                        "in the outputs' provenance")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write <case>-<target>-uncertainty-collagan.nii.gz: how much the model's predictions "
                         "from smaller input sets and mirrored inputs disagree (p99 units; about 3x the time). A "
@@ -410,6 +419,10 @@ def _run(args: argparse.Namespace) -> int:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "cancelled"
         print(f"{what}: nothing of the case in progress was written{kept}", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_CANCELLED
+    except MemoryError:  # wherever it strikes: one line (the core names the volume where it can)
+        print("error: out of memory; nothing of the case in progress was written. Free memory or use a machine with "
+              "more, or crop or resample the inputs.", file=sys.stderr)
+        return EXIT_FAILURE
     except OSError as exc:  # a file the command reads or writes outside the core's checks: one line, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)

@@ -184,9 +184,11 @@ def _run_batch(plan: InferencePlan, usable: Mapping[str, np.ndarray], index: np.
     x = torch.cat([images, target_planes(card.contrasts, target, (len(index), *images.shape[-2:]))], dim=1)
     try:
         y = plan(x)
-    except (torch.cuda.OutOfMemoryError, Cancelled, KeyboardInterrupt):
+    except (torch.cuda.OutOfMemoryError, Cancelled, KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:  # TorchScript raises RuntimeError variants for a model that does not fit its card
+        if "can't allocate memory" in str(exc):  # the CPU's allocator: the machine, not the model
+            raise MemoryError(str(exc).strip().splitlines()[-1]) from exc
         detail = str(exc).strip().splitlines()
         raise ModelError(
             f"Model '{card.name}' fails on the input its card describes ({tuple(x.shape)}: {card.n_contrasts} "

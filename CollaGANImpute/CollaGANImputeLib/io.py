@@ -8,20 +8,24 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
+import hashlib
 import os
 import re
 import shutil
+import socket
 import struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Union
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom import dicom_selector, read_dicom_series
 from .errors import InputError, OutputError
 
 PathLike = Union[str, os.PathLike]
@@ -44,7 +48,7 @@ def _strip_extension(name: str) -> str:
 def check_volume(image: sitk.Image, name: str = "volume") -> sitk.Image:
     """Refuse what cannot be a 3-D scalar MR volume; returns ``image`` unchanged."""
     dim = image.GetDimension()
-    if dim == 2 or (dim == 3 and min(image.GetSize()) == 1 and image.GetSize()[2] == 1):
+    if dim == 2 or (dim == 3 and min(image.GetSize()) == 1):  # one axial, sagittal or coronal slice
         raise InputError(f"{name} is 2-D (size {image.GetSize()}); a 3-D volume is needed. Load the whole "
                          "series (for DICOM, the folder) rather than a single slice.")
     if dim != 3 or image.GetNumberOfComponentsPerPixel() != 1:
@@ -165,52 +169,219 @@ def check_nifti_data(path: PathLike) -> bool:
     return True
 
 
-def read_volume(path: PathLike) -> sitk.Image:
-    """Read a volume (NIfTI, NRRD, MHA, ... or a DICOM series folder) and check it."""
+def read_volume(path: PathLike, contrast: Optional[str] = None) -> sitk.Image:
+    """Read a volume (NIfTI, NRRD, MHA, ... or a DICOM series folder) and check it.
+
+    A DICOM folder holding several series gives the one whose tags say it is ``contrast`` (:func:`dicom_series`),
+    or ``FOLDER#N`` the series numbered N; otherwise it is refused, listing the series. The DICOM series read is
+    recorded in the image's ``0020|000e`` (Series Instance UID) key.
+
+    Example:
+        >>> read_volume("exam/dicom", contrast="t2f").GetMetaData("0020|000e")   # doctest: +SKIP
+        '1.2.826.0.1.3680043.2.1125.1.42'
+    """
     path = Path(path)
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise InputError(f"{path} is a folder with no DICOM series; give a volume file or a DICOM folder.")
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-        image = reader.Execute()
+    folder, number = dicom_selector(path)
+    if folder is not None:
+        image, note = read_dicom_series(folder, contrast, number)
+        if note:
+            image.SetMetaData(READ_WARNING, note)
     elif not path.exists():
         raise InputError(f"Input file not found: {path}.")
     else:
         if path.stat().st_size == 0:
             raise InputError(f"{path} is an empty file (0 bytes).")
+        lower = path.name.lower()
+        if lower.endswith(".nii") and _is_gzip(path):
+            raise InputError(f"{path} is gzip-compressed but named .nii, so no reader takes it: copy or rename it "
+                             f"to {path.name}.gz.")
+        if lower.endswith(".mhd"):
+            check_metaimage_data(path)
         try:
-            if path.name.lower().endswith((".nii", ".nii.gz")):
+            if lower.endswith((".nii", ".nii.gz")):
                 check_nifti_data(path)  # ITK reads missing or NaN voxels of a NIfTI file as zeros
             image = sitk.ReadImage(str(path))
+        except MemoryError as exc:
+            raise InputError(f"Not enough memory to read {path} ({path.stat().st_size / 2**20:.0f} MiB on disk): "
+                             "free memory or use a machine with more, or crop the volume first.") from exc
         except RuntimeError as exc:
-            raise InputError(f"Cannot read {path} as an image ({str(exc).strip().splitlines()[-1]}). "
+            reason = str(exc).strip().splitlines()[-1]
+            if "alloc" in reason.lower():
+                raise InputError(f"Not enough memory to read {path} ({reason}): free memory or use a machine with "
+                                 "more, or crop the volume first.") from exc
+            raise InputError(f"Cannot read {path} as an image ({reason}). "
                              "Supported: NIfTI, NRRD, MHA/MHD and DICOM series folders.") from exc
-    return check_volume(image, name=str(path))
+        if lower.endswith((".nii", ".nii.gz")):
+            note = sheared_sform_note(path)
+            if note:
+                image.SetMetaData(READ_WARNING, note)
+    try:
+        return check_volume(image, name=str(path))
+    except MemoryError as exc:
+        raise InputError(f"Not enough memory to check {path} ({'x'.join(map(str, image.GetSize()))} voxels): free "
+                         "memory or use a machine with more, or crop the volume first.") from exc
+
+
+#: The image key that carries a warning found while reading (e.g. a sheared sform), for the provenance.
+READ_WARNING = "collagan_read_warning"
+_METAIMAGE_TYPES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4,
+                    "MET_ULONG": 8, "MET_LONG": 8, "MET_ULONG_LONG": 8, "MET_LONG_LONG": 8, "MET_FLOAT": 4,
+                    "MET_DOUBLE": 8}
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as raw:
+        return raw.read(2) == b"\x1f\x8b"
+
+
+def check_metaimage_data(path: PathLike) -> None:
+    """Refuse a ``.mhd`` header whose data file is missing or shorter than the header announces, naming the data
+    file (ITK says only "No such file or directory"). Compressed, listed and pattern data files are left to ITK.
+
+    Example:
+        >>> check_metaimage_data("scan.mhd")   # doctest: +SKIP
+        InputError: scan.mhd's data file scan.raw is missing ...
+    """
+    path = Path(path)
+    fields = {}
+    for line in path.read_text(encoding="latin-1").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip().lower()] = value.strip()
+    data = fields.get("elementdatafile", "")
+    if not data or data.upper() in ("LOCAL", "LIST") or "%" in data or fields.get("compresseddata", "").lower() == \
+            "true":
+        return
+    data_path = Path(data) if Path(data).is_absolute() else path.parent / data
+    if not data_path.is_file():
+        raise InputError(f"{path}'s data file {data_path} is missing (a .mhd holds the header only): copy the data "
+                         "file beside it, or give a .mha/.nii.gz that holds both.")
+    try:
+        dims = [int(v) for v in fields.get("dimsize", "").split()]
+        size = int(np.prod(dims, dtype=np.int64)) * _METAIMAGE_TYPES[fields.get("elementtype", "").upper()] * \
+            int(fields.get("elementnumberofchannels", "1"))
+        offset = max(0, int(fields.get("headersize", "0")))
+    except (KeyError, ValueError):
+        return  # a header ITK will refuse with its own message
+    if data_path.stat().st_size < offset + size:
+        raise InputError(f"{path}'s data file {data_path} is truncated: the header announces {size} bytes, the file "
+                         f"holds {data_path.stat().st_size}. Copy or export the file again.")
+
+
+def sheared_sform_note(path: PathLike) -> Optional[str]:
+    """A warning when a NIfTI-1 file's sform (its voxel-to-world matrix) is sheared: ITK then places the volume by
+    its qform, which may differ. None when the sform is a rotation times scaling, or absent.
+
+    Example:
+        >>> sheared_sform_note("case-t1n.nii.gz") is None   # doctest: +SKIP
+        True
+    """
+    path = Path(path)
+    with (gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")) as handle:
+        head = handle.read(348)
+    for order in "<>":
+        if len(head) == 348 and struct.unpack(order + "i", head[:4])[0] == 348:
+            break
+    else:
+        return None
+    if struct.unpack(order + "h", head[254:256])[0] <= 0:
+        return None  # no sform
+    matrix = np.array([struct.unpack(order + "4f", head[o:o + 16])[:3] for o in (280, 296, 312)], dtype=np.float64)
+    norms = np.linalg.norm(matrix, axis=0)
+    if not np.all(np.isfinite(matrix)) or np.any(norms == 0):
+        return None
+    columns = matrix / norms
+    shear = float(np.abs(columns.T @ columns - np.eye(3)).max())
+    if shear <= 1e-3:
+        return None
+    return (f"{path.name}'s sform is sheared (its axes are {np.degrees(np.arcsin(min(1.0, shear))):.1f} degrees off "
+            "perpendicular): the volume was placed by its qform, which may differ. Check the result's orientation "
+            "against the inputs, or export the scan again.")
+
+
+def synthetic_label(image: sitk.Image) -> Optional[str]:
+    """Why ``image``'s header says it is not an acquired scan (None when it does not): a ``collagan_synthetic`` or
+    ``collagan_uncertainty`` key set to true (NRRD, MHA, a Slicer node), or a description (NIfTI descrip) written
+    by this package ("SYNTHETIC ...", "UNCERTAINTY ...").
+
+    Example:
+        >>> synthetic_label(read_volume("out/P1-t1c-synthetic-collagan.nii.gz"))   # doctest: +SKIP
+        "its header's description reads 'SYNTHETIC t1c imputed by CollaGAN from t1n+t2f; not acquired'"
+    """
+    keys = set(image.GetMetaDataKeys())
+    for key in ("collagan_synthetic", "collagan_uncertainty"):
+        if key in keys and image.GetMetaData(key).strip().lower() == "true":
+            source = image.GetMetaData("collagan_synthetic_source") if "collagan_synthetic_source" in keys else ""
+            return source or f"its header's {key} is true"
+    for key in ("descrip", "ITK_FileNotes", "collagan_description"):
+        if key in keys and image.GetMetaData(key).strip().upper().startswith(("SYNTHETIC", "UNCERTAINTY")):
+            return f"its header's description reads '{image.GetMetaData(key).strip()}'"
+    return None
+
+
+#: Contrast names in case file names ``<case>-<contrast>.<ext>`` → the contrast they denote: BraTS 2023 names and
+#: BraTS 2021 names (``_t1``, ``_t1ce``, ``_t2``, ``_flair``, ``_seg``). The one table for finding a case's files
+#: and for cutting the contrast off a name.
+CONTRAST_NAMES = {
+    "t1n": ("t1n", "BraTS 2023"), "t1c": ("t1c", "BraTS 2023"), "t2w": ("t2w", "BraTS 2023"),
+    "t2f": ("t2f", "BraTS 2023"), "seg": ("seg", "BraTS 2023"),
+    "t1": ("t1n", "BraTS 2021"), "t1ce": ("t1c", "BraTS 2021"), "t2": ("t2w", "BraTS 2021"),
+    "flair": ("t2f", "BraTS 2021"),
+}
+_NAME_SEPARATORS = "-_. "
+
+
+def split_contrast(stem: str, anywhere: bool = False) -> Optional[tuple[str, str, str]]:
+    """(case part, contrast, name as written) of a file name without extension, by :data:`CONTRAST_NAMES`: the
+    contrast is the last word (``anywhere``: the last word that is a contrast name); None when there is none.
+    Words are split at ``-``, ``_``, ``.`` and spaces only, so a case name is never cut inside a word.
+
+    Example:
+        >>> split_contrast("BraTS2021_00012_t1ce")
+        ('BraTS2021_00012', 't1c', 't1ce')
+        >>> split_contrast("TCGA-HT-7882-t2f_reg", anywhere=True)
+        ('TCGA-HT-7882', 't2f', 't2f')
+    """
+    words = [m for m in re.finditer(r"[^-_. ]+", stem)]
+    for match in reversed(words if anywhere else words[-1:]):
+        entry = CONTRAST_NAMES.get(match.group().lower())
+        if entry is not None:
+            return stem[: match.start()].rstrip(_NAME_SEPARATORS), entry[0], match.group()
+    return None
 
 
 def find_case_files(folder: PathLike, contrasts: Iterable[str]) -> dict[str, Path]:
-    """Map each contrast found in ``folder`` to its file, by BraTS naming ``<case>-<contrast>.<ext>``.
+    """Map each contrast found in ``folder`` to its file, by BraTS naming ``<case>-<contrast>.<ext>`` (2023 names,
+    or 2021 names: :data:`CONTRAST_NAMES`).
 
-    Synthetic outputs of this package are ignored. Contrasts not present are simply absent from the result.
+    This package's outputs (``...-synthetic-collagan``) do not end in a contrast name and are not found.
+    Contrasts not present are simply absent from the result. Two files for one contrast are refused, naming
+    both (and, for two naming conventions, saying so).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"Case folder not found: {folder}.")
+    wanted = set(contrasts)
+    candidates: dict[str, list[tuple[Path, str]]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.name.lower().endswith(VOLUME_EXTENSIONS) or not path.is_file():
+            continue
+        parsed = split_contrast(_strip_extension(path.name))
+        if parsed is not None and parsed[1] in wanted:
+            candidates.setdefault(parsed[1], []).append((path, CONTRAST_NAMES[parsed[2].lower()][1]))
     found: dict[str, Path] = {}
     for contrast in contrasts:
-        pattern = re.compile(rf"(^|[-_.]){re.escape(contrast)}$", re.IGNORECASE)
-        matches = sorted(
-            p for p in folder.iterdir()
-            if p.is_file() and SYNTHETIC_TAG not in p.name.lower() and not p.name.startswith(".")
-            and p.name.lower().endswith(VOLUME_EXTENSIONS) and pattern.search(_strip_extension(p.name))
-        )
+        matches = candidates.get(contrast, [])
+        conventions = sorted({convention for _, convention in matches})
+        if len(conventions) > 1:
+            raise InputError(f"{folder} mixes naming conventions for contrast '{contrast}' ({' and '.join(conventions)}"
+                             f"): {[m.name for m, _ in matches]}. Keep the one file that is the '{contrast}' "
+                             "acquisition, or pass the files explicitly with --input.")
         if len(matches) > 1:
             raise InputError(f"{folder} has several files for contrast '{contrast}': "
-                             f"{[m.name for m in matches]}. Keep one, or pass the files explicitly.")
+                             f"{[m.name for m, _ in matches]}. Keep one, or pass the files explicitly.")
         if matches:
-            found[contrast] = matches[0]
+            found[contrast] = matches[0][0]
     return found
 
 
@@ -225,9 +396,10 @@ def case_name(folder: PathLike) -> str:
 
 
 def case_name_from_files(paths: Mapping[str, PathLike]) -> str:
-    """The case name for explicit input files (contrast → file): the common start of their names without the
-    contrast (``TCGA-HT-7882-t1n.nii.gz`` and ``TCGA-HT-7882-t2f.nii.gz`` → ``TCGA-HT-7882``); when the names are
-    the contrasts alone (``X/t1n.nii.gz``), their folder's name; else the first file's name without extension.
+    """The case name for explicit input files (contrast → file): the part of their names before the contrast
+    (:func:`split_contrast`; ``TCGA-HT-7882-t1n.nii.gz`` and ``TCGA-HT-7882-t2f_reg.nii.gz`` → ``TCGA-HT-7882``);
+    when the names are the contrasts alone (``X/t1n.nii.gz``), their folder's name; else the first file's name
+    without extension. Never a part cut out of a longer name.
 
     Example:
         >>> case_name_from_files({"t1n": "p7_t1n.nii.gz", "t2f": "p7_t2f.nrrd"})
@@ -235,22 +407,21 @@ def case_name_from_files(paths: Mapping[str, PathLike]) -> str:
         >>> case_name_from_files({"t1n": "a.nii.gz", "t2f": "b.nrrd"})
         'a'
     """
-    stems = []
-    for contrast, path in paths.items():
+    parts = []
+    for path in paths.values():
         stem = _strip_extension(Path(path).name)
-        stems.append(re.sub(rf"(^|[-_. ]){re.escape(contrast)}$", "", stem, flags=re.IGNORECASE))
-    common = os.path.commonprefix(stems)
-    if not all(stem == common for stem in stems):  # cut back to a word boundary: "TCGA-HT-788" is no name
-        cut = max(common.rfind(sep) for sep in "-_. ")
-        common = common[:cut] if cut >= 0 else ""
-    name = common.strip("-_. ")
-    if name:
-        return name
+        parsed = split_contrast(stem, anywhere=True)
+        parts.append((parsed[0] if parsed is not None else stem).strip(_NAME_SEPARATORS))
     first = Path(next(iter(paths.values())))
+    if parts[0]:
+        return parts[0]  # differing parts: the first input's, whole (a common prefix could cut a patient's ID)
     folder = first.resolve().parent.name
-    if not stems[0].strip("-_. ") and folder:  # named by its contrast alone: the folder names the case
-        return folder
-    return stems[0].strip("-_. ") or _strip_extension(first.name)
+    return folder or _strip_extension(first.name)
+
+
+#: Longest case name: its longest output's temporary name (``.<case>-<target>-uncertainty-collagan.<owner>.<random>
+#: .tmp.nii.gz.previous``) must stay within the 255 bytes most file systems allow.
+MAX_CASE_NAME_BYTES = 160
 
 
 def check_case_name(name: str) -> str:
@@ -260,6 +431,10 @@ def check_case_name(name: str) -> str:
     if bad:
         raise InputError(f"The case name {name!r} cannot name output files: give a plain name without folders, "
                          "'..', a leading '.' or '-' (e.g. --name patient01); choose the folder with --out.")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_CASE_NAME_BYTES:
+        raise InputError(f"The case name '{name[:40]}...' is {len(name.encode('utf-8', 'surrogateescape'))} bytes "
+                         f"long: its output file names would pass the file system's 255-byte limit. Give a shorter "
+                         f"--name (at most {MAX_CASE_NAME_BYTES} bytes).")
     return name
 
 
@@ -328,6 +503,83 @@ def follow_umask(path: PathLike) -> None:
         pass
 
 
+@contextlib.contextmanager
+def locked_folders(folders: Iterable[PathLike]) -> Iterator[None]:
+    """Hold an exclusive lock on each folder while the block runs (other processes committing there wait).
+
+    Why the folder itself (``flock`` on its descriptor) and not a lock file: nothing is left behind, even after
+    SIGKILL, and the lock goes with the process. Folders are locked in sorted order (no deadlock between two sets
+    sharing folders). Where locks are not available (Windows, some network file systems) the block runs unlocked.
+
+    Example:
+        >>> with locked_folders(["out"]):                      # doctest: +SKIP
+        ...     os.replace("out/.a.tmp", "out/a.nii.gz")
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    descriptors = []
+    try:
+        for folder in sorted({str(Path(f).resolve()) for f in folders}):
+            try:
+                descriptor = os.open(folder, os.O_RDONLY)
+            except OSError:
+                continue
+            descriptors.append(descriptor)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+            except OSError:  # pragma: no cover - a file system without flock
+                pass
+        yield
+    finally:
+        for descriptor in reversed(descriptors):
+            os.close(descriptor)  # closing releases the lock
+
+
+#: This machine, in temporary file names (with the process id): a rerun removes what a killed process left.
+_OWNER = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # Windows' os.kill terminates the process: never probe, keep every temporary there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: PathLike) -> list[Path]:
+    """Remove the hidden temporary files of ``path`` that a process of this machine left when it was killed
+    (SIGKILL, power loss) before it could clean up; those of running processes are kept. Returns the removed.
+
+    Example:
+        >>> remove_stale_temporaries("out/P1-t1c-synthetic-collagan.nii.gz")   # doctest: +SKIP
+        [PosixPath('out/.P1-t1c-synthetic-collagan.3f2a1c-4242.k2j4l1x9.tmp.nii.gz')]
+    """
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(_strip_extension(path.name))}\.{_OWNER}-(\d+)\.[^.]+\.tmp")
+    removed = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        match = pattern.match(name)
+        if match and not _alive(int(match.group(1))):
+            try:
+                os.unlink(path.parent / name)
+                removed.append(path.parent / name)
+            except OSError:
+                pass
+    return removed
+
+
 class OutputSet:
     """All-or-nothing writing of several files (a case's volumes, sidecars and montages).
 
@@ -357,7 +609,9 @@ class OutputSet:
         path = Path(path)
         name = path.name
         suffix = suffix or next((e for e in VOLUME_EXTENSIONS if name.lower().endswith(e)), path.suffix)
-        fd, tmp = tempfile.mkstemp(prefix=f".{_strip_extension(name)}.", suffix=f".tmp{suffix}", dir=path.parent)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_strip_extension(name)}.{_OWNER}-{os.getpid()}.",
+                                   suffix=f".tmp{suffix}", dir=path.parent)
         os.close(fd)
         self._staged.append((tmp, path))
         write(tmp)
@@ -371,8 +625,23 @@ class OutputSet:
                 os.unlink(tmp)
         self._staged = []
 
-    def commit(self) -> list[Path]:
-        """Rename every staged file into place, all or none; returns the destinations."""
+    def commit(self, check: Optional[Callable[[], object]] = None) -> list[Path]:
+        """Rename every staged file into place, all or none; returns the destinations.
+
+        The output folders are locked while committing (:func:`locked_folders`): concurrent commits of one set
+        follow each other, so the set is always one commit's files, never a mix. ``check`` runs under the lock
+        first (e.g. that the files to be replaced may be); an exception from it commits nothing.
+        """
+        with locked_folders(path.parent for _, path in self._staged):
+            if check is not None:
+                try:
+                    check()
+                except BaseException:
+                    self.discard()
+                    raise
+            return self._commit()
+
+    def _commit(self) -> list[Path]:
         done: list[tuple[Path, Optional[str]]] = []
         try:
             for tmp, path in self._staged:

@@ -18,7 +18,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -27,11 +27,13 @@ import torch
 from ._version import __version__
 from .contract import LoadedModel, ModelCard
 from .device_mask import device_mask_and_scales
+from .dicom import SERIES_UID
 from .errors import GeometryWarning, InputCheckWarning, InputError, OutputError
 from .geometry import SliceGrid, align_to_reference, canonical_spacing, from_canonical_array, to_canonical_array
 from .inference import CancelFlag, ProgressCallback, impute_slices, resolve_device
 from .input_check import InputCheck, check_case, training_profile
 from .io import (
+    READ_WARNING,
     OutputSet,
     PathLike,
     case_name,
@@ -42,9 +44,10 @@ from .io import (
     read_volume,
     remove_created,
     synthetic_filename,
+    synthetic_label,
     write_volume,
 )
-from .normalization import foreground_mask, normalize
+from .normalization import foreground_mask, normalize, p99
 from .uncertainty import (
     ensemble_members,
     estimate_uncertainty,
@@ -64,6 +67,10 @@ class PreparedCase:
     warnings: list[str] = field(default_factory=list)
     #: The inputs compared with the model's training data (prepare_case with a card); None: not compared.
     input_check: Optional[InputCheck] = None
+    #: Inputs whose header says they are synthetic (used only when allowed: :func:`refuse_unusable_inputs`).
+    synthetic_inputs: list[str] = field(default_factory=list)
+    #: contrast → Series Instance UID of the inputs read from DICOM.
+    series_uids: dict[str, str] = field(default_factory=dict)
 
     @property
     def spacing(self) -> tuple[float, float]:
@@ -106,6 +113,10 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     notes = [str(w.message) for w in caught]
+    for name, image in images.items():  # what reading the files found (e.g. a sheared sform): into the provenance
+        if image.HasMetaDataKey(READ_WARNING):
+            notes.append(f"Input '{name}': {image.GetMetaData(READ_WARNING)}")
+            warnings.warn(notes[-1], GeometryWarning, stacklevel=2)
     ref = aligned[reference or next(iter(images))]
     raw = {name: to_canonical_array(image) for name, image in aligned.items()}
     names = list(mask_from or raw)
@@ -120,13 +131,39 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
             notes.append(f"The mask could not be computed on {device} ({str(exc).splitlines()[0]}); used the CPU.")
             warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
     if mask is None:
-        mask = foreground_mask([raw[name] for name in names])
-    arrays = {name: normalize(array, mask, None if scales is None else scales[index])
-              for index, (name, array) in enumerate(raw.items())}
-    case = PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=notes)
+        try:
+            mask = foreground_mask([raw[name] for name in names])
+        except InputError as exc:  # say which input: a percentile alone names none
+            culprit = next((n for n in names if _scale_error(raw[n]) is not None), names[0])
+            raise InputError(f"Input '{culprit}': {_scale_error(raw[culprit]) or exc}") from exc
+    arrays = {}
+    for index, (name, array) in enumerate(raw.items()):
+        try:
+            arrays[name] = normalize(array, mask, None if scales is None else scales[index])
+        except InputError as exc:
+            raise InputError(f"Input '{name}': {exc}") from exc
+    case = PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=notes,
+                        series_uids={c: image.GetMetaData(SERIES_UID) for c, image in images.items()
+                                     if image.HasMetaDataKey(SERIES_UID)})
+    for name in names:
+        why = synthetic_label(images[name])
+        if why is not None:
+            case.synthetic_inputs.append(name)
+            case.warnings.append(f"The input '{name}' is not an acquired scan ({why}); it was used as allowed: "
+                                 "the result is imputed from imputed data.")
+            warnings.warn(case.warnings[-1], InputCheckWarning, stacklevel=2)
     if card is not None:
         check_for_model(case, card, names)
     return case
+
+
+def _scale_error(array: np.ndarray) -> Optional[str]:
+    """Why ``array`` has no usable p99 scale (no positive intensities), or None."""
+    try:
+        p99(array)
+    except InputError as exc:
+        return str(exc)
+    return None
 
 
 def check_for_model(case: PreparedCase, card: ModelCard, inputs: Sequence[str]) -> PreparedCase:
@@ -199,6 +236,9 @@ def synthetic_metadata(model: LoadedModel, inputs: Sequence[str], target: str,
             labels["collagan_input_check_findings"] = "; ".join(check.findings)
         if case.warnings:
             labels["collagan_warnings"] = " | ".join(case.warnings)
+        synthetic_inputs = [c for c in inputs if c in case.synthetic_inputs]
+        if synthetic_inputs:
+            labels["collagan_synthetic_inputs"] = ",".join(synthetic_inputs)
     return labels
 
 
@@ -260,6 +300,9 @@ def provenance(image: sitk.Image, model: LoadedModel, case: Optional[PreparedCas
                        "weights_sha256": model.card.weights_sha256 or None}
     if input_files:
         record["input_files"] = {c: str(Path(p).resolve()) for c, p in input_files.items()}
+    if case is not None and case.series_uids:
+        used = image.GetMetaData("collagan_inputs").split(",") if image.HasMetaDataKey("collagan_inputs") else []
+        record["input_series_uid"] = {c: uid for c, uid in case.series_uids.items() if c in used}
     record["warnings"] = list(case.warnings) if case is not None else []
     return record
 
@@ -276,6 +319,33 @@ def stage_imputed(outputs: OutputSet, image: sitk.Image, path: PathLike, model: 
     return path
 
 
+def refuse_unusable_inputs(images: Mapping[str, sitk.Image], used: Iterable[str],
+                           allow_synthetic: bool = False) -> None:
+    """Refuse inputs that would give a wrong result without an error: one whose header says it is synthetic
+    (unless ``allow_synthetic``: then it is recorded in the provenance) and two contrasts with identical voxels
+    (the same scan given twice).
+
+    Example:
+        >>> refuse_unusable_inputs({"t1n": t1n, "t2f": t1n}, ["t1n", "t2f"])   # doctest: +SKIP
+        InputError: The inputs 't1n' and 't2f' have identical voxels ...
+    """
+    used = [c for c in dict.fromkeys(used) if c in images]
+    if not allow_synthetic:
+        for name in used:
+            why = synthetic_label(images[name])
+            if why is not None:
+                raise InputError(f"The input '{name}' is not an acquired scan ({why}): imputing from it would hide "
+                                 f"that the result rests on imputed data. Give the acquired '{name}', or allow it "
+                                 "explicitly (--allow-synthetic-input; recorded in the outputs' provenance).")
+    for index, first in enumerate(used):
+        for second in used[index + 1:]:
+            a, b = images[first], images[second]
+            if a.GetSize() == b.GetSize() and np.array_equal(sitk.GetArrayViewFromImage(a),
+                                                               sitk.GetArrayViewFromImage(b)):
+                raise InputError(f"The inputs '{first}' and '{second}' have identical voxels: the same scan was "
+                                 f"given for two contrasts. Give the '{second}' acquisition (or leave it out).")
+
+
 def impute(
     images: Mapping[str, sitk.Image],
     model: LoadedModel,
@@ -287,6 +357,7 @@ def impute(
     cancel: CancelFlag = None,
     precision: str = "auto",
     uncertainty: bool = False,
+    allow_synthetic: bool = False,
 ) -> ImputationResult:
     """Impute each target (default: every model contrast not among ``images``) from the given images.
 
@@ -295,6 +366,8 @@ def impute(
     ``uncertainty``: also an uncertainty map per target in ``result.uncertainty`` (:mod:`.uncertainty`: how much
     the model's predictions from smaller input sets and mirrored inputs disagree; costs one more pass of the
     model per member, ``progress`` counts them).
+    ``allow_synthetic``: use inputs whose header says they are synthetic (refused by default:
+    :func:`refuse_unusable_inputs`); the outputs' provenance names them (``collagan_synthetic_inputs``).
     """
     card = model.card
     if targets is None:
@@ -303,6 +376,7 @@ def impute(
             raise InputError(f"Every contrast of the model ({card.contrasts}) is already present: nothing is "
                              "missing. Name a target explicitly to re-impute one from the others.")
     inputs_by_target = check_request(card, list(images), targets)
+    refuse_unusable_inputs(images, [c for used in inputs_by_target.values() for c in used], allow_synthetic)
     device = resolve_device(device)
     # One mask per input set: a target that is also given (re-imputation) never shapes its own mask.
     prepared: dict[tuple[str, ...], PreparedCase] = {}
@@ -342,7 +416,29 @@ def read_case(folder: PathLike, contrasts: Sequence[str]) -> dict[str, sitk.Imag
     if not files:
         raise InputError(f"No volume named <case>-<contrast> with contrast in {list(contrasts)} found in "
                          f"{folder}. Rename the files (e.g. case-t1n.nii.gz) or pass them explicitly.")
-    return {contrast: read_volume(path) for contrast, path in files.items()}
+    return {contrast: read_input(path, contrast) for contrast, path in files.items()}
+
+
+def read_input(path: PathLike, contrast: Optional[str] = None) -> sitk.Image:
+    """:func:`.io.read_volume`, and marked synthetic (``collagan_synthetic``) when a JSON sidecar beside the file
+    says so (NIfTI headers keep no such key): :func:`refuse_unusable_inputs` then refuses it.
+
+    Example:
+        >>> read_input("out/P1-t1c-synthetic-collagan.nii.gz").GetMetaData("collagan_synthetic")   # doctest: +SKIP
+        'true'
+    """
+    image = read_volume(path, contrast)
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        try:
+            record = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            record = {}
+        for key in ("collagan_synthetic", "collagan_uncertainty"):
+            if isinstance(record, dict) and str(record.get(key, "")).lower() == "true":
+                image.SetMetaData("collagan_synthetic", "true")
+                image.SetMetaData("collagan_synthetic_source", f"its sidecar {sidecar.name} says {key} is true")
+    return image
 
 
 def impute_case(
@@ -359,6 +455,8 @@ def impute_case(
     montage: bool = False,
     precision: str = "auto",
     uncertainty: bool = False,
+    overwrite: bool = False,
+    allow_synthetic: bool = False,
 ) -> dict[str, Path]:
     """Impute the missing contrasts of a case and write them; returns target → written file.
 
@@ -372,6 +470,9 @@ def impute_case(
     for cases without a real target to compare with. ``uncertainty`` adds the uncertainty map of each target
     (:mod:`.uncertainty`) as ``<case>-<target>-uncertainty-collagan.nii.gz`` with its JSON sidecar, written
     together with the synthetic volume (and shown in the montage); the returned mapping has the synthetic files.
+    Outputs of another case (their sidecar records none of these inputs) are replaced only with ``overwrite``
+    (:func:`refuse_replacing_other_case`, checked again under the commit's lock). ``allow_synthetic``: as for
+    :func:`impute`.
     """
     if isinstance(case, Mapping):
         paths = {c: Path(p) for c, p in case.items()}
@@ -388,13 +489,36 @@ def impute_case(
     extra = [sidecar_path(f) for f in [*files.values(), *maps.values()]] + list(maps.values()) + \
         [out / synthetic_filename(name, t, ".png") for t in planned if montage]
     refuse_overwriting_inputs([*files.values(), *extra], paths)
-    images = {c: read_volume(p) for c, p in paths.items()} if isinstance(case, Mapping) else \
+    check_request(model.card, list(paths), planned)  # unknown contrasts first: they are the likelier mistake
+    refuse_same_file(paths)
+
+    def check_replaced() -> None:
+        if not overwrite:
+            refuse_replacing_other_case([*files.values(), *maps.values()], paths)
+
+    check_replaced()
+    images = {c: read_input(p, c) for c, p in paths.items()} if isinstance(case, Mapping) else \
         read_case(case, model.card.contrasts)
     created = check_output_folder(out, [*files.values(), *extra])
     try:
-        result = impute(images, model, targets=targets, reference=reference, device=device,
-                        batch_size=batch_size, progress=progress, cancel=cancel, precision=precision,
-                        uncertainty=uncertainty)
+        try:
+            result = impute(images, model, targets=targets, reference=reference, device=device,
+                            batch_size=batch_size, progress=progress, cancel=cancel, precision=precision,
+                            uncertainty=uncertainty, allow_synthetic=allow_synthetic)
+        except InputError as exc:  # "Input 't2f': ..." from the core: name the file too
+            contrast = next((c for c in paths if str(exc).startswith(f"Input '{c}': ")), None)
+            if contrast is None:
+                raise
+            raise InputError(f"Input '{contrast}' ({paths[contrast]}): "
+                             f"{str(exc)[len(contrast) + 10:]}") from exc
+        except (MemoryError, RuntimeError) as exc:
+            if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+                raise
+            largest = max(images, key=lambda c: int(np.prod(images[c].GetSize())))
+            raise InputError(f"Not enough memory to impute case {name}: its largest input, '{largest}' "
+                             f"({paths[largest]}), has {'x'.join(map(str, images[largest].GetSize()))} voxels. Free "
+                             "memory or use a machine with more, or crop or resample the inputs; nothing was "
+                             "written.") from exc
         with OutputSet() as outputs:
             written = {}
             for target, image in result.images.items():
@@ -406,17 +530,17 @@ def impute_case(
                 if montage:
                     stage_montage(outputs, out / synthetic_filename(name, target, ".png"), result, target, name,
                                   model.card.name)
-            _commit(outputs)
+            _commit(outputs, check_replaced)
     except BaseException:
         remove_created(created)
         raise
     return written
 
 
-def _commit(outputs: OutputSet) -> None:
+def _commit(outputs: OutputSet, check: Optional[Callable[[], object]] = None) -> None:
     """Commit, an OSError (disk full, permissions, a folder in the way) as one :class:`OutputError` line."""
     try:
-        outputs.commit()
+        outputs.commit(check)
     except OSError as exc:
         raise OutputError(f"Cannot write {exc.filename or 'the outputs'}: {exc.strerror or exc}"
                           f"{' (' + errno.errorcode[exc.errno] + ')' if exc.errno in errno.errorcode else ''}; "
@@ -461,6 +585,51 @@ def refuse_overwriting_inputs(outputs: Sequence[Path], inputs: Mapping[str, Path
             if same:
                 raise InputError(f"The output {output} is the input '{contrast}' ({source}): writing it would "
                                  "overwrite an input. Choose another --out or --name (inputs are never modified).")
+
+
+def refuse_same_file(paths: Mapping[str, PathLike]) -> None:
+    """Refuse one file given for two contrasts. One DICOM folder may hold each contrast's series (the same series
+    chosen twice is refused for its identical voxels: :func:`refuse_unusable_inputs`).
+
+    Example:
+        >>> refuse_same_file({"t1n": "P1-t1n.nii.gz", "t2f": "P1-t1n.nii.gz"})   # doctest: +SKIP
+        InputError: The inputs 't1n' and 't2f' are the same file (P1-t1n.nii.gz) ...
+    """
+    seen: dict[str, str] = {}
+    for contrast, path in paths.items():
+        path = Path(path)
+        if path.is_dir() or not path.exists():
+            continue
+        key = f"{path.stat().st_dev}:{path.stat().st_ino}"  # hard links and symbolic links too
+        if key in seen:
+            raise InputError(f"The inputs '{seen[key]}' and '{contrast}' are the same file ({path}): each contrast "
+                             f"needs its own acquisition. Give the '{contrast}' file (or leave it out).")
+        seen[key] = contrast
+
+
+def refuse_replacing_other_case(outputs: Sequence[Path], inputs: Mapping[str, PathLike]) -> None:
+    """Refuse to replace an output of another case: an existing output whose JSON sidecar records none of
+    ``inputs`` (or that has no readable sidecar to tell) belongs to another case.
+
+    Example:
+        >>> refuse_replacing_other_case([Path("out/P1-t1c-synthetic-collagan.nii")], {"t1n": "P2.nii"}) # doctest: +SKIP
+        OutputError: out/P1-t1c-synthetic-collagan.nii is the output of another case ...
+    """
+    mine = {str(Path(p).resolve()) for p in inputs.values()}
+    for output in outputs:
+        sidecar = sidecar_path(output)
+        if not output.is_file() and not sidecar.is_file():
+            continue  # nothing to replace (a folder in the way is check_output_folder's)
+        try:
+            recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("input_files") or {}
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            recorded = None
+        if recorded and mine & {str(v) for v in recorded.values()}:
+            continue
+        source = f"imputed from {next(iter(recorded.values()))}" if recorded else \
+            "it has no readable sidecar recording its inputs"
+        raise OutputError(f"{output} is the output of another case ({source}), not of these inputs: writing would "
+                          "replace it. Choose another --out or --name, or pass --overwrite to replace it.")
 
 
 def training_profile_from_folders(folders: Iterable[Union[str, Path]], contrasts: Sequence[str], source: str = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,36 @@ def make_image(array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0
     if direction is not None:
         image.SetDirection(direction)
     return image
+
+
+def write_dicom_series(folder: Path, array: np.ndarray, number: int, description: str, tr: str, te: str,
+                       ti: str = "", agent: str = "") -> str:
+    """Write ``array`` (z, y, x) as a real DICOM MR series (one file per slice) with SimpleITK; returns its UID."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uid = f"1.2.826.0.1.3680043.2.1125.7.{number}"
+    volume = sitk.Cast(make_image(array), sitk.sitkInt16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    previous = locale.setlocale(locale.LC_CTYPE)  # GDCM's writer sets the C locale: text reads after it would fail
+    try:
+        _write_slices(writer, volume, folder, uid, number, description, tr, te, ti, agent)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
+    return uid
+
+
+def _write_slices(writer: sitk.ImageFileWriter, volume: sitk.Image, folder: Path, uid: str, number: int,
+                  description: str, tr: str, te: str, ti: str, agent: str) -> None:
+    for z in range(volume.GetDepth()):
+        slice_ = volume[:, :, z]
+        tags = {"0008|0060": "MR", "0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0010|0020": "P1",
+                "0020|000d": "1.2.826.0.1.3680043.2.1125.7", "0020|000e": uid, "0020|0011": str(number),
+                "0008|103e": description, "0018|0080": tr, "0018|0081": te, "0018|0082": ti, "0018|0010": agent,
+                "0008|0018": f"{uid}.{z + 1}", "0020|0013": str(z + 1),
+                "0020|0032": "\\".join(map(str, volume.TransformIndexToPhysicalPoint((0, 0, z)))),
+                "0020|0037": "1\\0\\0\\0\\1\\0"}
+        for tag, value in tags.items():
+            if value:
+                slice_.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"s{number}-{z:03d}.dcm"))
+        writer.Execute(slice_)

@@ -31,7 +31,16 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core_fixtures import CONTRASTS, REPO, NaNOutput, TinyGenerator, WrongShape, head_phantom, make_image  # noqa: E402
+from core_fixtures import (  # noqa: E402
+    CONTRASTS,
+    REPO,
+    NaNOutput,
+    TinyGenerator,
+    WrongShape,
+    head_phantom,
+    make_image,
+    write_dicom_series,
+)
 
 DOC = REPO / "docs" / "RELIABILITY.md"
 BEGIN = "<!-- fault table: generated from Testing/Python/test_reliability_table.py; do not edit by hand -->"
@@ -82,6 +91,7 @@ class Fault:
     message: str  # a fragment of the one-line message (stderr), as the table shows it
     left: str = NOTHING
     kept: bool = False  # outputs are expected (rc 0 warnings, batches)
+    check: Optional[Callable[[Env], None]] = None  # the row's own checks of what was written, right after the run
 
 
 # ------------------------------------------------------------------------------------------------ the rows
@@ -416,6 +426,302 @@ FAULTS = [
 ]
 
 
+# ---- case inputs from clinical exports: names, other cases, synthetic inputs, DICOM, one scan twice, concurrency
+
+def _without_out(args: list[str], out: Path) -> list[str]:
+    at = args.index("--out")
+    return [*args[:at], "--out", str(out), *args[at + 2:]]
+
+
+def _sidecar(env: Env, folder: Optional[Path] = None, name: str = "P1") -> dict:
+    return json.loads(((folder or env.out) / f"{name}-t1c-synthetic-collagan.json").read_text())
+
+
+def _registered_names(env: Env) -> list[str]:
+    t1n, t2f = env.root / "TCGA-HT-7882-t1n.nii.gz", env.root / "TCGA-HT-7882-t2f_reg.nii.gz"
+    shutil.copy(env.file("t1n"), t1n)
+    shutil.copy(env.file("t2f"), t2f)
+    return env.impute(t1n=t1n, t2f=t2f)
+
+
+def _named_whole(env: Env) -> None:
+    assert sorted(p.name for p in env.out.iterdir()) == ["TCGA-HT-7882-t1c-synthetic-collagan.json",
+                                                         "TCGA-HT-7882-t1c-synthetic-collagan.nii.gz"]
+
+
+def _another_case(env: Env) -> list[str]:
+    shared = env.root / "shared"
+    assert run_cli(_without_out(env.impute(), shared))[0] == 0  # patient P1's outputs
+    other = env.root / "P2"
+    other.mkdir()
+    for seed, contrast in ((5, "t1n"), (6, "t2f")):
+        sitk.WriteImage(make_image(head_phantom(seed=seed)), str(other / f"P2-{contrast}.nii.gz"))
+    return _without_out(env.impute("--name", "P1", t1n=other / "P2-t1n.nii.gz", t2f=other / "P2-t2f.nii.gz"), shared)
+
+
+def _brats_2021(env: Env) -> list[str]:
+    case = env.root / "B1"
+    case.mkdir()
+    shutil.copy(env.file("t1n"), case / "B1_t1.nii.gz")
+    shutil.copy(env.file("t2f"), case / "B1_flair.nii.gz")
+    return ["impute", str(case), "--model", str(env.model), "--out", str(env.out), "--device", "cpu"]
+
+
+def _both_2021_inputs_used(env: Env) -> None:
+    assert _sidecar(env, name="B1")["collagan_inputs"] == "t1n,t2f"
+
+
+def _mixed_conventions(env: Env) -> list[str]:
+    shutil.copy(env.file("t2f"), env.case / "P1_flair.nii.gz")
+    return ["impute", str(env.case), "--model", str(env.model), "--out", str(env.out), "--device", "cpu"]
+
+
+def _labelled_synthetic(env: Env) -> Path:
+    """A volume whose NIfTI header says it is this package's synthetic output, renamed like an acquired scan."""
+    from CollaGANImputeLib.io import write_volume
+    from CollaGANImputeLib.pipeline import synthetic_description
+
+    path = env.root / "P9-t2f.nii.gz"
+    write_volume(make_image(head_phantom(seed=4)), path, description=synthetic_description("t2f", ["t1n", "t1c"]))
+    return path
+
+
+def _synthetic_input(env: Env) -> list[str]:
+    return env.impute(t2f=_labelled_synthetic(env))
+
+
+def _synthetic_allowed(env: Env) -> list[str]:
+    return env.impute("--allow-synthetic-input", t2f=_labelled_synthetic(env))
+
+
+def _synthetic_recorded(env: Env) -> None:
+    record = _sidecar(env)
+    assert record["collagan_synthetic_inputs"] == "t2f" and "'t2f' is not an acquired scan" in record["warnings"][0]
+
+
+def _exam(env: Env, second: tuple[str, str, str, str]) -> Path:
+    exam = env.root / "exam"
+    write_dicom_series(exam, head_phantom(seed=1), 3, "AX FLAIR", "9000", "120", "2500")
+    write_dicom_series(exam, head_phantom(seed=0), 5, *second)
+    return exam
+
+
+def _dicom_two_series(env: Env) -> list[str]:
+    exam = _exam(env, ("AX T1 SE", "500", "12", ""))
+    return env.impute("--name", "P1", t1n=exam, t2f=exam)
+
+
+def _dicom_uids(env: Env) -> None:
+    uids = _sidecar(env)["input_series_uid"]
+    assert uids == {"t1n": "1.2.826.0.1.3680043.2.1125.7.5", "t2f": "1.2.826.0.1.3680043.2.1125.7.3"}, uids
+
+
+def _dicom_ambiguous(env: Env) -> list[str]:
+    exam = _exam(env, ("AX T2 TSE", "5000", "100", ""))
+    return env.impute(t1n=exam)
+
+
+def _same_file(env: Env) -> list[str]:
+    return env.impute(t2f=env.file("t1n"))
+
+
+def _same_content(env: Env) -> list[str]:
+    copy = env.root / "P1-copy-t2f.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(env.file("t1n"))), str(copy))
+    return env.impute(t2f=copy)
+
+
+def _sagittal_slice(env: Env) -> list[str]:
+    return env.impute(t2f=env.write("sagittal.nii.gz", head_phantom(seed=1)[:, :, 20:21]))
+
+
+def _run_concurrently(argv: list[str], start) -> None:
+    start.wait(60)
+    code, err = run_cli(argv)
+    os._exit(code)
+
+
+def _concurrent_runs(env: Env) -> list[str]:
+    import multiprocessing
+
+    import CollaGANImputeLib.pipeline as pipeline
+
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    args = ["--name", "P1", "--overwrite", "--uncertainty"]
+    env.processes = []
+    for seed in range(3):
+        t2f = env.write(f"P1-{seed}-t2f.nii.gz", head_phantom(seed=10 + seed))
+        env.processes.append(context.Process(target=_run_concurrently, args=(env.impute(*args, t2f=t2f), start)))
+        env.processes[-1].start()
+    real = pipeline.impute
+
+    def impute(*a, **k):  # the other runs start with this one's computation, once the inputs are recorded
+        start.set()
+        return real(*a, **k)
+
+    env.monkeypatch.setattr(pipeline, "impute", impute)
+    return env.impute(*args)
+
+
+def _one_run_per_set(env: Env) -> None:
+    for process in env.processes:
+        process.join(120)
+        assert process.exitcode == 0
+    synthetic = _sidecar(env)
+    uncertainty = json.loads((env.out / "P1-t1c-uncertainty-collagan.json").read_text())
+    assert synthetic["input_files"] == uncertainty["input_files"], "a mixed output set"
+    assert len(list(env.out.iterdir())) == 4
+
+
+def _mhd(env: Env, keep: int) -> list[str]:
+    header = env.root / "P1-t2f.mhd"
+    sitk.WriteImage(sitk.ReadImage(str(env.file("t2f"))), str(header), useCompression=False)
+    data = env.root / "P1-t2f.raw"
+    if keep:
+        data.write_bytes(data.read_bytes()[:keep])
+    else:
+        data.unlink()
+    return env.impute(t2f=header)
+
+
+def _gzip_named_nii(env: Env) -> list[str]:
+    wrong = env.root / "P1-t2f.nii"
+    wrong.write_bytes(env.file("t2f").read_bytes())
+    return env.impute(t2f=wrong)
+
+
+def _negative(env: Env) -> list[str]:
+    return env.impute(t2f=env.write("negative.nii.gz", -head_phantom(seed=1)))
+
+
+def _folder_named_synthetic(env: Env) -> list[str]:
+    case = env.root / "synthetic_phantom_01"
+    case.mkdir()
+    for contrast in ("t1n", "t2f"):
+        shutil.copy(env.file(contrast), case / f"synthetic_phantom_01-{contrast}.nii.gz")
+    return ["impute", str(case), "--model", str(env.model), "--out", str(env.out), "--device", "cpu"]
+
+
+def _read_as_a_case(env: Env) -> None:
+    assert (env.out / "synthetic_phantom_01-t1c-synthetic-collagan.nii.gz").is_file()
+
+
+def _sheared(env: Env) -> list[str]:
+    import struct
+
+    sheared = env.root / "sheared-t2f.nii"
+    sitk.WriteImage(sitk.ReadImage(str(env.file("t2f"))), str(sheared))
+    header = bytearray(sheared.read_bytes())
+    header[280:296] = struct.pack("<4f", -1.0, 0.3, 0.0, 0.0)  # srow_x with a shear
+    sheared.write_bytes(bytes(header))
+    return env.impute(t2f=sheared)
+
+
+def _long_name(env: Env) -> list[str]:
+    return env.impute("--name", "p" * 200)
+
+
+def _out_of_memory(env: Env) -> list[str]:
+    import resource
+
+    import CollaGANImputeLib.pipeline as pipeline
+
+    real = pipeline.impute
+
+    def impute(*a, **k):  # this run's address space capped at what it uses plus 40 MiB, as `ulimit -v` does
+        with open("/proc/self/status") as status:
+            used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize"))
+        limits = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (used + 40 * 2**20, limits[1]))
+        try:
+            return real(*a, **k)
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, limits)
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux's /proc to cap the address space")
+    env.monkeypatch.setattr(pipeline, "impute", impute)
+    shape = (96, 256, 256)
+    return env.impute(t1n=env.write("big-t1n.nii", head_phantom(shape, noise=0)),
+                      t2f=env.write("big-t2f.nii", head_phantom(shape, seed=1, noise=0) + 1))
+
+
+def _killed_before(env: Env) -> list[str]:
+    import subprocess
+    import textwrap
+
+    env.out.mkdir()
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(REPO / "CollaGANImpute")!r})
+        from pathlib import Path
+        from CollaGANImputeLib.io import OutputSet
+        OutputSet().stage(Path({str(env.out / "P1-t1c-synthetic-collagan.nii.gz")!r}), lambda tmp: None)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert subprocess.run([sys.executable, "-c", script]).returncode == -signal.SIGKILL
+    assert [p.name for p in env.out.iterdir() if ".tmp" in p.name], "the killed run left its temporary file"
+    return env.impute()
+
+
+def _outputs_only(env: Env) -> None:
+    assert sorted(p.name for p in env.out.iterdir()) == ["P1-t1c-synthetic-collagan.json",
+                                                         "P1-t1c-synthetic-collagan.nii.gz"]
+
+
+CASE_INPUT_FAULTS = [
+    Fault("case-name-cut", "inputs named `TCGA-HT-7882-t1n`, `TCGA-HT-7882-t2f_reg`", _registered_names, 0, "",
+          "the outputs, named `TCGA-HT-7882-...` (a case name is never cut inside a name)", kept=True,
+          check=_named_whole),
+    Fault("another-case", "a second patient imputed into a folder holding another case's outputs of the same name",
+          _another_case, 2, "is the output of another case", "nothing; the other case's outputs are unchanged "
+          "(`--overwrite` replaces them)"),
+    Fault("brats-2021-names", "a case folder with BraTS 2021 names (`_t1`, `_t1ce`, `_t2`, `_flair`, `_seg`)",
+          _brats_2021, 0, "", "the outputs, imputed from every acquired contrast", kept=True,
+          check=_both_2021_inputs_used),
+    Fault("mixed-conventions", "a case folder with `-t2f` and `_flair` files (two conventions for one contrast)",
+          _mixed_conventions, 2, "mixes naming conventions for contrast 't2f'"),
+    Fault("synthetic-input", "a synthetic volume (its header or JSON sidecar says so) given as an input",
+          _synthetic_input, 2, "is not an acquired scan"),
+    Fault("synthetic-input-allowed", "the same with `--allow-synthetic-input`", _synthetic_allowed, 0,
+          "warning: The input 't2f' is not an acquired scan", "the outputs; their sidecars name the synthetic input",
+          kept=True, check=_synthetic_recorded),
+    Fault("dicom-several-series", "a DICOM folder with a FLAIR and a T1 series, given for t1n and t2f",
+          _dicom_two_series, 0, "", "the outputs, from the series whose tags match; the sidecar records their "
+          "series UIDs", kept=True, check=_dicom_uids),
+    Fault("dicom-ambiguous", "a DICOM folder whose series' tags do not tell which one is the contrast",
+          _dicom_ambiguous, 2, "holds 2 DICOM series and none whose tags say 't1n'"),
+    Fault("same-file-twice", "one file given for two contrasts", _same_file, 2, "are the same file"),
+    Fault("same-content-twice", "two files with identical voxels for two contrasts", _same_content, 2,
+          "have identical voxels"),
+    Fault("sagittal-slice", "a single sagittal (or coronal) slice", _sagittal_slice, 2, "is 2-D"),
+    Fault("mhd-data-missing", "a `.mhd` header whose `.raw` data file is missing", lambda env: _mhd(env, 0), 2,
+          "P1-t2f.raw is missing"),
+    Fault("mhd-data-short", "a `.mhd` header whose `.raw` data file is cut short", lambda env: _mhd(env, 1000), 2,
+          "P1-t2f.raw is truncated"),
+    Fault("gzip-named-nii", "a gzip-compressed file named `.nii`", _gzip_named_nii, 2,
+          "is gzip-compressed but named .nii"),
+    Fault("negative-intensities", "an input with negative intensities only", _negative, 2,
+          "negative.nii.gz): Cannot normalize"),
+    Fault("folder-named-synthetic", "a case folder (and its files) named `synthetic_...`", _folder_named_synthetic, 0,
+          "", "the outputs (only this package's `-synthetic-collagan` outputs are never read as inputs)", kept=True,
+          check=_read_as_a_case),
+    Fault("sheared-sform", "a NIfTI whose sform is sheared (ITK places it by its qform)", _sheared, 0,
+          "sform is sheared", KEPT, kept=True),
+    Fault("name-too-long", "`--name` too long for the file system's 255-byte file names", _long_name, 2,
+          "shorter --name"),
+    Fault("out-of-memory", "not enough memory for the volumes (`ulimit -v`)", _out_of_memory, 2,
+          "Not enough memory to impute case"),
+    Fault("killed-before", "a rerun after a run was killed (SIGKILL) while writing its outputs", _killed_before, 0,
+          "", "the outputs; the killed run's hidden temporary files are removed", kept=True, check=_outputs_only),
+    Fault("concurrent-runs", "four runs writing one output set at once (`--overwrite`)", _concurrent_runs, 0, "",
+          "one run's complete set (the output folder is locked while a set is committed)", kept=True,
+          check=_one_run_per_set),
+]
+FAULTS += CASE_INPUT_FAULTS
+
+
 # ---------------------------------------------------------------------------------------------- the test
 
 @pytest.fixture(scope="module")
@@ -464,9 +770,11 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 def test_fault(fault: Fault, env: Env):
     torch.set_num_threads(1)
     argv = fault.setup(env)
-    before = _digests(env.root)
+    before = {p: d for p, d in _digests(env.root).items() if ".tmp" not in Path(p).name}  # inputs, not leftovers
     code, err = run_cli(argv)
     env.monkeypatch.undo()  # os.replace and friends back before the checks below
+    if fault.check is not None:
+        fault.check(env)
     assert code == fault.code, err
     assert fault.message in err, err
     assert "Traceback" not in err, err
@@ -480,7 +788,7 @@ def test_fault(fault: Fault, env: Env):
     written = [p for p in after if p not in before]
     if fault.kept:
         assert written, "outputs expected"
-        if fault.code == 0:
+        if fault.code == 0 and fault.check is None:
             sidecar = next(p for p in written if p.endswith(".json"))
             record = json.loads(Path(sidecar).read_text())
             assert record["warnings"] or record["input_check"]["findings"], record
@@ -497,8 +805,9 @@ def render_table() -> str:
 
     rows = ["| bad input or fault | exit code | message (stderr, part) | left on disk |", "|---|---|---|---|"]
     for fault in FAULTS:
-        message = fault.message.replace("|", "\\|")
-        rows.append(f"| {fault.what} | {fault.code} | `{message}` | {fault.left} |")
+        escaped = fault.message.replace("|", "\\|")
+        message = f"`{escaped}`" if fault.message else "none"
+        rows.append(f"| {fault.what} | {fault.code} | {message} | {fault.left} |")
     return "\n".join([BEGIN, *rows, *web_rows(), END])
 
 

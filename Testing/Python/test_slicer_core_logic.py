@@ -19,6 +19,7 @@ slicer = require_slicer_core()
 import vtk  # noqa: E402
 from CollaGANImputeLib import Cancelled, default_model, impute, load_model  # noqa: E402
 from CollaGANImputeLib.cli import main as cli_main  # noqa: E402
+from CollaGANImputeLib.errors import InputError  # noqa: E402
 from CollaGANImputeLib.evaluate import score_imputation  # noqa: E402
 from CollaGANImputeLib.scene.comparison import score_table, slice_ssim_table  # noqa: E402
 from CollaGANImputeLib.scene.logic import ERROR_COLOR_NAME, SceneLogic, new_scene  # noqa: E402
@@ -288,3 +289,24 @@ def test_docs_snippet_drives_the_logic_without_qt_and_matches_the_cli(tiny_model
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(namespace["node"]), cli)
     saved = sitk.ReadImage(str(out / "t1c-from-slicer-core.nii.gz"))
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(saved), cli)
+
+
+def test_a_synthetic_node_is_refused_as_input_unless_allowed(logic, bundled, small_case):
+    nodes = _read(logic, small_case)
+    synthetic = logic.imputeNodes({"t1n": nodes["t1n"], "t2f": nodes["t2f"]}, model=bundled, target="t1c",
+                                  device="cpu", precision="fp32")
+    inputs = {"t1n": nodes["t1n"], "t1c": synthetic}
+    before = logic.scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match=r"'t1c' \('t1c \(synthetic, CollaGAN\)'\) is a synthetic volume \(its "
+                                         r"collagan_synthetic attribute is true\)"):
+        logic.imputeNodes(inputs, model=bundled, target="t2f", device="cpu")
+    with pytest.raises(InputError, match="'t1n' and 't2f' have identical voxels"):
+        logic.imputeNodes({"t1n": nodes["t1n"], "t2f": nodes["t1n"]}, model=bundled, target="t1c", device="cpu")
+    assert logic.scene.GetNumberOfNodes() == before
+    node = logic.imputeNodes(inputs, model=bundled, target="t2f", device="cpu", allowSynthetic=True)
+    assert node.GetAttribute("collagan_synthetic_inputs") == "t1c"
+    assert "'t1c' is not an acquired scan" in node.GetAttribute("collagan_warnings")
+    loaded = logic.readVolume(small_case / f"{CASE}-t1c.nii.gz", name="P1-t1c-synthetic-collagan")  # an output file
+    assert logic.syntheticReason(loaded) == "its name says so"
+    phantom = logic.readVolume(small_case / f"{CASE}-t1c.nii.gz", name="synthetic_phantom_01-t1c")  # a study name
+    assert logic.syntheticReason(phantom) is None

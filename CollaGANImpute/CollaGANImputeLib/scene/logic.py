@@ -35,7 +35,7 @@ import numpy as np
 import slicer
 import vtk
 
-from ..errors import Cancelled, CollaGANError
+from ..errors import Cancelled, CollaGANError, InputError
 from .nodes import LABEL_MAP_VOLUME, SCALAR_VOLUME, image_from_node, node_from_image, read_volume_node
 
 try:  # Slicer's translation function; slicer-core has no Qt translations
@@ -205,6 +205,28 @@ class SceneLogic:
 
         return node.GetAttribute(SYNTHETIC_ATTRIBUTE) == "true" or is_synthetic_name(node.GetName())
 
+    @staticmethod
+    def syntheticReason(node) -> Optional[str]:
+        """Why ``node`` is an imputed volume, not an acquired one (None when nothing says so): its
+        ``collagan_synthetic``/``collagan_uncertainty`` attribute, its description, or its name as this package
+        names results and output files. A case merely named "synthetic..." (a phantom study) is not refused.
+
+        Example:
+            >>> SceneLogic.syntheticReason(resultNode)   # doctest: +SKIP
+            'its collagan_synthetic attribute is true'
+        """
+        from .names import SYNTHETIC_SUFFIX
+
+        for key in ("collagan_synthetic", "collagan_uncertainty"):
+            if (node.GetAttribute(key) or "").lower() == "true":
+                return f"its {key} attribute is true"
+        if (node.GetDescription() or "").upper().startswith(("SYNTHETIC", "UNCERTAINTY")):
+            return "its description says so"
+        name = node.GetName() or ""
+        if name.endswith(SYNTHETIC_SUFFIX) or "-synthetic-collagan" in name or "-uncertainty-collagan" in name:
+            return "its name says so"
+        return None
+
     def guessInputNodes(self, contrasts: list, taken: tuple = ()) -> dict:
         """Scalar volumes of the scene matched to the contrasts by name; label maps, error maps, synthetic
         volumes and the nodes in ``taken`` are never proposed. Contrasts without a match map to None."""
@@ -238,15 +260,30 @@ class SceneLogic:
 
     def startImputation(self, inputNodes: dict, model, target: str, device: str = "auto", batchSize: int = 8,
                         cancel: Optional[threading.Event] = None, precision: str = "auto",
-                        uncertainty: bool = False):
+                        uncertainty: bool = False, allowSynthetic: bool = False):
         """Copy the input volumes out of the scene; return a :class:`~.job.ChunkedImputation` to step or run.
 
         The first input is the reference grid. ``cancel``: an Event that stops the job (also ``job.cancel()``).
         ``uncertainty``: also the uncertainty map (more passes of the model; :mod:`CollaGANImputeLib.uncertainty`).
+        A synthetic node (:meth:`syntheticReason`) is refused unless ``allowSynthetic``; then the result's
+        provenance names it. Two inputs with identical voxels are refused.
         """
+        from ..pipeline import refuse_unusable_inputs
         from .job import ChunkedImputation
 
-        images = {contrast: image_from_node(node) for contrast, node in inputNodes.items()}
+        images = {}
+        for contrast, node in inputNodes.items():
+            images[contrast] = image_from_node(node)
+            why = self.syntheticReason(node) if node is not None and contrast != target else None
+            if why is not None:
+                if not allowSynthetic:
+                    raise InputError(f"The input '{contrast}' ('{node.GetName()}') is a synthetic volume ({why}), not "
+                                     "an acquired scan: imputing from it would hide that the result rests on imputed "
+                                     "data. Choose the acquired volume, or allow synthetic inputs explicitly "
+                                     "(recorded in the result's provenance).")
+                images[contrast].SetMetaData("collagan_synthetic", "true")
+                images[contrast].SetMetaData("collagan_synthetic_source", f"node '{node.GetName()}': {why}")
+        refuse_unusable_inputs(images, [c for c in images if c != target], allow_synthetic=True)
         return ChunkedImputation(images, self._model(model), target, device=device, batch_size=batchSize,
                                  precision=precision, cancel_flag=cancel, uncertainty=uncertainty)
 
@@ -305,19 +342,21 @@ class SceneLogic:
 
     def imputeNodes(self, inputNodes: dict, model=None, target: Optional[str] = None, device: str = "auto",
                     batchSize: int = 8, progress: Optional[Callable[[float], None]] = None,
-                    cancel: Optional[threading.Event] = None, precision: str = "auto", uncertainty: bool = False):
+                    cancel: Optional[threading.Event] = None, precision: str = "auto", uncertainty: bool = False,
+                    allowSynthetic: bool = False):
         """Impute ``target`` (default: the first missing contrast) from scene volumes; return the new node.
 
         ``model``: a LoadedModel, a bundled model name, a file path, or None for the default bundled model.
         ``progress`` gets the fraction done; setting ``cancel`` raises Cancelled and leaves the scene as it was.
         ``uncertainty``: also the uncertainty map, as a node referenced from the result (:meth:`uncertaintyNodeFor`).
+        ``allowSynthetic``: as for :meth:`startImputation`.
         """
         model = self._model(model)
         if target is None:
             target = self.defaultTarget(list(model.card.contrasts), inputNodes)
         usable = {c: n for c, n in inputNodes.items() if n is not None and c != target}
         job = self.startImputation(usable, model, target, device=device, batchSize=batchSize, cancel=cancel,
-                                   precision=precision, uncertainty=uncertainty)
+                                   precision=precision, uncertainty=uncertainty, allowSynthetic=allowSynthetic)
         job.run(progress)
         return self.addResultToScene(job)
 
