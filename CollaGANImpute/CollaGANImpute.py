@@ -408,7 +408,8 @@ class CollaGANImputeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 model = self.logic.loadModel(self.selectedModelSource(), device="cpu")
                 self._job = self.logic.startImputation(
                     inputNodes, model, target, device=self.ui.deviceComboBox.currentText,
-                    batchSize=self.ui.batchSizeSpinBox.value, uncertainty=self.ui.uncertaintyCheckBox.checked)
+                    batchSize=self.ui.batchSizeSpinBox.value, uncertainty=self.ui.uncertaintyCheckBox.checked,
+                    register=self.ui.alignCheckBox.checked)
             except Exception as error:
                 raise RuntimeError(self.logic.plainError(error)) from error
         if self._job is None:
@@ -629,11 +630,12 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
         return self.core.parameters()
 
     def startImputation(self, inputNodes: dict, model, target: str, device: str = "auto", batchSize: int = 8,
-                        cancel=None, precision: str = "auto", uncertainty: bool = False):
+                        cancel=None, precision: str = "auto", uncertainty: bool = False, register: bool = False):
         """Copy the input volumes out of the scene and return a ChunkedImputation to step (GUI) or run;
-        ``uncertainty`` also computes the uncertainty map."""
+        ``uncertainty`` also computes the uncertainty map, ``register`` aligns the inputs to the first first."""
         return self.core.startImputation(inputNodes, model, target, device=device, batchSize=batchSize,
-                                         cancel=cancel, precision=precision, uncertainty=uncertainty)
+                                         cancel=cancel, precision=precision, uncertainty=uncertainty,
+                                         register=register)
 
     def addResultToScene(self, job, showNextTo=None):
         """Add the finished job's image as '<target> (synthetic, CollaGAN)', shown beside ``showNextTo``; its
@@ -655,12 +657,14 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
 
     def imputeNodes(self, inputNodes: dict, model=None, target: Optional[str] = None, device: str = "auto",
                     batchSize: int = 8, progress: Optional[Callable[[float], None]] = None, cancel=None,
-                    precision: str = "auto", uncertainty: bool = False):
+                    precision: str = "auto", uncertainty: bool = False, register: bool = False):
         """Console use: impute ``target`` (default: the first missing contrast) from scene volumes; returns the
         new node. ``model`` is a LoadedModel, a bundled model name, a file path, or None for the default.
-        ``uncertainty``: also the uncertainty map (``uncertaintyNodeFor(node)``)."""
+        ``uncertainty``: also the uncertainty map (``uncertaintyNodeFor(node)``); ``register``: align the
+        inputs to the first one first."""
         return self.core.imputeNodes(inputNodes, model=model, target=target, device=device, batchSize=batchSize,
-                                     progress=progress, cancel=cancel, precision=precision, uncertainty=uncertainty)
+                                     progress=progress, cancel=cancel, precision=precision, uncertainty=uncertainty,
+                                     register=register)
 
     def imputeCaseFolder(self, folder: str, model=None, outDir: Optional[str] = None, load: bool = True, **kwargs):
         """Impute a BraTS-named case folder from disk (exactly the CLI's core call), optionally loading results."""

@@ -45,6 +45,7 @@ from .io import (
     write_volume,
 )
 from .normalization import foreground_mask, normalize
+from .registration import RigidAlignment, large_motion, register_inputs
 from .uncertainty import (
     ensemble_members,
     estimate_uncertainty,
@@ -64,6 +65,8 @@ class PreparedCase:
     warnings: list[str] = field(default_factory=list)
     #: The inputs compared with the model's training data (prepare_case with a card); None: not compared.
     input_check: Optional[InputCheck] = None
+    #: Input → its rigid alignment to the reference (prepare_case with ``alignments``); empty: headers only.
+    registration: dict[str, RigidAlignment] = field(default_factory=dict)
 
     @property
     def spacing(self) -> tuple[float, float]:
@@ -74,9 +77,11 @@ class PreparedCase:
         """A canonical array back as an image with the reference's exact geometry."""
         return from_canonical_array(array, self.reference)
 
-    def normalize_like_inputs(self, image: sitk.Image) -> np.ndarray:
-        """Another volume of the case (e.g. the real target) in p99 units with this case's mask."""
-        aligned = align_to_reference({"ref": self.reference, "other": image}, reference="ref")["other"]
+    def normalize_like_inputs(self, image: sitk.Image, transform: Optional[sitk.Transform] = None) -> np.ndarray:
+        """Another volume of the case (e.g. the real target) in p99 units with this case's mask; with a
+        ``transform`` (e.g. its :class:`.registration.RigidAlignment`'s) resampled through it."""
+        aligned = align_to_reference({"ref": self.reference, "other": image}, reference="ref",
+                                     transforms={"other": transform} if transform is not None else None)["other"]
         return normalize(to_canonical_array(aligned), self.mask)
 
     def lesion_like_inputs(self, image: sitk.Image) -> np.ndarray:
@@ -88,8 +93,12 @@ class PreparedCase:
 def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = None,
                  mask_from: Optional[Sequence[str]] = None,
                  device: Union[str, torch.device, None] = None,
-                 card: Optional[ModelCard] = None) -> PreparedCase:
+                 card: Optional[ModelCard] = None,
+                 alignments: Optional[Mapping[str, RigidAlignment]] = None) -> PreparedCase:
     """Align the images to the reference grid, compute the mask and normalize each to p99 units.
+
+    ``alignments`` (from :func:`.registration.register_inputs`): the inputs are resampled through their rigid
+    transforms (co-registered), not by their headers alone; kept in ``registration`` for the provenance.
 
     With the model's ``card`` the case is also checked against the model (:func:`check_for_model`): the
     slices' fit in its field of view and the inputs against its training data; each finding is a warning
@@ -102,7 +111,10 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        aligned = align_to_reference(images, reference)
+        aligned = align_to_reference(images, reference, {name: a.transform for name, a in (alignments or {}).items()
+                                                          if name in images})
+        for line in large_motion({n: a for n, a in (alignments or {}).items() if n in images}):
+            warnings.warn(line, GeometryWarning, stacklevel=2)
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     notes = [str(w.message) for w in caught]
@@ -123,7 +135,8 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
         mask = foreground_mask([raw[name] for name in names])
     arrays = {name: normalize(array, mask, None if scales is None else scales[index])
               for index, (name, array) in enumerate(raw.items())}
-    case = PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=notes)
+    case = PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=notes,
+                        registration={n: a for n, a in (alignments or {}).items() if n in images})
     if card is not None:
         check_for_model(case, card, names)
     return case
@@ -199,6 +212,8 @@ def synthetic_metadata(model: LoadedModel, inputs: Sequence[str], target: str,
             labels["collagan_input_check_findings"] = "; ".join(check.findings)
         if case.warnings:
             labels["collagan_warnings"] = " | ".join(case.warnings)
+        if case.registration:
+            labels["collagan_registration"] = " | ".join(a.summary() for a in case.registration.values())
     return labels
 
 
@@ -252,7 +267,8 @@ def sidecar_path(volume: PathLike) -> Path:
 def provenance(image: sitk.Image, model: LoadedModel, case: Optional[PreparedCase] = None,
                input_files: Optional[Mapping[str, PathLike]] = None) -> dict:
     """What the JSON sidecar records: every ``collagan_*`` key of ``image``, the input check, the model's file and
-    hashes, the input files and the warnings the case gave."""
+    hashes, the input files, the warnings the case gave and, when the inputs were co-registered, each input's
+    rigid transform to the reference with its final metric value (``registration``)."""
     record: dict = {key: image.GetMetaData(key) for key in image.GetMetaDataKeys() if key.startswith("collagan_")}
     check = case.input_check if case is not None else None
     record["input_check"] = check.to_dict() if check is not None else {"status": "not checked", "findings": []}
@@ -261,6 +277,8 @@ def provenance(image: sitk.Image, model: LoadedModel, case: Optional[PreparedCas
     if input_files:
         record["input_files"] = {c: str(Path(p).resolve()) for c, p in input_files.items()}
     record["warnings"] = list(case.warnings) if case is not None else []
+    if case is not None and case.registration:
+        record["registration"] = {name: a.to_dict() for name, a in case.registration.items()}
     return record
 
 
@@ -287,6 +305,7 @@ def impute(
     cancel: CancelFlag = None,
     precision: str = "auto",
     uncertainty: bool = False,
+    register: bool = False,
 ) -> ImputationResult:
     """Impute each target (default: every model contrast not among ``images``) from the given images.
 
@@ -295,6 +314,9 @@ def impute(
     ``uncertainty``: also an uncertainty map per target in ``result.uncertainty`` (:mod:`.uncertainty`: how much
     the model's predictions from smaller input sets and mirrored inputs disagree; costs one more pass of the
     model per member, ``progress`` counts them).
+    ``register``: rigidly co-register every image to the reference first (:mod:`.registration`: mutual
+    information), for inputs the patient moved between; else they are placed by their headers alone. Each
+    transform is in ``result.case.registration`` and the JSON sidecar.
     """
     card = model.card
     if targets is None:
@@ -304,11 +326,13 @@ def impute(
                              "missing. Name a target explicitly to re-impute one from the others.")
     inputs_by_target = check_request(card, list(images), targets)
     device = resolve_device(device)
+    alignments = register_inputs(images, reference) if register else None  # once for every input set
     # One mask per input set: a target that is also given (re-imputation) never shapes its own mask.
     prepared: dict[tuple[str, ...], PreparedCase] = {}
     for used in inputs_by_target.values():
         if tuple(used) not in prepared:
-            prepared[tuple(used)] = prepare_case(images, reference, mask_from=used, device=device, card=card)
+            prepared[tuple(used)] = prepare_case(images, reference, mask_from=used, device=device, card=card,
+                                                 alignments=alignments)
     first = prepared[tuple(next(iter(inputs_by_target.values())))]
     n_slices = first.mask.shape[0]
     members = {t: ensemble_members(used) if uncertainty else [] for t, used in inputs_by_target.items()}
@@ -359,6 +383,7 @@ def impute_case(
     montage: bool = False,
     precision: str = "auto",
     uncertainty: bool = False,
+    register: bool = False,
 ) -> dict[str, Path]:
     """Impute the missing contrasts of a case and write them; returns target → written file.
 
@@ -372,6 +397,8 @@ def impute_case(
     for cases without a real target to compare with. ``uncertainty`` adds the uncertainty map of each target
     (:mod:`.uncertainty`) as ``<case>-<target>-uncertainty-collagan.nii.gz`` with its JSON sidecar, written
     together with the synthetic volume (and shown in the montage); the returned mapping has the synthetic files.
+    ``register``: co-register the inputs to the reference first (:func:`impute`); the sidecar records each
+    transform.
     """
     if isinstance(case, Mapping):
         paths = {c: Path(p) for c, p in case.items()}
@@ -394,7 +421,7 @@ def impute_case(
     try:
         result = impute(images, model, targets=targets, reference=reference, device=device,
                         batch_size=batch_size, progress=progress, cancel=cancel, precision=precision,
-                        uncertainty=uncertainty)
+                        uncertainty=uncertainty, register=register)
         with OutputSet() as outputs:
             written = {}
             for target, image in result.images.items():
