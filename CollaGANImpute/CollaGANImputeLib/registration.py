@@ -145,3 +145,19 @@ def large_motion(alignments: Mapping[str, RigidAlignment]) -> list[str]:
             f"to '{a.reference}', more than patients move within a session: check the inputs are of one session "
             "and look at them aligned before using the result."
             for a in alignments.values() if a.shift_mm > LARGE_SHIFT_MM or a.rotation_deg > LARGE_ROTATION_DEG]
+
+
+def moved(image: sitk.Image, transform: sitk.Transform) -> sitk.Image:
+    """A copy of ``image`` as if the head had moved rigidly by ``transform`` (old points to new points): only the
+    header's origin and direction change, the voxels are untouched. For measuring what patient motion does.
+
+    Example:
+        >>> motion = sitk.Euler3DTransform((127.5, 127.5, 15.5), 0.0, 0.0, math.radians(5), (2.0, -2.0, 1.0))
+        >>> shifted = moved(t2f, motion)     # register_rigid(t1n, shifted) finds about ``motion``  # doctest: +SKIP
+    """
+    rigid = sitk.Euler3DTransform(transform)
+    out = sitk.Image(image)
+    rotation = np.array(rigid.GetMatrix()).reshape(3, 3)
+    out.SetDirection((rotation @ np.array(image.GetDirection()).reshape(3, 3)).ravel().tolist())
+    out.SetOrigin(rigid.TransformPoint(image.GetOrigin()))
+    return out
