@@ -87,9 +87,9 @@ def score_imputation(
                     register=register)
     case = result.case
     transform = None
-    if register:
-        reference = inputs[0]  # impute's reference: the first input
-        transform = register_rigid(case.reference, images[target], target, reference).transform
+    if register:  # against impute's reference, the first input
+        alignment = register_rigid(case.reference, images[target], target, inputs[0])
+        transform = alignment.transform if alignment.applied else None
     real = case.normalize_like_inputs(images[target], transform)
     lesion = None
     if lesion_image is not None:

@@ -77,8 +77,8 @@ def align_to_reference(images: Mapping[str, sitk.Image], reference: Optional[str
             if not _overlap(image, ref):
                 raise InputError(
                     f"'{name}' does not overlap '{reference}' in physical space: the volumes are not "
-                    "co-registered. Register them first (e.g. Slicer's General Registration (BRAINS) or "
-                    "SimpleITK's ImageRegistrationMethod)."
+                    "co-registered. Align them with --register (in Slicer and the web app: 'Align inputs "
+                    "first'), or register them first (e.g. Slicer's General Registration (BRAINS))."
                 )
             out = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
             resampled.append(name)

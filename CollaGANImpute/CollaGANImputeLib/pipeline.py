@@ -45,7 +45,7 @@ from .io import (
     write_volume,
 )
 from .normalization import foreground_mask, normalize
-from .registration import RigidAlignment, large_motion, register_inputs
+from .registration import RigidAlignment, applied_transforms, large_motion, register_inputs
 from .uncertainty import (
     ensemble_members,
     estimate_uncertainty,
@@ -111,8 +111,7 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        aligned = align_to_reference(images, reference, {name: a.transform for name, a in (alignments or {}).items()
-                                                          if name in images})
+        aligned = align_to_reference(images, reference, applied_transforms(alignments))
         for line in large_motion({n: a for n, a in (alignments or {}).items() if n in images}):
             warnings.warn(line, GeometryWarning, stacklevel=2)
     for warning in caught:

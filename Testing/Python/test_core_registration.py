@@ -13,7 +13,9 @@ import torch
 from CollaGANImputeLib import impute, load_model
 from CollaGANImputeLib.cli import EXIT_OK, main
 from CollaGANImputeLib.contract import sha256_of
-from CollaGANImputeLib.registration import moved, register_inputs, register_rigid
+from CollaGANImputeLib.errors import InputError
+from CollaGANImputeLib.geometry import align_to_reference
+from CollaGANImputeLib.registration import large_motion, moved, register_inputs, register_rigid
 from CollaGANImputeLib.scene.job import ChunkedImputation
 
 torch.set_num_threads(1)
@@ -52,6 +54,18 @@ def test_registration_recovers_a_known_shift_and_rotation_of_a_real_volume(sampl
     assert worst_error_mm(alignment.transform, known, points_inside(t1n)) < 1.0
     assert abs(alignment.shift_mm - 3.0) < 1.0 and abs(alignment.rotation_deg - ROTATION_DEG) < 1.0
     assert alignment.metric < -0.3  # mutual information found: two contrasts of one head, aligned
+
+
+def test_register_aligns_an_input_whose_header_lost_its_place(sample_images):
+    # An export that lost its origin: 400 mm away, no overlap; refused by headers, aligned with registration.
+    known = sitk.Euler3DTransform(motion(sample_images["t2f"]).GetCenter(), 0.0, 0.0, 0.0, (400.0, 0.0, 0.0))
+    far = moved(sample_images["t2f"], known)
+    with pytest.raises(InputError, match="does not overlap.*--register"):
+        align_to_reference({"t1n": sample_images["t1n"], "t2f": far})
+    alignments = register_inputs({"t1n": sample_images["t1n"], "t2f": far})
+    assert worst_error_mm(alignments["t2f"].transform, known, points_inside(sample_images["t1n"])) < 1.0
+    assert abs(alignments["t2f"].shift_mm - 400.0) < 1.0
+    assert "more than patients move within a session" in large_motion(alignments)[0]
 
 
 def test_register_inputs_leaves_the_reference_and_the_images_alone(sample_images):
