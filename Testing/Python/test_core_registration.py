@@ -136,3 +136,19 @@ def test_slicer_job_registers_each_input_in_its_own_step(tiny_model_path, sample
     assert abs(job.alignments["t2f"].rotation_deg - ROTATION_DEG) < 1.0
     assert "t2f: rigid to t1n" in result.images["t1c"].GetMetaData("collagan_registration")
     assert result.case.registration["t2f"] is job.alignments["t2f"]
+
+
+def test_evaluate_register_aligns_the_inputs_and_the_real_target(tiny_model_path, sample_case, sample_images,
+                                                                 tmp_path):
+    data = tmp_path / "data" / "TCGA-HT-7882"
+    data.mkdir(parents=True)
+    for contrast, image in sample_images.items():
+        sitk.WriteImage(moved(image, motion(image)) if contrast == "t1c" else image,
+                        str(data / f"TCGA-HT-7882-{contrast}.nii.gz"))
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(data.parent), "--out", str(out), "--model", str(tiny_model_path), "--target", "t2f",
+                 "--register", "--save-volumes", "--device", "cpu"]) == EXIT_OK
+    sidecar = json.loads((out / "TCGA-HT-7882-t2f-synthetic-collagan.json").read_text())
+    alignment = sidecar["registration"]["t1c"]
+    assert alignment["applied"] and abs(alignment["rotation_deg"] - ROTATION_DEG) < 1.0
+    assert abs(alignment["shift_mm"] - 3.0) < 1.0
