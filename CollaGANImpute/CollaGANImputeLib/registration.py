@@ -1,6 +1,6 @@
 """Rigid co-registration of the inputs to the reference input (SimpleITK, Mattes mutual information).
 
-The contrasts of one session share the scanner's coordinates, but the patient may move between them: their
+The contrasts of one examination share the scanner's coordinates, but the patient may move between them: their
 headers then place the head a few millimetres or degrees apart. :func:`register_inputs` finds, for every input
 but the reference, the rigid transform (rotation and shift) that best aligns it to the reference by mutual
 information, which compares different contrasts; :func:`.geometry.align_to_reference` then resamples each input
@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from .errors import InputError
 from .geometry import _overlap
 
-#: A found motion above either limit is unusual within one session: the result is worth a look (warning).
+#: A found motion above either limit is unusual within one examination: the result is worth a look (warning).
 LARGE_SHIFT_MM = 20.0
 LARGE_ROTATION_DEG = 15.0
 #: Fixed seed of the metric's random sampling: the same inputs give the same transform.
@@ -114,7 +114,7 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, moving_name: str = "mo
     """
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
-    # The initializer puts the rotation centre at the reference's centre. Within one session the headers are the
+    # The initializer puts the rotation centre at the reference's centre. Within one examination the headers are the
     # better start (the scanner's coordinates are shared), so its centring shift is kept only when the volumes
     # do not overlap at all (e.g. an export that lost its origin).
     initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
@@ -179,8 +179,8 @@ def register_inputs(images: Mapping[str, sitk.Image], reference: Optional[str] =
 def large_motion(alignments: Mapping[str, RigidAlignment]) -> list[str]:
     """One line per alignment that moved its input unusually far (worth checking the images)."""
     return [f"Registration moved '{a.moving}' by {a.shift_mm:.1f} mm and {a.rotation_deg:.1f} degrees to align it "
-            f"to '{a.reference}', more than patients move within a session: check the inputs are of one session "
-            "and look at them aligned before using the result."
+            f"to '{a.reference}', more than patients move within one examination: check the inputs are of one "
+            "examination and look at them aligned before using the result."
             for a in alignments.values() if a.shift_mm > LARGE_SHIFT_MM or a.rotation_deg > LARGE_ROTATION_DEG]
 
 
