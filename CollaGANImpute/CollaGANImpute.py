@@ -408,7 +408,8 @@ class CollaGANImputeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 model = self.logic.loadModel(self.selectedModelSource(), device="cpu")
                 self._job = self.logic.startImputation(
                     inputNodes, model, target, device=self.ui.deviceComboBox.currentText,
-                    batchSize=self.ui.batchSizeSpinBox.value, uncertainty=self.ui.uncertaintyCheckBox.checked)
+                    batchSize=self.ui.batchSizeSpinBox.value, uncertainty=self.ui.uncertaintyCheckBox.checked,
+                    register=self.ui.alignCheckBox.checked)
             except Exception as error:
                 raise RuntimeError(self.logic.plainError(error)) from error
         if self._job is None:
@@ -629,13 +630,15 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
         return self.core.parameters()
 
     def startImputation(self, inputNodes: dict, model, target: str, device: str = "auto", batchSize: int = 8,
-                        cancel=None, precision: str = "auto", uncertainty: bool = False, allowSynthetic: bool = False):
+                        cancel=None, precision: str = "auto", uncertainty: bool = False, allowSynthetic: bool = False,
+                        register: bool = False):
         """Copy the input volumes out of the scene and return a ChunkedImputation to step (GUI) or run;
         ``uncertainty`` also computes the uncertainty map; a synthetic input node is refused unless
-        ``allowSynthetic`` (then named in the result's provenance)."""
+        ``allowSynthetic`` (then named in the result's provenance); ``register`` aligns the inputs to the first one
+        first."""
         return self.core.startImputation(inputNodes, model, target, device=device, batchSize=batchSize,
                                          cancel=cancel, precision=precision, uncertainty=uncertainty,
-                                         allowSynthetic=allowSynthetic)
+                                         allowSynthetic=allowSynthetic, register=register)
 
     def addResultToScene(self, job, showNextTo=None):
         """Add the finished job's image as '<target> (synthetic, CollaGAN)', shown beside ``showNextTo``; its
@@ -657,14 +660,16 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
 
     def imputeNodes(self, inputNodes: dict, model=None, target: Optional[str] = None, device: str = "auto",
                     batchSize: int = 8, progress: Optional[Callable[[float], None]] = None, cancel=None,
-                    precision: str = "auto", uncertainty: bool = False, allowSynthetic: bool = False):
+                    precision: str = "auto", uncertainty: bool = False, allowSynthetic: bool = False,
+                    register: bool = False):
         """Console use: impute ``target`` (default: the first missing contrast) from scene volumes; returns the
         new node. ``model`` is a LoadedModel, a bundled model name, a file path, or None for the default.
         ``uncertainty``: also the uncertainty map (``uncertaintyNodeFor(node)``). ``allowSynthetic``: use a
-        synthetic input volume (refused by default; named in the result's provenance)."""
+        synthetic input volume (refused by default; named in the result's provenance). ``register``: align the
+        inputs to the first one first (rigid; the transforms are in the node's ``collagan_registration`` attribute)."""
         return self.core.imputeNodes(inputNodes, model=model, target=target, device=device, batchSize=batchSize,
                                      progress=progress, cancel=cancel, precision=precision, uncertainty=uncertainty,
-                                     allowSynthetic=allowSynthetic)
+                                     allowSynthetic=allowSynthetic, register=register)
 
     def imputeCaseFolder(self, folder: str, model=None, outDir: Optional[str] = None, load: bool = True, **kwargs):
         """Impute a BraTS-named case folder from disk (exactly the CLI's core call), optionally loading results."""

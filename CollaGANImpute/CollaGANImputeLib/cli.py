@@ -10,6 +10,7 @@ Examples:
     collagan-impute impute cases/TCGA-CS-4941 --out out/            # every missing contrast of the case
     collagan-impute impute cases/* --out out/ --montage             # a batch, with a picture per case
     collagan-impute impute cases/TCGA-CS-4941 --uncertainty         # with an uncertainty map per target
+    collagan-impute impute cases/TCGA-CS-4941 --register            # inputs moved between scans: align first
     collagan-impute impute --input t1n=a.nii.gz --input t2f=b.nrrd --target t1c --out out/
     collagan-impute evaluate data/lgg/complete --out eval/ --model model.pt  # score on complete cases
     collagan-impute demo --out demo-output
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_MODEL, EXIT_NO_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 4, 130
 EXIT_TERMINATED = 128 + 15  # SIGTERM, as a shell reports a process it terminated
+REGISTER_HELP = ("rigidly co-register the inputs to the reference first (mutual information; for a patient who "
+                 "moved between scans; about 10 s per input); the sidecar records each transform")
 
 
 def _load(model: Optional[str]) -> LoadedModel:
@@ -136,7 +139,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
                 case, model, out_dir=args.out, targets=args.target or None, reference=args.reference,
                 device=args.device, batch_size=args.batch_size, progress=progress, name=args.name,
                 montage=args.montage, precision=args.precision, uncertainty=args.uncertainty,
-                overwrite=args.overwrite, allow_synthetic=args.allow_synthetic_input)
+                overwrite=args.overwrite, allow_synthetic=args.allow_synthetic_input,
+                register=args.register)
         except (InputError, OutputError) as exc:
             if len(cases) == 1:
                 raise
@@ -215,7 +219,8 @@ def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argpa
             model, dirs, targets=args.target or None, all_subsets=args.all_subsets, device=args.device,
             batch_size=args.batch_size, montage_dir=out, volumes_dir=out if save_volumes else None,
             precision=args.precision, on_case=on_case, failures=failures,
-            uncertainty=getattr(args, "uncertainty", False), protocol=getattr(args, "protocol", "v3"))
+            uncertainty=getattr(args, "uncertainty", False), protocol=getattr(args, "protocol", "v3"),
+            register=getattr(args, "register", False))
         steps.update(started[0] - steps.n)
     finally:
         steps.close()
@@ -323,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write <case>-<target>-uncertainty-collagan.nii.gz: how much the model's predictions "
                         "from smaller input sets and mirrored inputs disagree (p99 units; about 3x the time). A "
                         "disagreement map, not a confidence map: it misses errors all predictions share")
+    p.add_argument("--register", action="store_true", help=REGISTER_HELP)
     common(p)
     p.set_defaults(func=cmd_impute)
 
@@ -339,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="v3", choices=["v3", "v2"],
                    help="docs/EVALUATION.md version (default: v3, scored where the real image was acquired; v2 "
                         "reproduces earlier tables)")
+    p.add_argument("--register", action="store_true",
+                   help=REGISTER_HELP.replace("the inputs", "the inputs and the real target", 1))
     common(p, precision="fp32")
     p.set_defaults(func=cmd_evaluate)
 

@@ -39,6 +39,7 @@ from .metrics import (
     uncertainty_scores,
 )
 from .pipeline import ImputationResult, impute, read_case, stage_imputed
+from .registration import register_rigid
 
 CaseCallback = Callable[[str, str, Sequence[str]], None]
 
@@ -78,16 +79,23 @@ def score_imputation(
     precision: str = "fp32",
     uncertainty: bool = False,
     protocol: str = DEFAULT_PROTOCOL,
+    register: bool = False,
 ) -> ScoredImputation:
     """Impute ``target`` from ``inputs`` and score it against the real ``images[target]`` (EVALUATION.md):
     mask from the inputs only, scores inside ``M_t`` (``protocol="v2"``: M), lesion scores inside the lesion.
     ``uncertainty``: also the uncertainty map, scored with the protocol's rho_U and AUROC_U (whole head and
-    inside the lesion)."""
+    inside the lesion). ``register``: the inputs are co-registered to the reference (:func:`impute`) and so is the
+    real target, so that the scores compare like with like (the lesion mask is placed by its header)."""
     check_protocol(protocol)
     result = impute({c: images[c] for c in inputs}, model, targets=[target], device=device,
-                    batch_size=batch_size, cancel=cancel, precision=precision, uncertainty=uncertainty)
+                    batch_size=batch_size, cancel=cancel, precision=precision, uncertainty=uncertainty,
+                    register=register)
     case = result.case
-    real = case.normalize_like_inputs(images[target])
+    transform = None
+    if register:  # against impute's reference, the first input
+        alignment = register_rigid(case.reference, images[target], target, inputs[0])
+        transform = alignment.transform if alignment.applied else None
+    real = case.normalize_like_inputs(images[target], transform)
     lesion = None
     if lesion_image is not None:
         lesion = case.lesion_like_inputs(lesion_image)
@@ -115,10 +123,12 @@ def evaluate_cases(
     failures: Optional[list[tuple[str, str]]] = None,
     uncertainty: bool = False,
     protocol: str = DEFAULT_PROTOCOL,
+    register: bool = False,
 ) -> list[dict]:
     """One row per (case, target, input set) with the protocol's scores; optional montage per target.
     ``uncertainty``: also the uncertainty scores (rho_U, AUROC_U) of each imputation's uncertainty map.
     ``protocol``: "v3" (EVALUATION.md, the default) or "v2" (earlier tables).
+    ``register``: inputs and real target co-registered to the reference first (:func:`score_imputation`).
 
     Scores use fp32 by default so that they do not depend on the machine's CPU (``precision="auto"`` is faster).
     Cases lacking a target contrast are skipped for that target (nothing to compare with). With
@@ -137,7 +147,8 @@ def evaluate_cases(
             with OutputSet() as outputs:
                 case_rows, case_montages = _evaluate_case(
                     model, Path(folder), contrasts, targets, all_subsets, device, batch_size, montage_dir,
-                    volumes_dir, on_case, cancel, precision, montaged, outputs, uncertainty, protocol)
+                    volumes_dir, on_case, cancel, precision, montaged, outputs, uncertainty, protocol,
+                    register)
                 outputs.commit()
         except ModelError:
             raise
@@ -154,8 +165,8 @@ def evaluate_cases(
 def _evaluate_case(model: LoadedModel, folder: Path, contrasts: Sequence[str], targets: Sequence[str],
                    all_subsets: bool, device: str, batch_size: Optional[int], montage_dir, volumes_dir,
                    on_case: Optional[CaseCallback], cancel: CancelFlag, precision: str, montaged: set[str],
-                   outputs: OutputSet, uncertainty: bool = False,
-                   protocol: str = DEFAULT_PROTOCOL) -> tuple[list[dict], set[str]]:
+                   outputs: OutputSet, uncertainty: bool = False, protocol: str = DEFAULT_PROTOCOL,
+                   register: bool = False) -> tuple[list[dict], set[str]]:
     """The rows of one case; its volumes and montages staged in ``outputs``."""
     rows: list[dict] = []
     drawn: set[str] = set()
@@ -172,7 +183,7 @@ def _evaluate_case(model: LoadedModel, folder: Path, contrasts: Sequence[str], t
                 on_case(case_name(folder), target, inputs)
             scored = score_imputation(model, images, target, inputs, lesion_image, device=device,
                                       batch_size=batch_size, cancel=cancel, precision=precision,
-                                      uncertainty=uncertainty, protocol=protocol)
+                                      uncertainty=uncertainty, protocol=protocol, register=register)
             result, case, pred, real, lesion, scores = (scored.result, scored.result.case, scored.pred,
                                                         scored.real, scored.lesion, scored.scores)
             rows.append({"case": case_name(folder), "target": target, "inputs": "+".join(inputs),

@@ -48,11 +48,14 @@ def _overlap(a: sitk.Image, b: sitk.Image) -> bool:
     return bool(np.all(np.minimum(hi_a, hi_b) >= np.maximum(lo_a, lo_b)))
 
 
-def align_to_reference(images: Mapping[str, sitk.Image], reference: Optional[str] = None) -> dict[str, sitk.Image]:
+def align_to_reference(images: Mapping[str, sitk.Image], reference: Optional[str] = None,
+                       transforms: Optional[Mapping[str, sitk.Transform]] = None) -> dict[str, sitk.Image]:
     """Put every image on the reference's grid (default: the first), as float32.
 
     Images already on that grid are only cast; others are resampled (linear) with a GeometryWarning that names
     them. Images that do not overlap the reference in physical space are refused: they are not co-registered.
+    An image with a transform in ``transforms`` (reference points to its points, e.g. from
+    :func:`.registration.register_inputs`) is resampled through it instead of by its header alone.
     """
     if not images:
         raise InputError("No input volumes were given.")
@@ -64,6 +67,9 @@ def align_to_reference(images: Mapping[str, sitk.Image], reference: Optional[str
     aligned: dict[str, sitk.Image] = {}
     resampled = []
     for name, image in images.items():
+        if transforms and name in transforms and name != reference:
+            aligned[name] = sitk.Resample(image, ref, transforms[name], sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            continue
         if same_grid(image, ref):
             out = sitk.Cast(image, sitk.sitkFloat32)
             out.CopyInformation(ref)
@@ -71,8 +77,8 @@ def align_to_reference(images: Mapping[str, sitk.Image], reference: Optional[str
             if not _overlap(image, ref):
                 raise InputError(
                     f"'{name}' does not overlap '{reference}' in physical space: the volumes are not "
-                    "co-registered. Register them first (e.g. Slicer's General Registration (BRAINS) or "
-                    "SimpleITK's ImageRegistrationMethod)."
+                    "co-registered. Align them with --register (in Slicer and the web app: 'Align inputs "
+                    "first'), or register them first (e.g. Slicer's General Registration (BRAINS))."
                 )
             out = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
             resampled.append(name)

@@ -48,6 +48,7 @@ from .io import (
     write_volume,
 )
 from .normalization import foreground_mask, normalize, p99
+from .registration import RigidAlignment, applied_transforms, large_motion, register_inputs
 from .uncertainty import (
     ensemble_members,
     estimate_uncertainty,
@@ -71,6 +72,8 @@ class PreparedCase:
     synthetic_inputs: list[str] = field(default_factory=list)
     #: contrast → Series Instance UID of the inputs read from DICOM.
     series_uids: dict[str, str] = field(default_factory=dict)
+    #: Input → its rigid alignment to the reference (prepare_case with ``alignments``); empty: headers only.
+    registration: dict[str, RigidAlignment] = field(default_factory=dict)
 
     @property
     def spacing(self) -> tuple[float, float]:
@@ -81,9 +84,11 @@ class PreparedCase:
         """A canonical array back as an image with the reference's exact geometry."""
         return from_canonical_array(array, self.reference)
 
-    def normalize_like_inputs(self, image: sitk.Image) -> np.ndarray:
-        """Another volume of the case (e.g. the real target) in p99 units with this case's mask."""
-        aligned = align_to_reference({"ref": self.reference, "other": image}, reference="ref")["other"]
+    def normalize_like_inputs(self, image: sitk.Image, transform: Optional[sitk.Transform] = None) -> np.ndarray:
+        """Another volume of the case (e.g. the real target) in p99 units with this case's mask; with a
+        ``transform`` (e.g. its :class:`.registration.RigidAlignment`'s) resampled through it."""
+        aligned = align_to_reference({"ref": self.reference, "other": image}, reference="ref",
+                                     transforms={"other": transform} if transform is not None else None)["other"]
         return normalize(to_canonical_array(aligned), self.mask)
 
     def lesion_like_inputs(self, image: sitk.Image) -> np.ndarray:
@@ -95,8 +100,12 @@ class PreparedCase:
 def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = None,
                  mask_from: Optional[Sequence[str]] = None,
                  device: Union[str, torch.device, None] = None,
-                 card: Optional[ModelCard] = None) -> PreparedCase:
+                 card: Optional[ModelCard] = None,
+                 alignments: Optional[Mapping[str, RigidAlignment]] = None) -> PreparedCase:
     """Align the images to the reference grid, compute the mask and normalize each to p99 units.
+
+    ``alignments`` (from :func:`.registration.register_inputs`): the inputs are resampled through their rigid
+    transforms (co-registered), not by their headers alone; kept in ``registration`` for the provenance.
 
     With the model's ``card`` the case is also checked against the model (:func:`check_for_model`): the
     slices' fit in its field of view and the inputs against its training data; each finding is a warning
@@ -109,7 +118,9 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        aligned = align_to_reference(images, reference)
+        aligned = align_to_reference(images, reference, applied_transforms(alignments))
+        for line in large_motion({n: a for n, a in (alignments or {}).items() if n in images}):
+            warnings.warn(line, GeometryWarning, stacklevel=2)
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     notes = [str(w.message) for w in caught]
@@ -144,7 +155,8 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
             raise InputError(f"Input '{name}': {exc}") from exc
     case = PreparedCase(reference=ref, arrays=arrays, mask=mask, warnings=notes,
                         series_uids={c: image.GetMetaData(SERIES_UID) for c, image in images.items()
-                                     if image.HasMetaDataKey(SERIES_UID)})
+                                     if image.HasMetaDataKey(SERIES_UID)},
+                        registration={n: a for n, a in (alignments or {}).items() if n in images})
     for name in names:
         why = synthetic_label(images[name])
         if why is not None:
@@ -239,6 +251,8 @@ def synthetic_metadata(model: LoadedModel, inputs: Sequence[str], target: str,
         synthetic_inputs = [c for c in inputs if c in case.synthetic_inputs]
         if synthetic_inputs:
             labels["collagan_synthetic_inputs"] = ",".join(synthetic_inputs)
+        if case.registration:
+            labels["collagan_registration"] = " | ".join(a.summary() for a in case.registration.values())
     return labels
 
 
@@ -292,7 +306,8 @@ def sidecar_path(volume: PathLike) -> Path:
 def provenance(image: sitk.Image, model: LoadedModel, case: Optional[PreparedCase] = None,
                input_files: Optional[Mapping[str, PathLike]] = None) -> dict:
     """What the JSON sidecar records: every ``collagan_*`` key of ``image``, the input check, the model's file and
-    hashes, the input files and the warnings the case gave."""
+    hashes, the input files, the warnings the case gave and, when the inputs were co-registered, each input's
+    rigid transform to the reference with its final metric value (``registration``)."""
     record: dict = {key: image.GetMetaData(key) for key in image.GetMetaDataKeys() if key.startswith("collagan_")}
     check = case.input_check if case is not None else None
     record["input_check"] = check.to_dict() if check is not None else {"status": "not checked", "findings": []}
@@ -304,6 +319,8 @@ def provenance(image: sitk.Image, model: LoadedModel, case: Optional[PreparedCas
         used = image.GetMetaData("collagan_inputs").split(",") if image.HasMetaDataKey("collagan_inputs") else []
         record["input_series_uid"] = {c: uid for c, uid in case.series_uids.items() if c in used}
     record["warnings"] = list(case.warnings) if case is not None else []
+    if case is not None and case.registration:
+        record["registration"] = {name: a.to_dict() for name, a in case.registration.items()}
     return record
 
 
@@ -358,6 +375,7 @@ def impute(
     precision: str = "auto",
     uncertainty: bool = False,
     allow_synthetic: bool = False,
+    register: bool = False,
 ) -> ImputationResult:
     """Impute each target (default: every model contrast not among ``images``) from the given images.
 
@@ -368,6 +386,9 @@ def impute(
     model per member, ``progress`` counts them).
     ``allow_synthetic``: use inputs whose header says they are synthetic (refused by default:
     :func:`refuse_unusable_inputs`); the outputs' provenance names them (``collagan_synthetic_inputs``).
+    ``register``: rigidly co-register every image to the reference first (:mod:`.registration`: mutual
+    information), for inputs the patient moved between; else they are placed by their headers alone. Each
+    transform is in ``result.case.registration`` and the JSON sidecar.
     """
     card = model.card
     if targets is None:
@@ -378,11 +399,13 @@ def impute(
     inputs_by_target = check_request(card, list(images), targets)
     refuse_unusable_inputs(images, [c for used in inputs_by_target.values() for c in used], allow_synthetic)
     device = resolve_device(device)
+    alignments = register_inputs(images, reference) if register else None  # once for every input set
     # One mask per input set: a target that is also given (re-imputation) never shapes its own mask.
     prepared: dict[tuple[str, ...], PreparedCase] = {}
     for used in inputs_by_target.values():
         if tuple(used) not in prepared:
-            prepared[tuple(used)] = prepare_case(images, reference, mask_from=used, device=device, card=card)
+            prepared[tuple(used)] = prepare_case(images, reference, mask_from=used, device=device, card=card,
+                                                 alignments=alignments)
     first = prepared[tuple(next(iter(inputs_by_target.values())))]
     n_slices = first.mask.shape[0]
     members = {t: ensemble_members(used) if uncertainty else [] for t, used in inputs_by_target.items()}
@@ -457,6 +480,7 @@ def impute_case(
     uncertainty: bool = False,
     overwrite: bool = False,
     allow_synthetic: bool = False,
+    register: bool = False,
 ) -> dict[str, Path]:
     """Impute the missing contrasts of a case and write them; returns target → written file.
 
@@ -473,6 +497,8 @@ def impute_case(
     Outputs of another case (their sidecar records none of these inputs) are replaced only with ``overwrite``
     (:func:`refuse_replacing_other_case`, checked again under the commit's lock). ``allow_synthetic``: as for
     :func:`impute`.
+    ``register``: co-register the inputs to the reference first (:func:`impute`); the sidecar records each
+    transform.
     """
     if isinstance(case, Mapping):
         paths = {c: Path(p) for c, p in case.items()}
@@ -504,7 +530,8 @@ def impute_case(
         try:
             result = impute(images, model, targets=targets, reference=reference, device=device,
                             batch_size=batch_size, progress=progress, cancel=cancel, precision=precision,
-                            uncertainty=uncertainty, allow_synthetic=allow_synthetic)
+                            uncertainty=uncertainty, allow_synthetic=allow_synthetic,
+                            register=register)
         except InputError as exc:  # "Input 't2f': ..." from the core: name the file too
             contrast = next((c for c in paths if str(exc).startswith(f"Input '{c}': ")), None)
             if contrast is None:

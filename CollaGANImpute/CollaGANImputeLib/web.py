@@ -128,6 +128,7 @@ class WebApp:
         s.result_name = ""
         s.banner = ""
         s.uncertainty = False
+        s.register = False
         s.uncertainty_legend = ""
         s.scores = []
         s.legend = ""
@@ -300,7 +301,8 @@ class WebApp:
             self._cancel = threading.Event()
             job = self.logic.startImputation(inputs, self.model, self.state.target, device=self.device,
                                              cancel=self._cancel, precision=self.precision,
-                                             uncertainty=bool(self.state.uncertainty))
+                                             uncertainty=bool(self.state.uncertainty),
+                                             register=bool(self.state.register))
         except Exception as error:
             self._job_lock.release()
             self.state.error = self.logic.plainError(error)
@@ -487,6 +489,8 @@ class WebApp:
                           density="compact", hide_details=True, classes="mb-2", id="target")
                 v.VCheckbox(v_model=("uncertainty",), label="Also compute uncertainty (about 3x the time)",
                             density="compact", hide_details=True, id="uncertainty", disabled=("running",))
+                v.VCheckbox(v_model=("register",), label="Align inputs first (rigid; for a patient who moved)",
+                            density="compact", hide_details=True, id="register", disabled=("running",))
                 v.VBtn("Impute missing contrast", click=self.impute, id="impute", color="primary", block=True,
                        disabled=("running",))
                 v.VProgressLinear(model_value=("progress",), height=14, classes="my-2", color="primary",

@@ -29,6 +29,7 @@ from ..pipeline import (
     label_synthetic,
     prepare_case,
 )
+from ..registration import RigidAlignment, register_rigid
 from ..uncertainty import disagreement, ensemble_members, label_uncertainty, member_prediction
 
 
@@ -45,6 +46,8 @@ class ChunkedImputation:
     ``uncertainty``: after the imputation, one more pass over the slices per member of :mod:`..uncertainty`
     (``passes`` in all), then the uncertainty map in ``result.uncertainty`` as :func:`CollaGANImputeLib.impute`
     makes it.
+    ``register``: first co-register each input to the reference (:mod:`..registration`), one input per step,
+    as :func:`CollaGANImputeLib.impute` does with ``register=True``.
     """
 
     images: Mapping[str, sitk.Image]
@@ -59,6 +62,7 @@ class ChunkedImputation:
     result: Optional[ImputationResult] = None
     cancel_flag: Optional[threading.Event] = None
     uncertainty: bool = False
+    register: bool = False
 
     def __post_init__(self) -> None:
         # Model order for the metadata and the mask (as the core's impute does); the caller's order for the
@@ -79,6 +83,9 @@ class ChunkedImputation:
         self._member_outputs: list[np.ndarray] = []
         self._prediction: Optional[np.ndarray] = None
         self.current_pass = 0  # 0: the imputation; 1..len(members): the uncertainty map's members
+        reference = self.reference or self._prepare_order[0]
+        self._to_register = [c for c in self._prepare_order if c != reference] if self.register else []
+        self.alignments: dict[str, RigidAlignment] = {}
 
     @property
     def total_slices(self) -> int:
@@ -117,9 +124,15 @@ class ChunkedImputation:
             return True
         if self._cancel.is_set():
             raise Cancelled("Imputation cancelled; nothing was added to the scene.")
+        if len(self.alignments) < len(self._to_register):  # one input per step: a GUI tick stays short-ish
+            name = self._to_register[len(self.alignments)]
+            reference = self.reference or self._prepare_order[0]
+            self.alignments[name] = register_rigid(self.images[reference], self.images[name], name, reference)
+            return False
         if self._case is None:
             self._case = prepare_case({c: self.images[c] for c in self._prepare_order}, self.reference,
-                                      mask_from=self.inputs, device=self.device, card=self.model.card)
+                                      mask_from=self.inputs, device=self.device, card=self.model.card,
+                                      alignments=self.alignments or None)
             self.warnings = list(self._case.warnings)  # field of view, input check (prepare_case with the card)
             self._output = np.zeros(self._case.mask.shape, dtype=np.float32)
             return False

@@ -260,13 +260,14 @@ class SceneLogic:
 
     def startImputation(self, inputNodes: dict, model, target: str, device: str = "auto", batchSize: int = 8,
                         cancel: Optional[threading.Event] = None, precision: str = "auto",
-                        uncertainty: bool = False, allowSynthetic: bool = False):
+                        uncertainty: bool = False, allowSynthetic: bool = False, register: bool = False):
         """Copy the input volumes out of the scene; return a :class:`~.job.ChunkedImputation` to step or run.
 
         The first input is the reference grid. ``cancel``: an Event that stops the job (also ``job.cancel()``).
         ``uncertainty``: also the uncertainty map (more passes of the model; :mod:`CollaGANImputeLib.uncertainty`).
         A synthetic node (:meth:`syntheticReason`) is refused unless ``allowSynthetic``; then the result's
         provenance names it. Two inputs with identical voxels are refused.
+        ``register``: align the inputs to the first one first (rigid, :mod:`CollaGANImputeLib.registration`).
         """
         from ..pipeline import refuse_unusable_inputs
         from .job import ChunkedImputation
@@ -285,7 +286,7 @@ class SceneLogic:
                 images[contrast].SetMetaData("collagan_synthetic_source", f"node '{node.GetName()}': {why}")
         refuse_unusable_inputs(images, [c for c in images if c != target], allow_synthetic=True)
         return ChunkedImputation(images, self._model(model), target, device=device, batch_size=batchSize,
-                                 precision=precision, cancel_flag=cancel, uncertainty=uncertainty)
+                                 precision=precision, cancel_flag=cancel, uncertainty=uncertainty, register=register)
 
     def addResultToScene(self, job):
         """Add the finished job's image as '<target> (synthetic, CollaGAN)' with its ``collagan_*`` attributes and
@@ -343,20 +344,23 @@ class SceneLogic:
     def imputeNodes(self, inputNodes: dict, model=None, target: Optional[str] = None, device: str = "auto",
                     batchSize: int = 8, progress: Optional[Callable[[float], None]] = None,
                     cancel: Optional[threading.Event] = None, precision: str = "auto", uncertainty: bool = False,
-                    allowSynthetic: bool = False):
+                    allowSynthetic: bool = False, register: bool = False):
         """Impute ``target`` (default: the first missing contrast) from scene volumes; return the new node.
 
         ``model``: a LoadedModel, a bundled model name, a file path, or None for the default bundled model.
         ``progress`` gets the fraction done; setting ``cancel`` raises Cancelled and leaves the scene as it was.
         ``uncertainty``: also the uncertainty map, as a node referenced from the result (:meth:`uncertaintyNodeFor`).
         ``allowSynthetic``: as for :meth:`startImputation`.
+        ``register``: align the inputs to the first one first (rigid; the transforms are in the node's
+        ``collagan_registration`` attribute).
         """
         model = self._model(model)
         if target is None:
             target = self.defaultTarget(list(model.card.contrasts), inputNodes)
         usable = {c: n for c, n in inputNodes.items() if n is not None and c != target}
         job = self.startImputation(usable, model, target, device=device, batchSize=batchSize, cancel=cancel,
-                                   precision=precision, uncertainty=uncertainty, allowSynthetic=allowSynthetic)
+                                   precision=precision, uncertainty=uncertainty, allowSynthetic=allowSynthetic,
+                                   register=register)
         job.run(progress)
         return self.addResultToScene(job)
 
