@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
+from CollaGANImputeLib.contract import model_input as build_input  # the contract's one layout
 from CollaGANImputeLib.metrics import score_volume
 from torch import nn
 
@@ -31,17 +32,6 @@ from .model import Discriminator, Generator
 LOG_FIELDS = ["step", "epoch", "phase", "lr_g", "sec_per_step", "loss_d", "d_gan", "d_clsf", "loss_g", "g_gan",
               "g_clsf", "direct_l1", "direct_ssim", "cyc_l1", "cyc_ssim", "n_cycle", "direct_l2", "lesion_contrast",
               "identity", "identity_pooled"]
-
-
-def one_hot_planes(index: torch.Tensor, n: int, shape: Tuple[int, int]) -> torch.Tensor:
-    """(B,) class indices -> (B, n, H, W) one-hot target-mask planes of the model contract."""
-    return nn.functional.one_hot(index, n).float()[:, :, None, None].expand(-1, -1, *shape)
-
-
-def build_input(images: torch.Tensor, available: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Model input: contrasts with unavailable slots zeroed (target included), then the target's mask planes."""
-    x = images * available[:, :, None, None].to(images.dtype)
-    return torch.cat([x, one_hot_planes(target, images.shape[1], images.shape[-2:])], dim=1)
 
 
 def generator_weights(state: dict) -> Dict[str, torch.Tensor]:
