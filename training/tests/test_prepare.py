@@ -144,3 +144,27 @@ def test_bad_sources_get_one_line_naming_the_problem_and_the_fix(tmp_path):
     with pytest.raises(PrepareError, match="holds files of several cases"):
         prepare(source, tmp_path / "out", log=None)
     assert not (tmp_path / "out").exists()  # nothing written for a refused source
+
+
+LGG = REPO_ROOT.parent / "shared" / "data" / "lgg"
+
+
+@pytest.mark.skipif(not (LGG / "incomplete" / "TCGA-DU-6407").is_dir(), reason="LGG cases absent")
+def test_lgg_case_folders_prepare_with_the_incomplete_case_apart_and_load_in_the_trainer(tmp_path, tiny_cfg):
+    import shutil
+
+    from training.collagan_train.data_loader import load_data, prepare_slices
+
+    source = tmp_path / "lgg"
+    for kind, case in (("complete", "TCGA-CS-4941"), ("complete", "TCGA-CS-4942"), ("incomplete", "TCGA-DU-6407")):
+        shutil.copytree(LGG / kind / case, source / kind / case)
+    assert prepare(source, tmp_path / "two", log=None)["contrasts"] == ["t1n", "t2f"]  # t1c: not in every case
+    summary = prepare(source, tmp_path / "three", contrasts=["t1n", "t1c", "t2f"], log=None)
+    assert summary["complete"] == ["TCGA-CS-4941", "TCGA-CS-4942"]
+    assert summary["incomplete"] == {"TCGA-DU-6407": ["t1c"]}
+    cfg = tiny_cfg(f"data_dir={tmp_path / 'three'}", f"split_file={tmp_path / 'split.json'}",
+                   "val_cases_required=[]", "n_val=1", f"cache_dir={tmp_path / 'cache'}")
+    train, val, split = load_data(cfg)
+    assert sorted(split["train"] + split["val"]) == summary["complete"]
+    stack, _, _ = prepare_slices(LGG / "complete" / split["train"][0], cfg.contrasts, cfg.min_foreground)
+    assert np.array_equal(np.asarray(train.images), stack.astype(np.float16))  # the same slices as the source's
