@@ -84,7 +84,8 @@ def make_split(cases: Sequence[str], n_val: int, seed: int, required_val: Sequen
     """Patient-level split: ``required_val`` (the bundled demo case) plus a seeded random pick in validation."""
     missing = [c for c in required_val if c not in cases]
     if missing:
-        raise InputError(f"Cases {missing} must be in validation but are not in the data folder.")
+        raise InputError(f"Cases {missing} must be in validation (val_cases_required) but are not in the data "
+                         "folder; for another cohort pass --set 'val_cases_required=[]' (or name its own cases).")
     rest = sorted(c for c in cases if c not in required_val)
     random.Random(seed).shuffle(rest)
     n_pick = max(0, n_val - len(required_val))
@@ -102,7 +103,8 @@ def load_or_make_split(cfg: TrainConfig, folder: Path) -> dict:
         absent = sorted(set(split["train"] + split["val"]) - set(cases))
         if absent:
             raise InputError(f"Split {path} names cases absent from {folder}: {absent[:5]}. Point data_dir at "
-                             "the LGG complete/ folder or delete the split file to make a new one.")
+                             "the cohort the split was made for, or give another cohort its own split file "
+                             "(--set split_file=runs/<cohort>_split.json, made on first use).")
         return split
     split = make_split(cases, cfg.n_val, cfg.split_seed, cfg.val_cases_required)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from CollaGANImputeLib.contract import ModelCard, load_model, save_model
+from CollaGANImputeLib.errors import InputError
 from CollaGANImputeLib.geometry import SliceGrid
 from CollaGANImputeLib.inference import impute_slices
 from CollaGANImputeLib.pipeline import prepare_case, read_case
@@ -129,6 +130,10 @@ def test_batches_are_the_same_with_or_without_workers_and_after_a_resume(sample_
 
 @needs_openms
 def test_prepared_cases_load_in_the_trainer(cohort, tiny_cfg, tmp_path):
+    with pytest.raises(InputError, match="another cohort its own split file"):  # the LGG split is not this cohort's
+        load_data(_cfg(tiny_cfg, tmp_path, f"data_dir={cohort.parent}"))
+    with pytest.raises(InputError, match=r"for another cohort pass --set 'val_cases_required=\[\]'"):
+        load_data(_cfg(tiny_cfg, tmp_path, f"data_dir={cohort.parent}", f"split_file={tmp_path / 'split.json'}"))
     cfg = _cfg(tiny_cfg, tmp_path, f"data_dir={cohort.parent}", f"split_file={tmp_path / 'split.json'}",
                "val_cases_required=[]", "n_val=1")
     train, val, split = load_data(cfg)
