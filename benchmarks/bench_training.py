@@ -14,7 +14,7 @@ data folder and its stores are removed after each size. From 100 to 1000 cases t
 the benchmark exits non-zero otherwise.
 
 Example:
-    nice python benchmarks/bench_training.py                       # 10, 100, 1000 cases; ~15 min on 2 cores
+    nice python benchmarks/bench_training.py                       # 10, 100, 1000 cases; about 10 min on 2 cores
     python benchmarks/bench_training.py --sizes 10 100 --steps 10  # quicker
 """
 
