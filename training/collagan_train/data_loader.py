@@ -6,8 +6,9 @@ orientation, inputs-only head mask, p99 units) and is brought to the model's in-
 256x256; other spacings are resampled). Slices with enough head are stored per case under ``runs/cache``
 (git-ignored): ``<settings>/<case>.<source>.images.npy`` (S, N, H, W) float16 and ``.masks.npy`` (S, H, W) uint8
 (bit 0 head, bit 1 lesion from ``-seg``), built once, written all or nothing, keyed by a hash of the preparation
-settings and of the case's files. Training reads the slices it needs from them on demand, so memory does not grow
-with the number of cases, and DataLoader workers prepare the batches ahead of the step (:func:`training_batches`).
+settings and of the case's files (a case prepared again replaces its store). Training reads the slices it needs
+from them on demand, so memory does not grow with the number of cases, and DataLoader workers prepare the batches
+ahead of the step (:func:`training_batches`).
 
 Example:
     >>> split = load_or_make_split(cfg)                                   # doctest: +SKIP
@@ -21,6 +22,7 @@ import hashlib
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
@@ -182,6 +184,10 @@ def case_store(case_dir: Path, cfg: TrainConfig) -> Tuple[Path, Path]:
         for path, array in ((images, stack.astype(np.float16)), (masks, bits)):
             outputs.stage(path, lambda tmp, a=array: np.save(tmp, a))
         outputs.commit()
+    stale = re.compile(re.escape(case_dir.name) + r"\.[0-9a-f]{12}\.(images|masks)\.npy")
+    for old in folder.iterdir():  # the store of the case's earlier files (a reader still open keeps its copy)
+        if stale.fullmatch(old.name) and old not in (images, masks):
+            old.unlink(missing_ok=True)
     return images, masks
 
 

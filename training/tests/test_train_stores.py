@@ -85,7 +85,7 @@ def test_other_spacings_are_resampled_to_the_model_grid_as_inference_does(tmp_pa
 
 
 @needs_openms
-def test_stores_are_built_once_whole_and_rebuilt_when_the_case_changes(cohort, tiny_cfg, tmp_path, monkeypatch):
+def test_stores_are_built_once_whole_and_replaced_when_the_case_changes(cohort, tiny_cfg, tmp_path, monkeypatch):
     cfg = _cfg(tiny_cfg, tmp_path)
     cases = sorted(p.name for p in cohort.iterdir())
     first = SliceData.build(cases, cfg, cohort)
@@ -107,7 +107,8 @@ def test_stores_are_built_once_whole_and_rebuilt_when_the_case_changes(cohort, t
     image = sitk.ReadImage(str(changed))
     sitk.WriteImage(image * 2, str(changed))
     SliceData.build(cases, cfg, cohort)
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 6  # that case's new store beside the old
+    after = sorted(p.name for p in (tmp_path / "cache").rglob("*.npy"))
+    assert len(after) == 4 and after != sorted(p.name for p in stores if p.suffix == ".npy")  # replaced, not added
 
 
 def test_batches_are_the_same_with_or_without_workers_and_after_a_resume(sample_slices, tiny_cfg):
