@@ -3,7 +3,8 @@
 A CollaGAN model file is a TorchScript archive with an extra file ``collagan.json`` (a :class:`ModelCard`).
 The scripted module maps ``x`` of shape ``(B, 2N, H, W)`` to ``(B, 1, H, W)``: the first N channels are the
 contrasts in ``card.contrasts`` order (p99 units; the target and every missing contrast are zeros), the next
-N channels are the one-hot target mask (ones in the target's channel). The output is the target in p99 units.
+N channels are the one-hot target mask (ones in the target's channel); :func:`model_input` builds it, for training
+and inference alike. The output is the target in p99 units.
 
 Example:
     >>> card = ModelCard(name="tiny", contrasts=["t1n", "t1c", "t2f"])
@@ -197,6 +198,25 @@ class LoadedModel:
     card: ModelCard
     path: Path
     sha256: str
+
+
+def model_input(images: torch.Tensor, available: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The model's input ``(B, 2N, H, W)``, the one layout training and inference both build.
+
+    ``images`` (B, N, H, W) holds the contrasts in ``card.contrasts`` order; a slot is kept where ``available``
+    (B, N) is true and zeroed elsewhere, the target's always (it is what the model must produce). Then come the N
+    one-hot planes of ``target`` (B,), ones over the whole field: the images are padded or resampled to the
+    model's grid first, so the planes cover the field even where a small slice left zeros.
+
+    Example:
+        >>> x = model_input(torch.ones(2, 3, 4, 4), torch.tensor([[True, True, False]] * 2), torch.tensor([2, 0]))
+        >>> x.shape, float(x[0, 2].sum()), float(x[0, 5].mean()), float(x[1, 0].sum()), float(x[1, 3].mean())
+        (torch.Size([2, 6, 4, 4]), 0.0, 1.0, 0.0, 1.0)
+    """
+    n = images.shape[1]
+    planes = torch.nn.functional.one_hot(target.long(), n).to(images.dtype)[:, :, None, None]
+    keep = available.to(images.dtype) * (1 - planes[:, :, 0, 0])
+    return torch.cat([images * keep[:, :, None, None], planes.expand(-1, -1, *images.shape[-2:])], dim=1)
 
 
 def sha256_of(path: PathLike) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .acceleration import InferencePlan, default_batch_size, plan_inference
-from .contract import LoadedModel, ModelCard
+from .contract import LoadedModel, ModelCard, model_input
 from .errors import Cancelled, InputError, ModelError
 from .geometry import SliceGrid
 
@@ -73,16 +73,17 @@ def contrast_channels(slices: Mapping[str, torch.Tensor], contrasts: list[str], 
     return torch.stack([slices[c] if (c in slices and c != target) else zeros for c in contrasts], dim=1)
 
 
-def target_planes(contrasts: list[str], target: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """(B, N, H, W): the one-hot target mask, constant over the whole field."""
-    return torch.stack([torch.full(shape, float(c == target)) for c in contrasts], dim=1)
+def slots(slices: Mapping[str, torch.Tensor], contrasts: list[str], target: str, batch: int
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(available (B, N) bool, target index (B,)) of :func:`.contract.model_input` for these named inputs."""
+    given = torch.tensor([c in slices and c != target for c in contrasts])
+    return given.expand(batch, -1), torch.full((batch,), contrasts.index(target), dtype=torch.long)
 
 
 def build_input(slices: Mapping[str, torch.Tensor], contrasts: list[str], target: str,
                 shape: tuple[int, ...]) -> torch.Tensor:
-    """The model input (B, 2N, H, W): contrasts in model order (missing/target = 0), then the one-hot mask."""
-    return torch.cat([contrast_channels(slices, contrasts, target, shape), target_planes(contrasts, target, shape)],
-                     dim=1)
+    """The model input (B, 2N, H, W) of named slices on the model's grid: :func:`.contract.model_input`."""
+    return model_input(contrast_channels(slices, contrasts, target, shape), *slots(slices, contrasts, target, shape[0]))
 
 
 def empty_slices(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -181,7 +182,7 @@ def _run_batch(plan: InferencePlan, usable: Mapping[str, np.ndarray], index: np.
     images = grid.to_model(contrast_channels(slices, card.contrasts, target, (len(index), *grid.shape)))
     # Only the images go through the grid: the target planes are made on the model's field, ones over all of
     # it as in training (padded with the images they were zero around a slice smaller than the field).
-    x = torch.cat([images, target_planes(card.contrasts, target, (len(index), *images.shape[-2:]))], dim=1)
+    x = model_input(images, *slots(slices, card.contrasts, target, len(index)))
     try:
         y = plan(x)
     except (torch.cuda.OutOfMemoryError, Cancelled, KeyboardInterrupt, MemoryError):

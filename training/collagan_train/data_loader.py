@@ -1,10 +1,14 @@
-"""LGG slices for training: locate the data, split by patient, normalize through the core, cache, batch.
+"""Training slices: locate the data, split by patient, normalize through the core, store per case, batch.
 
 Every case goes through ``CollaGANImputeLib.pipeline.prepare_case`` on all its contrasts (canonical axial
-orientation, inputs-only head mask, p99 units), exactly as inference and evaluation see it. Slices with enough
-head are cached as float16 (S, N, H, W) memmaps under ``runs/cache`` (git-ignored; ~1 GB for the 52 training
-cases), with their head masks and ``-seg`` lesion masks (all zero for a case without one), so later runs start
-in seconds.
+orientation, inputs-only head mask, p99 units) and is brought to the model's in-plane grid by the core's
+``SliceGrid``, exactly as inference and evaluation see it (a BraTS 240x240 slice at 1 mm is zero-padded to
+256x256; other spacings are resampled). Slices with enough head are stored per case under ``runs/cache``
+(git-ignored): ``<settings>/<case>.<source>.images.npy`` (S, N, H, W) float16 and ``.masks.npy`` (S, H, W) uint8
+(bit 0 head, bit 1 lesion from ``-seg``), built once, written all or nothing, keyed by a hash of the preparation
+settings and of the case's files (a case prepared again replaces its store). Training reads the slices it needs
+from them on demand, so memory does not grow with the number of cases, and DataLoader workers prepare the batches
+ahead of the step (:func:`training_batches`).
 
 Example:
     >>> split = load_or_make_split(cfg)                                   # doctest: +SKIP
@@ -18,16 +22,19 @@ import hashlib
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import CollaGANImputeLib
 import numpy as np
 import torch
+from CollaGANImputeLib.contract import DEFAULT_PIXEL_SPACING
 from CollaGANImputeLib.errors import InputError
 from CollaGANImputeLib.evaluate import read_volume_allow_empty
-from CollaGANImputeLib.io import find_lesion_mask
+from CollaGANImputeLib.geometry import SliceGrid
+from CollaGANImputeLib.io import LESION_SUFFIX, OutputSet, find_case_files, find_lesion_mask
 from CollaGANImputeLib.pipeline import prepare_case, read_case
 
 from .config import TrainConfig
@@ -35,6 +42,11 @@ from .config import TrainConfig
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_ENV = "COLLAGAN_LGG_DIR"
 IN_PLANE = 256
+#: The model's pixel spacing (mm) training slices are brought to: the card's default, the LGG training grid.
+MODEL_SPACING = tuple(DEFAULT_PIXEL_SPACING)
+#: Changes whenever what a store holds changes (its key then differs, so old stores are not read).
+STORE_FORMAT = "case-store-1"
+HEAD, LESION = 1, 2  # bits of a store's masks
 
 
 def repo_path(path: str) -> Path:
@@ -74,7 +86,8 @@ def make_split(cases: Sequence[str], n_val: int, seed: int, required_val: Sequen
     """Patient-level split: ``required_val`` (the bundled demo case) plus a seeded random pick in validation."""
     missing = [c for c in required_val if c not in cases]
     if missing:
-        raise InputError(f"Cases {missing} must be in validation but are not in the data folder.")
+        raise InputError(f"Cases {missing} must be in validation (val_cases_required) but are not in the data "
+                         "folder; for another cohort pass --set 'val_cases_required=[]' (or name its own cases).")
     rest = sorted(c for c in cases if c not in required_val)
     random.Random(seed).shuffle(rest)
     n_pick = max(0, n_val - len(required_val))
@@ -92,7 +105,8 @@ def load_or_make_split(cfg: TrainConfig, folder: Path) -> dict:
         absent = sorted(set(split["train"] + split["val"]) - set(cases))
         if absent:
             raise InputError(f"Split {path} names cases absent from {folder}: {absent[:5]}. Point data_dir at "
-                             "the LGG complete/ folder or delete the split file to make a new one.")
+                             "the cohort the split was made for, or give another cohort its own split file "
+                             "(--set split_file=runs/<cohort>_split.json, made on first use).")
         return split
     split = make_split(cases, cfg.n_val, cfg.split_seed, cfg.val_cases_required)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,10 +116,19 @@ def load_or_make_split(cfg: TrainConfig, folder: Path) -> dict:
     return split
 
 
-def prepare_slices(case_dir: Path, contrasts: Sequence[str], min_foreground: float
+def prepare_slices(case_dir: Path, contrasts: Sequence[str], min_foreground: float,
+                   size: Tuple[int, int] = (IN_PLANE, IN_PLANE), spacing: Tuple[float, float] = MODEL_SPACING
                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One case through the core: (S, N, H, W) p99 arrays, (S, H, W) head mask and (S, H, W) lesion mask (the
-    case's ``-seg``, zeros without one) of the slices with enough head."""
+    case's ``-seg``, zeros without one) of the slices with enough head, on the model's grid (``size`` pixels at
+    ``spacing`` mm: padded/cropped or resampled by the core's :class:`~CollaGANImputeLib.geometry.SliceGrid`, as
+    inference does).
+
+    Example:
+        >>> stack, mask, lesion = prepare_slices(Path("BraTS-GLI-00000-000"), ["t1n", "t2f"], 0.05)  # doctest: +SKIP
+        >>> stack.shape[1:], mask.shape[1:]                                                       # doctest: +SKIP
+        ((2, 256, 256), (256, 256))
+    """
     images = read_case(case_dir, contrasts)
     missing = [c for c in contrasts if c not in images]
     if missing:
@@ -117,13 +140,116 @@ def prepare_slices(case_dir: Path, contrasts: Sequence[str], min_foreground: flo
     seg = find_lesion_mask(case_dir)
     if seg is not None:
         lesion = case.lesion_like_inputs(read_volume_allow_empty(seg))
-    if stack.shape[-2:] != (IN_PLANE, IN_PLANE):
-        from CollaGANImputeLib.geometry import pad_or_crop
-        stack = pad_or_crop(torch.from_numpy(stack), (IN_PLANE, IN_PLANE)).numpy()
-        mask, lesion = (pad_or_crop(torch.from_numpy(m.astype(np.uint8)), (IN_PLANE, IN_PLANE)).numpy().astype(bool)
-                        for m in (mask, lesion))
+    grid = SliceGrid(mask.shape[1:], case.spacing, tuple(size), tuple(spacing))
+    if tuple(stack.shape[-2:]) != tuple(size) or grid.resampled:
+        stack = grid.to_model(torch.from_numpy(stack)).numpy()
+        both = grid.to_model(torch.from_numpy(np.stack([mask, lesion], axis=1).astype(np.float32))).numpy() > 0.5
+        mask, lesion = both[:, 0], both[:, 1]
     keep = mask.mean(axis=(1, 2)) >= min_foreground
     return stack[keep], mask[keep], lesion[keep]
+
+
+def store_settings(cfg: TrainConfig) -> str:
+    """Hash of what a case's slices depend on besides its files (the stores' folder name)."""
+    settings = [list(cfg.contrasts), cfg.min_foreground, CollaGANImputeLib.__version__, IN_PLANE,
+                list(MODEL_SPACING), STORE_FORMAT]
+    return hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:16]
+
+
+def source_signature(case_dir: Path, contrasts: Sequence[str]) -> str:
+    """Hash of the names, sizes and modification times of the files a case's slices are read from: a case
+    prepared again gets a new store."""
+    files = find_case_files(case_dir, [*contrasts, LESION_SUFFIX])
+    stats = [(name, path.name, path.stat().st_size, path.stat().st_mtime_ns) for name, path in sorted(files.items())]
+    return hashlib.sha1(json.dumps(stats).encode()).hexdigest()[:12]
+
+
+def case_store(case_dir: Path, cfg: TrainConfig) -> Tuple[Path, Path]:
+    """The (images, masks) .npy store of one case for these settings, built through the core if absent.
+
+    Example:
+        >>> images, masks = case_store(Path("data/complete/TCGA-CS-4941"), cfg)    # doctest: +SKIP
+        >>> np.load(images, mmap_mode="r").shape                                  # doctest: +SKIP
+        (20, 3, 256, 256)
+    """
+    folder = repo_path(cfg.cache_dir) / store_settings(cfg)
+    stem = f"{case_dir.name}.{source_signature(case_dir, cfg.contrasts)}"
+    images, masks = folder / f"{stem}.images.npy", folder / f"{stem}.masks.npy"
+    if images.is_file() and masks.is_file():
+        return images, masks
+    stack, head, lesion = prepare_slices(case_dir, cfg.contrasts, cfg.min_foreground)
+    bits = (head * HEAD | lesion * LESION).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    with OutputSet() as outputs:  # both files or neither: a half-built store is never read
+        for path, array in ((images, stack.astype(np.float16)), (masks, bits)):
+            outputs.stage(path, lambda tmp, a=array: np.save(tmp, a))
+        outputs.commit()
+    stale = re.compile(re.escape(case_dir.name) + r"\.[0-9a-f]{12}\.(images|masks)\.npy")
+    for old in folder.iterdir():  # the store of the case's earlier files (a reader still open keeps its copy)
+        if stale.fullmatch(old.name) and old not in (images, masks):
+            old.unlink(missing_ok=True)
+    return images, masks
+
+
+ArrayLike = Union[np.ndarray, "CaseSlices"]
+
+
+class CaseSlices:
+    """Slices of per-case .npy stores, indexed like one (S, ...) array and read on demand.
+
+    Each read maps the files it needs (``np.load(mmap_mode="r")``), copies the rows and lets the mapping go, so
+    neither the arrays nor their pages stay in the process: memory does not grow with the number of cases.
+    ``bit`` reads a mask store as the boolean of that bit.
+
+    Example:
+        >>> images = CaseSlices([Path("a.images.npy"), Path("b.images.npy")])     # doctest: +SKIP
+        >>> images.shape, images[[0, 40]].shape                                   # doctest: +SKIP
+        ((52, 3, 256, 256), (2, 3, 256, 256))
+    """
+
+    def __init__(self, files: Sequence[Path], bit: int = 0, rows: Optional[np.ndarray] = None) -> None:
+        self.files, self.bit = list(files), bit
+        headers = [np.load(f, mmap_mode="r") for f in self.files]
+        self._item = headers[0].shape[1:] if headers else ()
+        self.dtype = np.dtype(bool) if bit else (headers[0].dtype if headers else np.dtype(np.float16))
+        if rows is None:  # (file, row in file) of every slice
+            rows = np.array([(k, i) for k, h in enumerate(headers) for i in range(h.shape[0])],
+                            dtype=np.int32).reshape(-1, 2)
+        self.rows = rows
+        del headers
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return (len(self.rows), *self._item)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, indices: Sequence[int]) -> CaseSlices:
+        """The slices ``indices`` as another view (nothing is read)."""
+        return CaseSlices(self.files, self.bit, self.rows[np.asarray(indices, dtype=np.int64)])
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self._read(np.array([key]))[0]
+        if isinstance(key, slice):
+            return self._read(np.arange(len(self))[key])
+        return self._read(np.asarray(key, dtype=np.int64).reshape(-1))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self._read(np.arange(len(self)))
+        return array if dtype is None else array.astype(dtype)
+
+    def _read(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), *self._item), dtype=self.dtype)
+        where = self.rows[indices]
+        for k in np.unique(where[:, 0]):
+            picked = np.flatnonzero(where[:, 0] == k)
+            stored = np.load(self.files[k], mmap_mode="r")
+            block = stored[where[picked, 1]]  # fancy indexing copies out of the mapping
+            out[picked] = (block & self.bit) != 0 if self.bit else block
+            del stored
+        return out
 
 
 @dataclass(frozen=True)
@@ -138,11 +264,12 @@ class BrainOnlyCopies:
 
 
 class SliceData:
-    """Cached slices of a list of cases: ``images`` (S, N, H, W) float16 memmap, ``masks`` and ``lesions``
-    (S, H, W) bool (head mask, lesion mask)."""
+    """Slices of a list of cases: ``images`` (S, N, H, W) float16, ``masks`` and ``lesions`` (S, H, W) bool
+    (head mask, lesion mask), ``index`` (case, slice) per slice. Built from the per-case stores they are
+    :class:`CaseSlices` (read on demand); arrays in memory work the same."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, index: List[Tuple[str, int]],
-                 lesions: Optional[np.ndarray] = None) -> None:
+    def __init__(self, images: ArrayLike, masks: ArrayLike, index: List[Tuple[str, int]],
+                 lesions: Optional[ArrayLike] = None) -> None:
         self.images, self.masks, self.index = images, masks, index
         self.lesions = lesions if lesions is not None else np.zeros(masks.shape, dtype=bool)
         self.brain: Optional[BrainOnlyCopies] = None  # see add_brain_only_copies
@@ -169,37 +296,21 @@ class SliceData:
 
     @classmethod
     def build(cls, cases: Sequence[str], cfg: TrainConfig, folder: Path) -> SliceData:
-        """Load the cache for these cases and settings, or build it (atomically) through the core."""
-        key = hashlib.sha1(json.dumps([sorted(cases), list(cfg.contrasts), cfg.min_foreground,
-                                       CollaGANImputeLib.__version__, IN_PLANE, "lesions"]).encode()).hexdigest()[:16]
-        cache = repo_path(cfg.cache_dir)
-        paths = {k: cache / f"{key}.{k}.npy" for k in ("images", "masks", "lesions")}
-        meta = cache / f"{key}.json"
-        if not meta.is_file():
-            cache.mkdir(parents=True, exist_ok=True)
-            stacks, masks, lesions, index = [], [], [], []
-            for case in sorted(cases):
-                stack, mask, lesion = prepare_slices(folder / case, cfg.contrasts, cfg.min_foreground)
-                stacks.append(stack.astype(np.float16))
-                masks.append(mask)
-                lesions.append(lesion)
-                index += [(case, i) for i in range(len(stack))]
-            for name, arrays in (("images", stacks), ("masks", masks), ("lesions", lesions)):
-                tmp = paths[name].with_suffix(".tmp.npy")
-                np.save(tmp, np.concatenate(arrays))
-                os.replace(tmp, paths[name])
-            tmp = meta.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"cases": sorted(cases), "contrasts": list(cfg.contrasts), "index": index}))
-            os.replace(tmp, meta)  # written last: its presence means the cache is complete
-        index = [tuple(x) for x in json.loads(meta.read_text())["index"]]
-        return cls(np.load(paths["images"], mmap_mode="r"), np.load(paths["masks"], mmap_mode="r"), index,
-                   np.load(paths["lesions"], mmap_mode="r"))
+        """The slices of these cases from their stores (each built once, through the core, when absent)."""
+        stores = [case_store(folder / case, cfg) for case in sorted(cases)]
+        images = CaseSlices([s[0] for s in stores])
+        counts = np.bincount(images.rows[:, 0], minlength=len(stores)) if len(images) else [0] * len(stores)
+        index = [(case, i) for case, count in zip(sorted(cases), counts) for i in range(int(count))]
+        return cls(images, CaseSlices([s[1] for s in stores], HEAD), index, CaseSlices([s[1] for s in stores], LESION))
 
     def subset(self, cases: Sequence[str]) -> SliceData:
-        """The slices of ``cases`` only (in memory): e.g. training patients set aside for checkpoint choice."""
-        keep = [i for i, (case, _) in enumerate(self.index) if case in set(cases)]
-        return SliceData(np.asarray(self.images[keep]), np.asarray(self.masks[keep]),
-                         [self.index[i] for i in keep], np.asarray(self.lesions[keep]))
+        """The slices of ``cases`` only: e.g. training patients set aside for checkpoint choice."""
+        wanted = set(cases)
+        keep = [i for i, (case, _) in enumerate(self.index) if case in wanted]
+
+        def part(array: ArrayLike) -> ArrayLike:
+            return array.take(keep) if isinstance(array, CaseSlices) else np.asarray(array[keep])
+        return SliceData(part(self.images), part(self.masks), [self.index[i] for i in keep], part(self.lesions))
 
     def batch(self, indices: Sequence[int], gen: torch.Generator, crop: int = 0, flip: bool = False,
               intensity_scale: float = 0.0, brain_p: float = 0.0
@@ -211,11 +322,14 @@ class SliceData:
         if brain_p > 0 and self.brain is not None:
             draws = torch.rand(len(indices), generator=gen) < brain_p
             use_brain = [bool(d) and bool(self.brain.ok[i]) for d, i in zip(draws, indices)]
-        images = torch.from_numpy(np.stack([self.brain.images[i] if b else self.images[i]
-                                            for i, b in zip(indices, use_brain)]).astype(np.float32))
-        masks = torch.from_numpy(np.stack([self.brain.masks[i] if b else self.masks[i]
-                                           for i, b in zip(indices, use_brain)]).astype(bool))
-        lesions = torch.from_numpy(np.stack([self.lesions[i] for i in indices]).astype(bool)) & masks
+        rows = list(indices)  # one read per array (per store file), not one per slice
+        images = np.asarray(self.images[rows], dtype=np.float32)
+        masks = np.asarray(self.masks[rows], dtype=bool)
+        for j, (i, brain) in enumerate(zip(rows, use_brain)):
+            if brain:
+                images[j], masks[j] = self.brain.images[i], self.brain.masks[i]
+        lesions = torch.from_numpy(np.asarray(self.lesions[rows], dtype=bool)) & torch.from_numpy(masks)
+        images, masks = torch.from_numpy(images), torch.from_numpy(masks)
         if crop:
             out_i, out_m, out_l = [], [], []
             for img, msk, les in zip(images, masks, lesions):
@@ -238,6 +352,76 @@ class SliceData:
             scale = 1 + (torch.rand(images.shape[:2], generator=gen) * 2 - 1) * intensity_scale
             images = images * scale[:, :, None, None]
         return images.contiguous(), masks.contiguous(), lesions.contiguous()
+
+
+def epoch_order(length: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's share of the epoch's slice order; it depends only on (seed, epoch), so a resume needs no state."""
+    order = torch.randperm(length, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return order[rank::world]
+
+
+def batch_plan(length: int, batch: int, seed: int, epoch: int = 0, cursor: int = 0, rank: int = 0,
+               world: int = 1) -> Iterator[Tuple[int, int, List[int]]]:
+    """(epoch, cursor after it, slice indices) of every coming batch from position (epoch, cursor): consecutive
+    runs of :func:`epoch_order`, a new epoch when the rest of one is shorter than a batch.
+
+    Example:
+        >>> plan = batch_plan(5, 2, seed=0)
+        >>> [next(plan)[:2] for _ in range(3)]
+        [(0, 2), (0, 4), (1, 2)]
+    """
+    order = epoch_order(length, seed, epoch, rank, world)
+    while True:
+        if cursor + batch > len(order):
+            epoch, cursor = epoch + 1, 0
+            order = epoch_order(length, seed, epoch, rank, world)
+        picked = order[cursor:cursor + batch].tolist()
+        cursor += batch
+        yield epoch, cursor, picked
+
+
+class TrainingBatches(torch.utils.data.IterableDataset):
+    """The batches of consecutive training steps from a position, for a DataLoader with workers.
+
+    Batch ``k`` (step ``step + k``) is drawn and augmented with its own generator, seeded by (seed, rank, step):
+    any number of workers, and a resume from a checkpoint's (step, epoch, cursor), give the same batches. Worker
+    ``w`` of ``W`` makes the batches ``k = w mod W``; the DataLoader returns them in order. Each item is (epoch,
+    cursor after it, indices (B,), images (B, N, h, w), head masks and lesion masks (B, h, w)).
+    """
+
+    def __init__(self, data: SliceData, cfg: TrainConfig, step: int, epoch: int, cursor: int, rank: int = 0,
+                 world: int = 1) -> None:
+        super().__init__()
+        self.data, self.cfg = data, cfg
+        self.step, self.epoch, self.cursor, self.rank, self.world = step, epoch, cursor, rank, world
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        cfg = self.cfg
+        plan = batch_plan(len(self.data), cfg.batch_size, cfg.seed, self.epoch, self.cursor, self.rank, self.world)
+        for k, (epoch, cursor, indices) in enumerate(plan):
+            if k % workers != worker:
+                continue
+            gen = torch.Generator().manual_seed(((cfg.seed * 1000 + self.rank + 1) << 32) + self.step + k)
+            batch = self.data.batch(indices, gen, cfg.crop, cfg.flip, cfg.intensity_scale, cfg.aug_brain_only_p)
+            yield (epoch, cursor, torch.tensor(indices), *batch)
+
+
+def training_batches(data: SliceData, cfg: TrainConfig, step: int, epoch: int, cursor: int, rank: int = 0,
+                     world: int = 1) -> Iterator[tuple]:
+    """:class:`TrainingBatches` from (step, epoch, cursor), made ``cfg.loader_workers`` processes ahead.
+
+    Example:
+        >>> batches = training_batches(train, cfg, step=0, epoch=0, cursor=0)              # doctest: +SKIP
+        >>> epoch, cursor, indices, images, masks, lesions = next(batches)                 # doctest: +SKIP
+    """
+    dataset = TrainingBatches(data, cfg, step, epoch, cursor, rank, world)
+    if cfg.loader_workers <= 0:
+        return iter(dataset)
+    # Its own generator: the DataLoader seeds its workers from it, not from the global stream (D's dropout).
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.loader_workers,
+                                            prefetch_factor=2, generator=torch.Generator().manual_seed(cfg.seed)))
 
 
 def load_data(cfg: TrainConfig) -> Tuple[SliceData, SliceData, dict]:

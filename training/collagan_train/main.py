@@ -1,6 +1,7 @@
 """Command line: train (or resume) from a config, export a checkpoint, fit baselines, evaluate, report.
 
 Run from the repository root:
+    python -m training.collagan_train.main prepare ~/Downloads/BraTS2021_Training_Data ~/data/brats   # once
     python -m training.collagan_train.main prepare-lgg ~/Downloads/kaggle_3m ~/data/lgg   # the public data, once
     python -m training.collagan_train.main train --config training/collagan_train/configs/lgg_cpu.json
     python -m training.collagan_train.main train --resume runs/lgg_cpu/latest.pt
@@ -96,7 +97,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                        help="override a config key (value parsed as JSON), e.g. --set steps=2000")
     train.add_argument("--resume", help="checkpoint to continue exactly (its config, then --set)")
     train.set_defaults(func=cmd_train)
-    from . import average, baselines, bundle, choose, evaluate, export, prepare_lgg, report, select
+    from . import average, baselines, bundle, choose, evaluate, export, prepare, prepare_lgg, report, select
+    prepare.add_parser(sub)
     prepare_lgg.add_parser(sub)
     export.add_parser(sub)
     baselines.add_parser(sub)

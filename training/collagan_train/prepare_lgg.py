@@ -35,6 +35,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
+from CollaGANImputeLib.errors import InputError
 
 #: The source's RGB channel order (its README: "pre-contrast, FLAIR, post-contrast").
 SOURCE_CHANNELS = ("t1n", "t2f", "t1c")
@@ -44,7 +45,7 @@ CONTRASTS = ("t1n", "t1c", "t2f")
 PathLike = Union[str, os.PathLike]
 
 
-class PrepareError(ValueError):
+class PrepareError(InputError):
     """The source folder is not in the kaggle_3m layout; the message names the file and what to do."""
 
 

@@ -15,33 +15,23 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from CollaGANImputeLib.contract import model_input as build_input  # the contract's one layout
 from CollaGANImputeLib.metrics import score_volume
 from torch import nn
 
 from . import augment, losses
 from .config import TrainConfig
-from .data_loader import SliceData
+from .data_loader import SliceData, training_batches
 from .model import Discriminator, Generator
 
 LOG_FIELDS = ["step", "epoch", "phase", "lr_g", "sec_per_step", "loss_d", "d_gan", "d_clsf", "loss_g", "g_gan",
               "g_clsf", "direct_l1", "direct_ssim", "cyc_l1", "cyc_ssim", "n_cycle", "direct_l2", "lesion_contrast",
               "identity", "identity_pooled"]
-
-
-def one_hot_planes(index: torch.Tensor, n: int, shape: Tuple[int, int]) -> torch.Tensor:
-    """(B,) class indices -> (B, n, H, W) one-hot target-mask planes of the model contract."""
-    return nn.functional.one_hot(index, n).float()[:, :, None, None].expand(-1, -1, *shape)
-
-
-def build_input(images: torch.Tensor, available: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Model input: contrasts with unavailable slots zeroed (target included), then the target's mask planes."""
-    x = images * available[:, :, None, None].to(images.dtype)
-    return torch.cat([x, one_hot_planes(target, images.shape[1], images.shape[-2:])], dim=1)
 
 
 def generator_weights(state: dict) -> Dict[str, torch.Tensor]:
@@ -158,7 +148,7 @@ class Solver:
         self.step, self.epoch, self.cursor = 0, 0, 0
         self.best = math.inf
         self.train_seconds = 0.0
-        self._perm: Optional[torch.Tensor] = None
+        self._batches: Optional[Iterator[tuple]] = None  # made at the first step, from the position then
         per_epoch = max(1, len(train) // (cfg.batch_size * world))
         self.steps_per_epoch = per_epoch
         self.strip_factors: Optional[torch.Tensor] = None
@@ -178,29 +168,20 @@ class Solver:
             self.warmup = 0
 
     # ----- data -----
-    def _shard(self) -> torch.Tensor:
-        if self._perm is None:  # the epoch's order depends only on (seed, epoch): resumable without state
-            order = torch.randperm(len(self.train_data), generator=torch.Generator().manual_seed(
-                self.cfg.seed * 7919 + self.epoch))
-            self._perm = order[self.rank::self.world]
-        return self._perm
-
-    def _next_indices(self) -> List[int]:
-        b = self.cfg.batch_size
-        if self.cursor + b > len(self._shard()):
-            self.epoch, self.cursor, self._perm = self.epoch + 1, 0, None
-        idx = self._shard()[self.cursor:self.cursor + b].tolist()
-        self.cursor += b
-        return idx
+    def _next_batch(self) -> Tuple[List[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next batch from the DataLoader (started at the solver's position); advances (epoch, cursor)."""
+        if self._batches is None:
+            self._batches = training_batches(self.train_data, self.cfg, self.step, self.epoch, self.cursor,
+                                             self.rank, self.world)
+        self.epoch, self.cursor, indices, images, masks, lesions = next(self._batches)
+        return indices.tolist(), images, masks, lesions
 
     def sample(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch: images (B, N, h, w), target (B,), available (B, N) after input dropout, head masks and
         lesion masks (B, h, w). The outer-head augmentation is applied here (it changes the masks); with
         ``target_coverage_only`` the head masks leave out where the real target has no data."""
         cfg = self.cfg
-        indices = self._next_indices()
-        images, masks, lesions = self.train_data.batch(indices, self.gen, cfg.crop, cfg.flip, cfg.intensity_scale,
-                                                       cfg.aug_brain_only_p)
+        indices, images, masks, lesions = self._next_batch()
         # Before any augmentation moves the zeros: where a contrast was never acquired (outside its field of view).
         nodata = losses.no_data(images) if cfg.target_coverage_only else None
         if cfg.aug_strip_p > 0:
@@ -459,7 +440,7 @@ class Solver:
                     group["initial_lr"] = base
                     group["lr"] = base * sched.gamma ** (sched.last_epoch // sched.step_size)
         self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
-        self._perm = None
+        self._batches = None  # restarted from the checkpoint's position
         if state.get("world", 1) == self.world and self.rank == 0:
             self.gen.set_state(state["gen"])
             torch.set_rng_state(state["torch_rng"])
