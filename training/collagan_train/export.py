@@ -28,8 +28,8 @@ DATA = ("TCGA-LGG (TCIA) as curated by Buda et al. 2019 / Mazurowski et al. 2017
         "BraTS-named NIfTI: t1n, t1c, t2f")
 
 
-def check_export(eager: torch.nn.Module, path: Path, x: torch.Tensor, atol: float = 1e-5) -> float:
-    """Max |exported - eager| on ``x``; raises if above ``atol``."""
+def check_export(eager: torch.nn.Module, path: Path, x: torch.Tensor, atol: float = 5e-5) -> float:
+    """Max |exported - eager| on ``x``; raises if above ``atol`` (fp32 sums in another order: a few 1e-5)."""
     loaded = load_model(path)
     eager.eval()
     with torch.no_grad():

@@ -39,16 +39,16 @@ def test_export_round_trip_equals_eager(tiny_cfg, sample_slices, tmp_path):
     available = torch.tensor([[True, False, True], [False, True, True]])
     x = build_input(images, available, torch.tensor([1, 0]))
     solver.G.eval()
-    with torch.no_grad():
-        assert torch.allclose(loaded.module(x), solver.G(x), atol=1e-5)
-    assert check_export(solver.G, path, x) <= 1e-5
+    with torch.no_grad():  # fp32 sums in another order (the fast-CCNR rewrite): agreement to a few 1e-5
+        assert torch.allclose(loaded.module(x), solver.G(x), atol=5e-5)
+    assert check_export(solver.G, path, x) <= 5e-5
     # The core's fast-CCNR rewrite is applied by default (same function) and can be turned off.
     from CollaGANImputeLib.acceleration import count_fast_units
     assert count_fast_units(loaded.module) == 2 * (2 * 3 - 1)  # 3 levels: 2 CCNR per encoder/bottom/decoder
     plain = load_model(export_checkpoint(str(ckpt), str(tmp_path / "plain.pt"), optimize=False))
     assert count_fast_units(plain.module) == 0
     with torch.no_grad():
-        assert torch.allclose(plain.module(x), loaded.module(x), atol=1e-5)
+        assert torch.allclose(plain.module(x), loaded.module(x), atol=5e-5)
 
 
 def test_exported_model_runs_through_the_core_pipeline(tiny_cfg, sample_slices, tmp_path):
