@@ -52,7 +52,8 @@ def test_finetune_on_openms_adds_t2w_and_exports_a_model_the_core_runs(tmp_path:
     assert card.training["fine_tuned_from"]["contrasts_added"] == ["t2w"]
     assert card.metrics["held_out_cases"] == ["OpenMS-patient19"] and "nmse" in card.metrics["t2w"]
     report = (out / "report.md").read_text()
-    for row in ("| t2w | fine-tuned | t1n+t1c+t2f |", "| t2w | voxel regression |", "| t2f | bundled | t1n+t1c |"):
+    for row in ("| t2w | fine-tuned | t1n+t1c+t2f |", "| t2w | voxel regression |", "| t2f | bundled | t1n+t1c |",
+                "| t2f | fine-tuned, bundled's inputs | t1n+t1c |"):
         assert row in report
     assert "| t2w | bundled" not in report  # the bundled model has no T2w to score
 
