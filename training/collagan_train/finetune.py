@@ -52,7 +52,7 @@ FINETUNE_SETTINGS = {"crop": 0, "batch_size": 2, "lr_g": 5e-5, "lr_decay_every":
                      "aug_strip_p": 0.0, "w_identity": 0.0, "w_identity_pooled": 0.0, "w_lesion_contrast": 0.0,
                      "clsf_warmup_steps": 0, "n_select": 0, "max_cases": 0, "val_slices": 24, "log_every": 10,
                      "keep_snapshots": False, "ckpt_every_s": 600.0, "progress": True, "g_voxel_prior": False}
-DEFAULT_STEPS = 600
+DEFAULT_STEPS = 1000
 
 
 def expand_generator(weights: Dict[str, torch.Tensor], old: Sequence[str], new: Sequence[str]
