@@ -354,29 +354,33 @@ class SliceData:
         return images.contiguous(), masks.contiguous(), lesions.contiguous()
 
 
-def epoch_order(length: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """This rank's share of the epoch's slice order; it depends only on (seed, epoch), so a resume needs no state."""
-    order = torch.randperm(length, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-    return order[rank::world]
+def epoch_order(length: int, seed: int, epoch: int) -> torch.Tensor:
+    """The epoch's slice order; it depends only on (seed, epoch), so a resume needs no state."""
+    return torch.randperm(length, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
 
 
 def batch_plan(length: int, batch: int, seed: int, epoch: int = 0, cursor: int = 0, rank: int = 0,
                world: int = 1) -> Iterator[Tuple[int, int, List[int]]]:
-    """(epoch, cursor after it, slice indices) of every coming batch from position (epoch, cursor): consecutive
-    runs of :func:`epoch_order`, a new epoch when the rest of one is shorter than a batch.
+    """(epoch, cursor after it, slice indices) of this rank's coming batches from position (epoch, cursor).
+
+    Each step takes the next ``batch x world`` slices of :func:`epoch_order`, rank ``r`` its ``r``-th block of
+    ``batch``; ``cursor`` counts the slices all ranks have taken, so a resume at another world size goes on from
+    the same place. A new epoch starts when the rest of one is shorter than a step.
 
     Example:
         >>> plan = batch_plan(5, 2, seed=0)
         >>> [next(plan)[:2] for _ in range(3)]
         [(0, 2), (0, 4), (1, 2)]
     """
-    order = epoch_order(length, seed, epoch, rank, world)
+    span = batch * world
+    order = epoch_order(length, seed, epoch)
     while True:
-        if cursor + batch > len(order):
+        if cursor + span > len(order):
             epoch, cursor = epoch + 1, 0
-            order = epoch_order(length, seed, epoch, rank, world)
-        picked = order[cursor:cursor + batch].tolist()
-        cursor += batch
+            order = epoch_order(length, seed, epoch)
+        start = cursor + rank * batch
+        picked = order[start:start + batch].tolist()
+        cursor += span
         yield epoch, cursor, picked
 
 

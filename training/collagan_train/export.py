@@ -121,11 +121,14 @@ def _optimized(g: torch.nn.Module) -> torch.nn.Module:
 
 def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, metrics: Optional[dict] = None,
                       description: str = "", optimize: bool = True, input_profile: Optional[dict] = None,
-                      about: Optional[dict] = None) -> Path:
+                      about: Optional[dict] = None, training_overrides: Optional[dict] = None) -> Path:
     """Write ``out`` from ``checkpoint`` (G weights + config) through ``CollaGANImputeLib.save_model``.
 
     ``about``: the card's words for users, keys ``intended_use``, ``domain``, ``limitations`` (a list) and
     ``description`` (e.g. ``training/collagan_train/configs/card_lgg.json``, see :func:`load_about`).
+
+    ``training_overrides``: entries of the card's ``training`` record to replace or add (e.g. ``data`` and ``split``
+    of a model fine-tuned on another cohort).
 
     ``input_profile``: the training data profile for the card (None: computed from the split's training cases,
     :func:`training_input_profile`; {}: none); its median pixel spacing becomes the card's ``pixel_spacing``.
@@ -173,7 +176,8 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                   "checkpoint": Path(checkpoint).name, "warm_start": warm_start_lineage(cfg),
                   **({"weight_mean_of": weight_mean_of(state["averaged_from"]),
                       "recipe_of": "the last generator of weight_mean_of (steps, losses, augmentation above)"}
-                     if "averaged_from" in state else {})},
+                     if "averaged_from" in state else {}),
+                  **(training_overrides or {})},
         outside_head=cfg.outside_head,
         licence=LICENCE,
         metrics=metrics if metrics is not None else last_validation(run_dir),

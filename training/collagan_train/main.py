@@ -13,6 +13,7 @@ Run from the repository root:
     python -m training.collagan_train.main select runs/lgg_cpu/snapshots/g_*.pt --out runs/select --about CARD.json
     python -m training.collagan_train.main average BASE.pt FINE_TUNED.pt --out runs/soup/snapshots/g_soup.pt
     python -m training.collagan_train.main bundle runs/soup/snapshots/g_soup.pt --version v7 --out runs/v7 --about ...
+    python -m training.collagan_train.main finetune ~/data/cohort --contrasts t1n,t1c,t2w,t2f --out runs/cohort
 """
 
 from __future__ import annotations
@@ -97,9 +98,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                        help="override a config key (value parsed as JSON), e.g. --set steps=2000")
     train.add_argument("--resume", help="checkpoint to continue exactly (its config, then --set)")
     train.set_defaults(func=cmd_train)
-    from . import average, baselines, bundle, choose, evaluate, export, prepare, prepare_lgg, report, select
+    from . import average, baselines, bundle, choose, evaluate, export, finetune, prepare, prepare_lgg, report, select
     prepare.add_parser(sub)
     prepare_lgg.add_parser(sub)
+    finetune.add_parser(sub)
     export.add_parser(sub)
     baselines.add_parser(sub)
     evaluate.add_parser(sub)

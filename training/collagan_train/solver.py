@@ -1,5 +1,11 @@
 """The training loop: classifier warm-up, then D and G steps with multiple cycle consistency; validation,
-CSV log, curve PNG, atomic checkpoints and exact resume; gradient all-reduce for torchrun (gloo/NCCL).
+CSV log, curve PNG, atomic checkpoints and exact resume; DistributedDataParallel under torchrun (gloo/NCCL).
+
+Every step's data and random numbers follow from (seed, step, rank, world size) alone: each step takes the next
+``batch_size x world`` slices of a seeded per-epoch order (rank r its r-th block), and the sampling/augmentation
+and dropout streams are re-seeded from (seed, step, rank). A checkpoint therefore needs no per-rank RNG state, a
+resume continues exactly at the same world size, and a resume at another world size continues from the same
+position in the data.
 
 Example:
     >>> solver = Solver(cfg, train_data, val_data, out_dir="runs/x")     # doctest: +SKIP
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import inspect
 import math
 import os
 import time
@@ -19,10 +26,10 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from CollaGANImputeLib.contract import model_input as build_input  # the contract's one layout
 from CollaGANImputeLib.metrics import score_volume
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from . import augment, losses
 from .config import TrainConfig
@@ -138,17 +145,28 @@ class Solver:
         self.opt_d = torch.optim.Adam(self.D.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
         self.sched_g = torch.optim.lr_scheduler.StepLR(self.opt_g, cfg.lr_decay_every, cfg.lr_decay)
         self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, cfg.lr_decay_every, cfg.lr_decay)
+        # What the training step calls: DDP wrappers when distributed (their construction broadcasts rank 0's
+        # weights; their backward hooks average gradients bucket by bucket while the backward pass still runs).
+        self._g: nn.Module = self.G
+        self._d: nn.Module = self.D
         if world > 1:
-            for module in (self.G, self.D):
-                for tensor in module.state_dict().values():
-                    dist.broadcast(tensor, 0)
-        # Per-rank streams: sampling/augmentation (self.gen) and D dropout (the global torch RNG).
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # No buffer changes during training (instance norm keeps no running stats): no broadcast before every
+            # forward (the keyword was renamed in PyTorch 2.13).
+            quiet = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                     inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
+            self._g = DistributedDataParallel(self.G, device_ids=ids, **quiet)
+            # D's GAN head is unused in the classifier warm-up: DDP must look for unused parameters there.
+            self._d = DistributedDataParallel(self.D, device_ids=ids, find_unused_parameters=True, **quiet)
+        # Sampling/augmentation stream (self.gen); train_step re-seeds it and the dropout stream every step.
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 1)
-        torch.manual_seed(cfg.seed * 1000 + rank + 2)
         self.step, self.epoch, self.cursor = 0, 0, 0
         self.best = math.inf
         self.train_seconds = 0.0
         self._batches: Optional[Iterator[tuple]] = None  # made at the first step, from the position then
+        if cfg.batch_size * world > len(train):
+            raise ValueError(f"batch_size {cfg.batch_size} x {world} processes needs {cfg.batch_size * world} "
+                             f"training slices, there are {len(train)}: lower batch_size or use fewer processes.")
         per_epoch = max(1, len(train) // (cfg.batch_size * world))
         self.steps_per_epoch = per_epoch
         self.strip_factors: Optional[torch.Tensor] = None
@@ -169,12 +187,18 @@ class Solver:
 
     # ----- data -----
     def _next_batch(self) -> Tuple[List[int], torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The next batch from the DataLoader (started at the solver's position); advances (epoch, cursor)."""
+        """The next batch from the DataLoader (started at the solver's position); advances (epoch, cursor).
+        ``cursor`` counts the epoch's slices all ranks have taken: a resume at another world size goes on from the
+        same place (:func:`.data_loader.batch_plan`)."""
         if self._batches is None:
             self._batches = training_batches(self.train_data, self.cfg, self.step, self.epoch, self.cursor,
                                              self.rank, self.world)
         self.epoch, self.cursor, indices, images, masks, lesions = next(self._batches)
         return indices.tolist(), images, masks, lesions
+
+    def _stream_seed(self, stream: int) -> int:
+        """The seed of random stream ``stream`` at this step on this rank."""
+        return int(np.random.SeedSequence([self.cfg.seed, self.step, self.rank, stream]).generate_state(1)[0])
 
     def sample(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch: images (B, N, h, w), target (B,), available (B, N) after input dropout, head masks and
@@ -250,27 +274,21 @@ class Solver:
 
     # ----- one step -----
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        enabled = self.cfg.bf16 if self.cfg.bf16 is not None else self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
-    def _sync(self, module: nn.Module) -> None:
-        """Average gradients over ranks (G and D are each called several times per step, which DDP's
-        one-forward-per-backward hooks do not allow; one flat all-reduce does the same job)."""
-        if self.world == 1:
-            return
-        params = [p for p in module.parameters() if p.grad is not None]
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for p in params:
-            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-            offset += p.numel()
-
     def train_step(self) -> Dict[str, float]:
         """One optimisation step; returns the loss terms as floats."""
+        self.gen.manual_seed(self._stream_seed(0))
+        # Dropout draws from the global stream: fork it so the caller's state is left as it was.
+        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
+            torch.manual_seed(self._stream_seed(1))
+            return self._train_step()
+
+    def _train_step(self) -> Dict[str, float]:
         cfg = self.cfg
         self.G.train()
         self.D.train()
@@ -282,11 +300,10 @@ class Solver:
         out: Dict[str, float] = {"phase": "clsf" if self.step < self.warmup else "gan"}
         if self.step < self.warmup:  # eq. 4 only: the classifier learns the contrasts from real images
             with self._autocast():
-                _, logits = self.D(self._prep(images.reshape(b * n, 1, *images.shape[-2:])))
+                _, logits = self._d(self._prep(images.reshape(b * n, 1, *images.shape[-2:])))
             loss_d = cfg.w_d_clsf * losses.classification(logits.float(), torch.arange(n, device=self.device).repeat(b))
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
-            self._sync(self.D)
             self.opt_d.step()
             out.update(loss_d=loss_d.item(), d_clsf=loss_d.item())
         else:
@@ -301,27 +318,26 @@ class Solver:
                 given = augment.input_appearance(given, self.gen, cfg.aug_appearance_p, cfg.aug_gamma,
                                                  cfg.aug_scale, cfg.aug_bias)
             with self._autocast():
-                fake = self.G(self._prep(build_input(given, available, target))).float()
+                fake = self._g(self._prep(build_input(given, available, target))).float()
             if head is not None:  # only the head is scored: outside it every loss sees the real image
                 fake = torch.where(head, fake, real_t)
             use_d = cfg.w_gan > 0 or cfg.w_g_clsf > 0 or cfg.w_d_clsf > 0
             if use_d:
                 self.D.requires_grad_(True)
                 with self._autocast():
-                    gan_real, logits_real = self.D(self._prep(real_t))
-                    gan_fake, _ = self.D(self._prep(fake.detach()))
+                    gan_real, logits_real = self._d(self._prep(real_t))
+                    gan_fake, _ = self._d(self._prep(fake.detach()))
                 d_gan = cfg.w_gan * losses.lsgan_d(gan_real.float(), gan_fake.float())
                 d_clsf = cfg.w_d_clsf * losses.classification(logits_real.float(), target)
                 loss_d = d_gan + d_clsf
                 self.opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
-                self._sync(self.D)
                 self.opt_d.step()
                 out.update(loss_d=loss_d.item(), d_gan=d_gan.item(), d_clsf=d_clsf.item())
                 self.D.requires_grad_(False)  # G's step must not touch D
             terms: Dict[str, torch.Tensor] = {}
             if cfg.w_gan > 0 or cfg.w_g_clsf > 0:
-                with self._autocast():
+                with self._autocast():  # the bare D: its weights take no gradient here, so nothing to average
                     gan_fake, logits_fake = self.D(self._prep(fake))
                 terms["g_gan"] = cfg.w_gan * losses.lsgan_g(gan_fake.float())
                 terms["g_clsf"] = cfg.w_g_clsf * losses.classification(logits_fake.float(), target)
@@ -338,7 +354,6 @@ class Solver:
             loss_g = sum(terms.values())
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
-            self._sync(self.G)
             self.opt_g.step()
             if self.G_ema is not None:
                 # The usual warm-up: the average forgets the random start within ~10x its step count.
@@ -365,7 +380,7 @@ class Solver:
         x = images[bi] * available[bi][:, :, None, None].to(images.dtype) + t_hot * fake[bi]
         x = x * (1 - k_hot)
         with self._autocast():
-            recon = self.G(self._prep(build_input(x, torch.ones_like(available[bi]), ki))).float()
+            recon = self._g(self._prep(build_input(x, torch.ones_like(available[bi]), ki))).float()
         real = images[bi, ki][:, None]
         if head is not None:
             recon = torch.where(head[bi], recon, real)
@@ -418,9 +433,9 @@ class Solver:
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
                 "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
                 "sched_d": self.sched_d.state_dict(), "step": self.step, "epoch": self.epoch,
-                "cursor": self.cursor, "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "best": self.best, "train_seconds": self.train_seconds, "config": self.base_cfg.to_dict(),
-                "world": self.world, **({"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {})}
+                "cursor": self.cursor, "best": self.best, "train_seconds": self.train_seconds,
+                "config": self.base_cfg.to_dict(), "world": self.world,
+                **({"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {})}
 
     def load_state(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
@@ -440,13 +455,7 @@ class Solver:
                     group["initial_lr"] = base
                     group["lr"] = base * sched.gamma ** (sched.last_epoch // sched.step_size)
         self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
-        self._batches = None  # restarted from the checkpoint's position
-        if state.get("world", 1) == self.world and self.rank == 0:
-            self.gen.set_state(state["gen"])
-            torch.set_rng_state(state["torch_rng"])
-        else:  # other ranks (or a changed world size): fresh but step-dependent streams
-            self.gen.manual_seed(self.cfg.seed * 1000 + self.rank + 1 + 7 * self.step)
-            torch.manual_seed(self.cfg.seed * 1000 + self.rank + 2 + 7 * self.step)
+        self._batches = None  # restarted from the checkpoint's position; the random streams follow from the step
         self.best, self.train_seconds = state["best"], state["train_seconds"]
 
     def save(self, name: str) -> Path:

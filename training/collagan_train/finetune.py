@@ -1,0 +1,384 @@
+"""Fine-tune a bundled model on a cohort of complete cases, adding contrasts it lacks; score it against the bundled
+model and a voxel regression on held-out cases; export it under the model contract with a report.
+
+The bundled generator's weights are kept. A contrast the bundled model lacks gets a new input channel and a new
+target plane in the first convolution (model.py: input = N contrasts, then N one-hot target planes) and a new
+per-pixel coefficient: the input channel and coefficient start at zero, so the known imputations start exactly
+where the bundled model is; the target plane starts as the mean of the known targets' planes (an "average
+target" to move away from, rather than no target at all). Checkpoints are chosen on the held-out cases, and the
+same cases are scored, so the figures are a little optimistic (the report says so).
+
+Example:
+    python -m training.collagan_train.main finetune ~/data/cohort --from collagan-lgg-t1n-t1c-t2f \
+        --contrasts t1n,t1c,t2w,t2f --holdout 2 --out runs/cohort_model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from CollaGANImputeLib.contract import load_model
+from CollaGANImputeLib.errors import InputCheckWarning, InputError
+from CollaGANImputeLib.evaluate import evaluate_cases, read_volume_allow_empty, score_imputation
+from CollaGANImputeLib.io import OutputSet, find_case_files, find_lesion_mask
+from CollaGANImputeLib.models import bundled_models
+from CollaGANImputeLib.pipeline import read_case, training_profile_from_folders
+
+from .config import TrainConfig
+from .data_loader import REPO_ROOT, SliceData, list_cases
+
+#: Bundled model name -> the training checkpoint of its generator (the same weights as the bundled file).
+BUNDLED_CHECKPOINTS = {"collagan-lgg-t1n-t1c-t2f": "training/checkpoints/lgg_v6_mean_g.pt"}
+#: Contrast names looked for in a cohort when --contrasts is not given (BraTS 2023 names), in model order.
+KNOWN_CONTRASTS = ("t1n", "t1c", "t2w", "t2f")
+#: The first convolutions of the generator read the (2N)-channel model input.
+FIRST_CONVS = ("encoders.0.0.conv1.weight", "encoders.0.0.conv3.weight")
+#: Fine-tuning settings on top of the bundled recipe's. Full slices, as the bundled model was trained: its instance
+#: norms were fitted to whole-slice statistics, and 128x128 crops moved the known targets away from the bundled
+#: model within 60 steps (held-out t1n NMSE 0.051 -> 0.12 on OpenMS) where full slices kept them (0.051 -> 0.061,
+#: t2f 0.123 -> 0.080). The contrast-identity and lesion-contrast terms, tuned against LGG's shortcuts, are off:
+#: with them t2f went 0.123 -> 0.51 in 60 steps. No learning-rate decay within the short run; no brain-only copies.
+FINETUNE_SETTINGS = {"crop": 0, "batch_size": 2, "lr_g": 5e-5, "lr_decay_every": 100_000, "aug_brain_only_p": 0.0,
+                     "aug_strip_p": 0.0, "w_identity": 0.0, "w_identity_pooled": 0.0, "w_lesion_contrast": 0.0,
+                     "clsf_warmup_steps": 0, "n_select": 0, "max_cases": 0, "val_slices": 24, "log_every": 10,
+                     "keep_snapshots": False, "ckpt_every_s": 600.0, "progress": True, "g_voxel_prior": False}
+DEFAULT_STEPS = 1000
+
+
+def expand_generator(weights: Dict[str, torch.Tensor], old: Sequence[str], new: Sequence[str]
+                     ) -> Dict[str, torch.Tensor]:
+    """A generator state dict for contrasts ``new`` from one for ``old``: the layers that read the contrast
+    layout are re-indexed (known contrasts keep their weights, new ones get zero input weights and the mean target
+    plane); every other layer is copied.
+
+    Example:
+        >>> from training.collagan_train.model import Generator
+        >>> g = Generator(3, base=4, levels=3, input_coefficients=True)
+        >>> big = expand_generator(g.state_dict(), ["t1n", "t1c", "t2f"], ["t1n", "t1c", "t2w", "t2f"])
+        >>> Generator(4, base=4, levels=3, input_coefficients=True).load_state_dict(big)
+        <All keys matched successfully>
+    """
+    if any(key.startswith("prior.") for key in weights):
+        raise InputError("A generator with a voxel-regression prior cannot take new contrasts; fine-tune from a "
+                         "model without one.")
+    n_old, n_new = len(old), len(new)
+    kept = [(old.index(c), new.index(c)) for c in new if c in old]
+    added = [new.index(c) for c in new if c not in old]
+    out = dict(weights)
+    for key in FIRST_CONVS:
+        w = weights[key]
+        grown = w.new_zeros((w.shape[0], 2 * n_new, *w.shape[2:]))
+        for i, j in kept:
+            grown[:, j] = w[:, i]
+            grown[:, n_new + j] = w[:, n_old + i]
+        for j in added:
+            grown[:, n_new + j] = w[:, n_old:].mean(dim=1)
+        out[key] = grown
+    for key in ("coef.weight", "coef.bias"):
+        if key in weights:
+            w = weights[key]
+            grown = w.new_zeros((n_new, *w.shape[1:]))
+            for i, j in kept:
+                grown[j] = w[i]
+            out[key] = grown
+    return out
+
+
+def cohort_cases(folder: Path, contrasts: Sequence[str]) -> Tuple[List[str], Dict[str, List[str]]]:
+    """(complete cases, {incomplete case: the contrasts it lacks}) of the case folders in ``folder``."""
+    complete, incomplete = [], {}
+    for case in list_cases(folder):
+        found = find_case_files(folder / case, contrasts)
+        missing = [c for c in contrasts if c not in found]
+        if missing:
+            incomplete[case] = missing
+        else:
+            complete.append(case)
+    return complete, incomplete
+
+
+def default_contrasts(folder: Path) -> List[str]:
+    """Every contrast of :data:`KNOWN_CONTRASTS` that all case folders have."""
+    cases = list_cases(folder)
+    found = [set(find_case_files(folder / case, KNOWN_CONTRASTS)) for case in cases]
+    return [c for c in KNOWN_CONTRASTS if found and all(c in f for f in found)]
+
+
+def pick_holdout(cases: Sequence[str], n: Optional[int], named: Sequence[str], seed: int) -> List[str]:
+    """The held-out cases: those ``named``, else ``n`` picked with ``seed`` (default: a fifth, at least one)."""
+    if named:
+        absent = sorted(set(named) - set(cases))
+        if absent:
+            raise InputError(f"--holdout-cases {','.join(absent)}: not among the complete cases {list(cases)}.")
+        held = sorted(named)
+    else:
+        n = max(1, round(len(cases) / 5)) if n is None else n
+        shuffled = sorted(cases)
+        random.Random(seed).shuffle(shuffled)
+        held = sorted(shuffled[:n])
+    if not held or len(held) >= len(cases):
+        raise InputError(f"{len(cases)} complete case(s) cannot give {len(held)} held-out case(s) and still leave "
+                         "one to train on: hold out fewer (--holdout N), or add complete cases.")
+    return held
+
+
+def finetune_config(base: dict, contrasts: Sequence[str], init_g: str, cohort: Path, run_dir: Path, steps: int,
+                    overrides: Optional[dict] = None) -> TrainConfig:
+    """The bundled recipe's config with :data:`FINETUNE_SETTINGS`, the cohort's contrasts, and per-target odds
+    carried over (new contrasts get the largest: they start from nothing)."""
+    old = list(base["contrasts"])
+    odds = list(base.get("target_weights") or [])
+    weights = ([odds[old.index(c)] if c in old else max(odds) for c in contrasts] if len(odds) == len(old) else [])
+    enhance = base.get("aug_enhance_contrast", "t1c")
+    settings = {**base, **FINETUNE_SETTINGS, "contrasts": list(contrasts), "target_weights": weights,
+                "init_g": init_g, "data_dir": str(cohort), "out_dir": str(run_dir), "steps": steps,
+                "cache_dir": str(run_dir.parent / "cache"), "val_every": max(1, steps // 5),
+                "ckpt_every": max(1, steps // 5), "aug_enhance_p": base.get("aug_enhance_p", 0.0)
+                if enhance in contrasts else 0.0, **(overrides or {})}
+    return TrainConfig(**settings)
+
+
+def scores_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> str:
+    """Per target: each model from every other contrast it takes, mean over the held-out cases."""
+    lines = ["| target | model | inputs | NMSE | PSNR (dB) | SSIM | identity I (I > 0) | lesion kept K (median) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for target in contrasts:
+        for name, rows in runs.items():
+            mine = [r for r in rows if r["target"] == target]
+            if not mine:
+                continue
+            inputs = max({r["inputs"] for r in mine}, key=lambda s: len(s.split("+")))
+            mine = [r for r in mine if r["inputs"] == inputs]
+            ident, kept = _finite(mine, "identity"), _finite(mine, "lesion_kept")
+            nmse, psnr, ssim = (np.mean(v) if v else float("nan") for v in (_finite(mine, k) for k in
+                                                                              ("nmse", "psnr", "ssim")))
+            lines.append(f"| {target} | {name} | {inputs} | {nmse:.4f} | {psnr:.2f} | {ssim:.4f} | "
+                         f"{np.mean(ident) if ident else float('nan'):+.3f} ({sum(i > 0 for i in ident)}/{len(ident)})"
+                         f" | {np.median(kept) if kept else float('nan'):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _finite(rows: List[dict], key: str) -> List[float]:
+    return [float(r[key]) for r in rows if r.get(key) is not None and np.isfinite(r[key])]
+
+
+def card_figures(rows: List[dict], contrasts: Sequence[str], held: Sequence[str]) -> dict:
+    """The card's held-out figures: per target (every other input), mean NMSE/PSNR/SSIM/identity over cases."""
+    out: dict = {"protocol": "EVALUATION.md v3 via CollaGANImputeLib.evaluate.evaluate_cases (full volumes, masks "
+                             "from the inputs, p99 units); checkpoint chosen on these same cases",
+                 "held_out_cases": list(held)}
+    for target in contrasts:
+        mine = [r for r in rows if r["target"] == target and len(r["inputs"].split("+")) == len(contrasts) - 1]
+        if mine:
+            out[target] = {key: round(float(np.nanmean([r[key] for r in mine])), 4)
+                           for key in ("nmse", "psnr", "ssim", "identity")}
+    return out
+
+
+def _training_run(cfg: TrainConfig, train: SliceData, held: SliceData, weights: Dict[str, torch.Tensor],
+                  run_dir: Path) -> Path:
+    """Fine-tune from ``weights``; the checkpoint chosen on the held-out slices (the last one if none was)."""
+    from .solver import Solver
+
+    solver = Solver(cfg, train, held, out_dir=str(run_dir), warm_start=False)
+    solver.G.load_state_dict(weights)
+    if solver.G_ema is not None:
+        solver.G_ema.load_state_dict(weights)
+    print(f"fine-tuning {cfg.steps} steps on {len(train)} slices (batch {cfg.batch_size}, crops {cfg.crop or 'none'})"
+          f"; checkpoints chosen on {len(held)} held-out slices", flush=True)
+    solver.train()
+    best = run_dir / "best.pt"
+    return best if best.is_file() else run_dir / "latest.pt"
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from .baselines import export_voxel_regression, fit
+    from .export import export_checkpoint, load_about
+    from .solver import generator_weights
+
+    started = time.time()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cohort, out = Path(args.cohort).expanduser(), Path(args.out).expanduser()
+    if not cohort.is_dir():
+        raise SystemExit(f"{cohort}: no such folder; give the folder that holds one folder per case.")
+    if args.source not in BUNDLED_CHECKPOINTS:
+        raise SystemExit(f"--from {args.source}: no such bundled model; choose one of {sorted(BUNDLED_CHECKPOINTS)}.")
+    checkpoint = BUNDLED_CHECKPOINTS[args.source]
+    base = torch.load(REPO_ROOT / checkpoint, map_location="cpu", weights_only=False)
+    contrasts = [c.strip() for c in args.contrasts.split(",")] if args.contrasts else default_contrasts(cohort)
+    if len(contrasts) < 2 or len(set(contrasts)) != len(contrasts):
+        raise SystemExit(f"--contrasts {','.join(contrasts) or '(none found)'}: give at least two distinct contrasts "
+                         "that the cases have, e.g. --contrasts t1n,t1c,t2w,t2f.")
+    complete, incomplete = cohort_cases(cohort, contrasts)
+    try:
+        held = pick_holdout(complete, args.holdout, args.holdout_cases.split(",") if args.holdout_cases else [],
+                            args.seed)
+    except InputError as exc:
+        raise SystemExit(str(exc)) from None
+    train_cases = [c for c in complete if c not in held]
+    run_dir = out / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = finetune_config(base["config"], contrasts, checkpoint, cohort.resolve(), run_dir.resolve(), args.steps,
+                          dict(args.set_values))
+    (run_dir / "commands.txt").write_text(f"python -m training.collagan_train.main {shlex.join(args.argv)}\n")
+    (run_dir / "split_used.json").write_text(json.dumps({"train": train_cases, "held_out": held,
+                                                         "incomplete": incomplete}, indent=2) + "\n")
+    old = list(base["config"]["contrasts"])
+    added = [c for c in contrasts if c not in old]
+    print(f"{len(complete)} complete case(s): {len(train_cases)} to train on, held out {', '.join(held)}"
+          + (f"; left out (incomplete): {', '.join(incomplete)}" if incomplete else "")
+          + f"; contrasts {','.join(contrasts)}" + (f" ({','.join(added)} added)" if added else ""), flush=True)
+    train = SliceData.build(train_cases, cfg, cohort)
+    held_data = SliceData.build(held, cfg, cohort)
+    weights = expand_generator(generator_weights(base), old, contrasts)
+    chosen = _training_run(cfg, train, held_data, weights, run_dir)
+    chosen_step = int(torch.load(chosen, map_location="cpu", weights_only=False)["step"])
+    train_seconds = time.time() - started
+
+    # The three models on the held-out cases, scored by the core (EVALUATION.md v3).
+    coef = fit(np.asarray(train.images), np.asarray(train.masks), seed=cfg.seed)
+    voxreg = export_voxel_regression(coef, contrasts, str(run_dir / "voxreg.pt"), training={
+        "data": f"{len(train_cases)} training cases of {cohort.name}", "train_slices": len(train)})
+    profile = training_profile_from_folders([cohort / c for c in train_cases], contrasts,
+                                            source=f"{len(train_cases)} training cases of {cohort.name}")
+    name = args.name or f"collagan-{cohort.name.lower()}-{'-'.join(contrasts)}"
+    about = load_about(args.about) if args.about else {}
+    description = about.get("description") or (
+        f"CollaGAN generator fine-tuned from {args.source} on {len(train_cases)} complete case(s) of the cohort "
+        f"'{cohort.name}' ({', '.join(contrasts)}{'; ' + ', '.join(added) + ' added' if added else ''}); imputes "
+        "one contrast from the others. Research use only, not for diagnosis. Outputs are synthetic.")
+    training = {"data": f"cohort '{cohort.name}': {len(train_cases)} training case(s)",
+                "split": f"{len(train_cases)} train / {len(held)} held-out case(s): {', '.join(held)}",
+                "checkpoint_choice": f"mean NMSE on slices of the held-out case(s) {', '.join(held)}",
+                "fine_tuned_from": {"model": args.source, "checkpoint": checkpoint, "contrasts_added": added},
+                "excluded_incomplete_cases": incomplete}
+    draft = export_checkpoint(str(chosen), str(run_dir / "model.pt"), name=name, metrics={}, description=description,
+                              input_profile=profile, about=about, training_overrides=training)
+    held_dirs = [cohort / c for c in held]
+    runs: Dict[str, List[dict]] = {}
+    sources = {"bundled": bundled_model(args.source), "voxel regression": load_model(voxreg),
+               "fine-tuned": load_model(draft)}
+    unlike: List[str] = []
+    for label, model in sources.items():
+        if model is None:
+            continue
+        print(f"scoring {label} on {len(held)} held-out case(s)", flush=True)
+        with warnings.catch_warnings(record=True) as caught:  # one line in the report instead of one per target
+            warnings.simplefilter("always", InputCheckWarning)
+            runs[label] = evaluate_cases(model, held_dirs, device="cpu")
+            if label == "fine-tuned" and added and "bundled" in runs:  # also from the bundled model's inputs
+                runs["fine-tuned, bundled's inputs"] = rows_from_inputs(model, held_dirs, old)
+        if any(issubclass(w.category, InputCheckWarning) for w in caught):
+            unlike.append(label)
+    figures = card_figures(runs["fine-tuned"], contrasts, held)
+
+    report = report_text(cohort, args.source, contrasts, added, train_cases, held, incomplete, cfg, chosen_step,
+                         train_seconds, runs, unlike)
+    with OutputSet() as outputs:  # the model and its report together or not at all
+        out.mkdir(parents=True, exist_ok=True)
+        outputs.stage(out / "model.pt", lambda tmp: export_checkpoint(
+            str(chosen), tmp, name=name, metrics=figures, description=description, input_profile=profile,
+            about=about, training_overrides=training))
+        outputs.stage(out / "report.md", lambda tmp: Path(tmp).write_text(report), suffix=".md")
+        outputs.commit()
+    print(f"wrote {out / 'model.pt'} and {out / 'report.md'} ({(time.time() - started) / 60:.1f} min)")
+
+
+def rows_from_inputs(model, case_dirs: Sequence[Path], contrasts: Sequence[str]) -> List[dict]:
+    """Rows like ``evaluate_cases``'s, each target of ``contrasts`` imputed from the others of ``contrasts`` only:
+    a model with added contrasts scored exactly as the model it came from (same inputs, same head mask)."""
+    rows = []
+    for folder in case_dirs:
+        images = read_case(folder, contrasts)
+        seg = find_lesion_mask(folder)
+        lesion = read_volume_allow_empty(seg) if seg is not None else None
+        for target in contrasts:
+            inputs = [c for c in contrasts if c != target]
+            scored = score_imputation(model, images, target, inputs, lesion, device="cpu")
+            rows.append({"case": folder.name, "target": target, "inputs": "+".join(inputs),
+                         "n_inputs": len(inputs), "model": model.card.name, **scored.scores})
+    return rows
+
+
+def bundled_model(name: str):
+    """The bundled model ``name`` loaded (SHA-256 checked), or None when this installation does not ship it."""
+    for entry in bundled_models():
+        if entry.name == name:
+            return entry.load("cpu")
+    return None
+
+
+def report_text(cohort: Path, source: str, contrasts: Sequence[str], added: Sequence[str], train_cases: Sequence[str],
+                held: Sequence[str], incomplete: Dict[str, List[str]], cfg: TrainConfig, chosen_step: int,
+                seconds: float, runs: Dict[str, List[dict]], unlike: Sequence[str] = ()) -> str:
+    """The Markdown report of a fine-tune: data, run, and the three models on the held-out cases."""
+    left_out = "".join(f"\n- {case}: lacks {', '.join(missing)}" for case, missing in incomplete.items())
+    return "\n".join([
+        f"# Fine-tuning {source} on {cohort.name}", "",
+        f"- contrasts: {', '.join(contrasts)}" + (f" ({', '.join(added)} added to the bundled model's)"
+                                                  if added else ""),
+        f"- trained on {len(train_cases)} case(s): {', '.join(train_cases)}",
+        f"- held out {len(held)} case(s): {', '.join(held)} (checkpoint chosen and scored on them: the figures "
+        "are a little optimistic; score other cases with `collagan-impute evaluate` for unbiased ones)",
+        f"- left out, incomplete: {len(incomplete)}" + left_out,
+        f"- {cfg.steps} steps of batch {cfg.batch_size} ({f'{cfg.crop}-pixel crops' if cfg.crop else 'full slices'}), "
+        f"lr {cfg.lr_g}; "
+        f"chosen checkpoint: step {chosen_step}; {seconds / 60:.1f} min for data and training",
+        "- the bundled model's recipe trains without a discriminator (no adversarial loss), so none is shipped or "
+        "fine-tuned: the generator is fine-tuned with that recipe's direct L1 + SSIM loss (lesion-weighted)", "",
+        "## Held-out cases, every target from every other contrast the model takes (EVALUATION.md v3)", "",
+        "NMSE lower is better; PSNR, SSIM higher; identity I > 0 means the synthetic image has the target's tissue "
+        "contrast rather than an input's; the bundled model has no row for contrasts it lacks. The head mask "
+        "comes from the inputs, so rows with other inputs score slightly different voxels: \"fine-tuned, bundled's "
+        "inputs\" scores the fine-tuned model exactly as the bundled one.", "",
+        scores_table(runs, contrasts)]
+        + ([f"The input check found the held-out scans unlike the training data of: {', '.join(unlike)}.", ""]
+           if unlike else []))
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a bundled model on a cohort of complete cases (contrasts may be "
+                                        "added), score it on held-out cases, export model.pt and report.md")
+    p.add_argument("cohort", help="folder of case folders with BraTS 2023 names (<case>-t1n.nii.gz, ...)")
+    p.add_argument("--from", dest="source", default="collagan-lgg-t1n-t1c-t2f",
+                   help=f"the bundled model to start from ({', '.join(BUNDLED_CHECKPOINTS)})")
+    p.add_argument("--contrasts", help="comma-separated, in model order (default: every one of "
+                                       f"{','.join(KNOWN_CONTRASTS)} that all cases have)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--holdout", type=int, help="how many complete cases to hold out (default: a fifth, >= 1)")
+    group.add_argument("--holdout-cases", help="comma-separated names of the cases to hold out")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
+    p.add_argument("--out", required=True, help="output folder: model.pt, report.md, and run/ (checkpoints, logs)")
+    p.add_argument("--name", help="the model's name (default: collagan-<cohort>-<contrasts>)")
+    p.add_argument("--about", help="JSON file with the card's intended_use, domain, limitations, description")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out pick")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training setting (value parsed as JSON), e.g. --set crop=0")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .config import _parse_value
+
+    bad = [item for item in args.set if "=" not in item]
+    if bad:
+        raise SystemExit(f"--set {bad[0]}: give KEY=VALUE, e.g. --set crop=0.")
+    args.set_values = [(k.strip(), _parse_value(v)) for k, v in (item.split("=", 1) for item in args.set)]
+    if not hasattr(args, "argv"):
+        args.argv = sys.argv[1:]
+    cmd_finetune(args)
+
+
+__all__ = ["expand_generator", "cohort_cases", "pick_holdout", "finetune_config", "cmd_finetune"]

@@ -1,0 +1,72 @@
+"""Fine-tuning the bundled model on a cohort: a contrast added without changing the known imputations, and the
+whole command on the two OpenMS patients (T2w added), whose model the core loads and imputes a T2w with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from CollaGANImputeLib import load_model
+from CollaGANImputeLib.pipeline import impute, read_case
+
+from training.collagan_train.data_loader import REPO_ROOT
+from training.collagan_train.finetune import expand_generator
+from training.collagan_train.main import main
+from training.collagan_train.model import Generator
+from training.collagan_train.solver import build_input
+
+OPENMS = REPO_ROOT.parent / "shared" / "data" / "openms"
+
+
+def test_an_added_contrast_leaves_the_known_imputations_unchanged():
+    torch.manual_seed(0)
+    old = Generator(3, base=4, levels=3, input_coefficients=True).eval()
+    torch.nn.init.normal_(old.coef.weight, std=0.1)  # as after training: the coefficients matter
+    new = Generator(4, base=4, levels=3, input_coefficients=True).eval()
+    new.load_state_dict(expand_generator(old.state_dict(), ["t1n", "t1c", "t2f"], ["t1n", "t1c", "t2w", "t2f"]))
+    images = torch.rand(2, 4, 32, 32)  # t1n, t1c, t2w, t2f
+    for target in (0, 1, 3):  # every known target, from every other contrast (the new one included)
+        available = torch.ones(2, 4, dtype=torch.bool)
+        available[:, target] = False
+        known = [0, 1, 3]
+        with torch.no_grad():
+            before = old(build_input(images[:, known], available[:, known], torch.full((2,), known.index(target))))
+            after = new(build_input(images, available, torch.full((2,), target)))
+        assert torch.allclose(before, after, atol=1e-5)
+    with torch.no_grad():  # the new target has an output of its own (the mean target plane), not a copy of one
+        t2w = new(build_input(images, torch.tensor([[1, 1, 0, 1]] * 2).bool(), torch.full((2,), 2)))
+    assert torch.isfinite(t2w).all() and not torch.allclose(t2w, after)
+
+
+@pytest.mark.skipif(not OPENMS.is_dir(), reason="the OpenMS patients are not beside the repository")
+def test_finetune_on_openms_adds_t2w_and_exports_a_model_the_core_runs(tmp_path: Path):
+    out = tmp_path / "model"
+    main(["finetune", str(OPENMS), "--contrasts", "t1n,t1c,t2w,t2f", "--holdout-cases", "OpenMS-patient19",
+          "--steps", "2", "--threads", "1", "--set", "crop=64", "--set", "batch_size=2", "--set", "val_slices=4",
+          "--out", str(out)])
+    model = load_model(out / "model.pt")
+    card = model.card
+    assert card.contrasts == ["t1n", "t1c", "t2w", "t2f"]
+    assert card.training["fine_tuned_from"]["contrasts_added"] == ["t2w"]
+    assert card.metrics["held_out_cases"] == ["OpenMS-patient19"] and "nmse" in card.metrics["t2w"]
+    report = (out / "report.md").read_text()
+    for row in ("| t2w | fine-tuned | t1n+t1c+t2f |", "| t2w | voxel regression |", "| t2f | bundled | t1n+t1c |",
+                "| t2f | fine-tuned, bundled's inputs | t1n+t1c |"):
+        assert row in report
+    assert "| t2w | bundled" not in report  # the bundled model has no T2w to score
+
+    images = read_case(OPENMS / "OpenMS-patient19", ["t1n", "t1c", "t2f"])
+    result = impute(images, model, targets=["t2w"], device="cpu")
+    synthetic = result.images["t2w"]
+    assert synthetic.GetSize() == images["t1n"].GetSize()
+    assert np.isfinite(result.arrays["t2w"]).all() and result.arrays["t2w"].std() > 0
+
+
+def test_finetune_refuses_an_unknown_held_out_case(tmp_path: Path):
+    if not OPENMS.is_dir():
+        pytest.skip("the OpenMS patients are not beside the repository")
+    with pytest.raises(SystemExit, match="--holdout-cases OpenMS-patient99: not among the complete cases"):
+        main(["finetune", str(OPENMS), "--holdout-cases", "OpenMS-patient99", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()  # nothing written
