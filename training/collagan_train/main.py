@@ -29,6 +29,7 @@ from typing import List, Optional
 
 import torch
 import torch.distributed as dist
+from CollaGANImputeLib.errors import CollaGANError
 
 from .config import TrainConfig, load_config
 from .data_loader import load_data, repo_path
@@ -112,7 +113,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     bundle.add_parser(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the commands.txt records
-    args.func(args)
+    try:
+        args.func(args)
+    except CollaGANError as exc:  # bad data or model: the core's one line naming the problem and the fix
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

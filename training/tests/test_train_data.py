@@ -75,3 +75,23 @@ def test_cli_trains_and_resumes_on_lgg(tmp_path):
     steps = [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
     assert steps == ["1", "2", "3", "4"]
     assert (tmp_path / "best.pt").is_file() and (tmp_path / "curves.png").is_file()
+
+
+def test_train_on_an_unreadable_case_says_so_in_one_line(tmp_path):
+    """A damaged file in the cohort stops training with the core's one-line message, not a traceback."""
+    import json
+
+    from training.collagan_train import main
+
+    case = tmp_path / "complete" / "case-1"
+    case.mkdir(parents=True)
+    for contrast in ("t1n", "t1c", "t2f"):
+        (case / f"case-1-{contrast}.nii.gz").write_bytes(b"\x1f\x8b not a volume")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["case-1"], "val": ["case-1"]}))
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["train", "--config", "training/collagan_train/configs/tiny.json",
+                   "--set", f"data_dir=\"{tmp_path}\"", "--set", f"out_dir=\"{tmp_path / 'run'}\"",
+                   "--set", f"split_file=\"{split}\"", "--set", "val_cases_required=[]"])
+    message = str(exit_info.value)
+    assert message.startswith("error:") and "case-1-t1n.nii.gz" in message and "\n" not in message
