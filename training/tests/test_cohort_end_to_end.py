@@ -23,6 +23,7 @@ from CollaGANImputeLib.io import synthetic_label
 from CollaGANImputeLib.pipeline import sidecar_path
 
 from training.collagan_train.data_loader import REPO_ROOT
+from training.collagan_train.finetune import cohort_folder
 from training.collagan_train.main import main
 
 OPENMS = REPO_ROOT.parent / "shared" / "data" / "openms"
@@ -58,7 +59,7 @@ def download(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cohort(download, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cohort")
+    out = tmp_path_factory.mktemp("prepared") / "OpenMS"
     before = _digest(download)
     main(["prepare", str(download), str(out), "--contrasts", ",".join(CONTRASTS)])
     assert _digest(download) == before  # the source is only read
@@ -67,9 +68,10 @@ def cohort(download, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_path(cohort, tmp_path_factory) -> Path:
-    """A two-step fine-tune with T2w added (the settings test_train_finetune.py uses), trained on patient07."""
+    """A two-step fine-tune with T2w added (the settings test_train_finetune.py uses), trained on patient07, of
+    prepare's output folder as the user has it."""
     out = tmp_path_factory.mktemp("finetune") / "model"
-    main(["finetune", str(cohort / "complete"), "--contrasts", ",".join(CONTRASTS), "--holdout-cases", HELD_OUT,
+    main(["finetune", str(cohort), "--contrasts", ",".join(CONTRASTS), "--holdout-cases", HELD_OUT,
           "--steps", "2", "--threads", "1", "--set", "crop=64", "--set", "batch_size=2", "--set", "val_slices=4",
           "--out", str(out)])
     return out / "model.pt"
@@ -113,10 +115,18 @@ def test_prepare_reads_the_brats_2021_names_into_four_contrast_cases(download, c
 
 def test_finetune_exports_a_four_contrast_model_with_t2w_added(model_path):
     model = load_model(model_path)
-    assert model.card.contrasts == CONTRASTS
+    assert model.card.contrasts == CONTRASTS and model.card.name == "collagan-openms-t1n-t1c-t2w-t2f"
     assert model.card.training["fine_tuned_from"]["contrasts_added"] == ["t2w"]
     assert model.card.metrics["held_out_cases"] == [HELD_OUT] and np.isfinite(model.card.metrics["t2w"]["nmse"])
-    assert "| t2w | fine-tuned | t1n+t1c+t2f |" in (model_path.parent / "report.md").read_text()
+    report = (model_path.parent / "report.md").read_text()
+    assert report.startswith("# Fine-tuning collagan-lgg-t1n-t1c-t2f on OpenMS\n")
+    assert "| t2w | fine-tuned | t1n+t1c+t2f |" in report
+
+
+def test_finetune_reads_prepares_output_given_as_out_or_as_its_complete_cases(cohort, tmp_path):
+    assert cohort_folder(cohort) == (cohort.resolve() / "complete", "OpenMS")
+    assert cohort_folder(cohort / "complete") == (cohort.resolve() / "complete", "OpenMS")
+    assert cohort_folder(OPENMS) == (OPENMS.resolve(), "openms")  # a plain folder of case folders is itself
 
 
 def test_the_cli_imputes_the_missing_t2w_labelled_synthetic(cli_output, case_without_t2w):
