@@ -2,13 +2,13 @@
 BraTS 2021 download (``_t1``, ``_t1ce``, ``_t2``, ``_flair``), ``prepare``, ``finetune`` with T2w added, and the
 exported model.pt in ``collagan-impute impute``, the Slicer module's scene logic (slicer-core) and the web app.
 
-A few axial slices of each patient keep the whole module to about a minute on two cores.
+Eight axial slices of each patient (conftest's ``openms_*`` fixtures, shared with test_train_finetune.py) keep the
+whole module under a minute on two cores.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import shutil
@@ -22,22 +22,11 @@ from CollaGANImputeLib.cli import main as cli_main
 from CollaGANImputeLib.io import synthetic_label
 from CollaGANImputeLib.pipeline import sidecar_path
 
-from training.collagan_train.data_loader import REPO_ROOT
 from training.collagan_train.finetune import cohort_folder
-from training.collagan_train.main import main
 
-OPENMS = REPO_ROOT.parent / "shared" / "data" / "openms"
-CASES = ("OpenMS-patient07", "OpenMS-patient19")
-HELD_OUT = "OpenMS-patient19"
-CONTRASTS = ["t1n", "t1c", "t2w", "t2f"]
-BRATS2021 = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair", "seg": "seg"}
-SLICES = slice(60, 68)  # eight axial slices through the lateral ventricles and the white-matter lesions
+from .conftest import BRATS2021, FOUR_CONTRASTS, OPENMS, OPENMS_CASES, OPENMS_HELD_OUT, _digest
 
-pytestmark = pytest.mark.skipif(not OPENMS.is_dir(), reason="the OpenMS patients are not beside the repository")
-
-
-def _digest(folder: Path) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+CASES, HELD_OUT, CONTRASTS = OPENMS_CASES, OPENMS_HELD_OUT, FOUR_CONTRASTS
 
 
 def _finite_and_varied(voxels: np.ndarray) -> None:
@@ -45,46 +34,18 @@ def _finite_and_varied(voxels: np.ndarray) -> None:
 
 
 @pytest.fixture(scope="module")
-def download(tmp_path_factory) -> Path:
-    """The patients cropped to a few slices and named as in a BraTS 2021 download, written by SimpleITK."""
-    root = tmp_path_factory.mktemp("download") / "OpenMS_2021"
-    for case in CASES:
-        folder = root / case
-        folder.mkdir(parents=True)
-        for contrast, suffix in BRATS2021.items():
-            image = sitk.ReadImage(str(OPENMS / case / f"{case}-{contrast}.nii.gz"))
-            sitk.WriteImage(image[:, :, SLICES], str(folder / f"{case}_{suffix}.nii.gz"))
-    return root
+def model_path(openms_finetune) -> Path:
+    return openms_finetune / "model.pt"
 
 
 @pytest.fixture(scope="module")
-def cohort(download, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prepared") / "OpenMS"
-    before = _digest(download)
-    main(["prepare", str(download), str(out), "--contrasts", ",".join(CONTRASTS)])
-    assert _digest(download) == before  # the source is only read
-    return out
-
-
-@pytest.fixture(scope="module")
-def model_path(cohort, tmp_path_factory) -> Path:
-    """A two-step fine-tune with T2w added (the settings test_train_finetune.py uses), trained on patient07, of
-    prepare's output folder as the user has it."""
-    out = tmp_path_factory.mktemp("finetune") / "model"
-    main(["finetune", str(cohort), "--contrasts", ",".join(CONTRASTS), "--holdout-cases", HELD_OUT,
-          "--steps", "2", "--threads", "1", "--set", "crop=64", "--set", "batch_size=2", "--set", "val_slices=4",
-          "--out", str(out)])
-    return out / "model.pt"
-
-
-@pytest.fixture(scope="module")
-def case_without_t2w(cohort, tmp_path_factory) -> Path:
+def case_without_t2w(openms_cohort, tmp_path_factory) -> Path:
     """The held-out patient as prepared, its T2w left out: the case a user imputes the T2w of."""
     folder = tmp_path_factory.mktemp("case") / HELD_OUT
     folder.mkdir()
     for contrast in ("t1n", "t1c", "t2f", "seg"):
         name = f"{HELD_OUT}-{contrast}.nii.gz"
-        shutil.copy2(cohort / "complete" / HELD_OUT / name, folder / name)
+        shutil.copy2(openms_cohort / "complete" / HELD_OUT / name, folder / name)
     return folder
 
 
@@ -99,16 +60,16 @@ def cli_output(model_path, case_without_t2w, tmp_path_factory) -> Path:
     return out / f"{HELD_OUT}-t2w-synthetic-collagan.nii.gz"
 
 
-def test_prepare_reads_the_brats_2021_names_into_four_contrast_cases(download, cohort):
-    summary = json.loads((cohort / "cohort.json").read_text())
+def test_prepare_reads_the_brats_2021_names_into_four_contrast_cases(openms_download, openms_cohort):
+    summary = json.loads((openms_cohort / "cohort.json").read_text())
     assert summary["layout"] == ["brats2021"] and summary["contrasts"] == CONTRASTS
     assert summary["complete"] == list(CASES) and not summary["incomplete"]
     for case in CASES:
-        folder = cohort / "complete" / case
+        folder = openms_cohort / "complete" / case
         assert sorted(p.name for p in folder.iterdir()) == sorted(f"{case}-{c}.nii.gz" for c in BRATS2021)
         for contrast, suffix in BRATS2021.items():  # _t2 became t2w, _flair t2f: voxels and grid kept
             written = sitk.ReadImage(str(folder / f"{case}-{contrast}.nii.gz"))
-            source = sitk.ReadImage(str(download / case / f"{case}_{suffix}.nii.gz"))
+            source = sitk.ReadImage(str(openms_download / case / f"{case}_{suffix}.nii.gz"))
             assert written.GetSize() == source.GetSize() and written.GetOrigin() == source.GetOrigin()
             np.testing.assert_array_equal(sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(source))
 
@@ -123,9 +84,9 @@ def test_finetune_exports_a_four_contrast_model_with_t2w_added(model_path):
     assert "| t2w | fine-tuned | t1n+t1c+t2f |" in report
 
 
-def test_finetune_reads_prepares_output_given_as_out_or_as_its_complete_cases(cohort, tmp_path):
-    assert cohort_folder(cohort) == (cohort.resolve() / "complete", "OpenMS")
-    assert cohort_folder(cohort / "complete") == (cohort.resolve() / "complete", "OpenMS")
+def test_finetune_reads_prepares_output_given_as_out_or_as_its_complete_cases(openms_cohort):
+    complete = openms_cohort.resolve() / "complete"
+    assert cohort_folder(openms_cohort) == cohort_folder(openms_cohort / "complete") == (complete, "OpenMS")
     assert cohort_folder(OPENMS) == (OPENMS.resolve(), "openms")  # a plain folder of case folders is itself
 
 
