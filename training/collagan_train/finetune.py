@@ -36,6 +36,7 @@ from CollaGANImputeLib.pipeline import read_case, training_profile_from_folders
 
 from .config import TrainConfig
 from .data_loader import REPO_ROOT, SliceData, list_cases
+from .prepare import SUMMARY
 
 #: Bundled model name -> the training checkpoint of its generator (the same weights as the bundled file).
 BUNDLED_CHECKPOINTS = {"collagan-lgg-t1n-t1c-t2f": "training/checkpoints/lgg_v6_mean_g.pt"}
@@ -92,6 +93,23 @@ def expand_generator(weights: Dict[str, torch.Tensor], old: Sequence[str], new: 
                 grown[j] = w[i]
             out[key] = grown
     return out
+
+
+def cohort_folder(folder: Path) -> Tuple[Path, str]:
+    """(the folder of case folders to fine-tune on, the cohort's name). ``prepare``'s output (``OUT/cohort.json``
+    beside ``OUT/complete/``), given as OUT or as OUT/complete, is read from OUT/complete and named after OUT; any
+    other folder is itself.
+
+    Example:
+        >>> cohort_folder(Path("data/openms"))   # after prepare SRC data/openms   # doctest: +SKIP
+        (PosixPath('data/openms/complete'), 'openms')
+    """
+    folder = folder.resolve()
+    if (folder / SUMMARY).is_file() and (folder / "complete").is_dir():
+        return folder / "complete", folder.name
+    if folder.name == "complete" and (folder.parent / SUMMARY).is_file():
+        return folder, folder.parent.name
+    return folder, folder.name
 
 
 def cohort_cases(folder: Path, contrasts: Sequence[str]) -> Tuple[List[str], Dict[str, List[str]]]:
@@ -212,6 +230,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     cohort, out = Path(args.cohort).expanduser(), Path(args.out).expanduser()
     if not cohort.is_dir():
         raise SystemExit(f"{cohort}: no such folder; give the folder that holds one folder per case.")
+    cohort, cohort_name = cohort_folder(cohort)
     if args.source not in BUNDLED_CHECKPOINTS:
         raise SystemExit(f"--from {args.source}: no such bundled model; choose one of {sorted(BUNDLED_CHECKPOINTS)}.")
     checkpoint = BUNDLED_CHECKPOINTS[args.source]
@@ -249,16 +268,16 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     # The three models on the held-out cases, scored by the core (EVALUATION.md v3).
     coef = fit(np.asarray(train.images), np.asarray(train.masks), seed=cfg.seed)
     voxreg = export_voxel_regression(coef, contrasts, str(run_dir / "voxreg.pt"), training={
-        "data": f"{len(train_cases)} training cases of {cohort.name}", "train_slices": len(train)})
+        "data": f"{len(train_cases)} training cases of {cohort_name}", "train_slices": len(train)})
     profile = training_profile_from_folders([cohort / c for c in train_cases], contrasts,
-                                            source=f"{len(train_cases)} training cases of {cohort.name}")
-    name = args.name or f"collagan-{cohort.name.lower()}-{'-'.join(contrasts)}"
+                                            source=f"{len(train_cases)} training cases of {cohort_name}")
+    name = args.name or f"collagan-{cohort_name.lower()}-{'-'.join(contrasts)}"
     about = load_about(args.about) if args.about else {}
     description = about.get("description") or (
         f"CollaGAN generator fine-tuned from {args.source} on {len(train_cases)} complete case(s) of the cohort "
-        f"'{cohort.name}' ({', '.join(contrasts)}{'; ' + ', '.join(added) + ' added' if added else ''}); imputes "
+        f"'{cohort_name}' ({', '.join(contrasts)}{'; ' + ', '.join(added) + ' added' if added else ''}); imputes "
         "one contrast from the others. Research use only, not for diagnosis. Outputs are synthetic.")
-    training = {"data": f"cohort '{cohort.name}': {len(train_cases)} training case(s)",
+    training = {"data": f"cohort '{cohort_name}': {len(train_cases)} training case(s)",
                 "split": f"{len(train_cases)} train / {len(held)} held-out case(s): {', '.join(held)}",
                 "checkpoint_choice": f"mean NMSE on slices of the held-out case(s) {', '.join(held)}",
                 "fine_tuned_from": {"model": args.source, "checkpoint": checkpoint, "contrasts_added": added},
@@ -283,7 +302,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             unlike.append(label)
     figures = card_figures(runs["fine-tuned"], contrasts, held)
 
-    report = report_text(cohort, args.source, contrasts, added, train_cases, held, incomplete, cfg, chosen_step,
+    report = report_text(cohort_name, args.source, contrasts, added, train_cases, held, incomplete, cfg, chosen_step,
                          train_seconds, runs, unlike)
     with OutputSet() as outputs:  # the model and its report together or not at all
         out.mkdir(parents=True, exist_ok=True)
@@ -319,13 +338,13 @@ def bundled_model(name: str):
     return None
 
 
-def report_text(cohort: Path, source: str, contrasts: Sequence[str], added: Sequence[str], train_cases: Sequence[str],
+def report_text(cohort: str, source: str, contrasts: Sequence[str], added: Sequence[str], train_cases: Sequence[str],
                 held: Sequence[str], incomplete: Dict[str, List[str]], cfg: TrainConfig, chosen_step: int,
                 seconds: float, runs: Dict[str, List[dict]], unlike: Sequence[str] = ()) -> str:
     """The Markdown report of a fine-tune: data, run, and the three models on the held-out cases."""
     left_out = "".join(f"\n- {case}: lacks {', '.join(missing)}" for case, missing in incomplete.items())
     return "\n".join([
-        f"# Fine-tuning {source} on {cohort.name}", "",
+        f"# Fine-tuning {source} on {cohort}", "",
         f"- contrasts: {', '.join(contrasts)}" + (f" ({', '.join(added)} added to the bundled model's)"
                                                   if added else ""),
         f"- trained on {len(train_cases)} case(s): {', '.join(train_cases)}",
@@ -350,7 +369,8 @@ def report_text(cohort: Path, source: str, contrasts: Sequence[str], added: Sequ
 def add_parser(sub) -> None:
     p = sub.add_parser("finetune", help="fine-tune a bundled model on a cohort of complete cases (contrasts may be "
                                         "added), score it on held-out cases, export model.pt and report.md")
-    p.add_argument("cohort", help="folder of case folders with BraTS 2023 names (<case>-t1n.nii.gz, ...)")
+    p.add_argument("cohort", help="folder of case folders with BraTS 2023 names (<case>-t1n.nii.gz, ...), or "
+                   "the OUT folder of prepare")
     p.add_argument("--from", dest="source", default="collagan-lgg-t1n-t1c-t2f",
                    help=f"the bundled model to start from ({', '.join(BUNDLED_CHECKPOINTS)})")
     p.add_argument("--contrasts", help="comma-separated, in model order (default: every one of "

@@ -40,12 +40,8 @@ def test_an_added_contrast_leaves_the_known_imputations_unchanged():
     assert torch.isfinite(t2w).all() and not torch.allclose(t2w, after)
 
 
-@pytest.mark.skipif(not OPENMS.is_dir(), reason="the OpenMS patients are not beside the repository")
-def test_finetune_on_openms_adds_t2w_and_exports_a_model_the_core_runs(tmp_path: Path):
-    out = tmp_path / "model"
-    main(["finetune", str(OPENMS), "--contrasts", "t1n,t1c,t2w,t2f", "--holdout-cases", "OpenMS-patient19",
-          "--steps", "2", "--threads", "1", "--set", "crop=64", "--set", "batch_size=2", "--set", "val_slices=4",
-          "--out", str(out)])
+def test_finetune_on_openms_adds_t2w_and_exports_a_model_the_core_runs(openms_cohort: Path, openms_finetune: Path):
+    out = openms_finetune  # two steps on patient07's slices, patient19 held out (conftest)
     model = load_model(out / "model.pt")
     card = model.card
     assert card.contrasts == ["t1n", "t1c", "t2w", "t2f"]
@@ -57,7 +53,7 @@ def test_finetune_on_openms_adds_t2w_and_exports_a_model_the_core_runs(tmp_path:
         assert row in report
     assert "| t2w | bundled" not in report  # the bundled model has no T2w to score
 
-    images = read_case(OPENMS / "OpenMS-patient19", ["t1n", "t1c", "t2f"])
+    images = read_case(openms_cohort / "complete" / "OpenMS-patient19", ["t1n", "t1c", "t2f"])
     result = impute(images, model, targets=["t2w"], device="cpu")
     synthetic = result.images["t2w"]
     assert synthetic.GetSize() == images["t1n"].GetSize()
