@@ -18,9 +18,12 @@ from typing import Optional, Sequence
 import numpy as np
 from skimage.metrics import structural_similarity
 
+from .labels import METRIC_LABELS, Metric  # noqa: F401  (the labels of these scores)
 from .normalization import normalize
 
 SSIM_SIGMA = 1.5
+
+
 METRIC_NAMES = ("nmse", "psnr", "ssim", "lesion_nmse", "lesion_ssim", "identity_t", "identity", "lesion_kept",
                 "lesion_contrast_real", "lesion_contrast_pred")
 #: The protocols :func:`score_volume` implements (docs/EVALUATION.md); the first is the default.

@@ -20,14 +20,15 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from .labels import METRIC_LABELS
+
 if TYPE_CHECKING:
     from .contract import LoadedModel, ModelCard
 
 CONTRAST_NAMES = {"t1n": "T1", "t1c": "T1+Gd", "t2w": "T2", "t2f": "T2-FLAIR"}
-#: (metric key, column title, digits) of the validation table
-METRIC_COLUMNS = [("nmse", "NMSE", 4), ("psnr", "PSNR dB", 2), ("ssim", "SSIM", 4),
-                  ("lesion_nmse", "lesion NMSE", 4), ("lesion_ssim", "lesion SSIM", 4),
-                  ("identity_t", "identity I_T", 3), ("identity", "identity I", 3), ("lesion_kept", "lesion kept K", 2)]
+#: (metric key, column title, digits) of the validation table, from the core's one table of labels
+METRIC_COLUMNS = [(key, METRIC_LABELS[key].column, METRIC_LABELS[key].digits) for key in
+                  ("nmse", "psnr", "ssim", "lesion_nmse", "lesion_ssim", "identity_t", "identity", "lesion_kept")]
 SHARED_LIMITS = [
     "Every output is a SYNTHETIC image: research use only, not for diagnosis or treatment.",
     "2-D model applied slice by slice (axial): no through-plane consistency.",

@@ -25,17 +25,14 @@ import numpy as np
 from CollaGANImputeLib.contract import load_model
 from CollaGANImputeLib.evaluate import read_volume_allow_empty, score_imputation
 from CollaGANImputeLib.io import find_lesion_mask
+from CollaGANImputeLib.labels import METRIC_LABELS
 from CollaGANImputeLib.metrics import METRIC_NAMES, summarize
 from CollaGANImputeLib.pipeline import read_case
 
 from .data_loader import lgg_folder_or_exit, repo_path
 from .report import atomic_write
 
-LABELS = {"nmse": "NMSE", "psnr": "PSNR (dB)", "ssim": "SSIM", "lesion_nmse": "lesion NMSE",
-          "lesion_ssim": "lesion SSIM", "identity_t": "tissue-contrast identity I_T (mean; patients with I_T > 0)",
-          "identity": "voxel identity I, a diagnostic (mean; patients with I > 0)",
-          "lesion_kept": "lesion kept share K (median)", "lesion_contrast_real": "lesion contrast C, real",
-          "lesion_contrast_pred": "lesion contrast C, synthetic"}
+LABELS = {key: metric.label for key, metric in METRIC_LABELS.items()}  # the core's one table of labels
 
 
 def score_case(model, case_dir: Path, target: str, inputs: Sequence[str], device: str = "cpu",

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
+from CollaGANImputeLib.labels import METRIC_LABELS
 
-METRICS = (("nmse", "NMSE", False, 4), ("psnr", "PSNR (dB)", True, 2), ("ssim", "SSIM", True, 4),
-           ("lesion_nmse", "lesion NMSE", False, 4), ("lesion_ssim", "lesion SSIM", True, 4))
+#: (key, column title, higher is better, digits) of the side-by-side tables, from the core's one table of labels
+METRICS = tuple((key, METRIC_LABELS[key].column, METRIC_LABELS[key].higher_is_better, METRIC_LABELS[key].digits)
+                for key in ("nmse", "psnr", "ssim", "lesion_nmse", "lesion_ssim"))
 
 
 def load_rows(run_dir: Path) -> List[dict]:

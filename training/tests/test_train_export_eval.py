@@ -86,7 +86,7 @@ def test_voxel_regression_exports_and_scores_through_evaluate(sample_slices, tin
     out = tmp_path / "eval"
     assert {"table.md", "table.csv", "rows.csv", "summary.json", "montage.png"} <= {p.name for p in out.iterdir()}
     table = (out / "table.md").read_text()
-    assert "| t1c |" in table and "lesion SSIM" in table and "voxreg | tiny" in table
+    assert "| t1c |" in table and "Lesion SSIM" in table and "voxreg | tiny" in table
     rows = list(csv.DictReader(open(out / "rows.csv")))
     assert len(rows) == 6 and all(float(r["lesion_voxels"]) > 0 for r in rows)
     # fitted on this very case, the regression must beat a 3-step tiny GAN

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry import align_to_reference, to_canonical_array
+from ..labels import METRIC_LABELS
 from ..metrics import error_map, per_slice_ssim, score_volume, scored_target, ssim_map
 from ..pipeline import PreparedCase, prepare_case
 
@@ -74,26 +75,9 @@ def compare_to_reference(
         ssim_map(pred, gt, scored), scored), error_limit=max(limit, 1e-3))
 
 
-#: Labels of the results table: key in the core's score dict -> (label, unit / meaning), in display order.
-#: Keys :func:`score_volume` returns beyond these are shown too, under their own name.
-SCORE_LABELS = {
-    "nmse": ("NMSE", "lower is better"),
-    "psnr": ("PSNR (dB)", "higher is better; images clipped to [0, 1] p99 units"),
-    "ssim": ("SSIM", "masked mean, 1 = identical"),
-    "identity_t": ("Tissue-contrast identity I_T", "> 0: each tissue has the brightness the acquired contrast "
-                   "gives it rather than an input's (tissue cells: octiles of the inputs)"),
-    "identity": ("Voxel identity I (diagnostic)", "r(synthetic, acquired) - max r(synthetic, input); can be < 0 "
-                 "even for the best estimate the inputs allow"),
-    "lesion_nmse": ("Lesion NMSE", "inside mask and lesion"),
-    "lesion_ssim": ("Lesion SSIM", "inside mask and lesion"),
-    "lesion_kept": ("Lesion contrast kept K", "1 = as conspicuous as acquired, 0 = vanished, < 0 = inverted"),
-    "lesion_contrast_real": ("Lesion contrast, acquired", "mean in lesion / mean in the rest of the head"),
-    "lesion_contrast_pred": ("Lesion contrast, synthetic", "mean in lesion / mean in the rest of the head"),
-    "lesion_voxels": ("Lesion voxels", "count inside the head mask"),
-    "real_no_data": ("Acquired image without data", "share of the head outside its field of view; not scored "
-                     "there (the whole target is not scored above 50 %)"),
-    "not_scored": ("Not scored", "1 = the acquired image has no data in more than half of the head"),
-}
+#: Labels of the results table: key in the core's score dict -> (label, unit / meaning), in display order (the
+#: core's one table of labels). Keys :func:`score_volume` returns beyond these are shown too, under their own name.
+SCORE_LABELS = {key: (metric.label, metric.note) for key, metric in METRIC_LABELS.items()}
 
 
 def score_keys(scores: Mapping[str, float]) -> list[str]:
