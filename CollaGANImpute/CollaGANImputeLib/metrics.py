@@ -237,11 +237,15 @@ def target_mask(gt: np.ndarray, mask: np.ndarray, protocol: str = DEFAULT_PROTOC
     return mask & ~not_acquired(gt)
 
 
-def scored_target(gt: np.ndarray, mask: np.ndarray, protocol: str = DEFAULT_PROTOCOL
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def scored_target(gt: np.ndarray, mask: np.ndarray, protocol: str = DEFAULT_PROTOCOL,
+                  absent: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """The real target as the protocol scores it, and where: v3 re-scales ``gt`` (p99 units inside M) to its own
-    p99 inside ``M_t`` and returns ``M_t``; v2 returns both as given. Unchanged where nothing is missing."""
-    region = target_mask(gt, mask, protocol)
+    p99 inside ``M_t`` and returns ``M_t``; v2 returns both as given. Unchanged where nothing is missing.
+    ``absent``: :func:`not_acquired` of ``gt``, when the caller has it already."""
+    if absent is None or check_protocol(protocol) == "v2":
+        region = target_mask(gt, mask, protocol)
+    else:
+        region = mask.astype(bool) & ~absent
     if region.any() and not np.array_equal(region, mask.astype(bool)):
         gt = normalize(gt, region)
     return gt, region
@@ -265,14 +269,15 @@ def score_volume(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, lesion: Opt
             raise ValueError(f"Shapes differ: input {x.shape}, gt {gt.shape}.")
     mask = mask.astype(bool)
     nan = float("nan")
-    missing = no_data_share(gt, mask)
+    absent = not_acquired(gt)  # once: for real_no_data and M_t
+    missing = float(absent[mask].mean()) if mask.any() else nan
     scores = {"nmse": nan, "psnr": nan, "ssim": nan, "lesion_nmse": nan, "lesion_ssim": nan, "lesion_voxels": 0.0,
               "identity_t": nan, "identity": nan, "lesion_kept": nan, "lesion_contrast_real": nan,
               "lesion_contrast_pred": nan, "real_no_data": missing, "not_scored": 0.0}
     if check_protocol(protocol) == "v3" and not missing <= NOT_SCORED_SHARE:  # NaN: no head mask at all
         scores["not_scored"] = 1.0
         return scores
-    gt, mask = scored_target(gt, mask, protocol)
+    gt, mask = scored_target(gt, mask, protocol, absent)
     map_ = ssim_map(pred, gt, mask)
     scores.update(nmse=nmse(pred, gt, mask), psnr=psnr(pred, gt, mask), ssim=masked_mean(map_, mask),
                   identity_t=tissue_identity(pred, gt, inputs, mask),

@@ -13,10 +13,8 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
-import os
 import shutil
 import socketserver
-import sys
 import threading
 import time
 import urllib.error
@@ -28,10 +26,8 @@ from typing import Callable
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core_fixtures import head_phantom, make_image  # noqa: E402
-from web_fixtures import CHROMIUM, Server, WsClient, free_port  # noqa: E402
+from core_fixtures import head_phantom, make_image
+from web_fixtures import Server, WsClient, chromium_path, free_port, require_browser
 
 pytestmark = pytest.mark.browser
 
@@ -235,22 +231,23 @@ def _nifti_declaring(web: Web, name: str, dims: tuple[int, int, int], extra: byt
     return path
 
 
-def _bomb_declared(web: Web) -> None:
-    bomb = _nifti_declaring(web, "declared-t2f.nii.gz", (2048, 2048, 256))  # 4 GiB of float32 declared
-    assert bomb.stat().st_size < 200_000
+def _refused_in_little_memory(web: Web, bomb: Path, max_bytes: int, message: str) -> None:
+    """``bomb`` (smaller than ``max_bytes`` on disk) is refused with ``message`` and the server grows < 150 MB."""
+    assert bomb.stat().st_size < max_bytes
     before = web.server.rss_mb()
     web.upload(bomb)
-    assert "declares 4096 MB of voxel data, more than the" in web.error_for("declared-t2f.nii.gz")
+    assert message in web.error_for(bomb.name)
     assert web.server.rss_mb() - before < 150
+
+
+def _bomb_declared(web: Web) -> None:
+    bomb = _nifti_declaring(web, "declared-t2f.nii.gz", (2048, 2048, 256))  # 4 GiB of float32 declared
+    _refused_in_little_memory(web, bomb, 200_000, "declares 4096 MB of voxel data, more than the")
 
 
 def _bomb_hidden(web: Web) -> None:
     bomb = _nifti_declaring(web, "hidden-t2f.nii.gz", (40, 48, 12), extra=bytes(256 * 2 ** 20))
-    assert bomb.stat().st_size < 2_000_000
-    before = web.server.rss_mb()
-    web.upload(bomb)
-    assert "holds more than its header declares" in web.error_for("hidden-t2f.nii.gz")
-    assert web.server.rss_mb() - before < 150
+    _refused_in_little_memory(web, bomb, 2_000_000, "holds more than its header declares")
 
 
 def _huge_message(web: Web) -> None:
@@ -356,29 +353,17 @@ def render_rows() -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- the test
 
-def _require(condition: bool, why: str) -> None:
-    if condition:
-        return
-    if os.environ.get("CI"):
-        raise RuntimeError(f"The browser tests must run in CI: {why}")
-    pytest.skip(why)
-
-
 @pytest.fixture(scope="module")
 def web(tmp_path_factory, tiny_model_path):
-    _require(Path(CHROMIUM).is_file(), f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)")
-    try:
-        import trame_slicer  # noqa: F401
-        from playwright.sync_api import sync_playwright
-    except ImportError as error:
-        _require(False, f"the web extra and Playwright are needed (pip install -e '.[web]' playwright): {error}")
+    require_browser()
+    from playwright.sync_api import sync_playwright
     root = tmp_path_factory.mktemp("web")
     shutil.copy(tiny_model_path, root / "tiny.pt")
     server = Server(root / "server.log", "--model", str(root / "tiny.pt"))
     try:
         server.wait_ready()
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(WAIT_MS)
             page.goto(server.url)

@@ -10,10 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import re
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,83 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from web_fixtures import Server, chromium_path, require_browser
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("COLLAGAN_CHROMIUM", "/usr/bin/chromium")
 CASE = "TCGA-HT-7882"
 TIMEOUT_MS = 420_000  # the bundled model on the whole sample case on a slow, shared CPU
 
-
-def _require(condition: bool, why: str) -> None:
-    if condition:
-        return
-    if os.environ.get("CI"):
-        raise RuntimeError(f"The browser tests must run in CI: {why}")
-    pytest.skip(why, allow_module_level=True)
-
-
-_require(Path(CHROMIUM).is_file() or shutil.which("chromium") is not None,
-         f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)")
-try:
-    import trame_slicer  # noqa: F401
-    from playwright.sync_api import sync_playwright
-except ImportError as error:
-    _require(False, f"the web extra and Playwright are needed (pip install -e '.[web]' playwright): {error}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A ``collagan-impute web`` process on a free port; its output goes to a file (a full pipe would block it)."""
-
-    def __init__(self, log: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "CollaGANImputeLib", "web", "--port", str(self.port), "--device", "cpu",
-             "--precision", "fp32", "--threads", "2"], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"The web server exited: {self.output()}")
-            if "Uploads are kept in" in self.output():  # printed just before the port is bound: retry until it is
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=5):
-                        return
-                except OSError:
-                    pass
-            time.sleep(1)
-        self.process.kill()
-        raise RuntimeError(f"The web server did not start within {timeout} s: {self.output()}")
-
-    def upload_dir(self) -> Path:
-        return Path(re.search(r"Uploads are kept in (\S+) ", self.output()).group(1))
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait()
+require_browser()
+from playwright.sync_api import sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    running = Server(tmp_path_factory.mktemp("web") / "server.log")
+    running = Server(tmp_path_factory.mktemp("web") / "server.log", threads=2)
     running.wait_ready()
     yield running
     running.stop()
@@ -106,8 +39,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"),
-                                     args=["--no-sandbox"])
+        chromium = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         yield chromium
         chromium.close()
 

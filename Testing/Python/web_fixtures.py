@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,33 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+import pytest
+
 CHROMIUM = os.environ.get("COLLAGAN_CHROMIUM", "/usr/bin/chromium")
+
+
+def chromium_path() -> Optional[str]:
+    """Debian's Chromium (or ``COLLAGAN_CHROMIUM``), or the one on PATH; None when there is none."""
+    return CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip (the whole calling module when called at its import) unless ``condition``; under CI an error."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        raise RuntimeError(f"The browser tests must run in CI: {why}")
+    pytest.skip(why, allow_module_level=True)
+
+
+def require_browser() -> None:
+    """Chromium, Playwright and the web extra, or skip (an error in CI)."""
+    require(chromium_path() is not None, f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+        import trame_slicer  # noqa: F401
+    except ImportError as error:
+        require(False, f"the web extra and Playwright are needed (pip install -e '.[web]' playwright): {error}")
 
 
 def free_port() -> int:
@@ -28,14 +55,14 @@ def free_port() -> int:
 class Server:
     """A ``collagan-impute web`` process on a free port; its output goes to a file (a full pipe would block it)."""
 
-    def __init__(self, log: Path, *extra: str) -> None:
+    def __init__(self, log: Path, *extra: str, threads: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.origin = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "CollaGANImputeLib", "web", "--port", str(self.port), "--device", "cpu",
-             "--precision", "fp32", "--threads", "1", *extra], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+             "--precision", "fp32", "--threads", str(threads), *extra], stdout=log.open("wb"), stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def output(self) -> str:

@@ -168,7 +168,8 @@ def finetune_config(base: dict, contrasts: Sequence[str], init_g: str, cohort: P
 
 def scores_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> str:
     """Per target: each model from every other contrast it takes, mean over the held-out cases."""
-    lines = ["| target | model | inputs | NMSE | PSNR (dB) | SSIM | identity I (I > 0) | lesion kept K (median) |",
+    lines = ["| target | model | inputs | NMSE | PSNR (dB) | SSIM | tissue identity I_T (I_T > 0) "
+             "| lesion kept K (median) |",
              "|---|---|---|---|---|---|---|---|"]
     for target in contrasts:
         for name, rows in runs.items():
@@ -177,7 +178,7 @@ def scores_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> str:
                 continue
             inputs = max({r["inputs"] for r in mine}, key=lambda s: len(s.split("+")))
             mine = [r for r in mine if r["inputs"] == inputs]
-            ident, kept = _finite(mine, "identity"), _finite(mine, "lesion_kept")
+            ident, kept = _finite(mine, "identity_t"), _finite(mine, "lesion_kept")
             nmse, psnr, ssim = (np.mean(v) if v else float("nan") for v in (_finite(mine, k) for k in
                                                                               ("nmse", "psnr", "ssim")))
             lines.append(f"| {target} | {name} | {inputs} | {nmse:.4f} | {psnr:.2f} | {ssim:.4f} | "
@@ -191,7 +192,7 @@ def _finite(rows: List[dict], key: str) -> List[float]:
 
 
 def card_figures(rows: List[dict], contrasts: Sequence[str], held: Sequence[str]) -> dict:
-    """The card's held-out figures: per target (every other input), mean NMSE/PSNR/SSIM/identity over cases."""
+    """The card's held-out figures: per target (every other input), mean NMSE/PSNR/SSIM/I_T/I over cases."""
     out: dict = {"protocol": "EVALUATION.md v3 via CollaGANImputeLib.evaluate.evaluate_cases (full volumes, masks "
                              "from the inputs, p99 units); checkpoint chosen on these same cases",
                  "held_out_cases": list(held)}
@@ -199,7 +200,7 @@ def card_figures(rows: List[dict], contrasts: Sequence[str], held: Sequence[str]
         mine = [r for r in rows if r["target"] == target and len(r["inputs"].split("+")) == len(contrasts) - 1]
         if mine:
             out[target] = {key: round(float(np.nanmean([r[key] for r in mine])), 4)
-                           for key in ("nmse", "psnr", "ssim", "identity")}
+                           for key in ("nmse", "psnr", "ssim", "identity_t", "identity")}
     return out
 
 

@@ -37,6 +37,7 @@ from typing import Callable, Optional, Sequence
 import SimpleITK as sitk
 from CollaGANImputeLib.errors import CollaGANError
 from CollaGANImputeLib.io import (
+    CONTRAST_NAMES,
     LESION_SUFFIX,
     SYNTHETIC_TAG,
     VOLUME_EXTENSIONS,
@@ -52,11 +53,15 @@ from CollaGANImputeLib.io import (
 from . import prepare_lgg
 from .prepare_lgg import PrepareError
 
+
+def _suffixes(convention: str) -> dict[str, str]:
+    """File-name suffix -> contrast of one naming convention, from the core's one table of contrast names."""
+    return {name: contrast for name, (contrast, named_by) in CONTRAST_NAMES.items()
+            if named_by == convention and contrast != LESION_SUFFIX} | {"seg": LESION_SUFFIX}
+
+
 #: File-name suffix -> contrast, per layout; the separator before the suffix tells the layouts apart.
-LAYOUTS = {
-    "brats2021": ("_", {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": LESION_SUFFIX}),
-    "brats2023": ("-", {"t1n": "t1n", "t1c": "t1c", "t2w": "t2w", "t2f": "t2f", "seg": LESION_SUFFIX}),
-}
+LAYOUTS = {"brats2021": ("_", _suffixes("BraTS 2021")), "brats2023": ("-", _suffixes("BraTS 2023"))}
 #: The order contrasts are listed in (others follow alphabetically).
 ORDER = ("t1n", "t1c", "t2w", "t2f")
 SUMMARY = "cohort.json"
