@@ -23,17 +23,19 @@ _EXPORTS = {
     "Cancelled": "errors", "CollaGANError": "errors", "GeometryWarning": "errors", "InputError": "errors",
     "ModelError": "errors", "NoBundledModelError": "errors",
     "bundled_models": "models", "default_model": "models", "sample_case_dir": "models",
-    "ImputationResult": "pipeline", "impute": "pipeline", "impute_case": "pipeline", "prepare_case": "pipeline",
-    "read_case": "pipeline",
+    "ImputationResult": "case", "prepare_case": "case", "read_case": "case_files",
+    "ImputationSteps": "pipeline", "impute": "pipeline", "impute_case": "pipeline", "impute_steps": "pipeline",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below imports on first use
+    from .case import ImputationResult, prepare_case  # noqa: F401
+    from .case_files import read_case  # noqa: F401
     from .contract import LoadedModel, ModelCard, load_model, read_card, save_model  # noqa: F401
     from .errors import Cancelled, CollaGANError, GeometryWarning, InputError, ModelError, NoBundledModelError  # noqa: F401
     from .models import bundled_models, default_model, sample_case_dir  # noqa: F401
-    from .pipeline import ImputationResult, impute, impute_case, prepare_case, read_case  # noqa: F401
+    from .pipeline import ImputationSteps, impute, impute_case, impute_steps  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -18,26 +18,17 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .geometry import canonical_spacing
 
 if TYPE_CHECKING:  # pragma: no cover - types only
-    import SimpleITK as sitk
 
+    from .case import PreparedCase
     from .contract import ModelCard
 
-
-class CaseArrays(Protocol):
-    """What the check reads of a prepared case (:class:`.pipeline.PreparedCase` has it): the inputs as canonical
-    arrays in p99 units, their head mask and the reference image (for the pixel spacing). A protocol, so that
-    this module needs nothing from the pipeline, which imports it."""
-
-    reference: sitk.Image
-    arrays: Mapping[str, np.ndarray]
-    mask: np.ndarray
 
 PROFILE_VERSION = 1
 #: Histogram bins in p99 units (values beyond are counted in the end bins): 0.05 wide from -0.5 to 2.
@@ -90,7 +81,7 @@ def _distance(a: Sequence[float], b: Sequence[float]) -> float:
     return float(0.5 * np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).sum())
 
 
-def training_profile(cases: Iterable[CaseArrays], contrasts: Sequence[str], source: str = "") -> dict[str, Any]:
+def training_profile(cases: Iterable[PreparedCase], contrasts: Sequence[str], source: str = "") -> dict[str, Any]:
     """The training data profile a model card stores (``ModelCard.input_profile``), from prepared training cases
     (:func:`CollaGANImputeLib.prepare_case` on every contrast, as training sees them).
 
@@ -165,7 +156,7 @@ class InputCheck:
                 "profile_source": self.source}
 
 
-def check_case(card: ModelCard, case: CaseArrays, inputs: Optional[Sequence[str]] = None) -> InputCheck:
+def check_case(card: ModelCard, case: PreparedCase, inputs: Optional[Sequence[str]] = None) -> InputCheck:
     """Compare the ``inputs`` of a prepared case (default: all its arrays) with the card's training profile."""
     profile = card.input_profile or {}
     if profile.get("version") != PROFILE_VERSION or not profile.get("contrasts"):

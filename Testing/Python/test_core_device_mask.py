@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from CollaGANImputeLib import InputError, prepare_case
-from CollaGANImputeLib import pipeline as pipeline_module
+from CollaGANImputeLib import case as case_module
 from CollaGANImputeLib.device_mask import (
     device_mask_and_scales,
     label_components,
@@ -107,7 +107,7 @@ def test_prepare_case_on_cuda_goes_through_the_device_rule(monkeypatch):
         calls.append(device.type)
         return device_mask_and_scales(arrays, CPU, mask_from)
 
-    monkeypatch.setattr(pipeline_module, "device_mask_and_scales", on_cpu)
+    monkeypatch.setattr(case_module, "device_mask_and_scales", on_cpu)
     images = _images()
     expected = prepare_case(images, mask_from=["t2f"])
     got = prepare_case(images, mask_from=["t2f"], device="cuda")
@@ -121,7 +121,7 @@ def test_prepare_case_falls_back_to_the_cpu_with_a_warning(monkeypatch):
     def broken(arrays, device, mask_from):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(pipeline_module, "device_mask_and_scales", broken)
+    monkeypatch.setattr(case_module, "device_mask_and_scales", broken)
     images = _images(seed=4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

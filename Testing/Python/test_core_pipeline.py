@@ -1,4 +1,4 @@
-"""The imputation pipeline: subsets, progress, cancel, determinism, OOM back-off, the mask and p99 rule."""
+"""The imputation pipeline: subsets, progress, cancel, determinism, out of memory, the mask and p99 rule."""
 
 from __future__ import annotations
 
@@ -195,6 +195,47 @@ def test_out_of_memory_halves_the_batch(tiny_model_path):
     out = impute_slices(model, inputs, "t1c", device="cpu", batch_size=8)
     assert model.module.batches == [5, 4, 2, 2, 1]  # 8 fails on 5 slices, 4 fails, then 2 + 2 + 1
     np.testing.assert_allclose(out, reference, atol=1e-6)
+
+
+class _OutOfMemoryOffTheCpu(torch.nn.Module):
+    """Acts like a GPU too small for even one slice: on any device but the CPU every batch runs out of memory."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.__dict__["inner"] = inner  # not a submodule: moving the wrapper leaves the model's weights on the CPU
+        self.batches = []
+
+    def forward(self, x):
+        if x.device.type != "cpu":
+            self.batches.append(x.shape[0])
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(x)
+
+
+def test_out_of_memory_falls_back_to_the_cpu_the_same_way_for_impute_and_the_slicer_job(tiny_model_path):
+    from CollaGANImputeLib.scene.job import ChunkedImputation
+
+    images = _phantoms()
+    expected = impute(images, load_model(tiny_model_path), targets=["t1c"], device="cpu", precision="fp32")
+    said = "ran out of memory even one slice at a time; the rest ran on the CPU"
+    results = {}
+    for caller in ("impute", "job"):
+        model = load_model(tiny_model_path)
+        model.module = _OutOfMemoryOffTheCpu(model.module)
+        # 'meta' runs nothing: with the wrapper it stands for an accelerator without the memory for one slice.
+        with pytest.warns(RuntimeWarning, match=said):
+            if caller == "impute":
+                results[caller] = impute(images, model, targets=["t1c"], device="meta", batch_size=8,
+                                         precision="fp32")
+            else:
+                job = ChunkedImputation(images, model, "t1c", device="meta", batch_size=8, precision="fp32",
+                                        slices_per_step=4)
+                results[caller] = job.run()
+                assert job.device.type == "cpu" and len(job.notes) == 1 and said in job.notes[0]
+        assert model.module.batches == [8, 4, 2, 1] if caller == "impute" else [4, 2, 1], model.module.batches
+        np.testing.assert_array_equal(results[caller].arrays["t1c"], expected.arrays["t1c"])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(results["impute"].images["t1c"]),
+                                  sitk.GetArrayFromImage(results["job"].images["t1c"]))
 
 
 def test_impute_case_writes_labeled_output_and_keeps_inputs(tiny_model_path, copied_sample, tmp_path):

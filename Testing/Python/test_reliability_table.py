@@ -479,7 +479,7 @@ def _mixed_conventions(env: Env) -> list[str]:
 def _labelled_synthetic(env: Env) -> Path:
     """A volume whose NIfTI header says it is this package's synthetic output, renamed like an acquired scan."""
     from CollaGANImputeLib.io import write_volume
-    from CollaGANImputeLib.pipeline import synthetic_description
+    from CollaGANImputeLib.provenance import synthetic_description
 
     path = env.root / "P9-t2f.nii.gz"
     write_volume(make_image(head_phantom(seed=4)), path, description=synthetic_description("t2f", ["t1n", "t1c"]))

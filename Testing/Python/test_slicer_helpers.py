@@ -13,7 +13,6 @@ import torch
 from CollaGANImputeLib import Cancelled, InputError, impute, load_model, read_case
 from CollaGANImputeLib.metrics import score_volume
 from CollaGANImputeLib.scene import comparison as helpers_comparison
-from CollaGANImputeLib.scene import job as helpers_job
 from CollaGANImputeLib.scene import names as helpers
 from CollaGANImputeLib.scene.comparison import compare_to_reference
 from CollaGANImputeLib.scene.job import ChunkedImputation
@@ -146,28 +145,6 @@ def test_bad_requests_are_refused_in_plain_words(sample, model):
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA was requested"):
             ChunkedImputation({"t1n": images["t1n"]}, model, "t1c", device="cuda")
-
-
-def test_gpu_out_of_memory_falls_back_to_cpu(sample, model, finished_job, monkeypatch):
-    """The core halves CUDA batches down to one slice; if even that fails, the job finishes on the CPU."""
-    images, _ = sample
-    real = helpers_job.impute_slices
-    devices = []
-
-    def out_of_memory_on_gpu(model_, inputs, target, device, **kwargs):
-        devices.append(torch.device(device).type)
-        if torch.device(device).type == "cuda":
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model_, inputs, target, device=device, **kwargs)
-
-    monkeypatch.setattr(helpers_job, "impute_slices", out_of_memory_on_gpu)
-    job = ChunkedImputation({"t1n": images["t1n"], "t2f": images["t2f"]}, model, "t1c", device="cpu")
-    job.device = torch.device("cuda")  # as if a GPU had been found
-    job.run()
-    assert devices[:2] == ["cuda", "cpu"] and set(devices[2:]) == {"cpu"}
-    assert job.device.type == "cpu" and "CPU" in job.notes[0]
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(job.result.images["t1c"]),
-                                  sitk.GetArrayFromImage(finished_job[0].result.images["t1c"]))
 
 
 def test_compare_scores_as_the_core_does(sample, finished_job):

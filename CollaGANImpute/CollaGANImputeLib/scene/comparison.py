@@ -20,11 +20,11 @@ from typing import Iterable, Mapping, Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
+from ..case import PreparedCase, prepare_case
 from ..errors import InputError
 from ..geometry import align_to_reference, to_canonical_array
 from ..labels import METRIC_LABELS
 from ..metrics import error_map, per_slice_ssim, score_volume, scored_target, ssim_map
-from ..pipeline import PreparedCase, prepare_case
 
 
 @dataclass

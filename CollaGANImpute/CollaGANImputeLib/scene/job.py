@@ -13,41 +13,33 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Union
 
-import numpy as np
 import SimpleITK as sitk
 import torch
 
 from ..acceleration import default_batch_size
+from ..case import ImputationResult
 from ..contract import LoadedModel
 from ..errors import Cancelled
-from ..inference import impute_slices, resolve_device
-from ..pipeline import (
-    ImputationResult,
-    PreparedCase,
-    apply_outside_head,
-    check_request,
-    label_synthetic,
-    prepare_case,
-)
-from ..registration import RigidAlignment, register_rigid
-from ..uncertainty import disagreement, ensemble_members, label_uncertainty, member_prediction
+from ..inference import resolve_device
+from ..pipeline import ImputationSteps
+from ..registration import RigidAlignment
+
+#: Slices per step on the CPU: each timer tick stays short (a GPU does a whole batch in milliseconds).
+CPU_SLICES_PER_STEP = 2
 
 
 @dataclass
 class ChunkedImputation:
-    """One imputation cut into short steps, so that a GUI timer can run it without freezing.
+    """One imputation of ``target`` cut into short steps, so that a GUI timer can run it without freezing.
 
-    Step 1 prepares the case (alignment, mask, p99 normalization: :func:`prepare_case`); each further step
-    runs the model on ``slices_per_step`` axial slices with :func:`impute_slices`; the last step assembles the
-    image and labels it synthetic exactly as :func:`CollaGANImputeLib.impute` does. :meth:`cancel` makes the
-    next step raise :class:`Cancelled`; nothing is produced. A CUDA out-of-memory error that survives the
-    core's batch halving switches the remaining slices to the CPU (``notes`` says so). ``cancel_flag``: an
-    outside ``threading.Event`` (e.g. a web app's Cancel button, set from another thread) that cancels too.
-    ``uncertainty``: after the imputation, one more pass over the slices per member of :mod:`..uncertainty`
-    (``passes`` in all), then the uncertainty map in ``result.uncertainty`` as :func:`CollaGANImputeLib.impute`
-    makes it.
-    ``register``: first co-register each input to the reference (:mod:`..registration`), one input per step,
-    as :func:`CollaGANImputeLib.impute` does with ``register=True``.
+    It runs the core's own steps (:class:`CollaGANImputeLib.pipeline.ImputationSteps`, as
+    :func:`CollaGANImputeLib.impute` does), so the result is the same: co-registration one input per step
+    (``register``), the preparation, then ``slices_per_step`` axial slices per step for the imputation and for
+    each member of the uncertainty map (``uncertainty``; ``passes`` in all), and the labelled result. The
+    reference grid is the first input's. :meth:`cancel` makes the next step raise :class:`Cancelled`; nothing is
+    produced. ``cancel_flag``: an outside ``threading.Event`` (e.g. a web app's Cancel button, set from another
+    thread) that cancels too. Out of GPU memory the core's policy applies (smaller batches, then the CPU;
+    ``notes`` says so).
     """
 
     images: Mapping[str, sitk.Image]
@@ -65,41 +57,50 @@ class ChunkedImputation:
     register: bool = False
 
     def __post_init__(self) -> None:
-        # Model order for the metadata and the mask (as the core's impute does); the caller's order for the
-        # reference grid (its first volume).
-        self.inputs = check_request(self.model.card, list(self.images), [self.target])[self.target]
-        self._prepare_order = [c for c in self.images if c != self.target]
         self.device = resolve_device(self.device)
+        self._chosen_step = self.slices_per_step is None
         if self.slices_per_step is None:
-            # Small CPU steps keep each timer tick short; a GPU does a whole batch in milliseconds.
             self.slices_per_step = (self.batch_size or default_batch_size(self.device)
-                                    if self.device.type == "cuda" else 2)
+                                    if self.device.type == "cuda" else CPU_SLICES_PER_STEP)
         self._cancel = self.cancel_flag if self.cancel_flag is not None else threading.Event()
-        self._case: Optional[PreparedCase] = None
-        self._output: Optional[np.ndarray] = None
-        self._next_slice = 0
-        self.warnings: list[str] = []
-        self.members = ensemble_members(self.inputs) if self.uncertainty else []
-        self._member_outputs: list[np.ndarray] = []
-        self._prediction: Optional[np.ndarray] = None
-        self.current_pass = 0  # 0: the imputation; 1..len(members): the uncertainty map's members
-        reference = self.reference or self._prepare_order[0]
-        self._to_register = [c for c in self._prepare_order if c != reference] if self.register else []
-        self.alignments: dict[str, RigidAlignment] = {}
+        # A given target is not an input (nor the reference grid); synthetic inputs were refused or allowed
+        # with the node's name by the caller (SceneLogic.startImputation).
+        self._steps = ImputationSteps({c: image for c, image in self.images.items() if c != self.target},
+                                      self.model, [self.target], reference=self.reference, device=self.device,
+                                      batch_size=self.batch_size, cancel=self._cancel, precision=self.precision,
+                                      uncertainty=self.uncertainty, allow_synthetic=True, register=self.register,
+                                      slices_per_step=self.slices_per_step)
+        self._steps.notes = self.notes  # one list: the CPU fallback's note is the job's
+        self.inputs = self._steps.inputs_by_target[self.target]
+        self.members = self._steps.members[self.target]
+
+    @property
+    def warnings(self) -> list[str]:
+        """What preparing the case found (field of view, input check, registration)."""
+        return self._steps.warnings
+
+    @property
+    def alignments(self) -> dict[str, RigidAlignment]:
+        return self._steps.alignments
 
     @property
     def total_slices(self) -> int:
-        return 0 if self._case is None else self._case.mask.shape[0]
-
-    @property
-    def slices_done(self) -> int:
-        """Slices done in the current pass."""
-        return self._next_slice
+        return self._steps.total // self.passes
 
     @property
     def passes(self) -> int:
         """Passes over the slices: the imputation, and one per uncertainty member."""
-        return 1 + len(self.members)
+        return self._steps.passes
+
+    @property
+    def current_pass(self) -> int:
+        """0: the imputation; 1..len(members): the uncertainty map's members."""
+        return min(self.passes - 1, self._steps.done // max(1, self.total_slices))
+
+    @property
+    def slices_done(self) -> int:
+        """Slices done in the current pass."""
+        return self._steps.done - self.current_pass * self.total_slices
 
     @property
     def done(self) -> bool:
@@ -110,10 +111,9 @@ class ChunkedImputation:
         """Fraction done in [0, 1]: preparation counts as the first 5 %."""
         if self.done:
             return 1.0
-        if self._case is None:
+        if not self._steps.total:
             return 0.0
-        done = self.current_pass * self.total_slices + self._next_slice
-        return 0.05 + 0.95 * done / max(1, self.total_slices * self.passes)
+        return 0.05 + 0.95 * self._steps.done / self._steps.total
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -124,40 +124,13 @@ class ChunkedImputation:
             return True
         if self._cancel.is_set():
             raise Cancelled("Imputation cancelled; nothing was added to the scene.")
-        if len(self.alignments) < len(self._to_register):  # one input per step: a GUI tick stays short-ish
-            name = self._to_register[len(self.alignments)]
-            reference = self.reference or self._prepare_order[0]
-            self.alignments[name] = register_rigid(self.images[reference], self.images[name], name, reference)
-            return False
-        if self._case is None:
-            self._case = prepare_case({c: self.images[c] for c in self._prepare_order}, self.reference,
-                                      mask_from=self.inputs, device=self.device, card=self.model.card,
-                                      alignments=self.alignments or None)
-            self.warnings = list(self._case.warnings)  # field of view, input check (prepare_case with the card)
-            self._output = np.zeros(self._case.mask.shape, dtype=np.float32)
-            return False
-        if self._next_slice < self.total_slices:
-            self._run_chunk()
-            return False
-        if self.current_pass == 0:
-            self._prediction = self._output
-        else:
-            self._member_outputs.append(self._output)
-        if self.current_pass < len(self.members):  # the next member's pass over the slices
-            self.current_pass += 1
-            self._output = np.zeros(self._case.mask.shape, dtype=np.float32)
-            self._next_slice = 0
-            return False
-        self._output = apply_outside_head(self.model.card, self._case.mask, self._prediction)
-        image = label_synthetic(self._case.to_image(self._output), self.model, self.inputs, self.target, self._case)
-        self.result = ImputationResult(images={self.target: image}, case=self._case, model_name=self.model.card.name,
-                                       inputs=sorted(self.inputs), arrays={self.target: self._output},
-                                       cases={self.target: self._case})
-        if self.members:
-            u = disagreement(self._output, self._member_outputs, self._case.mask)
-            self.result.uncertainty[self.target] = label_uncertainty(self._case.to_image(u), image, self.members)
-            self.result.uncertainty_arrays[self.target] = u
-        return True
+        next(self._steps, None)
+        if self._steps.device != self.device:  # the CPU fallback: short CPU steps from now on
+            self.device = self._steps.device
+            if self._chosen_step:
+                self.slices_per_step = self._steps.slices_per_step = CPU_SLICES_PER_STEP
+        self.result = self._steps.result
+        return self.done
 
     def run(self, progress: Optional[Callable[[float], None]] = None) -> ImputationResult:
         """All steps in a row (console use); ``progress`` gets the fraction done after each step."""
@@ -167,28 +140,3 @@ class ChunkedImputation:
         if progress is not None:
             progress(1.0)
         return self.result  # type: ignore[return-value]
-
-    def _run_chunk(self) -> None:
-        start = self._next_slice
-        stop = min(start + int(self.slices_per_step or 1), self.total_slices)
-        chunk = {c: self._case.arrays[c][start:stop] for c in self.inputs}
-        try:
-            predicted = self._predict(chunk, self.batch_size)
-        except torch.cuda.OutOfMemoryError:
-            if self.device.type != "cuda":
-                raise
-            torch.cuda.empty_cache()
-            self.device = torch.device("cpu")
-            self.slices_per_step = 2
-            self.notes.append("The GPU ran out of memory even one slice at a time; the rest ran on the CPU.")
-            predicted = self._predict(chunk, 1)
-        self._output[start:stop] = predicted
-        self._next_slice = stop
-
-    def _predict(self, chunk: Mapping[str, np.ndarray], batch_size: Optional[int]) -> np.ndarray:
-        """The current pass on a chunk of slices: the imputation itself, or an uncertainty member."""
-        options = dict(device=self.device, batch_size=batch_size, precision=self.precision,
-                       spacing=self._case.spacing, cancel=self._cancel)
-        if self.current_pass == 0:
-            return impute_slices(self.model, chunk, self.target, **options)
-        return member_prediction(self.model, chunk, self.target, self.members[self.current_pass - 1], **options)

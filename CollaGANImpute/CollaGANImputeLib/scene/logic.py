@@ -269,7 +269,7 @@ class SceneLogic:
         provenance names it. Two inputs with identical voxels are refused.
         ``register``: align the inputs to the first one first (rigid, :mod:`CollaGANImputeLib.registration`).
         """
-        from ..pipeline import refuse_unusable_inputs
+        from ..refusals import refuse_unusable_inputs
         from .job import ChunkedImputation
 
         images = {}
@@ -291,7 +291,7 @@ class SceneLogic:
     def addResultToScene(self, job):
         """Add the finished job's image as '<target> (synthetic, CollaGAN)' with its ``collagan_*`` attributes and
         the description the CLI writes into its file header."""
-        from ..pipeline import synthetic_description
+        from ..provenance import synthetic_description
         from .names import synthetic_attributes, synthetic_node_name
 
         if job.result is None:
