@@ -1,6 +1,6 @@
 """Training slices: locate the data, split by patient, normalize through the core, store per case, batch.
 
-Every case goes through ``CollaGANImputeLib.pipeline.prepare_case`` on all its contrasts (canonical axial
+Every case goes through ``CollaGANImputeLib.case.prepare_case`` on all its contrasts (canonical axial
 orientation, inputs-only head mask, p99 units) and is brought to the model's in-plane grid by the core's
 ``SliceGrid``, exactly as inference and evaluation see it (a BraTS 240x240 slice at 1 mm is zero-padded to
 256x256; other spacings are resampled). Slices with enough head are stored per case under ``runs/cache``
@@ -30,12 +30,13 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import CollaGANImputeLib
 import numpy as np
 import torch
+from CollaGANImputeLib.case import prepare_case
+from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.contract import DEFAULT_PIXEL_SPACING
 from CollaGANImputeLib.errors import InputError
 from CollaGANImputeLib.evaluate import read_volume_allow_empty
 from CollaGANImputeLib.geometry import SliceGrid
 from CollaGANImputeLib.io import LESION_SUFFIX, OutputSet, find_case_files, find_lesion_mask
-from CollaGANImputeLib.pipeline import prepare_case, read_case
 
 from .config import TrainConfig
 

@@ -85,8 +85,8 @@ def training_input_profile(cfg: TrainConfig) -> dict:
     Why: the card carries what the training scans looked like, so that inference can warn about inputs unlike them.
     """
     from CollaGANImputeLib import __version__
+    from CollaGANImputeLib.case_files import training_profile_from_folders
     from CollaGANImputeLib.input_check import PROFILE_VERSION
-    from CollaGANImputeLib.pipeline import training_profile_from_folders
 
     from .data_loader import load_or_make_split, locate_lgg, repo_path
 

@@ -27,12 +27,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from CollaGANImputeLib.case_files import read_case, training_profile_from_folders
 from CollaGANImputeLib.contract import load_model
 from CollaGANImputeLib.errors import InputCheckWarning, InputError
 from CollaGANImputeLib.evaluate import evaluate_cases, read_volume_allow_empty, score_imputation
 from CollaGANImputeLib.io import OutputSet, find_case_files, find_lesion_mask
 from CollaGANImputeLib.models import bundled_models
-from CollaGANImputeLib.pipeline import read_case, training_profile_from_folders
 
 from .config import TrainConfig
 from .data_loader import REPO_ROOT, SliceData, list_cases
