@@ -1,6 +1,6 @@
 """3D Slicer module: impute a missing MR contrast with CollaGAN, and score it against an acquired volume.
 
-A thin shell: the panel (Widget) wires the GUI to the logic; the Logic class delegates the work on the scene to
+A thin shell: the panel (Widget) wires the GUI to the logic; the Logic class inherits the work on the scene from
 ``CollaGANImputeLib.scene.logic.SceneLogic``, which needs MRML but not Qt (the project's tests run it on the
 slicer-core wheel), and that in turn calls the same core as the ``collagan-impute`` CLI. Volumes cross between
 nodes and SimpleITK in ``CollaGANImputeLib.scene.nodes`` (RAS <-> LPS). The GUI never blocks: the work runs in
@@ -13,15 +13,18 @@ Console example (Slicer's Python console; see docs/SLICER_MODULE.md for more):
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import pathlib
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import qt
 import slicer
-import vtk
+
+# Torch-free at load time: the core (torch) loads on first use, after the panel has offered to install it.
+from CollaGANImputeLib.scene.application import ApplicationLogic, registerSampleData
+from CollaGANImputeLib.scene.logic import SceneLogic
+from CollaGANImputeLib.scene.selftest import ModuleSelfTest
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -33,12 +36,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-#: Import name -> pip requirement. SimpleITK and numpy ship with Slicer; torch preferably comes from the
-#: PyTorch extension, which picks the CUDA build matching the driver.
-PYTHON_REQUIREMENTS = {"torch": "torch>=2.0", "skimage": "scikit-image>=0.20"}
 MODEL_FILE_ITEM = "Model file..."
-SAMPLE_CASE = "TCGA-HT-7882"
-SAMPLE_CONTRASTS = ("t1n", "t1c", "t2f")
 PAPER = ("Lee D, Kim J, Moon W-J, Ye JC. CollaGAN: Collaborative GAN for Missing Image Data Imputation. "
          "CVPR 2019, pp. 2487-2496.")
 
@@ -75,46 +73,6 @@ class CollaGANImpute(ScriptedLoadableModule):
             "trained on that collection carry the same licence."
         )
         slicer.app.connect("startupCompleted()", registerSampleData)
-
-
-def sampleCaseFolder() -> Optional[pathlib.Path]:
-    """The bundled sample case: <module>/Resources/SampleData when installed, <repo>/Resources in a checkout."""
-    here = pathlib.Path(__file__).resolve().parent
-    for resources in (here / "Resources", here.parent / "Resources"):
-        folder = resources / "SampleData" / SAMPLE_CASE
-        if folder.is_dir():
-            return folder
-    return None
-
-
-def loadSampleCase(source=None) -> list:
-    """Load the bundled case: three contrasts as volumes, the lesion mask as a label map."""
-    folder = sampleCaseFolder()
-    if folder is None:
-        raise RuntimeError(f"The sample case {SAMPLE_CASE} is not installed; reinstall the CollaGAN extension.")
-    nodes = [slicer.util.loadVolume(str(folder / f"{SAMPLE_CASE}-{c}.nii.gz")) for c in SAMPLE_CONTRASTS]
-    nodes.append(slicer.util.loadLabelVolume(str(folder / f"{SAMPLE_CASE}-seg.nii.gz")))
-    return nodes
-
-
-def registerSampleData():
-    """Add the bundled LGG case to the Sample Data module (files are local: no download)."""
-    import SampleData
-
-    folder = sampleCaseFolder()
-    if folder is None:
-        return
-    names = [f"{SAMPLE_CASE}-{c}" for c in (*SAMPLE_CONTRASTS, "seg")]
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="CollaGAN",
-        sampleName=f"CollaGAN LGG case {SAMPLE_CASE}",
-        uris=[(folder / f"{name}.nii.gz").as_uri() for name in names],
-        fileNames=[f"{name}.nii.gz" for name in names],
-        nodeNames=names,
-        thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "CollaGANSample.png"),
-        loadFileType=["VolumeFile", "VolumeFile", "VolumeFile", "LabelMapVolumeFile"],
-        customDownloader=loadSampleCase,
-    )
 
 
 #
@@ -517,221 +475,21 @@ class CollaGANImputeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
+class CollaGANImputeLogic(ScriptedLoadableModuleLogic, ApplicationLogic, SceneLogic):
     """Everything the panel does, usable from the Python console without the widget.
 
-    A thin shell: the work on the scene is done by ``CollaGANImputeLib.scene.logic.SceneLogic`` (Qt-free; the
-    same code runs on the slicer-core wheel in the project's tests and in other front ends). This class adds
-    what needs the Slicer application: installing the Python packages and showing results in the views.
+    The work on the scene is ``CollaGANImputeLib.scene.logic.SceneLogic``'s (Qt-free; the same code runs on the
+    slicer-core wheel in the project's tests and in other front ends), on ``slicer.mrmlScene``;
+    ``CollaGANImputeLib.scene.application.ApplicationLogic`` adds what needs the Slicer application: installing
+    the Python packages and showing results in the views.
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._core = None
-
-    @property
-    def core(self):
-        """The Qt-free SceneLogic on slicer.mrmlScene, created on first use (it imports the core, hence torch:
-        the panel asks for it only once the dependencies are installed)."""
-        if self._core is None:
-            from CollaGANImputeLib.scene.logic import SceneLogic
-
-            self._core = SceneLogic(slicer.mrmlScene)
-        return self._core
-
-    @property
-    def lastResults(self) -> dict:
-        return self.core.lastResults
+        SceneLogic.__init__(self, slicer.mrmlScene)
 
     def getParameterNode(self) -> CollaGANImputeParameterNode:
-        return CollaGANImputeParameterNode(super().getParameterNode())
-
-    # --- dependencies -------------------------------------------------------------------------------------
-
-    @staticmethod
-    def missingDependencies() -> list:
-        """Pip requirements whose package cannot be imported (checked without importing it)."""
-        return [req for module, req in PYTHON_REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
-
-    def dependenciesReady(self) -> bool:
-        return not self.missingDependencies()
-
-    def installDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install torch (PyTorch extension when present) and scikit-image; True when both import afterwards.
-
-        Slicer >= 5.12 uses slicer.packaging.pip_ensure (asks, shows progress, offers a restart when needed);
-        older versions ask here and use slicer.util.pip_install.
-        """
-        missing = self.missingDependencies()
-        if not missing:
-            return True
-        if importlib.util.find_spec("torch") is None:
-            try:
-                import PyTorchUtils  # the PyTorch extension: installs the CUDA build matching the driver
-            except ImportError:
-                PyTorchUtils = None
-            if PyTorchUtils is not None:
-                torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-                if not torchLogic.torchInstalled():
-                    if torchLogic.installTorch(askConfirmation, None, ">=2.0") is None:
-                        return False  # the user declined
-                missing = [req for req in missing if not req.startswith("torch")]
-        if missing:
-            try:  # importlib keeps 'slicer' a global name here (an import statement would make it local)
-                hasEnsure = hasattr(importlib.import_module("slicer.packaging"), "pip_ensure")
-            except ImportError:
-                hasEnsure = False
-            if hasEnsure:  # Slicer >= 5.12
-                slicer.packaging.pip_ensure(missing, requester="CollaGANImpute", prompt_install=askConfirmation)
-            else:
-                if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                        _("CollaGANImpute will download and install: {packages}. This can take a few minutes. "
-                          "Continue?").format(packages=", ".join(missing)), windowTitle=_("Install packages")):
-                    return False
-                slicer.util.pip_install(" ".join(missing))
-        importlib.invalidate_caches()
-        if self.missingDependencies():
-            if slicer.util.confirmYesNoDisplay(
-                    _("The packages were installed but cannot be loaded until Slicer restarts. Restart now?"),
-                    windowTitle=_("Restart needed")):
-                slicer.util.restart()
-            return False
-        return True
-
-    # --- the Qt-free logic (CollaGANImputeLib.scene.logic.SceneLogic), one line each ------------------------
-
-    def bundledModelNames(self) -> list:
-        return self.core.bundledModelNames()
-
-    def loadModel(self, source: Optional[str] = None, device: str = "cpu"):
-        """A bundled model by name, a model file by path, or the default bundled model (None); cached."""
-        return self.core.loadModel(source, device=device)
-
-    def modelCard(self, source: str):
-        return self.core.modelCard(source)
-
-    def isSynthetic(self, node) -> bool:
-        return self.core.isSynthetic(node)
-
-    def guessInputNodes(self, contrasts: list, taken: tuple = ()) -> dict:
-        """Scalar volumes of the scene matched to the contrasts by name (label maps and synthetic excluded)."""
-        return self.core.guessInputNodes(contrasts, taken=taken)
-
-    def defaultTarget(self, contrasts: list, inputs: dict) -> Optional[str]:
-        return self.core.defaultTarget(contrasts, inputs)
-
-    def describeDevice(self, choice: str) -> str:
-        return self.core.describeDevice(choice)
-
-    def setParameters(self, inputs: Optional[dict] = None, **values) -> None:
-        self.core.setParameters(inputs=inputs, **values)
-
-    def parameters(self) -> dict:
-        return self.core.parameters()
-
-    def startImputation(self, inputNodes: dict, model, target: str, device: str = "auto", batchSize: int = 8,
-                        cancel=None, precision: str = "auto", uncertainty: bool = False, allowSynthetic: bool = False,
-                        register: bool = False):
-        """Copy the input volumes out of the scene and return a ChunkedImputation to step (GUI) or run;
-        ``uncertainty`` also computes the uncertainty map; a synthetic input node is refused unless
-        ``allowSynthetic`` (then named in the result's provenance); ``register`` aligns the inputs to the first one
-        first."""
-        return self.core.startImputation(inputNodes, model, target, device=device, batchSize=batchSize,
-                                         cancel=cancel, precision=precision, uncertainty=uncertainty,
-                                         allowSynthetic=allowSynthetic, register=register)
-
-    def addResultToScene(self, job, showNextTo=None):
-        """Add the finished job's image as '<target> (synthetic, CollaGAN)', shown beside ``showNextTo``; its
-        uncertainty map, if computed, as a coloured overlay on it."""
-        node = self.core.addResultToScene(job)
-        if showNextTo is not None:
-            self.showSideBySide(node, showNextTo)
-        uncertainty = self.uncertaintyNodeFor(node)
-        if uncertainty is not None:
-            self.showOverlay(node, uncertainty)
-        return node
-
-    def uncertaintyNodeFor(self, syntheticNode):
-        """The uncertainty map computed with a synthetic volume (None if none was)."""
-        return self.core.uncertaintyNodeFor(syntheticNode)
-
-    def uncertaintyLegendText(self, syntheticNode) -> str:
-        return self.core.uncertaintyLegendText(syntheticNode)
-
-    def imputeNodes(self, inputNodes: dict, model=None, target: Optional[str] = None, device: str = "auto",
-                    batchSize: int = 8, progress: Optional[Callable[[float], None]] = None, cancel=None,
-                    precision: str = "auto", uncertainty: bool = False, allowSynthetic: bool = False,
-                    register: bool = False):
-        """Console use: impute ``target`` (default: the first missing contrast) from scene volumes; returns the
-        new node. ``model`` is a LoadedModel, a bundled model name, a file path, or None for the default.
-        ``uncertainty``: also the uncertainty map (``uncertaintyNodeFor(node)``). ``allowSynthetic``: use a
-        synthetic input volume (refused by default; named in the result's provenance). ``register``: align the
-        inputs to the first one first (rigid; the transforms are in the node's ``collagan_registration`` attribute)."""
-        return self.core.imputeNodes(inputNodes, model=model, target=target, device=device, batchSize=batchSize,
-                                     progress=progress, cancel=cancel, precision=precision, uncertainty=uncertainty,
-                                     allowSynthetic=allowSynthetic, register=register)
-
-    def imputeCaseFolder(self, folder: str, model=None, outDir: Optional[str] = None, load: bool = True, **kwargs):
-        """Impute a BraTS-named case folder from disk (exactly the CLI's core call), optionally loading results."""
-        return self.core.imputeCaseFolder(folder, model=model, outDir=outDir, load=load, **kwargs)
-
-    def isCancellation(self, error: Exception) -> bool:
-        return self.core.isCancellation(error)
-
-    def plainError(self, error: Exception) -> str:
-        return self.core.plainError(error)
-
-    def bannerText(self, node) -> str:
-        return self.core.bannerText(node)
-
-    def compare(self, syntheticNode, referenceNode, inputNodes: dict, lesionNode=None, show: bool = True):
-        """Score a synthetic volume against the acquired one: a table node, an error-map volume with a colour
-        legend and a per-slice SSIM plot (SceneLogic.compare); ``show`` puts them in the views."""
-        outputs = self.core.compare(syntheticNode, referenceNode, inputNodes, lesionNode=lesionNode)
-        if show:
-            slicer.util.setSliceViewerLayers(background=referenceNode, foreground=outputs.errorNode,
-                                             foregroundOpacity=0.6,
-                                             label=lesionNode if lesionNode is not None and lesionNode.IsA(
-                                                 "vtkMRMLLabelMapVolumeNode") else None)
-            slicer.modules.plots.logic().ShowChartInLayout(outputs.chartNode)
-        elif outputs.legendNode is not None:
-            outputs.legendNode.SetVisibility(False)
-        return outputs
-
-    def exportScores(self, outputs, path: str) -> pathlib.Path:
-        return self.core.exportScores(outputs, path)
-
-    # --- Slicer application only ----------------------------------------------------------------------------
-
-    @staticmethod
-    def showOverlay(syntheticNode, overlayNode, opacity: float = 0.6) -> None:
-        """``overlayNode`` (the uncertainty map) in colour over ``syntheticNode`` in the views that show it."""
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is None:
-            slicer.util.setSliceViewerLayers(background=syntheticNode, foreground=overlayNode,
-                                             foregroundOpacity=opacity)
-            return
-        for viewName in layoutManager.sliceViewNames():
-            composite = layoutManager.sliceWidget(viewName).mrmlSliceCompositeNode()
-            if composite.GetBackgroundVolumeID() == syntheticNode.GetID():
-                composite.SetForegroundVolumeID(overlayNode.GetID())
-                composite.SetForegroundOpacity(opacity)
-
-    @staticmethod
-    def showSideBySide(syntheticNode, inputNode) -> None:
-        """Synthetic volume in the left (red) view, an input in the right (yellow) one, both axial and linked."""
-        slicer.util.setSliceViewerLayers(background=syntheticNode, foreground=None, fit=True)
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is None:  # no main window (batch or test runs)
-            return
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
-        for viewName, volume in (("Red", syntheticNode), ("Yellow", inputNode)):
-            sliceWidget = layoutManager.sliceWidget(viewName)
-            sliceWidget.mrmlSliceNode().SetOrientation("Axial")
-            composite = sliceWidget.mrmlSliceCompositeNode()
-            composite.SetBackgroundVolumeID(volume.GetID())
-            composite.SetLinkedControl(True)
-            sliceWidget.fitSliceToBackground()
+        return CollaGANImputeParameterNode(ScriptedLoadableModuleLogic.getParameterNode(self))
 
 
 #
@@ -739,136 +497,9 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
 #
 
 
-class CollaGANImputeTest(ScriptedLoadableModuleTest):
-    """Sample case end to end: impute, geometry, labels, scores, and cancel leaving the scene unchanged."""
+class CollaGANImputeTest(ModuleSelfTest, ScriptedLoadableModuleTest):
+    """Sample case end to end: impute, geometry, labels, scores, and cancel leaving the scene unchanged. The steps
+    are ``CollaGANImputeLib.scene.selftest``'s, first among the bases so that its runTest and setUp override the
+    empty ones of ScriptedLoadableModuleTest."""
 
-    def setUp(self) -> None:
-        slicer.mrmlScene.Clear()
-
-    def runTest(self) -> None:
-        self.setUp()
-        self.test_ImputeSampleCase()
-        self.setUp()
-        self.test_CancelLeavesSceneUnchanged()
-        self.setUp()
-        self.test_WidgetCancelButton()
-        self.setUp()
-        self.test_ParameterNodeSharedWithPanel()
-        self.setUp()
-        self.test_UncertaintyOverlay()
-
-    def _model(self):
-        """The default bundled model, or a small real TorchScript conv net exported here when none is bundled."""
-        logic = CollaGANImputeLogic()
-        if logic.bundledModelNames():
-            return logic.loadModel(None)
-        import torch
-        from CollaGANImputeLib import ModelCard, load_model, save_model
-
-        torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Conv2d(6, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 1))
-        path = os.path.join(slicer.app.temporaryPath, "collagan-selftest.pt")
-        save_model(net, ModelCard(name="selftest", contrasts=list(SAMPLE_CONTRASTS), licence="test only"), path)
-        return load_model(path)
-
-    def _sampleNodes(self) -> dict:
-        nodes = loadSampleCase()
-        return dict(zip((*SAMPLE_CONTRASTS, "seg"), nodes))
-
-    def test_ImputeSampleCase(self) -> None:
-        self.delayDisplay("Imputing t1c of the sample case")
-        import numpy as np
-
-        logic = CollaGANImputeLogic()
-        nodes = self._sampleNodes()
-        guessed = logic.guessInputNodes(list(SAMPLE_CONTRASTS))
-        self.assertEqual({c: n.GetName() for c, n in guessed.items()},
-                         {c: f"{SAMPLE_CASE}-{c}" for c in SAMPLE_CONTRASTS})
-        node = logic.imputeNodes({"t1n": nodes["t1n"], "t2f": nodes["t2f"]}, model=self._model(), target="t1c",
-                                 device="cpu")
-        self.assertEqual(node.GetAttribute("collagan_synthetic"), "true")
-        self.assertEqual(node.GetAttribute("collagan_inputs"), "t1n,t2f")
-        self.assertTrue(node.GetName().startswith("t1c (synthetic, CollaGAN)"))
-        self.assertEqual(node.GetImageData().GetDimensions(), nodes["t1n"].GetImageData().GetDimensions())
-        produced, expected = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        node.GetIJKToRASMatrix(produced)
-        nodes["t1n"].GetIJKToRASMatrix(expected)
-        for i in range(4):
-            for j in range(4):
-                self.assertAlmostEqual(produced.GetElement(i, j), expected.GetElement(i, j), places=4)
-        self.assertTrue(np.isfinite(slicer.util.arrayFromVolume(node)).all())
-
-        outputs = logic.compare(node, nodes["t1c"], {"t1n": nodes["t1n"], "t2f": nodes["t2f"]},
-                                lesionNode=nodes["seg"], show=False)
-        scores = outputs.comparison.scores
-        for key in ("nmse", "psnr", "ssim", "lesion_nmse", "lesion_ssim"):
-            self.assertTrue(np.isfinite(scores[key]), key)
-        self.assertGreater(scores["lesion_voxels"], 0)
-        self.assertEqual(outputs.tableNode.GetNumberOfRows(), len(scores))  # one row per score (v2 included)
-        self.assertEqual(outputs.errorNode.GetDisplayNode().GetWindowLevelMax(), outputs.comparison.error_limit)
-        csvPath = os.path.join(slicer.app.temporaryPath, "collagan-selftest-scores.csv")
-        self.assertTrue(os.path.isfile(logic.exportScores(outputs, csvPath)))
-        self.delayDisplay("Imputation and comparison passed")
-
-    def test_UncertaintyOverlay(self) -> None:
-        self.delayDisplay("Imputing t1c with its uncertainty map")
-        logic = CollaGANImputeLogic()
-        nodes = self._sampleNodes()
-        node = logic.imputeNodes({"t1n": nodes["t1n"], "t2f": nodes["t2f"]}, model=self._model(), target="t1c",
-                                 device="cpu", uncertainty=True)
-        overlay = logic.uncertaintyNodeFor(node)
-        self.assertIsNotNone(overlay)
-        self.assertEqual(overlay.GetAttribute("collagan_uncertainty"), "true")
-        self.assertEqual(overlay.GetImageData().GetDimensions(), node.GetImageData().GetDimensions())
-        self.assertIn("disagree by more than 0.2", logic.uncertaintyLegendText(node))
-        logic.showOverlay(node, overlay)
-        self.delayDisplay("Uncertainty overlay passed")
-
-    def test_CancelLeavesSceneUnchanged(self) -> None:
-        self.delayDisplay("Cancelling an imputation")
-        logic = CollaGANImputeLogic()
-        nodes = self._sampleNodes()
-        before = slicer.mrmlScene.GetNumberOfNodes()
-        job = logic.startImputation({"t1n": nodes["t1n"], "t2f": nodes["t2f"]}, self._model(), "t1c", device="cpu")
-        job.step()  # preparation
-        job.step()  # first slices
-        job.cancel()
-        with self.assertRaises(Exception) as raised:
-            job.step()
-        self.assertTrue(logic.isCancellation(raised.exception))
-        self.assertIsNone(job.result)
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
-        self.delayDisplay("Cancel passed")
-
-    def test_ParameterNodeSharedWithPanel(self) -> None:
-        """The Qt-free logic writes the keys the panel's parameterNodeWrapper reads, on Slicer's own node."""
-        self.delayDisplay("Parameter node keys")
-        logic = CollaGANImputeLogic()
-        nodes = self._sampleNodes()
-        logic.setParameters(inputs={"t1n": nodes["t1n"]}, modelName="selftest", target="t1c",
-                            referenceVolume=nodes["t1c"])
-        wrapped = logic.getParameterNode()
-        self.assertEqual(wrapped.parameterNode.GetID(), logic.core.getParameterNode().GetID())
-        self.assertEqual((wrapped.modelName, wrapped.target), ("selftest", "t1c"))
-        self.assertEqual(wrapped.referenceVolume.GetID(), nodes["t1c"].GetID())
-        self.assertEqual(logic.parameters()["inputs"]["t1n"].GetID(), nodes["t1n"].GetID())
-        self.delayDisplay("Parameter node passed")
-
-    def test_WidgetCancelButton(self) -> None:
-        self.delayDisplay("Impute button turns into Cancel")
-        self._sampleNodes()
-        widget = slicer.util.getModuleWidget("CollaGANImpute")
-        if not widget.logic.bundledModelNames():
-            self.delayDisplay("No bundled model: widget cancel test skipped (the logic cancel test ran)")
-            return
-        widget.onGuessInputs()
-        widget.ui.targetComboBox.setCurrentText("t1c")
-        before = slicer.mrmlScene.GetNumberOfNodes()
-        widget.onImputeButton()
-        self.assertEqual(widget.ui.imputeButton.text, "Cancel")
-        widget.onImputeButton()  # = Cancel
-        for _tick in range(5):
-            slicer.app.processEvents()
-        self.assertIsNone(widget._job)
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
-        self.delayDisplay("Widget cancel passed")
+    logicClass = CollaGANImputeLogic

@@ -29,9 +29,12 @@ MODULE_FILE = MODULE_DIR / "CollaGANImpute.py"
 SCENE_DIR = MODULE_DIR / "CollaGANImputeLib" / "scene"
 SCENE_LOGIC_FILE = SCENE_DIR / "logic.py"
 #: The Qt-free Slicer side: needs MRML (Slicer or slicer-core) ...
-SCENE_FILES = [SCENE_LOGIC_FILE, SCENE_DIR / "nodes.py"]
+SCENE_FILES = [SCENE_LOGIC_FILE, SCENE_DIR / "nodes.py", SCENE_DIR / "parameters.py", SCENE_DIR / "model_cache.py",
+               SCENE_DIR / "inputs.py", SCENE_DIR / "imputation.py", SCENE_DIR / "display.py"]
 #: ... and the parts that need only the core.
 SLICER_FREE_SCENE_FILES = [SCENE_DIR / "names.py", SCENE_DIR / "job.py", SCENE_DIR / "comparison.py"]
+#: ... and what the module's Logic and self-test inherit that needs the Slicer application (views, packages).
+APP_FILES = [SCENE_DIR / "application.py", SCENE_DIR / "selftest.py"]
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "CollaGANImpute.ui"
 CHECKED_MODULES = ("slicer.util", "slicer.packaging", "sitkUtils")
 SLM_MODULE = "slicer.ScriptedLoadableModule"
@@ -289,6 +292,29 @@ def ui_attributes_used(tree: ast.AST) -> dict[str, int]:
     return used
 
 
+def class_methods(name: str, files: Iterable[Path] = (MODULE_FILE, *SCENE_FILES, *APP_FILES)
+                  ) -> dict[str, ast.FunctionDef]:
+    """The methods of class ``name`` with those it inherits from classes defined in ``files`` (Slicer's own bases
+    are not followed): method name -> its definition, the nearest one winning as in Python's method order."""
+    classes: dict[str, ast.ClassDef] = {}
+    for path in files:
+        for node in ast.walk(ast.parse(Path(path).read_text())):
+            if isinstance(node, ast.ClassDef):
+                classes.setdefault(node.name, node)
+    found: dict[str, ast.FunctionDef] = {}
+
+    def visit(cls: ast.ClassDef) -> None:
+        for item in cls.body:
+            if isinstance(item, ast.FunctionDef):
+                found.setdefault(item.name, item)
+        for base in cls.bases:
+            if isinstance(base, ast.Name) and base.id in classes:
+                visit(classes[base.id])
+
+    visit(classes[name])
+    return found
+
+
 def parameter_fields(tree: ast.AST) -> dict[str, str]:
     """Fields of the @parameterNodeWrapper class: name -> annotation source."""
     for node in ast.walk(tree):
@@ -296,6 +322,85 @@ def parameter_fields(tree: ast.AST) -> dict[str, str]:
             return {s.target.id: ast.unparse(s.annotation) for s in node.body
                     if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
     return {}
+
+
+def parameter_defaults(tree: ast.AST) -> dict[str, object]:
+    """Defaults of the @parameterNodeWrapper class's fields that have one: name -> value (a literal)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(_dotted(d) == "parameterNodeWrapper" for d in node.decorator_list):
+            return {s.target.id: ast.literal_eval(s.value) for s in node.body
+                    if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name) and s.value is not None}
+    return {}
+
+
+#: Annotation of a scene parameter field's kind in the panel's parameterNodeWrapper.
+FIELD_TYPES = {"text": "str", "path": "pathlib.Path", "int": "int", "volume": "vtkMRMLScalarVolumeNode"}
+
+
+def wrapper_annotation(field) -> str:
+    """The annotation a ``scene.parameters.ParameterField`` has in the panel's wrapper, as ``ast.unparse`` writes it."""
+    base = FIELD_TYPES[field.kind]
+    if field.choices:
+        return f"Annotated[{base}, Choice({list(field.choices)!r})]"
+    if field.within:
+        return f"Annotated[{base}, WithinRange({field.within[0]}, {field.within[1]})]"
+    return base
+
+
+def parameter_mismatches(tree: ast.AST, fields) -> list[str]:
+    """Where the panel's @parameterNodeWrapper class and the scene's declared fields disagree: names and order,
+    annotations (type, choices, range) and defaults."""
+    declared, defaults = parameter_fields(tree), parameter_defaults(tree)
+    problems = []
+    if list(declared) != [f.name for f in fields]:
+        problems.append(f"fields {list(declared)} in the wrapper, {[f.name for f in fields]} in the scene")
+    for field in fields:
+        if field.name in declared and declared[field.name] != wrapper_annotation(field):
+            problems.append(f"{field.name}: '{declared[field.name]}' in the wrapper, '{wrapper_annotation(field)}' "
+                            "from the scene")
+        if field.name in declared and defaults.get(field.name) != field.default:
+            problems.append(f"{field.name}: default {defaults.get(field.name)!r} in the wrapper, {field.default!r} "
+                            "in the scene")
+    return problems
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """Modules a file imports when it is loaded (not inside functions or ``if TYPE_CHECKING:``), relative imports
+    resolved to full names within the ``CollaGANImputeLib`` package."""
+    package = ".".join(path.relative_to(MODULE_DIR).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        blocks = [node]
+        if isinstance(node, ast.Try):
+            blocks = node.body + [s for h in node.handlers for s in h.body]
+        for statement in blocks:
+            if isinstance(statement, ast.Import):
+                found |= {a.name for a in statement.names}
+            elif isinstance(statement, ast.ImportFrom):
+                if statement.level:
+                    base = package.split(".")[:len(package.split(".")) - statement.level + 1]
+                    found.add(".".join(base + ([statement.module] if statement.module else [])))
+                else:
+                    found.add(statement.module or "")
+    return found
+
+
+def loaded_at_import(module: str) -> set[str]:
+    """Every module importing ``module`` (a ``CollaGANImputeLib`` module) loads, following the package's own."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = MODULE_DIR.joinpath(*name.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        if name.startswith("CollaGANImputeLib") and path.is_file():
+            parts = name.split(".")
+            todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages load first
+            todo += sorted(top_level_imports(path))
+    return seen
 
 
 #: Widget class -> predicate on the field's annotation, after Slicer's GUI connectors (guiConnectors.py).

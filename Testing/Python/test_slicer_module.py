@@ -20,6 +20,8 @@ import slicer_checks as checks
 REPO = checks.REPO
 MODULE_SOURCE = checks.MODULE_FILE.read_text()
 MODULE_TREE = ast.parse(MODULE_SOURCE)
+#: The module file and what its Logic and self-test inherit that needs the Slicer application.
+APP_SOURCES = {path.name: path.read_text() for path in checks.APP_FILES}
 DOC = REPO / "docs" / "SLICER_MODULE.md"
 
 
@@ -61,7 +63,7 @@ def test_checker_reports_each_kind_of_mistake(api):
 
 def test_module_uses_only_existing_slicer_api(api):
     assert checks.check_source(MODULE_SOURCE, api) == []
-    for path in checks.SCENE_FILES:  # the Qt-free logic: its slicer.util calls too
+    for path in checks.SCENE_FILES + checks.APP_FILES:  # the logic the module inherits: its slicer.util calls too
         assert checks.check_source(path.read_text(), api) == [], path.name
 
 
@@ -85,6 +87,7 @@ def test_slicer_util_calls_match_the_installed_slicer_core():
         assert expected in problems, f"not reported: {expected}\n{problems}"
     sources = {checks.MODULE_FILE.name: MODULE_SOURCE}
     sources.update({path.name: path.read_text() for path in checks.SCENE_FILES})
+    sources.update(APP_SOURCES)
     sources.update({f"{DOC.name} block {i}": code for i, (_r, code) in enumerate(BLOCKS)})
     called = set()
     for name, source in sources.items():
@@ -122,8 +125,7 @@ def test_module_has_the_four_scripted_module_classes():
                        ("CollaGANImputeLogic", "ScriptedLoadableModuleLogic"),
                        ("CollaGANImputeTest", "ScriptedLoadableModuleTest")):
         assert base in bases.get(name, []), f"{name}({base}) missing"
-    test_methods = {n.name for n in ast.walk(MODULE_TREE)
-                    if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
+    test_methods = {name for name in checks.class_methods("CollaGANImputeTest") if name.startswith("test_")}
     assert {"test_ImputeSampleCase", "test_CancelLeavesSceneUnchanged"} <= test_methods
 
 
@@ -140,11 +142,52 @@ def test_module_does_no_computing_of_its_own():
 
 
 def test_module_imports_no_core_at_load_time():
-    """Slicer must load the module before torch is installed (the panel then offers to install it)."""
-    top_level = [n for n in MODULE_TREE.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    names = [n.module if isinstance(n, ast.ImportFrom) else a.name for n in top_level
-             for a in (n.names if isinstance(n, ast.Import) else [None])]
-    assert not any(str(m).startswith(("CollaGANImputeLib", "torch", "skimage")) for m in names), names
+    """Slicer must load the module before torch is installed (the panel then offers to install it): at load time
+    it imports only the torch-free scene logic it inherits, and that nothing of torch or scikit-image."""
+    top_level = checks.top_level_imports(checks.MODULE_FILE)
+    ours = {m for m in top_level if m.startswith("CollaGANImputeLib")}
+    assert ours == {"CollaGANImputeLib.scene.application", "CollaGANImputeLib.scene.logic",
+                    "CollaGANImputeLib.scene.selftest"}, ours
+    loaded = set().union(*(checks.loaded_at_import(m) for m in ours))
+    assert "CollaGANImputeLib.scene.nodes" in loaded and "CollaGANImputeLib.errors" in loaded  # not vacuous
+    heavy = {m for m in loaded if m.split(".")[0] in ("torch", "skimage", "scipy")
+             or m in ("CollaGANImputeLib.pipeline", "CollaGANImputeLib.inference", "CollaGANImputeLib.contract")}
+    assert not heavy, heavy
+
+
+def test_load_time_check_follows_imports():
+    assert "CollaGANImputeLib.inference" in checks.loaded_at_import("CollaGANImputeLib.scene.job")
+    assert "torch" in checks.loaded_at_import("CollaGANImputeLib.scene.job")
+
+
+def test_logic_inherits_the_scene_logic_and_forwards_nothing():
+    logic = next(n for n in MODULE_TREE.body if isinstance(n, ast.ClassDef) and n.name == "CollaGANImputeLogic")
+    assert [checks._dotted(b) for b in logic.bases] == ["ScriptedLoadableModuleLogic", "ApplicationLogic",
+                                                         "SceneLogic"]
+    for method in [n for n in logic.body if isinstance(n, ast.FunctionDef)]:
+        body = [s for s in method.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+        call = body[0].value if len(body) == 1 and isinstance(body[0], (ast.Return, ast.Expr)) else None
+        forwarded = isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and \
+            isinstance(call.func.value, ast.Attribute) and checks._dotted(call.func.value.value) == "self"
+        assert not forwarded, f"CollaGANImputeLogic.{method.name} only forwards to self.{call.func.value.attr}"
+    methods = _logic_methods()
+    readme = (REPO / "README.md").read_text()
+    console = set(re.findall(r"\blogic\.(\w+)\(", readme))
+    assert {"loadModel", "imputeNodes", "guessInputNodes"} <= console
+    assert console <= set(methods), console - set(methods)
+
+
+def test_parameter_node_wrapper_declares_the_scene_fields():
+    from CollaGANImputeLib.scene.parameters import FIELDS
+
+    assert checks.parameter_mismatches(MODULE_TREE, FIELDS) == []
+    line = "    batchSize: Annotated[int, WithinRange(1, 64)] = 8\n"
+    assert line in MODULE_SOURCE
+    narrower = checks.parameter_mismatches(ast.parse(MODULE_SOURCE.replace(
+        line, "    batchSize: Annotated[int, WithinRange(1, 32)] = 4\n")), FIELDS)
+    assert len(narrower) == 2 and all(p.startswith("batchSize:") for p in narrower), narrower
+    dropped = checks.parameter_mismatches(ast.parse(MODULE_SOURCE.replace(line, "")), FIELDS)
+    assert dropped and dropped[0].startswith("fields "), dropped
 
 
 # --- .ui --------------------------------------------------------------------------------------------------------
@@ -284,7 +327,8 @@ def test_icons_are_real_pngs(path, size):
 def test_help_and_acknowledgement_name_licence_and_paper():
     assert "CC BY-NC-SA 4.0" in MODULE_SOURCE and "CVPR 2019" in MODULE_SOURCE
     assert '"Image Synthesis"' in MODULE_SOURCE
-    assert "registerCustomSampleDataSource" in MODULE_SOURCE and "startupCompleted()" in MODULE_SOURCE
+    assert "startupCompleted()" in MODULE_SOURCE and "registerSampleData" in MODULE_SOURCE
+    assert "registerCustomSampleDataSource" in APP_SOURCES["application.py"]
 
 
 # --- docs/SLICER_MODULE.md --------------------------------------------------------------------------------------
@@ -294,9 +338,9 @@ BLOCKS = checks.python_blocks(DOC_TEXT)
 SETTINGS = {"MODEL_PATH", "CASE_DIR", "CASES_DIR", "OUT_DIR"}
 
 
-def _logic_methods(tree: ast.AST = MODULE_TREE, name: str = "CollaGANImputeLogic") -> dict[str, ast.FunctionDef]:
-    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == name)
-    return {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)}
+def _logic_methods(name: str = "CollaGANImputeLogic") -> dict[str, ast.FunctionDef]:
+    """The class's methods, inherited ones included (the module's Logic inherits the scene logic)."""
+    return checks.class_methods(name)
 
 
 def test_doc_has_three_console_snippets_two_of_them_runnable():
@@ -308,7 +352,7 @@ def test_doc_has_three_console_snippets_two_of_them_runnable():
 
 
 def test_doc_snippets_call_existing_api(api):
-    scene_logic = _logic_methods(ast.parse(checks.SCENE_LOGIC_FILE.read_text()), "SceneLogic")
+    scene_logic = _logic_methods("SceneLogic")
     for _runnable, code in BLOCKS:
         tree = ast.parse(code)  # every block is valid Python
         # `logic` is the module's Logic in Slicer's console, or the Qt-free SceneLogic where the block makes one
