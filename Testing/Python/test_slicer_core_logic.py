@@ -140,6 +140,24 @@ def test_cancel_mid_way_leaves_the_scene_as_it_was(logic, tiny, sample_case):
     assert not [n for n in logic.volumeNodes() if logic.isSynthetic(n)]
 
 
+def test_the_module_logic_extends_the_scene_logic_through_its_mixin(tiny, small_case):
+    """The Slicer module's Logic is SceneLogic with ApplicationLogic before it (and Slicer's base, absent here):
+    the console calls reach the scene logic, and the mixin's addResultToScene and compare extend it."""
+    from CollaGANImputeLib.scene.application import ApplicationLogic
+
+    logic = type("ModuleLogic", (ApplicationLogic, SceneLogic), {})(new_scene())
+    assert logic.missingDependencies() == [] and logic.dependenciesReady()
+    nodes = _read(logic, small_case)
+    inputs = {"t1n": nodes["t1n"], "t2f": nodes["t2f"]}
+    before = logic.scene.GetNumberOfNodes()
+    node = logic.imputeNodes(inputs, model=tiny, target="t1c", device="cpu", precision="fp32")
+    assert node.GetAttribute("collagan_synthetic") == "true" and node.GetID() in logic.lastResults
+    assert logic.scene.GetNumberOfNodes() > before
+    outputs = logic.compare(node, nodes["t1c"], inputs, show=False)
+    assert outputs.tableNode.GetNumberOfRows() == len(outputs.comparison.scores)
+    assert outputs.legendNode is not None and not outputs.legendNode.GetVisibility()  # hidden: show=False
+
+
 @pytest.fixture(scope="module")
 def compared(bundled, small_case):
     """The bundled model's t1c of the small case (fp32, as `evaluate` imputes) compared with the acquired one."""
