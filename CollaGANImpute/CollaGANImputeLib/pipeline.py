@@ -21,7 +21,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -229,7 +229,7 @@ class ImputationSteps:
 
 
 def impute_steps(images: Mapping[str, sitk.Image], model: LoadedModel, targets: Optional[Sequence[str]] = None,
-                 **options) -> ImputationSteps:
+                 **options: Any) -> ImputationSteps:
     """The imputation of :func:`impute` as steps to run one at a time (:class:`ImputationSteps`; ``options``:
     those of :func:`impute`, and ``slices_per_step``).
 

@@ -197,6 +197,29 @@ def test_out_of_memory_halves_the_batch(tiny_model_path):
     np.testing.assert_allclose(out, reference, atol=1e-6)
 
 
+def test_impute_steps_one_at_a_time_give_the_result_of_impute_and_stop_when_cancelled(tiny_model_path):
+    from CollaGANImputeLib.pipeline import impute_steps
+
+    model, images = load_model(tiny_model_path), _phantoms()
+    options = dict(device="cpu", precision="fp32", uncertainty=True)
+    expected = impute(images, model, targets=["t1c"], **options)
+    steps = impute_steps(images, model, ["t1c"], slices_per_step=5, **options)
+    seen = [(step.stage, step.done, step.total) for step in steps]
+    n_slices = expected.case.mask.shape[0]
+    assert steps.passes == 4 and seen[0] == ("prepared", 0, 0) and seen[-1] == ("imputed", 4 * n_slices, 4 * n_slices)
+    done = [d for stage, d, _total in seen if stage == "slices"]
+    assert done == sorted(done) and len(done) == 4 * -(-n_slices // 5)  # every pass in chunks of five slices
+    np.testing.assert_array_equal(steps.result.arrays["t1c"], expected.arrays["t1c"])
+    np.testing.assert_array_equal(steps.result.uncertainty_arrays["t1c"], expected.uncertainty_arrays["t1c"])
+    flag = threading.Event()
+    steps = impute_steps(images, model, ["t1c"], slices_per_step=5, cancel=flag, **options)
+    next(steps), next(steps)
+    flag.set()
+    with pytest.raises(Cancelled):
+        next(steps)
+    assert steps.result is None and steps.done == 5
+
+
 class _OutOfMemoryOffTheCpu(torch.nn.Module):
     """Acts like a GPU too small for even one slice: on any device but the CPU every batch runs out of memory."""
 
