@@ -13,7 +13,6 @@ import itertools
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,11 +21,12 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import write_text_atomic
 from .contract import LoadedModel
 from .errors import CollaGANError, InputError, ModelError
 from .figures import montage_png
 from .inference import CancelFlag
-from .io import OutputSet, case_name, find_lesion_mask, follow_umask, read_volume, synthetic_filename
+from .io import OutputSet, case_name, find_lesion_mask, read_volume, synthetic_filename
 from .metrics import (
     DEFAULT_PROTOCOL,
     METRIC_NAMES,
@@ -268,15 +268,6 @@ def summary_table(rows: list[dict]) -> list[dict]:
     return table
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    follow_umask(tmp)  # mkstemp makes it 0600: colleagues could not read the scores
-    os.replace(tmp, path)
-
-
 def _csv(rows: list[dict]) -> str:
     buffer = _io.StringIO()
     if rows:
@@ -356,14 +347,14 @@ def write_report(rows: list[dict], out_dir: os.PathLike | str,
     table = summary_table(rows)
     paths = {"cases_csv": out / "scores_per_case.csv", "summary_csv": out / "scores_summary.csv",
              "json": out / "scores.json", "markdown": out / "scores_summary.md"}
-    _atomic_text(paths["cases_csv"], _csv(rows))
-    _atomic_text(paths["summary_csv"], _csv(table))
+    write_text_atomic(paths["cases_csv"], _csv(rows))
+    write_text_atomic(paths["summary_csv"], _csv(table))
     protocols = sorted({row.get("protocol", DEFAULT_PROTOCOL) for row in rows}) or [DEFAULT_PROTOCOL]
     report = {"protocol": f"EVALUATION.md {', '.join(protocols)}", "summary": table, "cases": rows,
               "failed_cases": [{"case": case, "error": message} for case, message in failures or ()]}
-    _atomic_text(paths["json"], json.dumps(_json_safe(report), indent=2))
+    write_text_atomic(paths["json"], json.dumps(_json_safe(report), indent=2))
     failed = "".join(f"\n- not scored: {case}: {message}" for case, message in failures or ())
-    _atomic_text(paths["markdown"], markdown_table(table) + (f"\nFailed cases:{failed}\n" if failed else ""))
+    write_text_atomic(paths["markdown"], markdown_table(table) + (f"\nFailed cases:{failed}\n" if failed else ""))
     return paths
 
 

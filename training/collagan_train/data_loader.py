@@ -30,6 +30,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import CollaGANImputeLib
 import numpy as np
 import torch
+from CollaGANImputeLib.atomic import write_text_atomic
 from CollaGANImputeLib.contract import DEFAULT_PIXEL_SPACING
 from CollaGANImputeLib.errors import InputError
 from CollaGANImputeLib.evaluate import read_volume_allow_empty
@@ -109,10 +110,7 @@ def load_or_make_split(cfg: TrainConfig, folder: Path) -> dict:
                              "(--set split_file=runs/<cohort>_split.json, made on first use).")
         return split
     split = make_split(cases, cfg.n_val, cfg.split_seed, cfg.val_cases_required)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(split, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(split, indent=2) + "\n")
     return split
 
 
