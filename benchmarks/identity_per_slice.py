@@ -20,8 +20,8 @@ sys.path.insert(0, str(REPO / "CollaGANImpute"))
 
 import torch  # noqa: E402
 from CollaGANImputeLib import load_model  # noqa: E402
-from CollaGANImputeLib.evaluate import read_volume_allow_empty, score_imputation  # noqa: E402
-from CollaGANImputeLib.io import find_lesion_mask  # noqa: E402
+from CollaGANImputeLib.evaluate import score_imputation  # noqa: E402
+from CollaGANImputeLib.io import find_lesion_mask, read_lesion_mask  # noqa: E402
 from CollaGANImputeLib.metrics import contrast_identity, pearson  # noqa: E402
 from CollaGANImputeLib.pipeline import read_case  # noqa: E402
 
@@ -52,7 +52,7 @@ def main() -> None:
         folder = Path(args.data) / case
         images = read_case(folder, model.card.contrasts)
         lesion_path = find_lesion_mask(folder)
-        lesion = read_volume_allow_empty(lesion_path) if lesion_path else None
+        lesion = read_lesion_mask(lesion_path) if lesion_path else None
         scored = score_imputation(model, images, args.target, inputs, lesion, device="cpu")
         mask, pred, real = scored.mask, scored.pred, scored.real
         given = [scored.result.case.arrays[c] for c in inputs]

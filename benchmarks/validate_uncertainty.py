@@ -27,8 +27,7 @@ sys.path.insert(0, str(REPO / "CollaGANImpute"))
 
 import torch  # noqa: E402
 from CollaGANImputeLib import load_model  # noqa: E402
-from CollaGANImputeLib.evaluate import read_volume_allow_empty  # noqa: E402
-from CollaGANImputeLib.io import find_lesion_mask  # noqa: E402
+from CollaGANImputeLib.io import find_lesion_mask, read_lesion_mask  # noqa: E402
 from CollaGANImputeLib.metrics import UNCERTAINTY_NAMES, error_by_uncertainty_quantile, uncertainty_scores  # noqa: E402
 from CollaGANImputeLib.models import default_model  # noqa: E402
 from CollaGANImputeLib.pipeline import impute, read_case  # noqa: E402
@@ -51,7 +50,7 @@ def score_case(model, folder: Path, target: str, precision: str, device: str, ke
     lesion = None
     lesion_path = find_lesion_mask(folder)
     if lesion_path is not None:
-        lesion = case.lesion_like_inputs(read_volume_allow_empty(lesion_path))
+        lesion = case.lesion_like_inputs(read_lesion_mask(lesion_path))
     scores = uncertainty_scores(u, pred, real, case.mask, lesion)
     deciles, decile_u = error_by_uncertainty_quantile(u, pred, real, case.mask)
     row = {"case": folder.name, "target": target, "inputs": "+".join(sorted(inputs, key=model.card.contrasts.index)),

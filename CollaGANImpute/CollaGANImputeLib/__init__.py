@@ -21,8 +21,8 @@ _EXPORTS = {
     "LoadedModel": "contract", "ModelCard": "contract", "load_model": "contract", "read_card": "contract",
     "save_model": "contract",
     "Cancelled": "errors", "CollaGANError": "errors", "GeometryWarning": "errors", "InputError": "errors",
-    "ModelError": "errors", "NoBundledModelError": "errors",
-    "bundled_models": "models", "default_model": "models", "sample_case_dir": "models",
+    "ModelError": "errors", "NoBundledModelError": "errors", "NoSampleCaseError": "errors",
+    "bundled_models": "resources", "default_model": "models", "sample_case_dir": "resources",
     "ImputationResult": "pipeline", "impute": "pipeline", "impute_case": "pipeline", "prepare_case": "pipeline",
     "read_case": "pipeline",
 }
@@ -31,9 +31,18 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below imports on first use
     from .contract import LoadedModel, ModelCard, load_model, read_card, save_model  # noqa: F401
-    from .errors import Cancelled, CollaGANError, GeometryWarning, InputError, ModelError, NoBundledModelError  # noqa: F401
-    from .models import bundled_models, default_model, sample_case_dir  # noqa: F401
+    from .errors import (  # noqa: F401
+        Cancelled,
+        CollaGANError,
+        GeometryWarning,
+        InputError,
+        ModelError,
+        NoBundledModelError,
+        NoSampleCaseError,  # noqa: F401
+    )
+    from .models import default_model  # noqa: F401
     from .pipeline import ImputationResult, impute, impute_case, prepare_case, read_case  # noqa: F401
+    from .resources import bundled_models, sample_case_dir  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -50,7 +50,8 @@ REGISTER_HELP = ("rigidly co-register the inputs to the reference first (mutual 
 def _load(model: Optional[str]) -> LoadedModel:
     """--model is a file path or a bundled model's name; absent means the default bundled model."""
     from .contract import load_model
-    from .models import bundled_models, default_model
+    from .models import default_model
+    from .resources import bundled_models
 
     if model is None:
         return default_model()
@@ -247,7 +248,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .models import default_model, sample_case_dir
+    from .models import default_model
+    from .resources import sample_case_dir
 
     start = time.perf_counter()
     model = default_model()

@@ -23,10 +23,10 @@ import SimpleITK as sitk
 
 from .atomic import write_text_atomic
 from .contract import LoadedModel
-from .errors import CollaGANError, InputError, ModelError
+from .errors import CollaGANError, ModelError
 from .figures import montage_png
 from .inference import CancelFlag
-from .io import OutputSet, case_name, find_lesion_mask, read_volume, synthetic_filename
+from .io import OutputSet, case_name, find_lesion_mask, read_lesion_mask, synthetic_filename
 from .metrics import (
     DEFAULT_PROTOCOL,
     METRIC_NAMES,
@@ -172,7 +172,7 @@ def _evaluate_case(model: LoadedModel, folder: Path, contrasts: Sequence[str], t
     drawn: set[str] = set()
     images = read_case(folder, contrasts)
     lesion_path = find_lesion_mask(folder)
-    lesion_image = read_volume_allow_empty(lesion_path) if lesion_path else None
+    lesion_image = read_lesion_mask(lesion_path) if lesion_path else None
     for target in targets:
         if target not in images:
             continue
@@ -203,14 +203,6 @@ def _evaluate_case(model: LoadedModel, folder: Path, contrasts: Sequence[str], t
                                real=real, mask=case.mask, lesion=lesion, rows=2, method=model.card.name, title=title)
                 outputs.stage(Path(montage_dir) / f"montage_{target}_from_{'+'.join(inputs)}.png", draw, suffix=".png")
     return rows, drawn
-
-
-def read_volume_allow_empty(path: Path):
-    """A lesion mask may be all zeros (no visible lesion): read it without the all-zero refusal."""
-    try:
-        return read_volume(path)
-    except InputError:
-        return sitk.ReadImage(str(path))
 
 
 def coverage_warnings(rows: list[dict], share: float = NO_DATA_WARN_SHARE) -> list[str]:

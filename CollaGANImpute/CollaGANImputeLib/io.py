@@ -388,6 +388,20 @@ def find_case_files(folder: PathLike, contrasts: Iterable[str]) -> dict[str, Pat
     return found
 
 
+def read_lesion_mask(path: PathLike) -> sitk.Image:
+    """Read a lesion mask, which may be all zeros (no visible lesion): :func:`read_volume`'s checks, without its
+    all-zero refusal (a file that fails the checks is read as ITK reads it).
+
+    Example:
+        >>> read_lesion_mask("case/TCGA-HT-7882-seg.nii.gz").GetSize()   # doctest: +SKIP
+        (256, 256, 88)
+    """
+    try:
+        return read_volume(path)
+    except InputError:
+        return sitk.ReadImage(str(path))
+
+
 def find_lesion_mask(folder: PathLike) -> Optional[Path]:
     """The ``<case>-seg`` lesion mask of a case folder, if there is one."""
     files = find_case_files(folder, [LESION_SUFFIX])

@@ -728,7 +728,7 @@ FAULTS += CASE_INPUT_FAULTS
 def profiled_model(tmp_path_factory) -> Optional[Path]:
     """A tiny generator whose card carries the bundled model's training profile (None without a bundled model)."""
     from CollaGANImputeLib import ModelCard, save_model
-    from CollaGANImputeLib.models import bundled_models
+    from CollaGANImputeLib.resources import bundled_models
 
     if not bundled_models():
         return None

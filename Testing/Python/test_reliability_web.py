@@ -150,7 +150,7 @@ def _default_secret(web: Web) -> None:
 def _broadcast(web: Web) -> None:
     """Chromium uploads a volume while a second client listens: nothing of the file (its bytes, its name as
     uploaded, its size and date) may reach that client; the shared status naming the new volume does."""
-    from CollaGANImputeLib.models import sample_case_dir
+    from CollaGANImputeLib.resources import sample_case_dir
 
     upload = web.root / "broadcast-t1n.nii.gz"
     shutil.copy(sample_case_dir() / "TCGA-HT-7882-t1n.nii.gz", upload)

@@ -33,9 +33,8 @@ import torch
 from CollaGANImputeLib.atomic import write_text_atomic
 from CollaGANImputeLib.contract import DEFAULT_PIXEL_SPACING
 from CollaGANImputeLib.errors import InputError
-from CollaGANImputeLib.evaluate import read_volume_allow_empty
 from CollaGANImputeLib.geometry import SliceGrid
-from CollaGANImputeLib.io import LESION_SUFFIX, OutputSet, find_case_files, find_lesion_mask
+from CollaGANImputeLib.io import LESION_SUFFIX, OutputSet, find_case_files, find_lesion_mask, read_lesion_mask
 from CollaGANImputeLib.pipeline import prepare_case, read_case
 
 from .config import TrainConfig
@@ -137,7 +136,7 @@ def prepare_slices(case_dir: Path, contrasts: Sequence[str], min_foreground: flo
     lesion = np.zeros_like(mask, dtype=bool)
     seg = find_lesion_mask(case_dir)
     if seg is not None:
-        lesion = case.lesion_like_inputs(read_volume_allow_empty(seg))
+        lesion = case.lesion_like_inputs(read_lesion_mask(seg))
     grid = SliceGrid(mask.shape[1:], case.spacing, tuple(size), tuple(spacing))
     if tuple(stack.shape[-2:]) != tuple(size) or grid.resampled:
         stack = grid.to_model(torch.from_numpy(stack)).numpy()

@@ -23,8 +23,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from CollaGANImputeLib.atomic import atomic_path, write_text_atomic
 from CollaGANImputeLib.contract import load_model
-from CollaGANImputeLib.evaluate import read_volume_allow_empty, score_imputation
-from CollaGANImputeLib.io import find_lesion_mask
+from CollaGANImputeLib.evaluate import score_imputation
+from CollaGANImputeLib.io import find_lesion_mask, read_lesion_mask
 from CollaGANImputeLib.labels import METRIC_LABELS
 from CollaGANImputeLib.metrics import METRIC_NAMES, summarize
 from CollaGANImputeLib.pipeline import read_case
@@ -39,7 +39,7 @@ def score_case(model, case_dir: Path, target: str, inputs: Sequence[str], device
     """Impute ``target`` of one case from ``inputs`` and score it; returns (scores, pred, gt, mask, lesion)."""
     images = images or read_case(case_dir, model.card.contrasts)
     lesion_path = find_lesion_mask(case_dir)
-    lesion_image = read_volume_allow_empty(lesion_path) if lesion_path is not None else None
+    lesion_image = read_lesion_mask(lesion_path) if lesion_path is not None else None
     scored = score_imputation(model, images, target, inputs, lesion_image, device=device)
     return scored.scores, scored.pred, scored.real, scored.mask, scored.lesion
 
