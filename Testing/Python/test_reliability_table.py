@@ -29,14 +29,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core_fixtures import (  # noqa: E402
+from core_fixtures import (
     CONTRASTS,
     REPO,
     NaNOutput,
     TinyGenerator,
     WrongShape,
+    child_env,
     head_phantom,
     make_image,
     write_dicom_series,
@@ -653,14 +652,13 @@ def _killed_before(env: Env) -> list[str]:
 
     env.out.mkdir()
     script = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path.insert(0, {str(REPO / "CollaGANImpute")!r})
+        import os, signal
         from pathlib import Path
         from CollaGANImputeLib.io import OutputSet
         OutputSet().stage(Path({str(env.out / "P1-t1c-synthetic-collagan.nii.gz")!r}), lambda tmp: None)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    assert subprocess.run([sys.executable, "-c", script]).returncode == -signal.SIGKILL
+    assert subprocess.run([sys.executable, "-c", script], env=child_env()).returncode == -signal.SIGKILL
     assert [p.name for p in env.out.iterdir() if ".tmp" in p.name], "the killed run left its temporary file"
     return env.impute()
 

@@ -247,7 +247,7 @@ class Solver:
             weight = 1 + (cfg.lesion_weight - 1) * lesions[:, None].to(dtype)
         if cfg.edge_weight != 1:
             # The scalp holds a third of the head's squared error and is where a FLAIR copied from the T1 shows
-            # most in the whole-head contrast identity (benchmarks/identity_counterfactual.py).
+            # most in the whole-head contrast identity (research/identity_counterfactual.py).
             edge = 1 + (cfg.edge_weight - 1) * losses.edge_band(masks, cfg.edge_px)[:, None].to(dtype)
             weight = edge if weight is None else torch.maximum(weight, edge)
         return weight
