@@ -26,9 +26,10 @@ import torch
 from CollaGANImputeLib import load_model
 from CollaGANImputeLib.atomic import write_text_atomic
 from CollaGANImputeLib.io import find_lesion_mask, read_lesion_mask
-from CollaGANImputeLib.metrics import UNCERTAINTY_NAMES, error_by_uncertainty_quantile, uncertainty_scores
+from CollaGANImputeLib.metrics import UNCERTAINTY_NAMES
 from CollaGANImputeLib.models import default_model
 from CollaGANImputeLib.pipeline import impute, read_case
+from CollaGANImputeLib.uncertainty_metrics import error_by_uncertainty_quantile, uncertainty_scores
 
 from . import DEFAULT_SPLIT, LGG_ENV, OPENMS_ENV, lgg_folder
 

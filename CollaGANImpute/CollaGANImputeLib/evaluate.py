@@ -36,10 +36,10 @@ from .metrics import (
     check_protocol,
     score_volume,
     summarize,
-    uncertainty_scores,
 )
 from .pipeline import ImputationResult, impute, read_case, stage_imputed
 from .registration import register_rigid
+from .uncertainty_metrics import uncertainty_scores
 
 CaseCallback = Callable[[str, str, Sequence[str]], None]
 
