@@ -100,7 +100,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         print(f"Warning: serving on {args.host}: anyone who can reach this address can use the page and its "
               "uploads. Put it behind an authenticating reverse proxy (docs/WEB.md).", file=sys.stderr)
     try:
-        from .web import serve
+        from .web_serve import serve
     except ImportError as exc:
         raise InputError(f"The web app needs the 'web' extra: pip install 'collagan-impute[web]' ({exc}).") from exc
     return serve(host=args.host, port=args.port, model=args.model, device=args.device, precision=args.precision,
