@@ -13,7 +13,7 @@ from CollaGANImputeLib.requirements import RUNTIME_REQUIREMENTS, missing_require
 from CollaGANImputeLib.resources import SAMPLE_CASE, bundled_models, resources_dir, sample_case_dir
 from packaging.requirements import Requirement
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _requirements(entries) -> dict[str, str]:

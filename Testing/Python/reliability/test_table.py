@@ -3,9 +3,9 @@
 Each row sets up one fault, runs the command line in this process, and checks the exit code, the message and
 what is left on disk (inputs unchanged, no temporary file anywhere). ``test_docs_table_is_current`` compares
 the table in docs/RELIABILITY.md with :func:`render_table`, which appends the web app's rows
-(``test_reliability_web.py``) as a separate block; to regenerate it after changing a row:
+(``reliability/test_web.py``) as a separate block; to regenerate it after changing a row:
 
-    python3 Testing/Python/test_reliability_table.py --write
+    PYTHONPATH=Testing/Python python3 Testing/Python/reliability/test_table.py --write
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from core_fixtures import (
 )
 
 DOC = REPO / "docs" / "RELIABILITY.md"
-BEGIN = "<!-- fault table: generated from Testing/Python/test_reliability_table.py; do not edit by hand -->"
+BEGIN = "<!-- fault table: generated from Testing/Python/reliability/test_table.py; do not edit by hand -->"
 END = "<!-- end of fault table -->"
 
 NOTHING = "nothing"
@@ -799,7 +799,7 @@ def test_fault(fault: Fault, env: Env):
 # ------------------------------------------------------------------------------------------- the table
 
 def render_table() -> str:
-    from test_reliability_web import render_rows as web_rows
+    from test_web import render_rows as web_rows  # reliability/test_web.py, beside this file
 
     rows = ["| bad input or fault | exit code | message (stderr, part) | left on disk |", "|---|---|---|---|"]
     for fault in FAULTS:
@@ -817,7 +817,7 @@ def _doc_table(text: str) -> str:
 def test_docs_table_is_current():
     assert _doc_table(DOC.read_text()) == render_table(), (
         "docs/RELIABILITY.md's table differs from the tested rows: run "
-        "python3 Testing/Python/test_reliability_table.py --write")
+        "PYTHONPATH=Testing/Python python3 Testing/Python/reliability/test_table.py --write")
 
 
 if __name__ == "__main__":
