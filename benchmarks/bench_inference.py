@@ -9,9 +9,9 @@ the fp32 eager output on the sample case, scored with CollaGANImputeLib.metrics)
 (read, normalize, infer, write) of a 240x240x155 case written as NIfTI, each in a fresh process for an honest
 peak RSS.
 
-Run it with the background training paused (it is resumed even on error):
-    benchmarks/paused.sh python benchmarks/bench_inference.py                 # ~1-2 min
-    benchmarks/paused.sh python benchmarks/bench_inference.py --full --rounds 5 --json out.json
+Run it on an otherwise idle machine (pause or finish training runs first):
+    python benchmarks/bench_inference.py                                      # ~1-2 min
+    python benchmarks/bench_inference.py --full --rounds 5 --json out.json
 
 Weights: ``--checkpoint bundled`` (default) times the bundled model's weights (its fast export turned back into
 the eager generator for the naive path); ``auto`` takes the newest paper-sized (base 16, 5 levels) checkpoint under

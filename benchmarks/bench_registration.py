@@ -30,8 +30,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 from CollaGANImputeLib import impute  # noqa: E402
-from CollaGANImputeLib.evaluate import read_volume_allow_empty  # noqa: E402
-from CollaGANImputeLib.io import find_lesion_mask  # noqa: E402
+from CollaGANImputeLib.io import find_lesion_mask, read_lesion_mask  # noqa: E402
 from CollaGANImputeLib.metrics import score_volume  # noqa: E402
 from CollaGANImputeLib.models import default_model, sample_case_dir  # noqa: E402
 from CollaGANImputeLib.pipeline import read_case  # noqa: E402
@@ -87,7 +86,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for folder in cases():
         images = {c: central_slab(im, args.slices) for c, im in read_case(folder, model.card.contrasts).items()}
         lesion_path = find_lesion_mask(folder)
-        lesion = central_slab(read_volume_allow_empty(lesion_path), args.slices) if lesion_path else None
+        lesion = central_slab(read_lesion_mask(lesion_path), args.slices) if lesion_path else None
         for motion_name, motion in motions(images[args.move]).items():
             given = dict(images)
             if motion is not None:

@@ -4,7 +4,6 @@ figures and the ratio against the bar of at most 4x the plain imputation time.
 
 Usage:
     python benchmarks/bench_uncertainty.py [--model M.pt] [--repeats 5] [--threads 2]
-    benchmarks/paused.sh python benchmarks/bench_uncertainty.py     # with the training job paused
 
 Each run is ``impute_case`` from disk to disk (read two inputs, mask and normalize, infer, write the volume and
 its sidecar; with the map also its members' passes and the map's file), in this process with the model loaded

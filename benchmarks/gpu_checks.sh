@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every CUDA check in one run, for a machine with an NVIDIA GPU:
 #   1. the device-rule tests: the mask and p99 scales computed on the GPU equal the CPU rule, and the fast
-#      inference paths keep the quality rule (test_core_device_mask.py, test_core_acceleration.py);
+#      inference paths keep the quality rule (core/test_device_mask.py, core/test_acceleration.py);
 #   2. one 240x240x155 volume, warm, in memory (bench_volume.py): each stage's time, slices per second against
 #      the naive path, peak GPU memory, the quality rule;
 #   3. every way of running the generator, its CUDA rows included (bench_inference.py --no-e2e).
@@ -33,8 +33,8 @@ python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.cuda.i
 torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$OUT/environment.txt"
 status=0
 # 1. The device rule on this device: the same mask and p99 scales as the CPU rule (and the inference tests).
-timeout 150 python3 -m pytest -q -p no:cacheprovider -rs Testing/Python/test_core_device_mask.py \
-  Testing/Python/test_core_acceleration.py 2>&1 | tee "$OUT/pytest.log" || status=1
+timeout 150 python3 -m pytest -q -p no:cacheprovider -rs Testing/Python/core/test_device_mask.py \
+  Testing/Python/core/test_acceleration.py 2>&1 | tee "$OUT/pytest.log" || status=1
 # 2. The CUDA target: one 240x240x155 volume, warm, in memory; slices/s; quality rule.
 timeout 150 python3 benchmarks/bench_volume.py --device "$DEVICE" --repeats 10 2>&1 | tee "$OUT/bench_volume.log" \
   || status=1

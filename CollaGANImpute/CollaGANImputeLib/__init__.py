@@ -21,8 +21,8 @@ _EXPORTS = {
     "LoadedModel": "contract", "ModelCard": "contract", "load_model": "contract", "read_card": "contract",
     "save_model": "contract",
     "Cancelled": "errors", "CollaGANError": "errors", "GeometryWarning": "errors", "InputError": "errors",
-    "ModelError": "errors", "NoBundledModelError": "errors",
-    "bundled_models": "models", "default_model": "models", "sample_case_dir": "models",
+    "ModelError": "errors", "NoBundledModelError": "errors", "NoSampleCaseError": "errors",
+    "bundled_models": "resources", "default_model": "models", "sample_case_dir": "resources",
     "ImputationResult": "case", "prepare_case": "case", "read_case": "case_files",
     "ImputationSteps": "pipeline", "impute": "pipeline", "impute_case": "pipeline", "impute_steps": "pipeline",
 }
@@ -33,9 +33,18 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below i
     from .case import ImputationResult, prepare_case  # noqa: F401
     from .case_files import read_case  # noqa: F401
     from .contract import LoadedModel, ModelCard, load_model, read_card, save_model  # noqa: F401
-    from .errors import Cancelled, CollaGANError, GeometryWarning, InputError, ModelError, NoBundledModelError  # noqa: F401
-    from .models import bundled_models, default_model, sample_case_dir  # noqa: F401
+    from .errors import (  # noqa: F401
+        Cancelled,
+        CollaGANError,
+        GeometryWarning,
+        InputError,
+        ModelError,
+        NoBundledModelError,
+        NoSampleCaseError,
+    )
+    from .models import default_model  # noqa: F401
     from .pipeline import ImputationSteps, impute, impute_case, impute_steps  # noqa: F401
+    from .resources import bundled_models, sample_case_dir  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

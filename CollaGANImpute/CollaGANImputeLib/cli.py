@@ -20,105 +20,37 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import signal
 import sys
 import textwrap
 import threading
-import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 from ._version import __version__
-from .errors import Cancelled, CollaGANError, InputError, ModelError, NoBundledModelError, OutputError, Terminated
-
-if TYPE_CHECKING:
-    from .contract import LoadedModel
 
 # Each command imports what it needs when it runs (torch, SimpleITK, scikit-image, matplotlib cost seconds):
 # --help and --version import none of them, impute not the evaluation, metrics or figure code.
-
-EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_MODEL, EXIT_NO_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 4, 130
-EXIT_TERMINATED = 128 + 15  # SIGTERM, as a shell reports a process it terminated
-REGISTER_HELP = ("rigidly co-register the inputs to the reference first (mutual information; for a patient who "
-                 "moved between scans; about 10 s per input); the sidecar records each transform")
-
-
-def _load(model: Optional[str]) -> LoadedModel:
-    """--model is a file path or a bundled model's name; absent means the default bundled model."""
-    from .contract import load_model
-    from .models import bundled_models, default_model
-
-    if model is None:
-        return default_model()
-    for bundled in bundled_models():
-        if bundled.name == model:
-            return bundled.load()
-    return load_model(model)
-
-
-class _Progress:
-    """tqdm bar fed by the core's (done, total) callback."""
-
-    def __init__(self, description: str) -> None:
-        self.bar = None
-        self.description = description
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=self.description, unit="slice", file=sys.stderr)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _parse_inputs(pairs: Sequence[str]) -> dict[str, Path]:
-    inputs = {}
-    for pair in pairs:
-        contrast, sep, path = pair.partition("=")
-        if not sep or not contrast or not path:
-            raise InputError(f"--input expects CONTRAST=PATH (e.g. t1n=case-t1n.nii.gz), got '{pair}'.")
-        if contrast in inputs:
-            raise InputError(f"--input {contrast} is given twice ({inputs[contrast]} and {path}); give each contrast "
-                             "once.")
-        inputs[contrast] = Path(path)
-    return inputs
-
-
-def _device(value: str) -> str:
-    """argparse type of --device: refused as a usage error (exit 2) before anything is loaded."""
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-        raise argparse.ArgumentTypeError(f"'{value}' is not a device: use auto, cpu, cuda or cuda:N")
-    return value
-
-
-def _positive(value: str) -> int:
-    """argparse type of --threads and --batch-size."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a positive whole number")
-    return number
-
-
-def _non_negative_int(value: str) -> int:
-    """argparse type of --idle-timeout."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a whole number of seconds (0 or more)")
-    return number
+from .cli_common import (  # noqa: F401  (the exit codes a script relies on, importable from here)
+    EXIT_CANCELLED,
+    EXIT_FAILURE,
+    EXIT_INPUT,
+    EXIT_MODEL,
+    EXIT_NO_MODEL,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    REGISTER_HELP,
+    _device,
+    _load,
+    _non_negative_int,
+    _parse_inputs,
+    _positive,
+    _Progress,
+)
+from .cli_evaluate import cmd_demo, cmd_evaluate
+from .errors import Cancelled, CollaGANError, InputError, ModelError, NoBundledModelError, OutputError, Terminated
 
 
 def cmd_impute(args: argparse.Namespace) -> int:
@@ -163,117 +95,12 @@ def cmd_impute(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _case_dirs(data: Path, cases: Optional[Sequence[str]], split: Optional[Path], subset: str) -> list[Path]:
-    if not data.is_dir():
-        raise InputError(f"Data folder not found: {data}.")
-    if split is not None:
-        names = json.loads(split.read_text()).get(subset)
-        if names is None:
-            raise InputError(f"{split} has no '{subset}' list; use --split-set with one of its keys.")
-    elif cases:
-        names = list(cases)
-    else:
-        names = sorted(p.name for p in data.iterdir() if p.is_dir())
-    dirs = [data / name for name in names]
-    missing = [d.name for d in dirs if not d.is_dir()]
-    if missing:
-        raise InputError(f"Case folders not found in {data}: {missing}.")
-    if not dirs:
-        raise InputError(f"No case folders in {data}.")
-    return dirs
-
-
-def _evaluation_steps(model: LoadedModel, dirs: Sequence[Path], targets: Optional[Sequence[str]],
-                      all_subsets: bool) -> int:
-    """How many imputations evaluate_cases will score (for the progress bar's total), from file names only."""
-    from .evaluate import input_subsets
-    from .io import find_case_files
-
-    contrasts = model.card.contrasts
-    count = 0
-    for folder in dirs:
-        present = [c for c in contrasts if c in find_case_files(folder, contrasts)]
-        for target in targets or contrasts:
-            if target in present:
-                count += sum(1 for inputs in input_subsets(present, target, all_subsets) if inputs)
-    return count
-
-
-def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argparse.Namespace,
-                    save_volumes: bool, failures: Optional[list] = None) -> list[dict]:
-    from tqdm import tqdm
-
-    from .evaluate import coverage_warnings, evaluate_cases, markdown_table, summary_table, write_report
-
-    steps = tqdm(total=_evaluation_steps(model, dirs, args.target, args.all_subsets), desc="evaluating",
-                 unit="imputation", file=sys.stderr)
-    started = [0]
-
-    def on_case(case: str, target: str, inputs: Sequence[str]) -> None:
-        steps.update(started[0] - steps.n)  # called as an imputation starts: the ones before it are done
-        started[0] += 1
-        steps.set_postfix_str(f"{case} {target}<-{'+'.join(inputs)}")
-
-    try:
-        rows = evaluate_cases(
-            model, dirs, targets=args.target or None, all_subsets=args.all_subsets, device=args.device,
-            batch_size=args.batch_size, montage_dir=out, volumes_dir=out if save_volumes else None,
-            precision=args.precision, on_case=on_case, failures=failures,
-            uncertainty=getattr(args, "uncertainty", False), protocol=getattr(args, "protocol", "v3"),
-            register=getattr(args, "register", False))
-        steps.update(started[0] - steps.n)
-    finally:
-        steps.close()
-    paths = write_report(rows, out, failures)
-    print(markdown_table(summary_table(rows)))
-    for line in coverage_warnings(rows):
-        print(f"warning: {line}", file=sys.stderr)
-    print(f"Scores: {paths['summary_csv']}, {paths['cases_csv']}, {paths['json']}; montages in {out}")
-    return rows
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    model = _load(args.model)
-    dirs = _case_dirs(Path(args.data), args.cases, Path(args.split) if args.split else None, args.split_set)
-    failures: list[tuple[str, str]] = []
-    _run_evaluation(model, dirs, Path(args.out), args, save_volumes=args.save_volumes, failures=failures)
-    if failures:
-        print(f"error: {len(failures)} of {len(dirs)} cases failed (not scored; listed in scores.json):",
-              file=sys.stderr)
-        for case, message in failures:
-            print(f"error: {case}: {message}", file=sys.stderr)
-        return EXIT_INPUT
-    return EXIT_OK
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .models import default_model, sample_case_dir
-
-    start = time.perf_counter()
-    model = default_model()
-    case = sample_case_dir()
-    print(f"Demo: {case.name} (bundled sample case) with model '{model.card.name}'; every contrast imputed "
-          "from the other two and scored against the real one.")
-    _run_evaluation(model, [case], Path(args.out), args, save_volumes=True)
-    print(f"Demo done in {time.perf_counter() - start:.1f} s, peak memory {_peak_memory()}. Output: {args.out}")
-    return EXIT_OK
-
-
-def _peak_memory() -> str:
-    try:
-        import resource  # POSIX only; the CLI must also start on Windows
-    except ImportError:
-        return "n/a"
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return f"{kib / 1024:.0f} MiB"
-
-
 def cmd_web(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"Warning: serving on {args.host}: anyone who can reach this address can use the page and its "
               "uploads. Put it behind an authenticating reverse proxy (docs/WEB.md).", file=sys.stderr)
     try:
-        from .web import serve
+        from .web_serve import serve
     except ImportError as exc:
         raise InputError(f"The web app needs the 'web' extra: pip install 'collagan-impute[web]' ({exc}).") from exc
     return serve(host=args.host, port=args.port, model=args.model, device=args.device, precision=args.precision,

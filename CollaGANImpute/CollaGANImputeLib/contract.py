@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, Iterable, Optional, Union
 
 import torch
 
+from .atomic import atomic_path
 from .errors import ModelError
 
 FORMAT_NAME = "collagan-impute-model"
@@ -272,20 +272,9 @@ def save_model(model: torch.nn.Module, card: ModelCard, path: PathLike, example_
         scripted = torch.jit.script(model)
     card = dataclasses.replace(card, weights_sha256=weights_sha256(scripted))  # the caller's card is untouched
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated.*")
-            torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: card.to_json()})
-        mask = os.umask(0o022)  # mkstemp made it 0600: give it the mode a plain file gets under the umask
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated.*")
+        torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: card.to_json()})
     return sha256_of(path)
 
 

@@ -28,6 +28,10 @@ class NoBundledModelError(ModelError):
     """No trained model is bundled with this installation."""
 
 
+class NoSampleCaseError(CollaGANError, FileNotFoundError):
+    """The bundled sample case is not installed (a partial install, or $COLLAGAN_RESOURCES points elsewhere)."""
+
+
 class Cancelled(CollaGANError):
     """The user cancelled a running imputation; nothing was written."""
 

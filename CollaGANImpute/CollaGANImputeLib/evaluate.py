@@ -13,7 +13,6 @@ import itertools
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,11 +21,12 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import write_text_atomic
 from .contract import LoadedModel
-from .errors import CollaGANError, InputError, ModelError
+from .errors import CollaGANError, ModelError
 from .figures import montage_png
 from .inference import CancelFlag
-from .io import OutputSet, case_name, find_lesion_mask, follow_umask, read_volume, synthetic_filename
+from .io import OutputSet, case_name, find_lesion_mask, read_lesion_mask, synthetic_filename
 from .metrics import (
     DEFAULT_PROTOCOL,
     METRIC_NAMES,
@@ -36,10 +36,10 @@ from .metrics import (
     check_protocol,
     score_volume,
     summarize,
-    uncertainty_scores,
 )
 from .pipeline import ImputationResult, impute, read_case, stage_imputed
 from .registration import register_rigid
+from .uncertainty_metrics import uncertainty_scores
 
 CaseCallback = Callable[[str, str, Sequence[str]], None]
 
@@ -172,7 +172,7 @@ def _evaluate_case(model: LoadedModel, folder: Path, contrasts: Sequence[str], t
     drawn: set[str] = set()
     images = read_case(folder, contrasts)
     lesion_path = find_lesion_mask(folder)
-    lesion_image = read_volume_allow_empty(lesion_path) if lesion_path else None
+    lesion_image = read_lesion_mask(lesion_path) if lesion_path else None
     for target in targets:
         if target not in images:
             continue
@@ -203,14 +203,6 @@ def _evaluate_case(model: LoadedModel, folder: Path, contrasts: Sequence[str], t
                                real=real, mask=case.mask, lesion=lesion, rows=2, method=model.card.name, title=title)
                 outputs.stage(Path(montage_dir) / f"montage_{target}_from_{'+'.join(inputs)}.png", draw, suffix=".png")
     return rows, drawn
-
-
-def read_volume_allow_empty(path: Path):
-    """A lesion mask may be all zeros (no visible lesion): read it without the all-zero refusal."""
-    try:
-        return read_volume(path)
-    except InputError:
-        return sitk.ReadImage(str(path))
 
 
 def coverage_warnings(rows: list[dict], share: float = NO_DATA_WARN_SHARE) -> list[str]:
@@ -266,15 +258,6 @@ def summary_table(rows: list[dict]) -> list[dict]:
                 entry[f"{key}_std"] = u_stats[key]["std"]
         table.append(entry)
     return table
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    follow_umask(tmp)  # mkstemp makes it 0600: colleagues could not read the scores
-    os.replace(tmp, path)
 
 
 def _csv(rows: list[dict]) -> str:
@@ -356,14 +339,14 @@ def write_report(rows: list[dict], out_dir: os.PathLike | str,
     table = summary_table(rows)
     paths = {"cases_csv": out / "scores_per_case.csv", "summary_csv": out / "scores_summary.csv",
              "json": out / "scores.json", "markdown": out / "scores_summary.md"}
-    _atomic_text(paths["cases_csv"], _csv(rows))
-    _atomic_text(paths["summary_csv"], _csv(table))
+    write_text_atomic(paths["cases_csv"], _csv(rows))
+    write_text_atomic(paths["summary_csv"], _csv(table))
     protocols = sorted({row.get("protocol", DEFAULT_PROTOCOL) for row in rows}) or [DEFAULT_PROTOCOL]
     report = {"protocol": f"EVALUATION.md {', '.join(protocols)}", "summary": table, "cases": rows,
               "failed_cases": [{"case": case, "error": message} for case, message in failures or ()]}
-    _atomic_text(paths["json"], json.dumps(_json_safe(report), indent=2))
+    write_text_atomic(paths["json"], json.dumps(_json_safe(report), indent=2))
     failed = "".join(f"\n- not scored: {case}: {message}" for case, message in failures or ())
-    _atomic_text(paths["markdown"], markdown_table(table) + (f"\nFailed cases:{failed}\n" if failed else ""))
+    write_text_atomic(paths["markdown"], markdown_table(table) + (f"\nFailed cases:{failed}\n" if failed else ""))
     return paths
 
 

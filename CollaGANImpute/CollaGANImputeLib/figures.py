@@ -7,7 +7,6 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -16,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on headless clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from .atomic import atomic_path  # noqa: E402
 
 
 def representative_slices(mask: np.ndarray, lesion: Optional[np.ndarray] = None, count: int = 1) -> list[int]:
@@ -28,16 +29,11 @@ def representative_slices(mask: np.ndarray, lesion: Optional[np.ndarray] = None,
 
 def save_figure_atomic(figure: plt.Figure, path: os.PathLike | str, dpi: int = 110) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
     try:
-        figure.savefig(tmp, dpi=dpi, bbox_inches="tight", facecolor="white")
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            figure.savefig(tmp, dpi=dpi, bbox_inches="tight", facecolor="white")
     finally:
         plt.close(figure)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -54,7 +54,7 @@ def _bullets(text: str) -> list[str]:
 
 def bundled_card_markdown(model: LoadedModel) -> Optional[Path]:
     """The Markdown card shipped beside a bundled model file (None for any other file)."""
-    from .models import bundled_models
+    from .resources import bundled_models
 
     try:
         for bundled in bundled_models():

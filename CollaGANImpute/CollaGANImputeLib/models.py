@@ -1,6 +1,4 @@
-"""Bundled resources: trained models listed in ``Resources/Models/models.json`` and the sample case.
-
-The manifest names each model file with its SHA-256; loading a bundled model checks it.
+"""Loading the bundled models; where they are (and the sample case) is :mod:`.resources`' job.
 
 Example:
     >>> [m.name for m in bundled_models()]        # doctest: +SKIP
@@ -9,80 +7,21 @@ Example:
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .contract import LoadedModel, load_model
-from .errors import ModelError, NoBundledModelError
-
-MANIFEST = "models.json"
-RESOURCES_ENV = "COLLAGAN_RESOURCES"
-
-
-def resources_dir() -> Path:
-    """The ``Resources`` folder: $COLLAGAN_RESOURCES, the source tree's, a wheel's or the Slicer module's."""
-    if os.environ.get(RESOURCES_ENV):
-        return Path(os.environ[RESOURCES_ENV])
-    here = Path(__file__).resolve().parent
-    candidates = [here.parents[1] / "Resources",  # source tree / editable install: <repo>/Resources
-                  here / "Resources",              # wheel: CollaGANImputeLib/Resources (pyproject package-dir)
-                  here.parent / "Resources"]       # Slicer install: qt-scripted-modules/Resources
-    for candidate in candidates:
-        if (candidate / "Models").is_dir() or (candidate / "SampleData").is_dir():
-            return candidate
-    return candidates[0]
-
-
-@dataclass(frozen=True)
-class BundledModel:
-    name: str
-    path: Path
-    sha256: str
-    card: Optional[Path]
-    default: bool
-
-    def load(self, device: str = "cpu") -> LoadedModel:
-        return load_model(self.path, sha256=self.sha256, device=device)
-
-
-def bundled_models(resources: Optional[Path] = None) -> list[BundledModel]:
-    """Models listed in the manifest, default first; an empty list when none is bundled."""
-    folder = (resources or resources_dir()) / "Models"
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        return []
-    try:
-        data = json.loads(manifest.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{manifest} is not valid JSON ({exc}); reinstall CollaGANImpute.") from exc
-    default = data.get("default")
-    models = [
-        BundledModel(name=entry["name"], path=folder / entry["file"], sha256=entry["sha256"],
-                     card=folder / entry["card"] if entry.get("card") else None,
-                     default=entry["name"] == default)
-        for entry in data.get("models", [])
-    ]
-    return sorted(models, key=lambda m: not m.default)
+from .contract import LoadedModel
+from .resources import (  # noqa: F401  (re-exported: long-standing import path)
+    MANIFEST,
+    RESOURCES_ENV,
+    BundledModel,
+    bundled_models,
+    default_bundled_model,
+    resources_dir,
+    sample_case_dir,
+)
 
 
 def default_model(device: str = "cpu", resources: Optional[Path] = None) -> LoadedModel:
     """Load the default bundled model (SHA-256 checked), or explain that none is bundled."""
-    models = bundled_models(resources)
-    if not models:
-        raise NoBundledModelError(
-            "No trained model is bundled with this installation yet (Resources/Models/models.json is absent). "
-            "Pass --model PATH with a model exported by training/, or install a release that bundles one."
-        )
-    return models[0].load(device=device)
-
-
-def sample_case_dir(resources: Optional[Path] = None) -> Path:
-    """The bundled sample case folder (one LGG patient, CC BY-NC-SA 4.0: see Resources/SampleData/NOTICE)."""
-    folder = (resources or resources_dir()) / "SampleData"
-    cases = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    if not cases:
-        raise NoBundledModelError(f"No sample case found under {folder}; reinstall CollaGANImpute.")
-    return cases[0]
+    return default_bundled_model(resources).load(device=device)

@@ -22,42 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import base64
-import io
 import os
-import re
 import shutil
-import signal
 import tempfile
 import threading
 from pathlib import Path
 from typing import Optional
 
+from .web_uploads import UPLOAD_EXTENSIONS, sanitize_filename, volume_extension  # noqa: F401  (re-exported)
+
 #: Largest upload accepted, per file (a 3D MR volume is a few to a few hundred MB); COLLAGAN_WEB_MAX_UPLOAD_MB.
 MAX_UPLOAD_BYTES = int(float(os.environ.get("COLLAGAN_WEB_MAX_UPLOAD_MB", "512")) * 1024 * 1024)
-UPLOAD_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: State only the server writes: a client's change to one of these is dropped (the SYNTHETIC banner, labels, ...).
 SERVER_OWNED_KEYS = ("banner", "result_name", "status", "error", "warnings", "progress", "running", "volume_items",
                      "label_items", "scores", "legend", "error_limit", "ssim_plot", "uncertainty_legend", "model_name",
                      "contrasts", "max_upload_mb", "trame__title")
 INPUT_VIEW, RESULT_VIEW = "Input", "Synthetic"
 ONE_JOB_TEXT = "This server runs one imputation at a time; all browser tabs share this session."
-
-
-def sanitize_filename(name: str) -> str:
-    """A safe file name from an uploaded one: the base name only, letters, digits, '.', '-', '_' kept.
-
-    >>> sanitize_filename("../../etc/x t1c.nii.gz")
-    'x_t1c.nii.gz'
-    """
-    base = re.split(r"[\\/]", name or "")[-1]
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "upload"
-    return clean[:120]
-
-
-def volume_extension(name: str) -> Optional[str]:
-    lower = name.lower()
-    return next((e for e in UPLOAD_EXTENSIONS if lower.endswith(e)), None)
 
 
 class WebApp:
@@ -109,33 +90,9 @@ class WebApp:
     # --- state ----------------------------------------------------------------------------------------------
 
     def _init_state(self) -> None:
-        s = self.state
-        s.trame__title = "CollaGAN Impute"
-        s.model_name = self.model.card.name
-        s.contrasts = self.contrasts
-        s.volume_items = []
-        s.label_items = []
-        for contrast in self.contrasts:
-            s[f"input_{contrast}"] = None
-        s.target = None
-        s.reference = None
-        s.lesion = None
-        s.running = False
-        s.progress = 0
-        s.status = f"Model '{self.model.card.name}' ({'+'.join(self.contrasts)}). {ONE_JOB_TEXT}"
-        s.error = ""
-        s.warnings = []
-        s.result_name = ""
-        s.banner = ""
-        s.uncertainty = False
-        s.register = False
-        s.uncertainty_legend = ""
-        s.scores = []
-        s.legend = ""
-        s.error_limit = 0.0
-        s.ssim_plot = ""
-        s.max_upload_mb = MAX_UPLOAD_BYTES // (1024 * 1024)
-        s.change("target")(lambda **_: self._default_reference())
+        from .web_page import init_state
+
+        init_state(self, MAX_UPLOAD_BYTES, ONE_JOB_TEXT)
 
     def _view(self, name: str):
         return self.slicer_app.view_manager.get_view(name)
@@ -241,36 +198,14 @@ class WebApp:
         return self._add_upload(path)
 
     def _write_upload(self, name: str, content, size=0) -> Path:
-        from .errors import InputError
-        from .web_uploads import DATA_EXTENSIONS
+        from .web_uploads import write_upload
 
-        if volume_extension(name) is None and not name.lower().endswith(DATA_EXTENSIONS):
-            raise InputError("unsupported file type; upload NIfTI (.nii, .nii.gz), NRRD (.nrrd) or MHA (.mha).")
-        if isinstance(content, list):  # large files arrive in chunks
-            content = b"".join(bytes(c) for c in content)
-        data = bytes(content or b"")
-        if max(int(size or 0), len(data)) > MAX_UPLOAD_BYTES:
-            raise InputError(f"the file is larger than the {MAX_UPLOAD_BYTES // 2 ** 20} MB upload limit.")
-        if not data:
-            raise InputError("the file is empty.")
-        path = self.upload_dir / sanitize_filename(name)
-        path.write_bytes(data)
-        return path
+        return write_upload(self.upload_dir, name, content, size, limit=MAX_UPLOAD_BYTES)
 
     def _check_upload(self, path: Path) -> None:
-        """The checks that read no voxels (data file, declared size), then the core's (damaged, NaN, ...)."""
-        from .errors import InputError
-        from .io import read_volume
-        from .web_uploads import check_upload
+        from .web_uploads import check_saved_upload
 
-        try:
-            if volume_extension(path.name) is None:
-                raise InputError("is a data file without its header; select the header (.mhd, .nhdr) with it.")
-            check_upload(path, self.upload_dir)
-            read_volume(path)  # the core's checks: truncated/damaged files, NaN/Inf, a clear message
-        except Exception:
-            path.unlink(missing_ok=True)  # a refused upload is not kept
-            raise
+        check_saved_upload(path, self.upload_dir)
 
     def _add_upload(self, path: Path) -> str:
         try:
@@ -359,6 +294,7 @@ class WebApp:
 
     def compare(self) -> None:
         from .scene.comparison import score_table
+        from .web_page import ssim_png
 
         self.state.error = ""
         try:
@@ -374,29 +310,9 @@ class WebApp:
         self.state.scores = [{"metric": m, "value": v, "note": n} for m, v, n in score_table(outputs.comparison.scores)]
         self.state.legend = outputs.legendText
         self.state.error_limit = outputs.comparison.error_limit
-        self.state.ssim_plot = self._ssim_png(outputs.comparison.slice_ssim, self.result_node.GetName())
+        self.state.ssim_plot = ssim_png(outputs.comparison.slice_ssim, self.result_node.GetName())
         self._show(RESULT_VIEW, self.result_node.GetID(), outputs.errorNode.GetID(), 0.6)
         self.state.status = f"Compared with '{reference.GetName()}': error map over the synthetic view."
-
-    @staticmethod
-    def _ssim_png(slice_ssim, title: str) -> str:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from .scene.comparison import slice_ssim_table
-
-        curve = slice_ssim_table(slice_ssim)
-        figure, axes = plt.subplots(figsize=(4.5, 2.4), dpi=100)
-        axes.plot(curve[:, 0], curve[:, 1], "o-", markersize=3)
-        axes.set(xlabel="Axial slice", ylabel="SSIM", title=f"Per-slice SSIM of {title}", ylim=(0, 1))
-        axes.title.set_fontsize(9)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        plt.close(figure)
-        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
     # --- download -------------------------------------------------------------------------------------------
 
@@ -450,134 +366,6 @@ class WebApp:
     # --- page -----------------------------------------------------------------------------------------------
 
     def _build_ui(self) -> None:
-        from trame.ui.vuetify3 import SinglePageLayout
-        from trame.widgets import html
-        from trame.widgets import vuetify3 as v
+        from .web_page import build_page
 
-        with SinglePageLayout(self.server, full_height=True) as layout:
-            layout.title.set_text("CollaGAN Impute")
-            with layout.toolbar:
-                v.VSpacer()
-                html.Span("{{ model_name }}", classes="text-caption mr-4")
-            with layout.content:
-                with v.VContainer(fluid=True, classes="fill-height pa-0"), html.Div(
-                        style="display:flex; width:100%; height:calc(100vh - 64px); overflow:hidden;"):
-                    with html.Div(style="width:420px; min-width:420px; overflow-y:auto; padding:12px;"):
-                        self._panel(v, html)
-                    with html.Div(style="flex:1; display:flex; flex-direction:column; min-width:0;"):
-                        html.Div("SYNTHETIC: {{ result_name }}", v_if="result_name", id="synthetic-banner",
-                                 style="background:#d32f2f; color:white; font-weight:bold; padding:6px 12px;")
-                        with html.Div(id="slice-views", style="flex:1; position:relative; min-height:300px;"):
-                            self.layout_manager.initialize_layout_grid(layout)
-
-    def _panel(self, v, html) -> None:
-        with v.VCard(classes="mb-3", title="1. Load a case"):
-            with v.VCardText():
-                v.VBtn("Load sample case", click=self.load_sample_case, id="load-sample", block=True,
-                       classes="mb-2", disabled=("running",))
-                # Not a state variable: the files go to the server in a call, never into state shared by all tabs.
-                v.VFileInput(update_modelValue="trigger('upload', [$event])", multiple=True,
-                             label="Upload NIfTI / NRRD / MHA", accept=".nii,.gz,.nrrd,.nhdr,.mha,.mhd,.raw,.zraw",
-                             density="compact", id="upload",
-                             hint=("`at most ${max_upload_mb} MB per file`",), persistent_hint=True)
-        with v.VCard(classes="mb-3", title="2. Inputs and target"):
-            with v.VCardText():
-                for contrast in self.contrasts:
-                    v.VSelect(label=f"Input {contrast}", v_model=(f"input_{contrast}",), items=("volume_items",),
-                              clearable=True, density="compact", hide_details=True, classes="mb-2")
-                v.VSelect(label="Contrast to impute (target)", v_model=("target",), items=("contrasts",),
-                          density="compact", hide_details=True, classes="mb-2", id="target")
-                v.VCheckbox(v_model=("uncertainty",), label="Also compute uncertainty (about 3x the time)",
-                            density="compact", hide_details=True, id="uncertainty", disabled=("running",))
-                v.VCheckbox(v_model=("register",), label="Align inputs first (rigid; for a patient who moved)",
-                            density="compact", hide_details=True, id="register", disabled=("running",))
-                v.VBtn("Impute missing contrast", click=self.impute, id="impute", color="primary", block=True,
-                       disabled=("running",))
-                v.VProgressLinear(model_value=("progress",), height=14, classes="my-2", color="primary",
-                                  id="progress")
-                v.VBtn("Cancel", click=self.cancel, id="cancel", block=True, disabled=("!running",))
-                html.Div("{{ status }}", id="status", classes="text-caption mt-2")
-                v.VAlert(text=("error",), v_if="error", type="error", density="compact", id="error",
-                         classes="mt-2")
-                with html.Div(v_for="w in warnings", classes="mt-1"):
-                    v.VAlert(text=("w",), type="warning", density="compact", classes="warning-item")
-                html.Div("{{ banner }}", v_if="banner", classes="text-caption mt-2",
-                         style="color:#d32f2f; font-weight:bold;")
-        with v.VCard(classes="mb-3", title="Uncertainty (not a confidence map)", v_if="uncertainty_legend"):
-            with v.VCardText():
-                html.Div(style="height:12px; background:linear-gradient(to right, #000004, #781c6d, #ed6925, "
-                               "#fcffa4);")
-                with html.Div(style="display:flex; justify-content:space-between; font-size:11px;"):
-                    html.Span("0.05")
-                    html.Span("0.4 of the 99th percentile")
-                html.Div("{{ uncertainty_legend }}", id="uncertainty-legend", classes="text-caption")
-        with v.VCard(classes="mb-3", title="3. Compare with an acquired volume", v_if="result_name"):
-            with v.VCardText():
-                v.VSelect(label="Acquired volume", v_model=("reference",), items=("volume_items",),
-                          density="compact", hide_details=True, classes="mb-2")
-                v.VSelect(label="Lesion mask (optional)", v_model=("lesion",), items=("label_items",),
-                          clearable=True, density="compact", hide_details=True, classes="mb-2")
-                v.VBtn("Compare", click=self.compare, id="compare", block=True, disabled=("running",))
-                with html.Table(v_if="scores.length", id="scores", style="width:100%; font-size:12px;"):
-                    with html.Tr():
-                        html.Th("Metric", style="text-align:left")
-                        html.Th("Value", style="text-align:right")
-                        html.Th("Note", style="text-align:left")
-                    with html.Tr(v_for="row in scores", classes="score-row"):
-                        html.Td("{{ row.metric }}", classes="metric")
-                        html.Td("{{ row.value }}", classes="value", style="text-align:right")
-                        html.Td("{{ row.note }}", style="color:#888")
-                with html.Div(v_if="legend", id="legend", classes="mt-2"):
-                    html.Div(style="height:12px; background:linear-gradient(to right, #3b4cc0, #ffffff, #b40426);")
-                    with html.Div(style="display:flex; justify-content:space-between; font-size:11px;"):
-                        html.Span("-{{ error_limit.toFixed(2) }}")
-                        html.Span("0")
-                        html.Span("+{{ error_limit.toFixed(2) }}")
-                    html.Div("{{ legend }}", classes="text-caption")
-                html.Img(v_if="ssim_plot", src=("ssim_plot",), id="ssim-plot", style="width:100%;")
-        with v.VCard(title="4. Download", v_if="result_name"):
-            with v.VCardText():
-                v.VBtn("Synthetic volume (NIfTI)", id="download-nifti", block=True, classes="mb-2",
-                       click="utils.download(`${result_name.split(' ')[0]}-synthetic-collagan.nii.gz`, "
-                             "trigger('download_volume'), 'application/gzip')")
-                v.VBtn("Provenance (JSON)", id="download-json", block=True,
-                       click="utils.download(`${result_name.split(' ')[0]}-synthetic-collagan.json`, "
-                             "trigger('download_sidecar'), 'application/json')")
-
-
-def serve(host: str = "127.0.0.1", port: int = 8080, model: Optional[str] = None, device: str = "auto",
-          precision: str = "auto", allowed_origins=(), idle_timeout: int = 0) -> int:
-    """Start the server; block until it is stopped. Returns 0, or 143 when SIGTERM stopped it.
-
-    ``allowed_origins``: origins besides the served page that may drive it (a reverse proxy's public address);
-    ``idle_timeout``: stop after that many seconds without a connected page (0: never).
-    """
-    from .web_guard import normalize_origin
-
-    allowed_origins = [normalize_origin(o) for o in allowed_origins]  # a bad one refused before the model loads
-    os.environ.setdefault("WSLINK_MAX_MSG_SIZE", str(MAX_UPLOAD_BYTES + 2 ** 20))
-    app = WebApp(model=model, device=device, precision=precision)
-    terminated = threading.Event()
-
-    def on_ready(**_) -> None:
-        # aiohttp stops gracefully on SIGTERM (service managers, containers) as on Ctrl-C, so the uploads go;
-        # its handler is wrapped to remember which signal it was, for the exit status.
-        from aiohttp.web_runner import GracefulExit
-
-        def stop() -> None:
-            terminated.set()
-            raise GracefulExit()
-
-        asyncio.get_event_loop().add_signal_handler(signal.SIGTERM, stop)
-
-    app.ctrl.on_server_ready.add(on_ready)
-    print(f"CollaGAN Impute web: http://{host}:{port}/  (one imputation at a time; Ctrl-C stops)", flush=True)
-    if idle_timeout > 0:
-        print(f"The server stops {idle_timeout} s after the last page is closed (--idle-timeout); results not "
-              "downloaded by then are lost.", flush=True)
-    print(f"Uploads are kept in {app.upload_dir} (private; deleted when the server stops).", flush=True)
-    try:
-        app.start(host=host, port=port, allowed_origins=allowed_origins, idle_timeout=idle_timeout)
-    finally:
-        app.cleanup()
-    return 128 + signal.SIGTERM if terminated.is_set() else 0
+        build_page(self)

@@ -131,3 +131,60 @@ def check_upload(path: Path, folder: Path, limit: int = 0) -> None:
         compressed = raw.read(2) == b"\x1f\x8b"
     if compressed:
         _check_gzip_bound(path, size + _GZIP_SLACK)
+
+
+#: The volume formats a page may upload (their data files, DATA_EXTENSIONS, come with a header).
+UPLOAD_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def sanitize_filename(name: str) -> str:
+    """A safe file name from an uploaded one: the base name only, letters, digits, '.', '-', '_' kept.
+
+    >>> sanitize_filename("../../etc/x t1c.nii.gz")
+    'x_t1c.nii.gz'
+    """
+    base = re.split(r"[\\/]", name or "")[-1]
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "upload"
+    return clean[:120]
+
+
+def volume_extension(name: str) -> Optional[str]:
+    lower = name.lower()
+    return next((e for e in UPLOAD_EXTENSIONS if lower.endswith(e)), None)
+
+
+def write_upload(folder: Path, name: str, content, size: int = 0, limit: int = 0) -> Path:
+    """Write an uploaded file (bytes, or the chunks large files arrive in) into ``folder`` under a sanitized
+    name, refusing an unsupported type, an empty file or one over ``limit`` bytes before anything is written.
+
+    Example:
+        >>> write_upload(Path("/tmp/collagan-web-x"), "P1-t1n.nii.gz", data, limit=2 ** 29)   # doctest: +SKIP
+        PosixPath('/tmp/collagan-web-x/P1-t1n.nii.gz')
+    """
+    if volume_extension(name) is None and not name.lower().endswith(DATA_EXTENSIONS):
+        raise InputError("unsupported file type; upload NIfTI (.nii, .nii.gz), NRRD (.nrrd) or MHA (.mha).")
+    if isinstance(content, list):  # large files arrive in chunks
+        content = b"".join(bytes(c) for c in content)
+    data = bytes(content or b"")
+    if limit and max(int(size or 0), len(data)) > limit:
+        raise InputError(f"the file is larger than the {limit // 2 ** 20} MB upload limit.")
+    if not data:
+        raise InputError("the file is empty.")
+    path = folder / sanitize_filename(name)
+    path.write_bytes(data)
+    return path
+
+
+def check_saved_upload(path: Path, folder: Path) -> None:
+    """The checks that read no voxels (data file, declared size), then the core's (damaged, NaN, ...); a refused
+    upload is deleted."""
+    from .io import read_volume
+
+    try:
+        if volume_extension(path.name) is None:
+            raise InputError("is a data file without its header; select the header (.mhd, .nhdr) with it.")
+        check_upload(path, folder)
+        read_volume(path)  # the core's checks: truncated/damaged files, NaN/Inf, a clear message
+    except Exception:
+        path.unlink(missing_ok=True)  # a refused upload is not kept
+        raise

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from CollaGANImputeLib import ModelCard, save_model
-from CollaGANImputeLib.models import resources_dir
+from CollaGANImputeLib.resources import resources_dir
 from core_fixtures import CONTRASTS, TinyGenerator, head_phantom, make_image
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import locale
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,12 @@ class WrongShape(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, :2, ::2, ::2]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child Python process that imports this checkout's CollaGANImputeLib first."""
+    paths = [str(REPO / "CollaGANImpute"), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths)), **extra}
 
 
 def head_phantom(shape=(12, 48, 40), seed=0, scale=200.0, noise=0.1) -> np.ndarray:

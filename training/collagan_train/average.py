@@ -15,13 +15,13 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from CollaGANImputeLib.atomic import atomic_path
 
 from .config import loss_settings
 from .export import run_folder
@@ -52,10 +52,8 @@ def cmd_average(args: argparse.Namespace) -> None:
     paths = [Path(p) for p in args.snapshots]
     state = average_generators(paths, args.weights)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
     # The run records that select and export read: the last input's set-aside patients, and this command.
     run_dir, source = run_folder(out), run_folder(paths[-1]) / "split_used.json"
     if source.is_file():

@@ -25,19 +25,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from CollaGANImputeLib.atomic import atomic_path, write_text_atomic
 from CollaGANImputeLib.contract import sha256_of
 
 from .choose import named_run
 from .data_loader import REPO_ROOT, lgg_folder_or_exit
 from .export import export_checkpoint, load_about, snapshot_contrasts
-from .report import atomic_write, card_metrics, load_rows, report_text
+from .report import card_metrics, load_rows, report_text
 
 MODEL_NAME = "collagan-lgg-t1n-t1c-t2f"  # the bundled model's name (Resources/Models/models.json)
 #: The size limit of a bundled model file.
@@ -78,15 +78,15 @@ def bundle(checkpoint: Path, out: Path, version: str, about: Optional[dict], lgg
     runs = {n: load_rows(f) for n, f in (compare or {}).items()}
     runs[version] = load_rows(lgg_run)
     _check_same_cases(runs, version)
-    atomic_write(out / "report_lgg.md", report_text(runs, contrasts, version, list(runs)[0]))
+    write_text_atomic(out / "report_lgg.md", report_text(runs, contrasts, version, list(runs)[0]))
     metrics = {"model": version, **card_metrics(runs, contrasts, version)}
-    atomic_write(out / "card_metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(out / "card_metrics.json", json.dumps(metrics, indent=2))
     if other is not None:
         other_run = evaluate_once(other, plain, out / "eval_other", [], threads, device)
         others = {n: load_rows(f) for n, f in (compare_other or {}).items()}
         others[version] = load_rows(other_run)
         _check_same_cases(others, version)
-        atomic_write(out / "report_other.md", report_text(others, contrasts, version, list(others)[0]))
+        write_text_atomic(out / "report_other.md", report_text(others, contrasts, version, list(others)[0]))
     final = out / "model.pt"
     export_checkpoint(str(checkpoint), str(final), name=name, about=about, metrics=metrics)
     return final
@@ -123,11 +123,10 @@ def install(model: Path, version: str, name: str = MODEL_NAME, models_dir: Path 
         text = re.sub(r"(\| SHA-256 \| `)[0-9a-f]{64}(`)", rf"\g<1>{sha}\g<2>", text, count=1)
         texts[card_page] = re.sub(r"(TorchScript, )[0-9.]+ MB", rf"\g<1>{megabytes:.1f} MB", text, count=1)
     target = Path(models_dir) / entry["file"]
-    staged_model = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(model, staged_model)
-    os.replace(staged_model, target)
+    with atomic_path(target) as staged_model:
+        shutil.copyfile(model, staged_model)
     for path, text in texts.items():
-        atomic_write(path, text)
+        write_text_atomic(path, text)
     return sha
 
 

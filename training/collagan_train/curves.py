@@ -7,7 +7,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Dict, List
 
@@ -15,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from CollaGANImputeLib.atomic import atomic_path  # noqa: E402
 
 
 def _read(path: Path) -> Dict[str, List[float]]:
@@ -60,8 +60,9 @@ def plot_curves(run_dir) -> Path:
             ax.legend(fontsize=7)
     fig.tight_layout()
     out = run / "curves.png"
-    tmp = run / ".curves.tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with atomic_path(out, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
     return out

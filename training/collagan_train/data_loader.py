@@ -30,13 +30,13 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import CollaGANImputeLib
 import numpy as np
 import torch
+from CollaGANImputeLib.atomic import write_text_atomic
 from CollaGANImputeLib.case import prepare_case
 from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.contract import DEFAULT_PIXEL_SPACING
 from CollaGANImputeLib.errors import InputError
-from CollaGANImputeLib.evaluate import read_volume_allow_empty
 from CollaGANImputeLib.geometry import SliceGrid
-from CollaGANImputeLib.io import LESION_SUFFIX, OutputSet, find_case_files, find_lesion_mask
+from CollaGANImputeLib.io import LESION_SUFFIX, OutputSet, find_case_files, find_lesion_mask, read_lesion_mask
 
 from .config import TrainConfig
 
@@ -110,10 +110,7 @@ def load_or_make_split(cfg: TrainConfig, folder: Path) -> dict:
                              "(--set split_file=runs/<cohort>_split.json, made on first use).")
         return split
     split = make_split(cases, cfg.n_val, cfg.split_seed, cfg.val_cases_required)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(split, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(split, indent=2) + "\n")
     return split
 
 
@@ -140,7 +137,7 @@ def prepare_slices(case_dir: Path, contrasts: Sequence[str], min_foreground: flo
     lesion = np.zeros_like(mask, dtype=bool)
     seg = find_lesion_mask(case_dir)
     if seg is not None:
-        lesion = case.lesion_like_inputs(read_volume_allow_empty(seg))
+        lesion = case.lesion_like_inputs(read_lesion_mask(seg))
     grid = SliceGrid(mask.shape[1:], case.spacing, tuple(size), tuple(spacing))
     if tuple(stack.shape[-2:]) != tuple(size) or grid.resampled:
         stack = grid.to_model(torch.from_numpy(stack)).numpy()

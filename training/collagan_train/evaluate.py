@@ -17,20 +17,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from CollaGANImputeLib.atomic import atomic_path, write_text_atomic
 from CollaGANImputeLib.contract import load_model
-from CollaGANImputeLib.evaluate import read_volume_allow_empty, score_imputation
-from CollaGANImputeLib.io import find_lesion_mask
+from CollaGANImputeLib.evaluate import score_imputation
+from CollaGANImputeLib.io import find_lesion_mask, read_lesion_mask
 from CollaGANImputeLib.labels import METRIC_LABELS
 from CollaGANImputeLib.metrics import METRIC_NAMES, summarize
 from CollaGANImputeLib.pipeline import read_case
 
 from .data_loader import lgg_folder_or_exit, repo_path
-from .report import atomic_write
 
 LABELS = {key: metric.label for key, metric in METRIC_LABELS.items()}  # the core's one table of labels
 
@@ -40,7 +39,7 @@ def score_case(model, case_dir: Path, target: str, inputs: Sequence[str], device
     """Impute ``target`` of one case from ``inputs`` and score it; returns (scores, pred, gt, mask, lesion)."""
     images = images or read_case(case_dir, model.card.contrasts)
     lesion_path = find_lesion_mask(case_dir)
-    lesion_image = read_volume_allow_empty(lesion_path) if lesion_path is not None else None
+    lesion_image = read_lesion_mask(lesion_path) if lesion_path is not None else None
     scored = score_imputation(model, images, target, inputs, lesion_image, device=device)
     return scored.scores, scored.pred, scored.real, scored.mask, scored.lesion
 
@@ -77,7 +76,7 @@ def evaluate(models: Dict[str, str], case_dirs: Sequence[Path], out_dir: Path, d
                                 for t in contrasts}
     _write_rows(out_dir / "rows.csv", rows)
     _write_table(out_dir, summary, list(models), contrasts, len(case_dirs))
-    atomic_write(out_dir / "summary.json", json.dumps({"protocol": "EVALUATION.md v3", "cases": [c.name for c in
+    write_text_atomic(out_dir / "summary.json", json.dumps({"protocol": "EVALUATION.md v3", "cases": [c.name for c in
                                                          case_dirs], "methods": summary}, indent=2))
     _montage(out_dir / "montage.png", montage, rows, montage_dir.name)
     return summary
@@ -96,12 +95,10 @@ def _best_single_input(rows: List[dict]) -> List[dict]:
 
 def _write_rows(path: Path, rows: List[dict]) -> None:
     fields = ["method", "case", "target", "inputs", *METRIC_NAMES, "lesion_voxels"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _fmt(stat: dict, metric: str) -> str:
@@ -136,14 +133,12 @@ def _write_table(out_dir: Path, summary: dict, methods: List[str], contrasts: Li
         lines.append("")
     lines.append("Inputs per method and target: " + "; ".join(
         f"{m}: " + ", ".join(f"{t}<-{summary[m]['inputs'][t]}" for t in contrasts) for m in methods))
-    atomic_write(out_dir / "table.md", "\n".join(lines) + "\n")
-    tmp = out_dir / ".table.csv.tmp"
-    with open(tmp, "w", newline="") as handle:
+    write_text_atomic(out_dir / "table.md", "\n".join(lines) + "\n")
+    with atomic_path(out_dir / "table.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["target", "method", "inputs", "metric", "mean", "std", "median",
                                                      "n", "positive"])
         writer.writeheader()
         writer.writerows(csv_rows)
-    os.replace(tmp, out_dir / "table.csv")
 
 
 def _montage(path: Path, montage: dict, rows: List[dict], case: str) -> None:
@@ -175,10 +170,11 @@ def _montage(path: Path, montage: dict, rows: List[dict], case: str) -> None:
             ax.axis("off")
     fig.suptitle(f"{case}: slice with the largest lesion; red = lesion mask; p99 units [0, 1.2]", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def validation_cases(split_file: str, data_dir: str = "", limit: int = 0) -> List[Path]:

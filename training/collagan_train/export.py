@@ -11,12 +11,12 @@ import argparse
 import csv
 import hashlib
 import json
-import os
 import platform
 from pathlib import Path
 from typing import List, Optional
 
 import torch
+from CollaGANImputeLib.atomic import write_text_atomic
 from CollaGANImputeLib.contract import DEFAULT_PIXEL_SPACING, ModelCard, load_model, save_model
 
 from .config import TrainConfig, loss_settings
@@ -102,10 +102,7 @@ def training_input_profile(cfg: TrainConfig) -> dict:
         return json.loads(cache.read_text())
     profile = training_profile_from_folders([folder / c for c in cases], cfg.contrasts,
                                             source=f"{len(cases)} training cases of {cfg.split_file}")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(profile))
-    os.replace(tmp, cache)
+    write_text_atomic(cache, json.dumps(profile))
     return profile
 
 

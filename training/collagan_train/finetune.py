@@ -30,9 +30,9 @@ import torch
 from CollaGANImputeLib.case_files import read_case, training_profile_from_folders
 from CollaGANImputeLib.contract import load_model
 from CollaGANImputeLib.errors import InputCheckWarning, InputError
-from CollaGANImputeLib.evaluate import evaluate_cases, read_volume_allow_empty, score_imputation
-from CollaGANImputeLib.io import OutputSet, find_case_files, find_lesion_mask
-from CollaGANImputeLib.models import bundled_models
+from CollaGANImputeLib.evaluate import evaluate_cases, score_imputation
+from CollaGANImputeLib.io import OutputSet, find_case_files, find_lesion_mask, read_lesion_mask
+from CollaGANImputeLib.resources import bundled_models
 
 from .config import TrainConfig
 from .data_loader import REPO_ROOT, SliceData, list_cases
@@ -322,7 +322,7 @@ def rows_from_inputs(model, case_dirs: Sequence[Path], contrasts: Sequence[str])
     for folder in case_dirs:
         images = read_case(folder, contrasts)
         seg = find_lesion_mask(folder)
-        lesion = read_volume_allow_empty(seg) if seg is not None else None
+        lesion = read_lesion_mask(seg) if seg is not None else None
         for target in contrasts:
             inputs = [c for c in contrasts if c != target]
             scored = score_imputation(model, images, target, inputs, lesion, device="cpu")

@@ -28,13 +28,13 @@ import argparse
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
+from CollaGANImputeLib.atomic import atomic_path
 from CollaGANImputeLib.errors import InputError
 
 #: The source's RGB channel order (its README: "pre-contrast, FLAIR, post-contrast").
@@ -140,18 +140,12 @@ def to_image(array: np.ndarray) -> sitk.Image:
 
 def write_patient(patient: Patient, case_dir: Path) -> None:
     """Write ``case_dir`` whole or not at all: files go to a temporary sibling folder that is then renamed."""
-    case_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{case_dir.name}.", suffix=".tmp", dir=case_dir.parent))
-    try:
+    with atomic_path(case_dir, directory=True) as tmp:
         for contrast in CONTRASTS:
             if contrast in patient.volumes:
                 sitk.WriteImage(to_image(patient.volumes[contrast]), str(tmp / f"{patient.name}-{contrast}.nii.gz"),
                                 useCompression=True)
         sitk.WriteImage(to_image(patient.seg), str(tmp / f"{patient.name}-seg.nii.gz"), useCompression=True)
-        os.replace(tmp, case_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def patient_folders(source: Path) -> list[Path]:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
+from CollaGANImputeLib.atomic import write_text_atomic
 from CollaGANImputeLib.labels import METRIC_LABELS
 
 #: (key, column title, higher is better, digits) of the side-by-side tables, from the core's one table of labels
@@ -154,14 +154,6 @@ def card_metrics(runs: Dict[str, List[dict]], contrasts: Sequence[str], model: s
     return out
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in its folder (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def report_text(runs: Dict[str, List[dict]], contrasts: Sequence[str], challenger: str, reference: str) -> str:
     """The Markdown report: comparison and fidelity tables, paired wins of ``challenger`` over ``reference``, and
     the missing-N study."""
@@ -184,9 +176,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     challenger = args.challenger or list(runs)[-1]
     reference = args.reference or list(runs)[0]
     text = report_text(runs, contrasts, challenger, reference)
-    atomic_write(Path(args.out), text)
+    write_text_atomic(Path(args.out), text)
     if args.card_metrics:
-        atomic_write(Path(args.card_metrics), json.dumps(card_metrics(runs, contrasts, challenger), indent=2))
+        write_text_atomic(Path(args.card_metrics), json.dumps(card_metrics(runs, contrasts, challenger), indent=2))
     print(text)
 
 

@@ -19,13 +19,13 @@ import copy
 import csv
 import inspect
 import math
-import os
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
+from CollaGANImputeLib.atomic import atomic_path
 from CollaGANImputeLib.contract import model_input as build_input  # the contract's one layout
 from CollaGANImputeLib.metrics import score_volume
 from torch import nn
@@ -67,12 +67,10 @@ def log_header(path: Path, fields: List[str]) -> List[str]:
         return header
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=header + missing, restval="")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
     return header + missing
 
 
@@ -249,7 +247,7 @@ class Solver:
             weight = 1 + (cfg.lesion_weight - 1) * lesions[:, None].to(dtype)
         if cfg.edge_weight != 1:
             # The scalp holds a third of the head's squared error and is where a FLAIR copied from the T1 shows
-            # most in the whole-head contrast identity (benchmarks/identity_counterfactual.py).
+            # most in the whole-head contrast identity (research/identity_counterfactual.py).
             edge = 1 + (cfg.edge_weight - 1) * losses.edge_band(masks, cfg.edge_px)[:, None].to(dtype)
             weight = edge if weight is None else torch.maximum(weight, edge)
         return weight
@@ -462,20 +460,16 @@ class Solver:
         """Write ``out_dir/name`` atomically (rank 0 only)."""
         path = self.out_dir / name
         if self.rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(self.state(), tmp)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                torch.save(self.state(), tmp)
         return path
 
     def _snapshot(self) -> Path:
         generator = self.G_ema if self.G_ema is not None else self.G
         path = self.out_dir / "snapshots" / f"g_{self.step:06d}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"G": generator.state_dict(), "step": self.step, "config": self.base_cfg.to_dict(),
-                    "train_seconds": self.train_seconds}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"G": generator.state_dict(), "step": self.step, "config": self.base_cfg.to_dict(),
+                        "train_seconds": self.train_seconds}, tmp)
         return path
 
     @classmethod

@@ -66,7 +66,7 @@ def test_a_comparison_on_other_patients_or_a_missing_checkpoint_is_refused(tiny_
 
 def test_install_replaces_the_bundled_model_its_sha_and_card_header(tiny_cfg, sample_slices, tmp_path):
     from CollaGANImputeLib.contract import sha256_of
-    from CollaGANImputeLib.models import bundled_models
+    from CollaGANImputeLib.resources import bundled_models
 
     from training.collagan_train.bundle import MODELS_DIR, install
     from training.collagan_train.export import export_checkpoint

@@ -23,30 +23,27 @@ from .display import tr as _
 
 #: The Slicer module's folder (CollaGANImpute/), where its Resources are installed.
 MODULE_DIR = pathlib.Path(__file__).resolve().parents[2]
-#: Import name -> pip requirement. SimpleITK and numpy ship with Slicer; torch preferably comes from the
-#: PyTorch extension, which picks the CUDA build matching the driver.
-PYTHON_REQUIREMENTS = {"torch": "torch>=2.0", "skimage": "scikit-image>=0.20"}
-SAMPLE_CASE = "TCGA-HT-7882"
 SAMPLE_CONTRASTS = ("t1n", "t1c", "t2f")
 
 
 def sampleCaseFolder() -> Optional[pathlib.Path]:
-    """The bundled sample case: <module>/Resources/SampleData when installed, <repo>/Resources in a checkout."""
-    here = MODULE_DIR
-    for resources in (here / "Resources", here.parent / "Resources"):
-        folder = resources / "SampleData" / SAMPLE_CASE
-        if folder.is_dir():
-            return folder
-    return None
+    """The bundled sample case (found by :mod:`..resources`), or None when it is not installed."""
+    from ..errors import NoSampleCaseError
+    from ..resources import sample_case_dir
+
+    try:
+        return sample_case_dir()
+    except NoSampleCaseError:
+        return None
 
 
 def loadSampleCase(source=None) -> list:
     """Load the bundled case: three contrasts as volumes, the lesion mask as a label map."""
-    folder = sampleCaseFolder()
-    if folder is None:
-        raise RuntimeError(f"The sample case {SAMPLE_CASE} is not installed; reinstall the CollaGAN extension.")
-    nodes = [slicer.util.loadVolume(str(folder / f"{SAMPLE_CASE}-{c}.nii.gz")) for c in SAMPLE_CONTRASTS]
-    nodes.append(slicer.util.loadLabelVolume(str(folder / f"{SAMPLE_CASE}-seg.nii.gz")))
+    from ..resources import sample_case_dir
+
+    folder = sample_case_dir()  # NoSampleCaseError says what to reinstall
+    nodes = [slicer.util.loadVolume(str(folder / f"{folder.name}-{c}.nii.gz")) for c in SAMPLE_CONTRASTS]
+    nodes.append(slicer.util.loadLabelVolume(str(folder / f"{folder.name}-seg.nii.gz")))
     return nodes
 
 
@@ -57,10 +54,10 @@ def registerSampleData():
     folder = sampleCaseFolder()
     if folder is None:
         return
-    names = [f"{SAMPLE_CASE}-{c}" for c in (*SAMPLE_CONTRASTS, "seg")]
+    names = [f"{folder.name}-{c}" for c in (*SAMPLE_CONTRASTS, "seg")]
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="CollaGAN",
-        sampleName=f"CollaGAN LGG case {SAMPLE_CASE}",
+        sampleName=f"CollaGAN LGG case {folder.name}",
         uris=[(folder / f"{name}.nii.gz").as_uri() for name in names],
         fileNames=[f"{name}.nii.gz" for name in names],
         nodeNames=names,
@@ -79,13 +76,16 @@ class ApplicationLogic:
     @staticmethod
     def missingDependencies() -> list:
         """Pip requirements whose package cannot be imported (checked without importing it)."""
-        return [req for module, req in PYTHON_REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
+        from ..requirements import missing_requirements  # torch-free: works before the install
+
+        return missing_requirements()
 
     def dependenciesReady(self) -> bool:
         return not self.missingDependencies()
 
     def installDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install torch (PyTorch extension when present) and scikit-image; True when both import afterwards.
+        """Install the missing requirements (torch from the PyTorch extension when present); True when all import
+        afterwards.
 
         Slicer >= 5.12 uses slicer.packaging.pip_ensure (asks, shows progress, offers a restart when needed);
         older versions ask here and use slicer.util.pip_install.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
@@ -20,6 +19,7 @@ from typing import Iterable, Mapping, Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import atomic_path
 from ..case import PreparedCase, prepare_case
 from ..errors import InputError
 from ..geometry import align_to_reference, to_canonical_array
@@ -111,20 +111,13 @@ def write_scores_csv(path: Union[str, os.PathLike], scores: Mapping[str, float],
     path = Path(path)
     if path.suffix.lower() != ".csv":
         raise InputError(f"{path.name}: give a file name ending in .csv.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.csv", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["metric", "value"])
-            for key, value in (context or {}).items():
-                writer.writerow([key, value])
-            for key in score_keys(scores):
-                writer.writerow([key, repr(float(scores[key]))])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["metric", "value"])
+        for key, value in (context or {}).items():
+            writer.writerow([key, value])
+        for key in score_keys(scores):
+            writer.writerow([key, repr(float(scores[key]))])
     return path
 
 

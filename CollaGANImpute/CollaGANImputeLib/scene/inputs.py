@@ -27,7 +27,7 @@ class InputLogic:
 
     def loadSampleCase(self) -> dict:
         """The bundled case TCGA-HT-7882: t1n, t1c, t2f as volumes and "seg" (lesion mask) as a label map."""
-        from ..models import sample_case_dir
+        from ..resources import sample_case_dir
 
         folder = sample_case_dir()
         nodes = {c: self.readVolume(folder / f"{folder.name}-{c}.nii.gz") for c in SAMPLE_CONTRASTS}

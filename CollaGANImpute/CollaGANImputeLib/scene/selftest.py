@@ -15,7 +15,7 @@ import os
 import slicer
 import vtk
 
-from .application import SAMPLE_CASE, SAMPLE_CONTRASTS, loadSampleCase
+from .application import SAMPLE_CONTRASTS, loadSampleCase, sampleCaseFolder
 
 
 class ModuleSelfTest:
@@ -66,7 +66,7 @@ class ModuleSelfTest:
         nodes = self._sampleNodes()
         guessed = logic.guessInputNodes(list(SAMPLE_CONTRASTS))
         self.assertEqual({c: n.GetName() for c, n in guessed.items()},
-                         {c: f"{SAMPLE_CASE}-{c}" for c in SAMPLE_CONTRASTS})
+                         {c: f"{sampleCaseFolder().name}-{c}" for c in SAMPLE_CONTRASTS})
         node = logic.imputeNodes({"t1n": nodes["t1n"], "t2f": nodes["t2f"]}, model=self._model(), target="t1c",
                                  device="cpu")
         self.assertEqual(node.GetAttribute("collagan_synthetic"), "true")

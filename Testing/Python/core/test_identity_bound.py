@@ -1,34 +1,20 @@
-"""The bound in benchmarks/identity_counterfactual.py: a conditional mean has r(pred, input) = ρ / R, so its
+"""The bound in research/identity_counterfactual.py: a conditional mean has r(pred, input) = ρ / R, so its
 contrast identity I is positive exactly where R² > ρ; plot_identity_bound reads the table it prints; and
 identity_residual splits a residual into its smooth part and the rest."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from CollaGANImputeLib.metrics import contrast_identity
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture()
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import identity_counterfactual
-    import identity_residual
-    import plot_identity_bound
-
-    yield identity_counterfactual, plot_identity_bound, identity_residual
-    for name in ("identity_counterfactual", "plot_identity_bound", "identity_residual"):
-        sys.modules.pop(name, None)
+from research.identity_counterfactual import regression_bound
+from research.identity_residual import residual_shares
+from research.plot_identity_bound import read_bound_table
 
 
 @pytest.mark.parametrize("noise, identity_positive", [(0.05, True), (0.6, False)])
-def test_a_conditional_mean_has_positive_identity_only_where_r2_exceeds_rho(bench, noise, identity_positive):
-    regression_bound = bench[0].regression_bound
+def test_a_conditional_mean_has_positive_identity_only_where_r2_exceeds_rho(noise, identity_positive):
     rng = np.random.default_rng(0)
     t1 = rng.uniform(0, 1, (4, 48, 48))
     predictable = t1 + 0.4 * np.sin(9 * t1)  # not linear in the input, so it is not the input itself
@@ -40,8 +26,7 @@ def test_a_conditional_mean_has_positive_identity_only_where_r2_exceeds_rho(benc
     assert (r2 > rho) == identity_positive and (identity > 0) == identity_positive
 
 
-def test_the_plot_reads_the_printed_table_and_refuses_a_file_without_it(bench, tmp_path):
-    read_bound_table = bench[1].read_bound_table
+def test_the_plot_reads_the_printed_table_and_refuses_a_file_without_it(tmp_path):
     table = tmp_path / "cf.txt"
     table.write_text("t2f from t1n+t1c; columns: ...\nTCGA-A  -0.1  +0.2\nmean  -0.1\n\n"
                      "I > 0 needs R² > ρ from a regression; columns: ...\n"
@@ -54,8 +39,7 @@ def test_the_plot_reads_the_printed_table_and_refuses_a_file_without_it(bench, t
         read_bound_table(tmp_path / "other.txt")
 
 
-def test_the_residual_is_split_into_slow_intensity_changes_and_the_rest(bench):
-    residual_shares = bench[2].residual_shares
+def test_the_residual_is_split_into_slow_intensity_changes_and_the_rest():
     rng = np.random.default_rng(1)
     mask = np.zeros((6, 64, 64), bool)
     mask[:, 8:56, 8:56] = True

@@ -32,7 +32,7 @@ def app():
 
 
 def test_uploads_go_to_a_private_folder_and_bad_ones_are_refused(app):
-    from CollaGANImputeLib.models import sample_case_dir
+    from CollaGANImputeLib.resources import sample_case_dir
 
     assert stat.S_IMODE(os.stat(app.upload_dir).st_mode) == 0o700
     with pytest.raises(InputError, match="unsupported file type"):

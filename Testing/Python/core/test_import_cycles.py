@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Set
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = {
     "training.collagan_train": ROOT / "training" / "collagan_train",
     "CollaGANImputeLib": ROOT / "CollaGANImpute" / "CollaGANImputeLib",

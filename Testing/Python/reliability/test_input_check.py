@@ -15,8 +15,8 @@ from CollaGANImputeLib import ModelCard, impute, load_model, save_model
 from CollaGANImputeLib.cli import EXIT_OK, main
 from CollaGANImputeLib.errors import InputCheckWarning
 from CollaGANImputeLib.input_check import check_case, training_profile
-from CollaGANImputeLib.models import bundled_models
 from CollaGANImputeLib.pipeline import prepare_case, read_case
+from CollaGANImputeLib.resources import bundled_models
 from core_fixtures import CONTRASTS, REPO, TinyGenerator
 
 SHARED = REPO.parent / "shared" / "data"

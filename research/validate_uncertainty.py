@@ -3,7 +3,7 @@ lesions) on the LGG validation patients and the OpenMS patients, with any model 
 bar, writes per-case scores, a Markdown summary and the figure.
 
 Usage (one command, rerun with a new model by --model):
-    python benchmarks/validate_uncertainty.py --model Resources/Models/collagan_lgg_t1n_t1c_t2f.pt \
+    python -m research.validate_uncertainty --lgg DATA/lgg --openms DATA/openms \
         --out runs/uncertainty_v2 --figure docs/images/uncertainty_validation.png --threads 1
 
 Every contrast of each case is imputed from the others with ``impute(..., uncertainty=True)`` (the shipped path,
@@ -16,22 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from CollaGANImputeLib import load_model
+from CollaGANImputeLib.atomic import write_text_atomic
+from CollaGANImputeLib.io import find_lesion_mask, read_lesion_mask
+from CollaGANImputeLib.metrics import UNCERTAINTY_NAMES
+from CollaGANImputeLib.models import default_model
+from CollaGANImputeLib.pipeline import impute, read_case
+from CollaGANImputeLib.uncertainty_metrics import error_by_uncertainty_quantile, uncertainty_scores
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "CollaGANImpute"))
-
-import torch  # noqa: E402
-from CollaGANImputeLib import load_model  # noqa: E402
-from CollaGANImputeLib.evaluate import read_volume_allow_empty  # noqa: E402
-from CollaGANImputeLib.io import find_lesion_mask  # noqa: E402
-from CollaGANImputeLib.metrics import UNCERTAINTY_NAMES, error_by_uncertainty_quantile, uncertainty_scores  # noqa: E402
-from CollaGANImputeLib.models import default_model  # noqa: E402
-from CollaGANImputeLib.pipeline import impute, read_case  # noqa: E402
+from . import DEFAULT_SPLIT, LGG_ENV, OPENMS_ENV, lgg_folder
 
 SCORES = UNCERTAINTY_NAMES
 #: The bar the uncertainty map must reach: means over the LGG validation patients, every target.
@@ -51,7 +51,7 @@ def score_case(model, folder: Path, target: str, precision: str, device: str, ke
     lesion = None
     lesion_path = find_lesion_mask(folder)
     if lesion_path is not None:
-        lesion = case.lesion_like_inputs(read_volume_allow_empty(lesion_path))
+        lesion = case.lesion_like_inputs(read_lesion_mask(lesion_path))
     scores = uncertainty_scores(u, pred, real, case.mask, lesion)
     deciles, decile_u = error_by_uncertainty_quantile(u, pred, real, case.mask)
     row = {"case": folder.name, "target": target, "inputs": "+".join(sorted(inputs, key=model.card.contrasts.index)),
@@ -177,10 +177,10 @@ def figure(path: Path, example: dict, summaries: dict[str, dict], targets: list[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model .pt file (default: the bundled model)")
-    parser.add_argument("--lgg", default=str(REPO.parent / "shared/data/lgg/complete"), help="LGG case folders")
-    parser.add_argument("--split", default=str(REPO / "training/splits/lgg_split.json"), help="split file ('val')")
-    parser.add_argument("--openms", default=str(REPO.parent / "shared/data/openms"), help="OpenMS case folders "
-                        "('' to skip)")
+    parser.add_argument("--lgg", help=f"LGG case folders (default: ${LGG_ENV})")
+    parser.add_argument("--split", default=str(DEFAULT_SPLIT), help="split file ('val')")
+    parser.add_argument("--openms", default=os.environ.get(OPENMS_ENV, ""),
+                        help=f"OpenMS case folders (default: ${OPENMS_ENV}; none: skipped)")
     parser.add_argument("--out", default="runs/uncertainty", help="folder for rows.jsonl, summary.json/md")
     parser.add_argument("--figure", help="PNG to write (e.g. docs/images/uncertainty_validation.png)")
     parser.add_argument("--figure-case", default="TCGA-HT-7882", help="case shown in the figure")
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
     parser.add_argument("--fresh", action="store_true", help="ignore rows of an earlier run")
     args = parser.parse_args(argv)
+    lgg = lgg_folder(args.lgg, "--lgg")  # before any work: say what to pass
     torch.set_num_threads(args.threads)
     model = load_model(args.model) if args.model else default_model()
     contrasts = list(model.card.contrasts)
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             row = json.loads(line)
             if row.get("model_sha256") == model.sha256 and row.get("precision") == args.precision:
                 done[(row["case"], row["target"])] = row
-    domains = {"LGG validation": [Path(args.lgg) / name for name in json.loads(Path(args.split).read_text())["val"]]}
+    domains = {"LGG validation": [lgg / name for name in json.loads(Path(args.split).read_text())["val"]]}
     if args.openms:
         domains["OpenMS"] = sorted(p for p in Path(args.openms).iterdir() if p.is_dir())
     rows_by_domain: dict[str, list[dict]] = {}
@@ -235,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     text = f"Model {model.card.name} ({model.sha256[:12]}), precision {args.precision}\n\n{table}\n\n" + \
         "\n".join(f"- {n}" for n in notes) + f"\n\nBar: {verdict}\n"
     print(text)
-    (out / "summary.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps({"model": model.card.name, "sha256": model.sha256,
+    write_text_atomic(out / "summary.md", text)
+    write_text_atomic(out / "summary.json", json.dumps({"model": model.card.name, "sha256": model.sha256,
                                                   "precision": args.precision, "summaries": summaries,
                                                   "bar_reached": ok, "notes": notes}, indent=1))
     if args.figure and example is not None:

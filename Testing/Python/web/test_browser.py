@@ -99,7 +99,7 @@ def test_impute_shows_the_labeled_result_in_slice_views(page, tmp_path):
 
 
 def test_compare_table_equals_collagan_impute_evaluate(page, tmp_path):
-    from CollaGANImputeLib.models import sample_case_dir
+    from CollaGANImputeLib.resources import sample_case_dir
 
     if page.get_by_text("t1c (synthetic, CollaGAN)").count() == 0:
         page.locator("#impute").click()

@@ -7,8 +7,6 @@ case; the quality rule is the README's (masked SSIM within 0.002, NMSE within 1 
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -22,10 +20,8 @@ from CollaGANImputeLib.acceleration import (
 )
 from CollaGANImputeLib.inference import build_input, impute_slices
 from CollaGANImputeLib.metrics import score_volume
-from core_fixtures import CONTRASTS, REPO
+from core_fixtures import CONTRASTS
 
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 Generator = pytest.importorskip("training.collagan_train.model", reason="needs the training tree").Generator
 
 CROP = 128  # in-plane size of the test model: the sample case's central 128x128 (the head)

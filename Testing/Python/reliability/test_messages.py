@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import signal
 import struct
@@ -23,7 +22,7 @@ from CollaGANImputeLib import impute_case, load_model
 from CollaGANImputeLib.errors import InputError
 from CollaGANImputeLib.io import MAX_CASE_NAME_BYTES, OutputSet, read_volume
 from CollaGANImputeLib.pipeline import sidecar_path
-from core_fixtures import REPO, head_phantom, make_image
+from core_fixtures import child_env, head_phantom, make_image
 
 
 @pytest.fixture(scope="module")
@@ -98,15 +97,14 @@ def test_a_case_name_too_long_for_the_file_system_is_refused_first(model, tmp_pa
 def test_a_rerun_removes_the_temporaries_a_killed_process_left(tmp_path):
     target = tmp_path / "P1-t1c-synthetic-collagan.nii.gz"
     script = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path.insert(0, {str(REPO / "CollaGANImpute")!r})
+        import os, signal
         from pathlib import Path
         from CollaGANImputeLib.io import OutputSet
         outputs = OutputSet()
         outputs.stage(Path({str(target)!r}), lambda tmp: Path(tmp).write_bytes(b"half"))
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    killed = subprocess.run([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    killed = subprocess.run([sys.executable, "-c", script], env=child_env(OMP_NUM_THREADS="1"))
     assert killed.returncode == -signal.SIGKILL
     left = [p.name for p in tmp_path.iterdir()]
     assert len(left) == 1 and left[0].startswith(".P1-t1c-synthetic-collagan.") and ".tmp" in left[0]

@@ -5,12 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from CollaGANImputeLib import load_model
-from CollaGANImputeLib.metrics import (
-    auroc,
-    error_by_uncertainty_quantile,
-    spearman,
-    uncertainty_scores,
-)
 from CollaGANImputeLib.uncertainty import (
     Member,
     disagreement,
@@ -18,6 +12,12 @@ from CollaGANImputeLib.uncertainty import (
     estimate_uncertainty,
     member_prediction,
     uncertainty_metadata,
+)
+from CollaGANImputeLib.uncertainty_metrics import (
+    auroc,
+    error_by_uncertainty_quantile,
+    spearman,
+    uncertainty_scores,
 )
 from scipy.stats import spearmanr
 

@@ -3,9 +3,9 @@
 Each row drives one server (the tests' tiny TorchScript model, on a free 127.0.0.1 port) through a real Chromium
 (Playwright) and a plain WebSocket client speaking the page's protocol from 127.0.0.1, every wait bounded in
 messages and seconds, and checks what the server answers, what the page shows and what is left behind. The rows
-are rendered by ``test_reliability_table.render_table`` after the command line's rows (regenerate with
-``python3 Testing/Python/test_reliability_table.py --write``). Marked ``browser``: locally the rows skip with a
-message when Chromium, Playwright or the web extra are missing; in CI (``CI`` set) that is an error.
+are rendered by ``test_table.render_table`` after the command line's rows (regenerate with ``PYTHONPATH=
+Testing/Python python3 Testing/Python/reliability/test_table.py --write``). Marked ``browser``: locally the rows
+skip with a message when Chromium, Playwright or the web extra are missing; in CI (``CI`` set) that is an error.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from web_fixtures import Server, WsClient, chromium_path, free_port, require_bro
 pytestmark = pytest.mark.browser
 
 HEADING = ("**`collagan-impute web`**, driven through a real Chromium and a plain WebSocket client on 127.0.0.1 "
-           "(`Testing/Python/test_reliability_web.py`)")
+           "(`Testing/Python/reliability/test_web.py`)")
 WAIT_MS = 120_000
 
 
@@ -150,7 +150,7 @@ def _default_secret(web: Web) -> None:
 def _broadcast(web: Web) -> None:
     """Chromium uploads a volume while a second client listens: nothing of the file (its bytes, its name as
     uploaded, its size and date) may reach that client; the shared status naming the new volume does."""
-    from CollaGANImputeLib.models import sample_case_dir
+    from CollaGANImputeLib.resources import sample_case_dir
 
     upload = web.root / "broadcast-t1n.nii.gz"
     shutil.copy(sample_case_dir() / "TCGA-HT-7882-t1n.nii.gz", upload)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 #: Tracked files not scanned: docs/EVALUATION.md must stay a byte-identical copy of the reference protocol.
 SKIPPED = {"docs/EVALUATION.md"}

@@ -6,8 +6,8 @@ against the conditional mean's ρ / R; a plain regression sits on the diagonal, 
 its input sits below it. Filled markers: I > 0.
 
 Usage:
-    python benchmarks/identity_counterfactual.py --threads 2 > runs/cf_v6.txt
-    python benchmarks/plot_identity_bound.py runs/cf_v6.txt runs/cf_k.txt --labels v6 "stage K" \
+    python -m research.identity_counterfactual --data DATA/lgg --threads 2 > runs/cf_v6.txt
+    python -m research.plot_identity_bound runs/cf_v6.txt runs/cf_k.txt --labels v6 "stage K" \
         --out docs/images/identity_bound.png
 """
 
@@ -28,7 +28,8 @@ def read_bound_table(path: Path) -> list[tuple[str, float, float, float, float, 
     try:
         start = next(i for i, line in enumerate(lines) if line.startswith("I > 0 needs"))
     except StopIteration:
-        raise SystemExit(f"{path} has no R² / ρ table: make it with benchmarks/identity_counterfactual.py.") from None
+        raise SystemExit(f"{path} has no R² / ρ table: make it with python -m research.identity_counterfactual."
+                         ) from None
     rows = []
     for line in lines[start + 1:]:
         fields = line.split()

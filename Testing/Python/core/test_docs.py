@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 REFERENCE_PROTOCOL = REPO.parent / "shared" / "docs" / "EVALUATION.md"
 
 #: Every Markdown file a user or developer is pointed to (the protocol is checked against its reference instead).

@@ -20,28 +20,26 @@ So such a prediction has I > 0 only where R² > ρ (for the input closest to the
 the measured r(pred, input) next to ρ / R, and I.
 
 Usage:
-    python benchmarks/identity_counterfactual.py --model Resources/Models/collagan_lgg_t1n_t1c_t2f.pt --threads 2
+    python -m research.identity_counterfactual --data DATA/lgg --threads 2 [--model MODEL.pt]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+from CollaGANImputeLib import load_model
+from CollaGANImputeLib.evaluate import score_imputation
+from CollaGANImputeLib.io import find_lesion_mask, read_lesion_mask
+from CollaGANImputeLib.metrics import contrast_identity, lesion_contrast, pearson
+from CollaGANImputeLib.pipeline import read_case
+from CollaGANImputeLib.resources import default_bundled_model
 from scipy import ndimage
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "CollaGANImpute"))
-
-import torch  # noqa: E402
-from CollaGANImputeLib import load_model  # noqa: E402
-from CollaGANImputeLib.evaluate import read_volume_allow_empty, score_imputation  # noqa: E402
-from CollaGANImputeLib.io import find_lesion_mask  # noqa: E402
-from CollaGANImputeLib.metrics import contrast_identity, lesion_contrast, pearson  # noqa: E402
-from CollaGANImputeLib.pipeline import read_case  # noqa: E402
+from . import DEFAULT_SPLIT, LGG_ENV, lgg_folder
 
 COLUMNS = ("I", "real lesion", "lesion at real C", "real tissue", "real band 6", "real band 12", "real inner",
            "band affine/slice", "I inner only")
@@ -86,9 +84,9 @@ def regression_bound(pred: np.ndarray, real: np.ndarray, given: list[np.ndarray]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(REPO / "Resources/Models/collagan_lgg_t1n_t1c_t2f.pt"))
-    parser.add_argument("--data", default=str(REPO.parent / "shared/data/lgg/complete"))
-    parser.add_argument("--split", default=str(REPO / "training/splits/lgg_split.json"))
+    parser.add_argument("--model", help="model .pt file (default: the bundled default model)")
+    parser.add_argument("--data", help=f"LGG case folders (default: ${LGG_ENV})")
+    parser.add_argument("--split", default=str(DEFAULT_SPLIT))
     parser.add_argument("--target", default="t2f")
     parser.add_argument("--subset", choices=("val", "train"), default="val",
                         help="the split's patients to score; train shows if I is lost in fitting or in generalizing")
@@ -96,16 +94,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model = load_model(args.model) if args.model else default_bundled_model().load()
+    data = lgg_folder(args.data)
     inputs = [c for c in model.card.contrasts if c != args.target]
     print(f"{args.target} from {'+'.join(inputs)}; columns: " + " | ".join(COLUMNS) + " | band share of error")
     table, bounds = [], []
     cases = json.loads(Path(args.split).read_text())[args.subset]
     for case in cases[: args.limit or None]:
-        folder = Path(args.data) / case
+        folder = data / case
         images = read_case(folder, model.card.contrasts)
         lesion_path = find_lesion_mask(folder)
-        lesion_image = read_volume_allow_empty(lesion_path) if lesion_path else None
+        lesion_image = read_lesion_mask(lesion_path) if lesion_path else None
         scored = score_imputation(model, images, args.target, inputs, lesion_image, device="cpu")
         mask, pred, real = scored.mask, scored.pred.astype(np.float64), scored.real.astype(np.float64)
         given = [scored.result.case.arrays[c] for c in inputs]

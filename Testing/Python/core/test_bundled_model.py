@@ -36,16 +36,10 @@ def test_default_model_imputes_the_sample_case_better_than_a_blank(sample_case, 
 def test_benchmarks_naive_path_runs_the_bundled_weights():
     """bench_inference/bench_volume time the naive eager path on the bundled model's own weights: the fast
     export's rewrite, undone, must give the same function (and a corrupted merged kernel is refused)."""
-    import sys
-
     import torch
-    from core_fixtures import REPO
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from benchlib import eager_from_model
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    from benchmarks.benchlib import eager_from_model
+
     model = default_model()
     architecture = model.card.architecture
     generator = eager_from_model(model.module, 3, architecture["base_channels"], architecture["levels"])

@@ -12,7 +12,7 @@ import torch
 from CollaGANImputeLib import GeometryWarning, impute, load_model
 from CollaGANImputeLib.geometry import SliceGrid, pad_or_crop, undo_pad_or_crop
 from CollaGANImputeLib.io import read_volume
-from CollaGANImputeLib.models import bundled_models
+from CollaGANImputeLib.resources import bundled_models
 from CollaGANImputeLib.scene.job import ChunkedImputation
 from core_fixtures import head_phantom, make_image
 

@@ -3,9 +3,9 @@
 Each row sets up one fault, runs the command line in this process, and checks the exit code, the message and
 what is left on disk (inputs unchanged, no temporary file anywhere). ``test_docs_table_is_current`` compares
 the table in docs/RELIABILITY.md with :func:`render_table`, which appends the web app's rows
-(``test_reliability_web.py``) as a separate block; to regenerate it after changing a row:
+(``reliability/test_web.py``) as a separate block; to regenerate it after changing a row:
 
-    python3 Testing/Python/test_reliability_table.py --write
+    PYTHONPATH=Testing/Python python3 Testing/Python/reliability/test_table.py --write
 """
 
 from __future__ import annotations
@@ -29,21 +29,20 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core_fixtures import (  # noqa: E402
+from core_fixtures import (
     CONTRASTS,
     REPO,
     NaNOutput,
     TinyGenerator,
     WrongShape,
+    child_env,
     head_phantom,
     make_image,
     write_dicom_series,
 )
 
 DOC = REPO / "docs" / "RELIABILITY.md"
-BEGIN = "<!-- fault table: generated from Testing/Python/test_reliability_table.py; do not edit by hand -->"
+BEGIN = "<!-- fault table: generated from Testing/Python/reliability/test_table.py; do not edit by hand -->"
 END = "<!-- end of fault table -->"
 
 NOTHING = "nothing"
@@ -653,14 +652,13 @@ def _killed_before(env: Env) -> list[str]:
 
     env.out.mkdir()
     script = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path.insert(0, {str(REPO / "CollaGANImpute")!r})
+        import os, signal
         from pathlib import Path
         from CollaGANImputeLib.io import OutputSet
         OutputSet().stage(Path({str(env.out / "P1-t1c-synthetic-collagan.nii.gz")!r}), lambda tmp: None)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    assert subprocess.run([sys.executable, "-c", script]).returncode == -signal.SIGKILL
+    assert subprocess.run([sys.executable, "-c", script], env=child_env()).returncode == -signal.SIGKILL
     assert [p.name for p in env.out.iterdir() if ".tmp" in p.name], "the killed run left its temporary file"
     return env.impute()
 
@@ -728,7 +726,7 @@ FAULTS += CASE_INPUT_FAULTS
 def profiled_model(tmp_path_factory) -> Optional[Path]:
     """A tiny generator whose card carries the bundled model's training profile (None without a bundled model)."""
     from CollaGANImputeLib import ModelCard, save_model
-    from CollaGANImputeLib.models import bundled_models
+    from CollaGANImputeLib.resources import bundled_models
 
     if not bundled_models():
         return None
@@ -801,7 +799,7 @@ def test_fault(fault: Fault, env: Env):
 # ------------------------------------------------------------------------------------------- the table
 
 def render_table() -> str:
-    from test_reliability_web import render_rows as web_rows
+    from test_web import render_rows as web_rows  # reliability/test_web.py, beside this file
 
     rows = ["| bad input or fault | exit code | message (stderr, part) | left on disk |", "|---|---|---|---|"]
     for fault in FAULTS:
@@ -819,7 +817,7 @@ def _doc_table(text: str) -> str:
 def test_docs_table_is_current():
     assert _doc_table(DOC.read_text()) == render_table(), (
         "docs/RELIABILITY.md's table differs from the tested rows: run "
-        "python3 Testing/Python/test_reliability_table.py --write")
+        "PYTHONPATH=Testing/Python python3 Testing/Python/reliability/test_table.py --write")
 
 
 if __name__ == "__main__":

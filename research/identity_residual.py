@@ -18,28 +18,27 @@ real scan's own non-uniformity?
 its first two, middle and last two slices of the input, the real and the synthetic image.
 
 Usage:
-    python benchmarks/identity_residual.py --threads 2 [--subset train --limit 12] [--n4] [--montage out.png]
+    python -m research.identity_residual --data DATA/lgg --threads 2 \
+        [--subset train --limit 12] [--n4] [--montage out.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
+from CollaGANImputeLib import load_model
+from CollaGANImputeLib.evaluate import score_imputation
+from CollaGANImputeLib.metrics import contrast_identity, nmse, not_acquired, pearson
+from CollaGANImputeLib.pipeline import read_case
+from CollaGANImputeLib.resources import default_bundled_model
 from scipy import ndimage
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "CollaGANImpute"))
-
-import torch  # noqa: E402
-from CollaGANImputeLib import load_model  # noqa: E402
-from CollaGANImputeLib.evaluate import score_imputation  # noqa: E402
-from CollaGANImputeLib.metrics import contrast_identity, nmse, not_acquired, pearson  # noqa: E402
-from CollaGANImputeLib.pipeline import read_case  # noqa: E402
+from . import DEFAULT_SPLIT, LGG_ENV, lgg_folder
 
 
 def smooth_inside(values: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
@@ -105,9 +104,9 @@ def draw_end_slices(path: Path, case: str, given: np.ndarray, real: np.ndarray, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(REPO / "Resources/Models/collagan_lgg_t1n_t1c_t2f.pt"))
-    parser.add_argument("--data", default=str(REPO.parent / "shared/data/lgg/complete"))
-    parser.add_argument("--split", default=str(REPO / "training/splits/lgg_split.json"))
+    parser.add_argument("--model", help="model .pt file (default: the bundled default model)")
+    parser.add_argument("--data", help=f"LGG case folders (default: ${LGG_ENV})")
+    parser.add_argument("--split", default=str(DEFAULT_SPLIT))
     parser.add_argument("--subset", choices=("val", "train"), default="val")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N patients of the subset")
     parser.add_argument("--target", default="t2f")
@@ -117,7 +116,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model = load_model(args.model) if args.model else default_bundled_model().load()
+    data = lgg_folder(args.data)
     inputs = [c for c in model.card.contrasts if c != args.target]
     header = ("R² | ρ | smooth share | slice-mean share | I | I smooth put back | R² smooth put back | no data | "
               "I acquired part | NMSE | NMSE acquired part")
@@ -126,7 +126,7 @@ def main() -> None:
     table, worst = [], None
     cases = json.loads(Path(args.split).read_text())[args.subset]
     for case in cases[: args.limit or None]:
-        images = read_case(Path(args.data) / case, model.card.contrasts)
+        images = read_case(data / case, model.card.contrasts)
         scored = score_imputation(model, images, args.target, inputs, device="cpu")
         mask, pred, real = scored.mask, scored.pred.astype(np.float64), scored.real.astype(np.float64)
         given = [scored.result.case.arrays[c] for c in inputs]
