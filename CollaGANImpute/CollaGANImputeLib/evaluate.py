@@ -22,6 +22,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import write_text_atomic
+from .case import ImputationResult
+from .case_files import read_case
 from .contract import LoadedModel
 from .errors import CollaGANError, ModelError
 from .figures import montage_png
@@ -37,7 +39,8 @@ from .metrics import (
     score_volume,
     summarize,
 )
-from .pipeline import ImputationResult, impute, read_case, stage_imputed
+from .pipeline import impute
+from .provenance import stage_imputed
 from .registration import register_rigid
 from .uncertainty_metrics import uncertainty_scores
 

@@ -320,7 +320,7 @@ class WebApp:
         """The synthetic volume as NIfTI (labeled in its header) and its JSON provenance sidecar, written as one
         set by the core (the CLI's writer) into a fresh private folder."""
         from .io import OutputSet
-        from .pipeline import sidecar_path, stage_imputed
+        from .provenance import sidecar_path, stage_imputed
 
         node = self.result_node
         result = self.logic.lastResults.get(node.GetID()) if node is not None else None

@@ -91,6 +91,7 @@ class Fault:
     left: str = NOTHING
     kept: bool = False  # outputs are expected (rc 0 warnings, batches)
     check: Optional[Callable[[Env], None]] = None  # the row's own checks of what was written, right after the run
+    child: Optional[str] = None  # run the CLI through this script in a child process instead of in this one
 
 
 # ------------------------------------------------------------------------------------------------ the rows
@@ -621,26 +622,30 @@ def _long_name(env: Env) -> list[str]:
     return env.impute("--name", "p" * 200)
 
 
+#: Run in a child process (so the cap cannot reach the test session's other threads): the CLI with this run's
+#: address space capped at what it uses plus 40 MiB once the inputs are read, as `ulimit -v` does.
+_CAPPED_CLI = """
+import resource, sys
+import CollaGANImputeLib.pipeline as pipeline
+from CollaGANImputeLib.cli import main
+real = pipeline.impute
+def impute(*a, **k):
+    with open("/proc/self/status") as status:
+        used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize"))
+    limits = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (used + 40 * 2**20, limits[1]))
+    try:
+        return real(*a, **k)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, limits)
+pipeline.impute = impute
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _out_of_memory(env: Env) -> list[str]:
-    import resource
-
-    import CollaGANImputeLib.pipeline as pipeline
-
-    real = pipeline.impute
-
-    def impute(*a, **k):  # this run's address space capped at what it uses plus 40 MiB, as `ulimit -v` does
-        with open("/proc/self/status") as status:
-            used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize"))
-        limits = resource.getrlimit(resource.RLIMIT_AS)
-        resource.setrlimit(resource.RLIMIT_AS, (used + 40 * 2**20, limits[1]))
-        try:
-            return real(*a, **k)
-        finally:
-            resource.setrlimit(resource.RLIMIT_AS, limits)
-
     if not Path("/proc/self/status").exists():
         pytest.skip("needs Linux's /proc to cap the address space")
-    env.monkeypatch.setattr(pipeline, "impute", impute)
     shape = (96, 256, 256)
     return env.impute(t1n=env.write("big-t1n.nii", head_phantom(shape, noise=0)),
                       t2f=env.write("big-t2f.nii", head_phantom(shape, seed=1, noise=0) + 1))
@@ -710,7 +715,7 @@ CASE_INPUT_FAULTS = [
     Fault("name-too-long", "`--name` too long for the file system's 255-byte file names", _long_name, 2,
           "shorter --name"),
     Fault("out-of-memory", "not enough memory for the volumes (`ulimit -v`)", _out_of_memory, 2,
-          "Not enough memory to impute case"),
+          "Not enough memory to impute case", child=_CAPPED_CLI),
     Fault("killed-before", "a rerun after a run was killed (SIGKILL) while writing its outputs", _killed_before, 0,
           "", "the outputs; the killed run's hidden temporary files are removed", kept=True, check=_outputs_only),
     Fault("concurrent-runs", "four runs writing one output set at once (`--overwrite`)", _concurrent_runs, 0, "",
@@ -764,12 +769,20 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+def run_cli_in_child(script: str, argv: list[str]) -> tuple[int, str]:
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", script, *argv], env={**child_env(), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stderr
+
+
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.id for f in FAULTS])
 def test_fault(fault: Fault, env: Env):
     torch.set_num_threads(1)
     argv = fault.setup(env)
     before = {p: d for p, d in _digests(env.root).items() if ".tmp" not in Path(p).name}  # inputs, not leftovers
-    code, err = run_cli(argv)
+    code, err = run_cli(argv) if fault.child is None else run_cli_in_child(fault.child, argv)
     env.monkeypatch.undo()  # os.replace and friends back before the checks below
     if fault.check is not None:
         fault.check(env)
