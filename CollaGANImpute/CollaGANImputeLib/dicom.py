@@ -19,8 +19,8 @@ from typing import Any, Mapping, Optional, Union
 
 import SimpleITK as sitk
 
+from .contrast_names import classify_contrast
 from .errors import InputError
-from .scene.names import classify_contrast  # pure Python name rules, no Slicer
 
 PathLike = Union[str, os.PathLike]
 
