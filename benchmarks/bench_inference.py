@@ -51,15 +51,10 @@ from benchlib import (
     wait_until_quiet,
     write_brats_sized_case,
 )
-from CollaGANImputeLib import LoadedModel, ModelCard, acceleration, load_model, save_model
+from CollaGANImputeLib import LoadedModel, ModelCard, ccnr_export, load_model, save_model
 from CollaGANImputeLib import pipeline as pipeline_module
-from CollaGANImputeLib.acceleration import (
-    InferencePlan,
-    count_fast_units,
-    cpu_has_native_bf16,
-    optimize_for_inference,
-    plan_inference,
-)
+from CollaGANImputeLib.acceleration import InferencePlan, cpu_has_native_bf16, plan_inference
+from CollaGANImputeLib.ccnr_export import count_fast_units, optimize_for_inference
 from CollaGANImputeLib.geometry import pad_or_crop, to_canonical_array, undo_pad_or_crop
 from CollaGANImputeLib.inference import build_input, impute_slices
 from CollaGANImputeLib.metrics import nmse, score_volume
@@ -338,12 +333,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         save_model(optimize_for_inference(weights.generator), card, work / "fast.pt")
         models = {"plain": load_model(work / "plain.pt"), "fast": load_model(work / "fast.pt")}
         if args.full:  # the merge threshold's two extremes
-            default_threshold = acceleration.MERGE_BELOW_CHANNELS
+            default_threshold = ccnr_export.MERGE_BELOW_CHANNELS
             for name, threshold in (("all merged", 10**6), ("none merged", 0)):
-                acceleration.MERGE_BELOW_CHANNELS = threshold
+                ccnr_export.MERGE_BELOW_CHANNELS = threshold
                 save_model(optimize_for_inference(weights.generator), card, work / f"{name}.pt")
                 models[name] = load_model(work / f"{name}.pt")
-            acceleration.MERGE_BELOW_CHANNELS = default_threshold
+            ccnr_export.MERGE_BELOW_CHANNELS = default_threshold
         fast = models["fast"]
         print(f"fast export: {count_fast_units(fast.module)} CCNR units rewritten; default plan: "
               f"{plan_inference(fast.module, CPU).describe()}")

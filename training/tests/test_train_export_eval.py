@@ -43,7 +43,7 @@ def test_export_round_trip_equals_eager(tiny_cfg, sample_slices, tmp_path):
         assert torch.allclose(loaded.module(x), solver.G(x), atol=5e-5)
     assert check_export(solver.G, path, x) <= 5e-5
     # The core's fast-CCNR rewrite is applied by default (same function) and can be turned off.
-    from CollaGANImputeLib.acceleration import count_fast_units
+    from CollaGANImputeLib.ccnr_export import count_fast_units
     assert count_fast_units(loaded.module) == 2 * (2 * 3 - 1)  # 3 levels: 2 CCNR per encoder/bottom/decoder
     plain = load_model(export_checkpoint(str(ckpt), str(tmp_path / "plain.pt"), optimize=False))
     assert count_fast_units(plain.module) == 0
