@@ -631,14 +631,14 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
 
     def startImputation(self, inputNodes: dict, model, target: str, device: str = "auto", batchSize: int = 8,
                         cancel=None, precision: str = "auto", uncertainty: bool = False, allowSynthetic: bool = False,
-                        register: bool = False):
+                        register: bool = False, runtime: str = "auto"):
         """Copy the input volumes out of the scene and return a ChunkedImputation to step (GUI) or run;
         ``uncertainty`` also computes the uncertainty map; a synthetic input node is refused unless
         ``allowSynthetic`` (then named in the result's provenance); ``register`` aligns the inputs to the first one
-        first."""
+        first; ``runtime`` picks what runs the model (``auto``: the fastest here)."""
         return self.core.startImputation(inputNodes, model, target, device=device, batchSize=batchSize,
                                          cancel=cancel, precision=precision, uncertainty=uncertainty,
-                                         allowSynthetic=allowSynthetic, register=register)
+                                         allowSynthetic=allowSynthetic, register=register, runtime=runtime)
 
     def addResultToScene(self, job, showNextTo=None):
         """Add the finished job's image as '<target> (synthetic, CollaGAN)', shown beside ``showNextTo``; its
@@ -661,7 +661,7 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
     def imputeNodes(self, inputNodes: dict, model=None, target: Optional[str] = None, device: str = "auto",
                     batchSize: int = 8, progress: Optional[Callable[[float], None]] = None, cancel=None,
                     precision: str = "auto", uncertainty: bool = False, allowSynthetic: bool = False,
-                    register: bool = False):
+                    register: bool = False, runtime: str = "auto"):
         """Console use: impute ``target`` (default: the first missing contrast) from scene volumes; returns the
         new node. ``model`` is a LoadedModel, a bundled model name, a file path, or None for the default.
         ``uncertainty``: also the uncertainty map (``uncertaintyNodeFor(node)``). ``allowSynthetic``: use a
@@ -669,7 +669,7 @@ class CollaGANImputeLogic(ScriptedLoadableModuleLogic):
         inputs to the first one first (rigid; the transforms are in the node's ``collagan_registration`` attribute)."""
         return self.core.imputeNodes(inputNodes, model=model, target=target, device=device, batchSize=batchSize,
                                      progress=progress, cancel=cancel, precision=precision, uncertainty=uncertainty,
-                                     allowSynthetic=allowSynthetic, register=register)
+                                     allowSynthetic=allowSynthetic, register=register, runtime=runtime)
 
     def imputeCaseFolder(self, folder: str, model=None, outDir: Optional[str] = None, load: bool = True, **kwargs):
         """Impute a BraTS-named case folder from disk (exactly the CLI's core call), optionally loading results."""

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_MODEL, EXIT_NO_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 4, 130
 EXIT_TERMINATED = 128 + 15  # SIGTERM, as a shell reports a process it terminated
+RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "openvino")  # runtime.RUNTIMES, without importing it for --help
+RUNTIME_HELP = ("what runs the model: auto = torch on CUDA, on the CPU the fastest installed runtime (measured once "
+                "per machine); torch, onnxruntime or openvino (the model's ONNX export, no torch needed)")
 REGISTER_HELP = ("rigidly co-register the inputs to the reference first (mutual information; for a patient who "
                  "moved between scans; about 10 s per input); the sidecar records each transform")
 
@@ -58,6 +61,13 @@ def _load(model: Optional[str]) -> LoadedModel:
         if bundled.name == model:
             return bundled.load()
     return load_model(model)
+
+
+def _announce_runtime(model: LoadedModel, args: argparse.Namespace) -> None:
+    """Say which runtime will run the model (``auto`` measures the CPU's candidates once, then remembers)."""
+    from .runtime import describe_runtime
+
+    print(describe_runtime(model, args.runtime, args.device, args.precision), file=sys.stderr)
 
 
 class _Progress:
@@ -130,6 +140,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
 
     cases = [_parse_inputs(args.input)] if args.input else [Path(c) for c in args.case]
     model = _load(args.model)
+    _announce_runtime(model, args)
     failed = []
     for case in cases:
         label = case.name if isinstance(case, Path) else (args.name or "inputs")
@@ -140,7 +151,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
                 device=args.device, batch_size=args.batch_size, progress=progress, name=args.name,
                 montage=args.montage, precision=args.precision, uncertainty=args.uncertainty,
                 overwrite=args.overwrite, allow_synthetic=args.allow_synthetic_input,
-                register=args.register)
+                register=args.register, runtime=args.runtime)
         except (InputError, OutputError) as exc:
             if len(cases) == 1:
                 raise
@@ -203,6 +214,7 @@ def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argpa
                     save_volumes: bool, failures: Optional[list] = None) -> list[dict]:
     from tqdm import tqdm
 
+    _announce_runtime(model, args)
     from .evaluate import coverage_warnings, evaluate_cases, markdown_table, summary_table, write_report
 
     steps = tqdm(total=_evaluation_steps(model, dirs, args.target, args.all_subsets), desc="evaluating",
@@ -220,7 +232,7 @@ def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argpa
             batch_size=args.batch_size, montage_dir=out, volumes_dir=out if save_volumes else None,
             precision=args.precision, on_case=on_case, failures=failures,
             uncertainty=getattr(args, "uncertainty", False), protocol=getattr(args, "protocol", "v3"),
-            register=getattr(args, "register", False))
+            register=getattr(args, "register", False), runtime=args.runtime)
         steps.update(started[0] - steps.n)
     finally:
         steps.close()
@@ -277,6 +289,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise InputError(f"The web app needs the 'web' extra: pip install 'collagan-impute[web]' ({exc}).") from exc
     return serve(host=args.host, port=args.port, model=args.model, device=args.device, precision=args.precision,
+                 runtime=args.runtime,
                  allowed_origins=args.allow_origin, idle_timeout=args.idle_timeout)
 
 
@@ -306,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--precision", default=precision, choices=["auto", "fp32", "bf16", "fp16"],
                        help=f"auto = bf16 where the hardware runs it natively, fp32 = reproducible everywhere "
                             f"(default: {precision})")
-        p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
+        p.add_argument("--threads", type=_positive, help="CPU threads (default: the runtime's choice)")
+        p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES, help=RUNTIME_HELP)
         p.add_argument("--target", action="append", help="contrast to impute (repeatable; default: the missing)")
 
     p = sub.add_parser("impute", help="impute the missing contrast(s) of one case")
@@ -362,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="auto (CUDA if available)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="as for impute (default: auto)")
-    p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=_positive, help="CPU threads (default: the runtime's choice)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES, help=RUNTIME_HELP)
     p.add_argument("--allow-origin", action="append", default=[], metavar="URL",
                    help="another origin whose pages may use the server, e.g. a reverse proxy's "
                         "https://collagan.example.org (repeatable; default: only the served page)")
@@ -399,9 +414,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "threads", None):
-            import torch
+            from .runtime import set_num_threads
 
-            torch.set_num_threads(args.threads)
+            set_num_threads(args.threads)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, category, *rest: print(

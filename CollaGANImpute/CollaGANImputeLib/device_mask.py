@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -182,9 +182,10 @@ def device_foreground_mask(volumes: Sequence[torch.Tensor]) -> torch.Tensor:
     return mask
 
 
-def device_mask_and_scales(arrays: Sequence[np.ndarray], device: torch.device, mask_from: Sequence[int]
+def device_mask_and_scales(arrays: Sequence[np.ndarray], device: Union[str, torch.device], mask_from: Sequence[int]
                            ) -> tuple[np.ndarray, list[float]]:
-    """The mask from ``arrays[i] for i in mask_from`` and each array's p99 inside it, computed on ``device``."""
+    """The mask from ``arrays[i] for i in mask_from`` and each array's p99 inside it, computed on ``device``
+    (a torch device or its name)."""
     volumes = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device) for a in arrays]
     mask = device_foreground_mask([volumes[i] for i in mask_from])
     scales = [_scale(volume[mask]) for volume in volumes]

@@ -18,15 +18,13 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from ._version import __version__
 from .contract import LoadedModel, ModelCard
-from .device_mask import device_mask_and_scales
 from .dicom import SERIES_UID
 from .errors import GeometryWarning, InputCheckWarning, InputError, OutputError
 from .geometry import SliceGrid, align_to_reference, canonical_spacing, from_canonical_array, to_canonical_array
@@ -56,6 +54,9 @@ from .uncertainty import (
     uncertainty_description,
     uncertainty_path,
 )
+
+if TYPE_CHECKING:  # torch is optional: the CPU runtimes run the ONNX export without it
+    import torch
 
 
 @dataclass
@@ -132,9 +133,11 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
     raw = {name: to_canonical_array(image) for name, image in aligned.items()}
     names = list(mask_from or raw)
     mask, scales = None, None
-    if device is not None and torch.device(device).type == "cuda":
+    if device is not None and str(device).startswith("cuda"):
+        from .device_mask import device_mask_and_scales  # torch, CUDA only
+
         try:
-            mask, scales = device_mask_and_scales(list(raw.values()), torch.device(device),
+            mask, scales = device_mask_and_scales(list(raw.values()), device,
                                                   [list(raw).index(name) for name in names])
         except InputError:
             raise  # bad input: the CPU would refuse it too
@@ -376,6 +379,7 @@ def impute(
     uncertainty: bool = False,
     allow_synthetic: bool = False,
     register: bool = False,
+    runtime: str = "auto",
 ) -> ImputationResult:
     """Impute each target (default: every model contrast not among ``images``) from the given images.
 
@@ -389,6 +393,8 @@ def impute(
     ``register``: rigidly co-register every image to the reference first (:mod:`.registration`: mutual
     information), for inputs the patient moved between; else they are placed by their headers alone. Each
     transform is in ``result.case.registration`` and the JSON sidecar.
+    ``runtime``: what runs the model (:mod:`.runtime`): ``auto`` (torch on CUDA, the fastest installed one on
+    the CPU), ``torch``, ``onnxruntime`` or ``openvino``.
     """
     card = model.card
     if targets is None:
@@ -417,7 +423,7 @@ def impute(
         inputs = {c: case.arrays[c] for c in inputs_by_target[target]}
         array = impute_slices(model, inputs, target, device=device, batch_size=batch_size, progress=progress,
                               cancel=cancel, progress_offset=offset, progress_total=total,
-                              precision=precision, spacing=case.spacing)
+                              precision=precision, spacing=case.spacing, runtime=runtime)
         offset += n_slices
         array = apply_outside_head(card, case.mask, array)
         result.images[target] = label_synthetic(case.to_image(array), model, inputs_by_target[target], target, case)
@@ -426,7 +432,8 @@ def impute(
         if uncertainty:
             u = estimate_uncertainty(model, inputs, target, array, case.mask, members[target], progress=progress,
                                      progress_offset=offset, progress_total=total, device=device,
-                                     batch_size=batch_size, cancel=cancel, precision=precision, spacing=case.spacing)
+                                     batch_size=batch_size, cancel=cancel, precision=precision, spacing=case.spacing,
+                                     runtime=runtime)
             offset += n_slices * len(members[target])
             result.uncertainty[target] = label_uncertainty(case.to_image(u), result.images[target], members[target])
             result.uncertainty_arrays[target] = u
@@ -481,6 +488,7 @@ def impute_case(
     overwrite: bool = False,
     allow_synthetic: bool = False,
     register: bool = False,
+    runtime: str = "auto",
 ) -> dict[str, Path]:
     """Impute the missing contrasts of a case and write them; returns target → written file.
 
@@ -531,7 +539,7 @@ def impute_case(
             result = impute(images, model, targets=targets, reference=reference, device=device,
                             batch_size=batch_size, progress=progress, cancel=cancel, precision=precision,
                             uncertainty=uncertainty, allow_synthetic=allow_synthetic,
-                            register=register)
+                            register=register, runtime=runtime)
         except InputError as exc:  # "Input 't2f': ..." from the core: name the file too
             contrast = next((c for c in paths if str(exc).startswith(f"Input '{c}': ")), None)
             if contrast is None:

@@ -64,7 +64,7 @@ class WebApp:
     """The page and its server: one MRML scene (trame-slicer's SlicerApp), the module's SceneLogic on it."""
 
     def __init__(self, model: Optional[str] = None, device: str = "auto", precision: str = "auto",
-                 server=None) -> None:
+                 server=None, runtime: str = "auto") -> None:
         from trame.app import get_server
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
@@ -78,7 +78,7 @@ class WebApp:
         self.state, self.ctrl = self.server.state, self.server.controller
         self.slicer_app = SlicerApp()
         self.logic = SceneLogic(self.slicer_app.scene)
-        self.device, self.precision = device, precision
+        self.device, self.precision, self.runtime = device, precision, runtime
         self.model = self.logic.loadModel(model, device="cpu")
         self.contrasts = list(self.model.card.contrasts)
         self.upload_dir = Path(tempfile.mkdtemp(prefix="collagan-web-"))  # mkdtemp: mode 0700, this user only
@@ -300,7 +300,7 @@ class WebApp:
                 raise ValueError("Load a case and choose at least one input volume.")
             self._cancel = threading.Event()
             job = self.logic.startImputation(inputs, self.model, self.state.target, device=self.device,
-                                             cancel=self._cancel, precision=self.precision,
+                                             cancel=self._cancel, precision=self.precision, runtime=self.runtime,
                                              uncertainty=bool(self.state.uncertainty),
                                              register=bool(self.state.register))
         except Exception as error:
@@ -546,7 +546,7 @@ class WebApp:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, model: Optional[str] = None, device: str = "auto",
-          precision: str = "auto", allowed_origins=(), idle_timeout: int = 0) -> int:
+          precision: str = "auto", allowed_origins=(), idle_timeout: int = 0, runtime: str = "auto") -> int:
     """Start the server; block until it is stopped. Returns 0, or 143 when SIGTERM stopped it.
 
     ``allowed_origins``: origins besides the served page that may drive it (a reverse proxy's public address);
@@ -556,7 +556,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, model: Optional[str] = None
 
     allowed_origins = [normalize_origin(o) for o in allowed_origins]  # a bad one refused before the model loads
     os.environ.setdefault("WSLINK_MAX_MSG_SIZE", str(MAX_UPLOAD_BYTES + 2 ** 20))
-    app = WebApp(model=model, device=device, precision=precision)
+    app = WebApp(model=model, device=device, precision=precision, runtime=runtime)
     terminated = threading.Event()
 
     def on_ready(**_) -> None:

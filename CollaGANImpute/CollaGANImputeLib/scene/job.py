@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
-from ..acceleration import default_batch_size
 from ..contract import LoadedModel
 from ..errors import Cancelled
 from ..inference import impute_slices, resolve_device
@@ -30,7 +28,11 @@ from ..pipeline import (
     prepare_case,
 )
 from ..registration import RigidAlignment, register_rigid
+from ..runtime import cuda_out_of_memory, default_batch_size
 from ..uncertainty import disagreement, ensemble_members, label_uncertainty, member_prediction
+
+if TYPE_CHECKING:  # torch is optional: the CPU runtimes run the ONNX export without it
+    import torch
 
 
 @dataclass
@@ -63,6 +65,7 @@ class ChunkedImputation:
     cancel_flag: Optional[threading.Event] = None
     uncertainty: bool = False
     register: bool = False
+    runtime: str = "auto"  # what runs the model (runtime.choose_runtime)
 
     def __post_init__(self) -> None:
         # Model order for the metadata and the mask (as the core's impute does); the caller's order for the
@@ -174,9 +177,11 @@ class ChunkedImputation:
         chunk = {c: self._case.arrays[c][start:stop] for c in self.inputs}
         try:
             predicted = self._predict(chunk, self.batch_size)
-        except torch.cuda.OutOfMemoryError:
+        except cuda_out_of_memory():
             if self.device.type != "cuda":
                 raise
+            import torch
+
             torch.cuda.empty_cache()
             self.device = torch.device("cpu")
             self.slices_per_step = 2
@@ -187,7 +192,7 @@ class ChunkedImputation:
 
     def _predict(self, chunk: Mapping[str, np.ndarray], batch_size: Optional[int]) -> np.ndarray:
         """The current pass on a chunk of slices: the imputation itself, or an uncertainty member."""
-        options = dict(device=self.device, batch_size=batch_size, precision=self.precision,
+        options = dict(device=self.device, batch_size=batch_size, precision=self.precision, runtime=self.runtime,
                        spacing=self._case.spacing, cancel=self._cancel)
         if self.current_pass == 0:
             return impute_slices(self.model, chunk, self.target, **options)
