@@ -140,7 +140,8 @@ def native_bf16() -> bool:
 
 @dataclass
 class OnnxRunner:
-    """One compiled ONNX model: ``runner(x)`` maps float32 (B, 2N, H, W) to float32 (B, 1, H, W), NumPy in and out."""
+    """One compiled ONNX model: ``runner(x)`` maps float32 (B, 2N, H, W) to float32 (B, 1, H, W), NumPy in and out,
+    one slice at a time."""
 
     runtime: str
     precision: str
@@ -148,7 +149,10 @@ class OnnxRunner:
     call: Callable[[np.ndarray], np.ndarray]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.call(np.ascontiguousarray(x, dtype=np.float32))
+        # One slice per call, as the torch CPU path: OpenVINO's fp32 kernels split a batch differently (outputs
+        # ~1e-3 apart), and results must not depend on the batch size (which only sets progress and cancel steps).
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return np.concatenate([self.call(x[i:i + 1]) for i in range(x.shape[0])])
 
     def describe(self) -> str:
         name = {"onnxruntime": f"ONNX Runtime {_version('onnxruntime')}",
