@@ -23,7 +23,13 @@ import numpy as np
 from .contract import LoadedModel, ModelCard, model_input
 from .errors import Cancelled, InputError, ModelError
 from .geometry import SliceGrid
-from .runtime import choose_runtime, default_batch_size, installed, onnx_runner
+from .runtime import (  # noqa: F401  (resolve_device, describe_device: re-exported, callers import them here)
+    choose_runtime,
+    default_batch_size,
+    describe_device,
+    onnx_runner,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -32,44 +38,6 @@ if TYPE_CHECKING:
 
 ProgressCallback = Callable[[int, int], None]
 CancelFlag = Union[threading.Event, Callable[[], bool], None]
-
-
-def resolve_device(device: Union[str, torch.device, None] = "auto") -> Union[torch.device, str]:
-    """``auto`` picks CUDA when a GPU is usable, else CPU; ``cuda`` without a GPU is refused clearly.
-
-    Without torch installed only the CPU is usable: ``auto`` and ``cpu`` give the string ``"cpu"``.
-    """
-    if not installed("torch"):
-        if device is None or str(device) in ("auto", "cpu"):
-            return "cpu"
-        raise InputError(f"Device '{device}' needs torch, which is not installed: pip install "
-                         "'collagan-impute[torch]' (with CUDA for a GPU), or use device 'cpu'.")
-    import torch
-
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise InputError(f"'{device}' is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("CUDA was requested but no CUDA GPU is usable here (is the CUDA build of torch "
-                         "installed and the driver loaded?). Use device 'cpu' or 'auto'.")
-    return device
-
-
-def describe_device(device: Union[torch.device, str]) -> str:
-    """What will run the model, for the user: GPU name and memory, or the CPU thread count."""
-    if str(device) == "cpu" and not installed("torch"):
-        from .runtime import num_threads
-
-        return f"CPU ({num_threads()} threads)"
-    import torch
-
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return f"CUDA GPU {props.name} ({props.total_memory / 2**30:.1f} GiB)"
-    return f"CPU ({torch.get_num_threads()} threads)"
 
 
 def _is_on(module: torch.nn.Module, device: torch.device) -> bool:

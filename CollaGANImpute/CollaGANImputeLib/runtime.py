@@ -64,7 +64,7 @@ def cuda_out_of_memory() -> tuple[type[BaseException], ...]:
 
 
 def set_num_threads(threads: int) -> None:
-    """CPU threads for every runtime (``--threads``): torch's where torch is installed, and the ONNX sessions'."""
+    """CPU threads for every runtime (``--threads``): torch's where torch is installed, and the ONNX runtimes'."""
     global _threads
     _threads = int(threads)
     if importlib.util.find_spec("torch") is not None:
@@ -135,6 +135,42 @@ def native_bf16() -> bool:
                                                         and "bf16" in flags)
 
 
+def resolve_device(device: Union[str, torch.device, None] = "auto") -> Union[torch.device, str]:
+    """``auto`` picks CUDA when a GPU is usable, else CPU; ``cuda`` without a GPU is refused clearly.
+
+    Without torch installed only the CPU is usable: ``auto`` and ``cpu`` give the string ``"cpu"``.
+    """
+    if not installed("torch"):
+        if device is None or str(device) in ("auto", "cpu"):
+            return "cpu"
+        raise InputError(f"Device '{device}' needs torch, which is not installed: pip install "
+                         "'collagan-impute[torch]' (with CUDA for a GPU), or use device 'cpu'.")
+    import torch
+
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise InputError(f"'{device}' is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("CUDA was requested but no CUDA GPU is usable here (is the CUDA build of torch "
+                         "installed and the driver loaded?). Use device 'cpu' or 'auto'.")
+    return device
+
+
+def describe_device(device: Union[torch.device, str]) -> str:
+    """What will run the model, for the user: GPU name and memory, or the CPU thread count."""
+    if str(device) == "cpu" and not installed("torch"):
+        return f"CPU ({num_threads()} threads)"
+    import torch
+
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"CUDA GPU {props.name} ({props.total_memory / 2**30:.1f} GiB)"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
 # ---------------------------------------------------------------------------------------------------- runners
 
 
@@ -175,7 +211,7 @@ def resolve_onnx_precision(runtime: str, precision: str) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _compiled(path: str, digest: str, runtime: str, precision: str, threads: int) -> OnnxRunner:
-    """A session for the file ``path`` (``digest`` keys the cache: a replaced file gets a new session)."""
+    """The compiled model of the file ``path`` (``digest`` keys the cache: a replaced file is compiled anew)."""
     if runtime == "onnxruntime":
         import onnxruntime
 
@@ -196,7 +232,7 @@ def _compiled(path: str, digest: str, runtime: str, precision: str, threads: int
 
 
 def onnx_runner(model: LoadedModel, runtime: str, precision: str = "auto") -> OnnxRunner:
-    """The cached ONNX session of ``model`` on ``runtime`` (``onnxruntime`` or ``openvino``)."""
+    """The cached compiled ONNX model of ``model`` on ``runtime`` (``onnxruntime`` or ``openvino``)."""
     if model.onnx is None:
         raise ModelError(f"Model '{model.card.name}' has no ONNX export beside {model.path.name}, which the {runtime} "
                          "runtime runs: export it again with training's export, or use --runtime torch.")
@@ -362,7 +398,5 @@ def describe_runtime(model: LoadedModel, runtime: str, device: Union[str, torch.
     name = choose_runtime(model, runtime, device, precision)
     how = "chosen" if runtime == "auto" else "asked for"
     if name == "torch":
-        from .inference import describe_device, resolve_device
-
         return f"runtime torch ({how}): {describe_device(resolve_device(device))}"
     return f"runtime {name} ({how}): {onnx_runner(model, name, precision).describe()}"

@@ -76,7 +76,7 @@ class ChunkedImputation:
         if self.slices_per_step is None:
             # Small CPU steps keep each timer tick short; a GPU does a whole batch in milliseconds.
             self.slices_per_step = (self.batch_size or default_batch_size(self.device)
-                                    if self.device.type == "cuda" else 2)
+                                    if str(self.device).startswith("cuda") else 2)
         self._cancel = self.cancel_flag if self.cancel_flag is not None else threading.Event()
         self._case: Optional[PreparedCase] = None
         self._output: Optional[np.ndarray] = None
