@@ -134,6 +134,21 @@ def test_onnx_beside_a_model_must_carry_its_card(tiny_model_path, bundled, tmp_p
         load_model(model)
 
 
+def test_cards_are_read_and_models_loaded_without_torch(bundled):
+    """read_card reads the card alone (zip member, ONNX metadata); load_model without torch keeps the ONNX file."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from CollaGANImputeLib.contract import load_model, read_card\n"
+            f"pt = {str(bundled.path)!r}\n"
+            "print(read_card(pt).name, read_card(pt[:-3] + '.onnx').name)\n"
+            "model = load_model(pt)\n"
+            "print(model.module, model.onnx.name, 'torch' in sys.modules and sys.modules['torch'] is not None)")
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO / "CollaGANImpute"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [bundled.card.name, bundled.card.name, "None", bundled.onnx.name, "False"]
+
+
 def test_demo_runs_without_torch(tmp_path):
     """The CLI demo in a process where ``import torch`` fails: ONNX Runtime or OpenVINO imputes, and every
     volume written is labelled synthetic."""

@@ -47,6 +47,12 @@ def test_export_round_trip_equals_eager(tiny_cfg, sample_slices, tmp_path):
     assert count_fast_units(loaded.module) == 2 * (2 * 3 - 1)  # 3 levels: 2 CCNR per encoder/bottom/decoder
     plain = load_model(export_checkpoint(str(ckpt), str(tmp_path / "plain.pt"), optimize=False))
     assert count_fast_units(plain.module) == 0
+    # The ONNX export of the same module lies beside each file, with the same card.
+    assert loaded.onnx == tmp_path / "model.onnx" and plain.onnx == tmp_path / "plain.onnx"
+    from CollaGANImputeLib.contract import read_card
+    assert read_card(loaded.onnx).to_json() == card.to_json()
+    assert load_model(export_checkpoint(str(ckpt), str(tmp_path / "plain.pt"), optimize=False, onnx=False)).onnx is None
+    assert not (tmp_path / "plain.onnx").exists()  # an export of other weights is not left beside it
     with torch.no_grad():
         assert torch.allclose(plain.module(x), loaded.module(x), atol=5e-5)
 
