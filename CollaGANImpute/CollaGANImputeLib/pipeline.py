@@ -25,6 +25,7 @@ import SimpleITK as sitk
 
 from ._version import __version__
 from .contract import LoadedModel, ModelCard
+from .device_mask import device_mask_and_scales
 from .dicom import SERIES_UID
 from .errors import GeometryWarning, InputCheckWarning, InputError, OutputError
 from .geometry import SliceGrid, align_to_reference, canonical_spacing, from_canonical_array, to_canonical_array
@@ -134,10 +135,10 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
     names = list(mask_from or raw)
     mask, scales = None, None
     if device is not None and str(device).startswith("cuda"):
-        from .device_mask import device_mask_and_scales  # torch, CUDA only
+        import torch  # present wherever CUDA is
 
         try:
-            mask, scales = device_mask_and_scales(list(raw.values()), device,
+            mask, scales = device_mask_and_scales(list(raw.values()), torch.device(device),
                                                   [list(raw).index(name) for name in names])
         except InputError:
             raise  # bad input: the CPU would refuse it too
