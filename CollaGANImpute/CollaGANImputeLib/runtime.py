@@ -342,22 +342,38 @@ def _torch_runner(model: LoadedModel, precision: str) -> Callable[[np.ndarray], 
     return run
 
 
-def measure(model: LoadedModel, runtime: str, precision: str = "auto", repeats: int = 3) -> float:
-    """Median seconds per 256x256 slice of ``runtime`` on this CPU (after two warm-up calls)."""
-    run = _torch_runner(model, precision) if runtime == "torch" else onnx_runner(model, runtime, precision)
+def _runner_for_timing(model: LoadedModel, name: str, precision: str) -> Callable[[np.ndarray], Any]:
+    return _torch_runner(model, precision) if name == "torch" else onnx_runner(model, name, precision)
+
+
+def measure(model: LoadedModel, runtimes: list[str], precision: str = "auto", rounds: int = 5) -> dict[str, float]:
+    """Seconds per 256x256 slice of each of ``runtimes`` on this CPU: after two warm-up calls each, ``rounds``
+    rounds that time every runtime once in turn, the best of each kept (another process slowing one round slows
+    every runtime alike, and the best time is the least disturbed). A runtime that fails is left out."""
     x = _timing_input(model)
-    run(x)
-    run(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    runners = {}
+    for name in runtimes:
+        try:
+            run = _runner_for_timing(model, name, precision)
+            run(x)
+            run(x)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception:  # a runtime that fails here is not chosen; asked for by name it says why
+            continue
+        runners[name] = run
+    best = {name: float("inf") for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(x)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def fastest_runtime(model: LoadedModel, candidates: list[str], precision: str = "auto") -> str:
-    """The fastest of ``candidates`` on this CPU, measured once (a few seconds) and cached in :func:`cache_dir`."""
+    """The fastest of ``candidates`` on this CPU, measured once (:func:`measure`, a few seconds) and cached in
+    :func:`cache_dir`."""
     key = machine_key(model, candidates, precision)
     path = cache_dir() / "runtimes.json"
     try:
@@ -366,14 +382,7 @@ def fastest_runtime(model: LoadedModel, candidates: list[str], precision: str = 
         known = {}
     if isinstance(known, dict) and isinstance(known.get(key), dict) and known[key].get("fastest") in candidates:
         return known[key]["fastest"]
-    timings = {}
-    for name in candidates:
-        try:
-            timings[name] = measure(model, name, precision)
-        except (MemoryError, KeyboardInterrupt):
-            raise
-        except Exception:  # a runtime that fails here is not chosen; asked for by name it says why
-            continue
+    timings = measure(model, candidates, precision)
     if not timings:
         return candidates[0]
     fastest = min(timings, key=timings.get)

@@ -77,8 +77,8 @@ def test_onnx_runtimes_score_as_the_torchscript_path_on_the_sample_case(bundled,
 def test_auto_measures_once_and_remembers_per_machine(bundled, tiny_model_path, monkeypatch, tmp_path):
     measured = []
     real_measure = runtime.measure
-    monkeypatch.setattr(runtime, "measure", lambda model, name, precision="auto": measured.append(name) or
-                        real_measure(model, name, precision, repeats=1))
+    monkeypatch.setattr(runtime, "measure", lambda model, names, precision="auto": measured.extend(names) or
+                        real_measure(model, names, precision, rounds=2))
     choice = runtime.choose_runtime(bundled, "auto", "cpu", "auto")
     expected = ["torch"] + [r for r in runtime.ONNX_RUNTIMES if runtime.installed(r)]
     assert measured == expected and choice in expected
