@@ -1,10 +1,12 @@
 """Inference speed, memory and quality of the CollaGAN generator, every way of running it, in one run.
 
 Prints, on this machine and in this run: the naive fp32 eager slice-by-slice loop, the path used before this
-benchmark existed (TorchScript fp32, batches of 8), each option and the project's default (``impute_slices``
-with its defaults on a model exported through ``optimize_for_inference``: "fast export"): ms per 256x256
-slice, seconds per BraTS-sized volume (155 slices), GFLOP/s against a matrix product timed in the same run,
-peak RSS, speed-up over the naive loop, and the quality rule (masked SSIM within 0.002 and NMSE within 1 % of
+benchmark existed (TorchScript fp32, batches of 8), each option, the CPU runtimes (the fast export as ONNX on
+ONNX Runtime and OpenVINO) and the project's default (``impute_slices`` with its defaults, ``runtime="auto"``, on a
+model exported as training exports it: "fast export" with its ONNX file beside): ms per 256x256 slice, seconds per
+BraTS-sized volume (155 slices), GFLOP/s and the share of the limit that an fp32 matrix product timed in the same
+run sets (its GFLOP/s over the generator's FLOPs: the ms/slice no fp32 runtime can beat), peak RSS, speed-up over
+the naive loop, and the quality rule (masked SSIM within 0.002 and NMSE within 1 % of
 the fp32 eager output on the sample case, scored with CollaGANImputeLib.metrics). Then two end-to-end runs
 (read, normalize, infer, write) of a 240x240x155 case written as NIfTI, each in a fresh process for an honest
 peak RSS.
@@ -16,6 +18,8 @@ Run it on an otherwise idle machine (pause or finish training runs first):
 Weights: ``--checkpoint bundled`` (default) times the bundled model's weights (its fast export turned back into
 the eager generator for the naive path); ``auto`` takes the newest paper-sized (base 16, 5 levels) checkpoint under
 runs/*/; ``none`` random weights (timings are the same; the quality check then means nothing).
+
+bf16 rows are skipped where the CPU only emulates bf16 (no AVX512-BF16/AMX: slower than fp32, never chosen).
 """
 
 from __future__ import annotations
@@ -51,17 +55,13 @@ from benchlib import (
     wait_until_quiet,
     write_brats_sized_case,
 )
-from CollaGANImputeLib import LoadedModel, ModelCard, acceleration, load_model, save_model
+from CollaGANImputeLib import LoadedModel, ModelCard, ccnr_export, load_model, runtime, save_model
 from CollaGANImputeLib import case_files as case_files_module
 from CollaGANImputeLib import pipeline as pipeline_module
 from CollaGANImputeLib import provenance as provenance_module
-from CollaGANImputeLib.acceleration import (
-    InferencePlan,
-    count_fast_units,
-    cpu_has_native_bf16,
-    optimize_for_inference,
-    plan_inference,
-)
+from CollaGANImputeLib.acceleration import InferencePlan, cpu_has_native_bf16, plan_inference
+from CollaGANImputeLib.ccnr_export import count_fast_units, optimize_for_inference
+from CollaGANImputeLib.contract import onnx_path_for, save_onnx
 from CollaGANImputeLib.geometry import pad_or_crop, to_canonical_array, undo_pad_or_crop
 from CollaGANImputeLib.inference import build_input, impute_slices
 from CollaGANImputeLib.metrics import nmse, score_volume
@@ -112,8 +112,10 @@ class Option:
 def build_options(eager: torch.nn.Module, models: Mapping[str, LoadedModel], full: bool) -> list[Option]:
     plain, fast = models["plain"], models["fast"]
     card = plain.card
+    bf16 = cpu_has_native_bf16()  # emulated bf16 is slower than fp32 and never chosen: not timed
 
     def lib(model: LoadedModel, **kwargs) -> Runner:
+        kwargs.setdefault("runtime", "torch")
         return lambda inputs, target: impute_slices(model, inputs, target, device="cpu", **kwargs)
 
     def planned(plan: InferencePlan, batch: int) -> Runner:
@@ -124,29 +126,44 @@ def build_options(eager: torch.nn.Module, models: Mapping[str, LoadedModel], ful
         Option("naive: eager fp32, slice by slice", planned(eager_plan, 1)),
         Option("before: TorchScript fp32, batch 8", planned(InferencePlan(plain.module, CPU, "fp32", False, "fp32"),
                                                             8)),
-        Option("TorchScript bf16 NCHW", lib(plain, precision="bf16", channels_last=False)),
-        Option("TorchScript bf16 channels-last", lib(plain, precision="bf16", channels_last=True)),
+        *([Option("TorchScript bf16 NCHW", lib(plain, precision="bf16", channels_last=False)),
+           Option("TorchScript bf16 channels-last", lib(plain, precision="bf16", channels_last=True))] if bf16 else []),
         Option("fast export, fp32 channels-last", lib(fast, precision="fp32")),
-        Option("fast export, bf16 autocast channels-last",
-               planned(InferencePlan(fast.module, CPU, "bf16", True, "autocast", True), 1)),
-        Option("DEFAULT: fast export, precision auto", lib(fast)),
+        *([Option("fast export, bf16 autocast channels-last",
+                  planned(InferencePlan(fast.module, CPU, "bf16", True, "autocast", True), 1)),
+           Option("fast export, torch bf16 (precision auto)", lib(fast))] if bf16 else []),
     ]
+    for name in runtime.ONNX_RUNTIMES:
+        if runtime.installed(name):
+            options.append(Option(f"ONNX {name} fp32", lib(fast, runtime=name, precision="fp32")))
+            if name == "openvino" and bf16:
+                options.append(Option("ONNX openvino bf16", lib(fast, runtime=name, precision="bf16")))
+            if full:
+                options.append(Option(f"ONNX {name} fp32, no CCNR rewrite", lib(plain, runtime=name,
+                                                                                 precision="fp32")))
+                options.append(Option(f"ONNX {name} fp32, batch 1", lib(fast, runtime=name, precision="fp32",
+                                                                       batch_size=1)))
+    chosen = runtime.choose_runtime(fast, "auto", "cpu", "auto")  # measured once per machine, then remembered
+    options.append(Option(f"DEFAULT: runtime auto ({chosen}), precision auto", lib(fast, runtime="auto")))
     if full:
-        bf16_fast = plan_inference(fast.module, CPU, "bf16")
-        frozen = torch.jit.freeze(bf16_fast.module.eval())
         # torch's own TorchScript inference pass: freezes, folds and moves what it can to MKLDNN layout.
         jit_optimized = torch.jit.optimize_for_inference(torch.jit.freeze(copy.deepcopy(plain.module).eval()))
         options += [
             Option("TorchScript fp32, one slice at a time", lib(plain, precision="fp32")),
+            Option("TorchScript fp32, jit.optimize_for_inference",
+                   planned(InferencePlan(jit_optimized, CPU, "fp32", False, "fp32"), 1)),
+            Option("DEFAULT with batch_size 1", lib(fast, runtime="auto", batch_size=1)),
+            Option("fast export with every CCNR merged, auto", lib(models["all merged"])),
+            Option("fast export with no CCNR merged, auto", lib(models["none merged"])),
+        ]
+    if full and bf16:
+        bf16_fast = plan_inference(fast.module, CPU, "bf16")
+        frozen = torch.jit.freeze(bf16_fast.module.eval())
+        options += [
             Option("fast export, bf16 CL, batch 8 per call",
                    planned(InferencePlan(bf16_fast.module, CPU, "bf16", True, "weights", False), 8)),
             Option("fast export, bf16 CL, frozen",
                    planned(InferencePlan(frozen, CPU, "bf16", True, "weights", True), 1)),
-            Option("TorchScript fp32, jit.optimize_for_inference",
-                   planned(InferencePlan(jit_optimized, CPU, "fp32", False, "fp32"), 1)),
-            Option("DEFAULT with batch_size 1", lib(fast, batch_size=1)),
-            Option("fast export with every CCNR merged, auto", lib(models["all merged"])),
-            Option("fast export with no CCNR merged, auto", lib(models["none merged"])),
         ]
     if torch.cuda.is_available():  # CUDA rows (no CUDA figure is published yet)
         options += [Option("CUDA fp32, batch 32", lambda i, t: impute_slices(plain, i, t, device="cuda",
@@ -261,7 +278,11 @@ def end_to_end(model_path: Path, work: Path, threads: int) -> dict[str, dict]:
 
 def report(args, weights, options, gflop, peaks, others, e2e, quality_targets) -> dict:
     naive_ms = min(options[0].times) / args.slices * 1000
-    print(f"\n{'option':44s} {'ms/slice':>8s} {'median':>7s} {'s/vol':>6s} {'GFLOP/s':>7s} {'%fp32mm':>7s} "
+    limit_ms = gflop / peaks["fp32"] * 1000
+    bf16 = peaks.get("bf16", float("nan"))
+    print(f"\nfp32 limit: {peaks['fp32']:.0f} GFLOP/s (2048x2048 matrix product, this run) / {gflop:.2f} GFLOP per "
+          f"slice = {limit_ms:.1f} ms/slice; %limit = limit / ms/slice")
+    print(f"\n{'option':44s} {'ms/slice':>8s} {'median':>7s} {'s/vol':>6s} {'GFLOP/s':>7s} {'%limit':>7s} "
           f"{'%bf16mm':>7s} {'speedup':>7s} {'peakMB':>7s} {'SSIM':>7s} {'dSSIM':>7s} {'NMSE':>7s} "
           f"{'dNMSE%':>6s} rule")
     rows = []
@@ -274,7 +295,7 @@ def report(args, weights, options, gflop, peaks, others, e2e, quality_targets) -
                "speedup_vs_naive": naive_ms / best, "peak_rss_mb": option.peak_mb, **s}
         rows.append(row)
         print(f"{option.name:44s} {best:8.1f} {median:7.1f} {row['s_per_volume']:6.2f} {row['gflops']:7.1f} "
-              f"{100 * row['gflops'] / peaks['fp32']:6.0f}% {100 * row['gflops'] / peaks['bf16']:6.0f}% "
+              f"{100 * row['gflops'] / peaks['fp32']:6.0f}% {100 * row['gflops'] / bf16:6.0f}% "
               f"{row['speedup_vs_naive']:6.2f}x {option.peak_mb:7.0f} {s['ssim']:7.4f} {s['d_ssim']:7.4f} "
               f"{s['nmse']:7.4f} {100 * s['d_nmse']:6.2f} {'ok' if s['ok'] else 'FAIL'}")
     print(f"\ns/vol = ms/slice x {BRATS_SHAPE[0]} slices (inference only); GFLOP/s = {gflop:.2f} GFLOP of the "
@@ -336,23 +357,30 @@ def main(argv: Optional[list[str]] = None) -> None:
         # The weights' own outside-head rule: a zeroed background also makes the written file quicker to gzip.
         card = ModelCard(name="bench", contrasts=CONTRASTS, licence="benchmark only",
                          outside_head=weights.outside_head)
-        save_model(weights.generator, card, work / "plain.pt")  # as training/collagan_train/export.py exports
-        save_model(optimize_for_inference(weights.generator), card, work / "fast.pt")
+        # As training/collagan_train/export.py exports: TorchScript, and the same module as ONNX beside it.
+        example = torch.rand(2, 2 * len(CONTRASTS), 256, 256)
+        for name, module in (("plain", weights.generator), ("fast", optimize_for_inference(weights.generator))):
+            save_model(module, card, work / f"{name}.pt")
+            save_onnx(module, load_model(work / f"{name}.pt").card, onnx_path_for(work / f"{name}.pt"), example)
         models = {"plain": load_model(work / "plain.pt"), "fast": load_model(work / "fast.pt")}
         if args.full:  # the merge threshold's two extremes
-            default_threshold = acceleration.MERGE_BELOW_CHANNELS
+            default_threshold = ccnr_export.MERGE_BELOW_CHANNELS
             for name, threshold in (("all merged", 10**6), ("none merged", 0)):
-                acceleration.MERGE_BELOW_CHANNELS = threshold
+                ccnr_export.MERGE_BELOW_CHANNELS = threshold
                 save_model(optimize_for_inference(weights.generator), card, work / f"{name}.pt")
                 models[name] = load_model(work / f"{name}.pt")
-            acceleration.MERGE_BELOW_CHANNELS = default_threshold
+            ccnr_export.MERGE_BELOW_CHANNELS = default_threshold
         fast = models["fast"]
         print(f"fast export: {count_fast_units(fast.module)} CCNR units rewritten; default plan: "
               f"{plan_inference(fast.module, CPU).describe()}")
-        peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+        peaks = {"fp32": matmul_gflops(torch.float32)}
+        if cpu_has_native_bf16():
+            peaks["bf16"] = matmul_gflops(torch.bfloat16)
         gflop = model_gflop(weights.generator, 2 * len(CONTRASTS))
-        print(f"matrix product 2048x2048: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
-              f"model: {gflop:.2f} GFLOP per 256x256 slice")
+        print(f"matrix product 2048x2048: fp32 {peaks['fp32']:.0f} GFLOP/s"
+              + (f", bf16 {peaks['bf16']:.0f} GFLOP/s" if "bf16" in peaks else " (bf16 emulated here: not timed)")
+              + f"; model: {gflop:.2f} GFLOP per 256x256 slice -> fp32 limit {gflop / peaks['fp32'] * 1000:.1f} "
+              "ms/slice")
         inputs, arrays, mask, lesion = sample_arrays()
         inputs = {c: a[:args.slices] for c, a in inputs.items()}
         truth, mask = arrays[TARGET][:args.slices], mask[:args.slices]

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from .contract import ModelCard
 from .device_mask import device_mask_and_scales
@@ -25,6 +24,9 @@ from .input_check import InputCheck, check_case
 from .io import READ_WARNING, synthetic_label
 from .normalization import foreground_mask, normalize, p99
 from .registration import RigidAlignment, applied_transforms, large_motion
+
+if TYPE_CHECKING:  # torch is optional: the CPU runtimes run the ONNX export without it
+    import torch
 
 
 @dataclass
@@ -101,7 +103,9 @@ def prepare_case(images: Mapping[str, sitk.Image], reference: Optional[str] = No
     raw = {name: to_canonical_array(image) for name, image in aligned.items()}
     names = list(mask_from or raw)
     mask, scales = None, None
-    if device is not None and torch.device(device).type == "cuda":
+    if device is not None and str(device).startswith("cuda"):
+        import torch  # present wherever CUDA is
+
         try:
             mask, scales = device_mask_and_scales(list(raw.values()), torch.device(device),
                                                   [list(raw).index(name) for name in names])

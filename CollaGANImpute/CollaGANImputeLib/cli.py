@@ -42,6 +42,9 @@ from .cli_common import (  # noqa: F401  (the exit codes a script relies on, imp
     EXIT_OK,
     EXIT_TERMINATED,
     REGISTER_HELP,
+    RUNTIME_CHOICES,
+    RUNTIME_HELP,
+    _announce_runtime,
     _device,
     _load,
     _non_negative_int,
@@ -62,6 +65,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
 
     cases = [_parse_inputs(args.input)] if args.input else [Path(c) for c in args.case]
     model = _load(args.model)
+    _announce_runtime(model, args)
     failed = []
     for case in cases:
         label = case.name if isinstance(case, Path) else (args.name or "inputs")
@@ -72,7 +76,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
                 device=args.device, batch_size=args.batch_size, progress=progress, name=args.name,
                 montage=args.montage, precision=args.precision, uncertainty=args.uncertainty,
                 overwrite=args.overwrite, allow_synthetic=args.allow_synthetic_input,
-                register=args.register)
+                register=args.register, runtime=args.runtime)
         except (InputError, OutputError) as exc:
             if len(cases) == 1:
                 raise
@@ -104,6 +108,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise InputError(f"The web app needs the 'web' extra: pip install 'collagan-impute[web]' ({exc}).") from exc
     return serve(host=args.host, port=args.port, model=args.model, device=args.device, precision=args.precision,
+                 runtime=args.runtime,
                  allowed_origins=args.allow_origin, idle_timeout=args.idle_timeout)
 
 
@@ -133,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--precision", default=precision, choices=["auto", "fp32", "bf16", "fp16"],
                        help=f"auto = bf16 where the hardware runs it natively, fp32 = reproducible everywhere "
                             f"(default: {precision})")
-        p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
+        p.add_argument("--threads", type=_positive, help="CPU threads (default: the runtime's choice)")
+        p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES, help=RUNTIME_HELP)
         p.add_argument("--target", action="append", help="contrast to impute (repeatable; default: the missing)")
 
     p = sub.add_parser("impute", help="impute the missing contrast(s) of one case")
@@ -189,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="auto (CUDA if available)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="as for impute (default: auto)")
-    p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=_positive, help="CPU threads (default: the runtime's choice)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES, help=RUNTIME_HELP)
     p.add_argument("--allow-origin", action="append", default=[], metavar="URL",
                    help="another origin whose pages may use the server, e.g. a reverse proxy's "
                         "https://collagan.example.org (repeatable; default: only the served page)")
@@ -226,9 +233,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "threads", None):
-            import torch
+            from .runtime import set_num_threads
 
-            torch.set_num_threads(args.threads)
+            set_num_threads(args.threads)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, category, *rest: print(

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_MODEL, EXIT_NO_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 4, 130
 EXIT_TERMINATED = 128 + 15  # SIGTERM, as a shell reports a process it terminated
+RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "openvino")  # runtime.RUNTIMES, without importing it for --help
+RUNTIME_HELP = ("what runs the model: auto = torch on CUDA, on the CPU the fastest installed runtime (measured once "
+                "per machine); torch, onnxruntime or openvino (the model's ONNX export, no torch needed)")
 REGISTER_HELP = ("rigidly co-register the inputs to the reference first (mutual information; for a patient who "
                  "moved between scans; about 10 s per input); the sidecar records each transform")
 
@@ -37,6 +40,13 @@ def _load(model: Optional[str]) -> LoadedModel:
         if bundled.name == model:
             return bundled.load()
     return load_model(model)
+
+
+def _announce_runtime(model: LoadedModel, args: argparse.Namespace) -> None:
+    """Say which runtime will run the model (``auto`` measures the CPU's candidates once, then remembers)."""
+    from .runtime import describe_runtime
+
+    print(describe_runtime(model, args.runtime, args.device, args.precision), file=sys.stderr)
 
 
 class _Progress:

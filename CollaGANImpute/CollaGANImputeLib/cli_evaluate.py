@@ -61,6 +61,10 @@ def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argpa
                     save_volumes: bool, failures: Optional[list] = None) -> list[dict]:
     from tqdm import tqdm
 
+    from .cli_common import _announce_runtime
+
+    _announce_runtime(model, args)
+
     from .evaluate import coverage_warnings, evaluate_cases, markdown_table, summary_table, write_report
 
     steps = tqdm(total=_evaluation_steps(model, dirs, args.target, args.all_subsets), desc="evaluating",
@@ -78,7 +82,7 @@ def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argpa
             batch_size=args.batch_size, montage_dir=out, volumes_dir=out if save_volumes else None,
             precision=args.precision, on_case=on_case, failures=failures,
             uncertainty=getattr(args, "uncertainty", False), protocol=getattr(args, "protocol", "v3"),
-            register=getattr(args, "register", False))
+            register=getattr(args, "register", False), runtime=args.runtime)
         steps.update(started[0] - steps.n)
     finally:
         steps.close()

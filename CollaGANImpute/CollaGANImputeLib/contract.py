@@ -1,6 +1,9 @@
 """The model contract: one TorchScript file with its metadata, shared by training and inference.
 
 A CollaGAN model file is a TorchScript archive with an extra file ``collagan.json`` (a :class:`ModelCard`).
+Training also writes the same generator as ONNX beside it (``model.onnx`` next to ``model.pt``,
+:func:`save_onnx`), the card in its ``metadata_props``: the CPU runtimes (:mod:`.runtime`) run that file, so that
+imputing on a CPU needs no torch. The TorchScript file stays the reference and runs on CUDA.
 The scripted module maps ``x`` of shape ``(B, 2N, H, W)`` to ``(B, 1, H, W)``: the first N channels are the
 contrasts in ``card.contrasts`` order (p99 units; the target and every missing contrast are zeros), the next
 N channels are the one-hot target mask (ones in the target's channel); :func:`model_input` builds it, for training
@@ -25,12 +28,15 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Optional, TypeVar, Union
 
-import torch
+import numpy as np
 
 from .atomic import atomic_path
 from .errors import ModelError
+
+if TYPE_CHECKING:  # torch is optional on the CPU path: imported where a function needs it
+    import torch
 
 FORMAT_NAME = "collagan-impute-model"
 FORMAT_VERSION = 1
@@ -45,6 +51,10 @@ P99_NORMALIZATION: dict[str, Any] = {
 }
 
 PathLike = Union[str, os.PathLike]
+ArrayT = TypeVar("ArrayT")
+#: The key of the card in an ONNX file's ``metadata_props``.
+ONNX_METADATA_KEY = METADATA_FILE
+ONNX_OPSET = 17
 
 
 OUTSIDE_HEAD = ("model", "zero")
@@ -194,14 +204,21 @@ class ModelCard:
 class LoadedModel:
     """A checked model ready for inference."""
 
-    module: torch.jit.ScriptModule
+    #: The TorchScript module; None where torch is not installed (the ONNX file runs instead).
+    module: Optional[torch.jit.ScriptModule]
     card: ModelCard
     path: Path
     sha256: str
+    #: The ONNX export of the same weights (checked against the card), or None.
+    onnx: Optional[Path] = None
+    onnx_sha256: str = ""
 
 
-def model_input(images: torch.Tensor, available: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def model_input(images: ArrayT, available: Any, target: Any) -> ArrayT:
     """The model's input ``(B, 2N, H, W)``, the one layout training and inference both build.
+
+    Array-generic: torch tensors give a tensor, NumPy arrays a NumPy array (the CPU runtimes need no torch),
+    with the same values.
 
     ``images`` (B, N, H, W) holds the contrasts in ``card.contrasts`` order; a slot is kept where ``available``
     (B, N) is true and zeroed elsewhere, the target's always (it is what the model must produce). Then come the N
@@ -214,6 +231,14 @@ def model_input(images: torch.Tensor, available: torch.Tensor, target: torch.Ten
         (torch.Size([2, 6, 4, 4]), 0.0, 1.0, 0.0, 1.0)
     """
     n = images.shape[1]
+    if isinstance(images, np.ndarray):
+        planes_np = (np.asarray(target)[:, None] == np.arange(n)[None, :]).astype(images.dtype)
+        keep_np = np.asarray(available).astype(images.dtype) * (1 - planes_np)
+        return np.concatenate([images * keep_np[:, :, None, None],
+                               np.broadcast_to(planes_np[:, :, None, None], planes_np.shape + images.shape[-2:])],
+                              axis=1)
+    import torch
+
     planes = torch.nn.functional.one_hot(target.long(), n).to(images.dtype)[:, :, None, None]
     keep = available.to(images.dtype) * (1 - planes[:, :, 0, 0])
     return torch.cat([images * keep[:, :, None, None], planes.expand(-1, -1, *images.shape[-2:])], dim=1)
@@ -235,6 +260,8 @@ def weights_sha256(module: torch.nn.Module) -> str:
         >>> weights_sha256(torch.nn.Conv2d(6, 1, 1)) != ""     # doctest: +SKIP
         True
     """
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
@@ -262,6 +289,8 @@ def save_model(model: torch.nn.Module, card: ModelCard, path: PathLike, example_
 
     Returns the SHA-256 of the written file.
     """
+    import torch
+
     model = model.eval()
     if isinstance(model, torch.jit.ScriptModule):
         scripted = model
@@ -278,19 +307,139 @@ def save_model(model: torch.nn.Module, card: ModelCard, path: PathLike, example_
     return sha256_of(path)
 
 
-def read_card(path: PathLike) -> ModelCard:
-    """Read only the metadata of a model file (cheap: the weights stay on disk)."""
-    return _load(path, device="cpu")[1]
+def onnx_path_for(path: PathLike) -> Path:
+    """Where the ONNX export of the TorchScript model ``path`` lies: beside it, suffix ``.onnx``."""
+    return Path(path).with_suffix(".onnx")
 
 
-def _load(path: PathLike, device: Union[str, torch.device]) -> tuple[torch.jit.ScriptModule, ModelCard]:
-    path = Path(path)
+def save_onnx(model: torch.nn.Module, card: ModelCard, path: PathLike, example_input: torch.Tensor) -> str:
+    """Export the eager ``model`` to ONNX (opset :data:`ONNX_OPSET`, any batch size) with ``card`` in its
+    ``metadata_props``, atomically; returns the file's SHA-256. Batch, height and width are free.
+
+    Give the card of the TorchScript file of the same weights (``load_model(pt).card``): loading checks that both
+    files carry the same card. ``example_input`` needs a batch of two or more, so that a unit that treats a single
+    slice apart (:class:`.ccnr_export.FastCCNR`) is traced on its batch form.
+
+    Example:
+        >>> card = load_model("model.pt").card                                          # doctest: +SKIP
+        >>> save_onnx(generator, card, "model.onnx", torch.rand(2, 6, 256, 256))        # doctest: +SKIP
+    """
+    import onnx
+    import torch
+
+    if example_input.shape[0] < 2:
+        raise ModelError("save_onnx needs an example batch of at least two slices (the batch form is exported).")
+
+    with atomic_path(Path(path), suffix=".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation note
+        # The TorchScript-based exporter writes opset 17 as asked (the dynamo one moves to 18) in a second.
+        torch.onnx.export(model.eval(), (example_input,), str(tmp), input_names=["x"], output_names=["y"],
+                          opset_version=ONNX_OPSET, dynamo=False,
+                          dynamic_axes={axis: {0: "batch", 2: "height", 3: "width"} for axis in ("x", "y")})
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = ONNX_METADATA_KEY, card.to_json()
+        onnx.save(proto, str(tmp))
+    return sha256_of(path)
+
+
+def _onnx_card_text(path: Path) -> str:
+    """The card JSON in an ONNX file's metadata, read with ``onnx`` where installed, else ONNX Runtime."""
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    try:
+        if onnx is not None:
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        else:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            props = dict(session.get_modelmeta().custom_metadata_map)
+    except ImportError as exc:
+        raise ModelError(f"{path} is an ONNX model: reading it needs onnxruntime (pip install "
+                         "'collagan-impute[cpu]').") from exc
+    except Exception as exc:  # protobuf DecodeError, onnxruntime's Fail/InvalidGraph
+        raise ModelError(f"{path} is not an ONNX model file ({type(exc).__name__}). Give the .onnx file written "
+                         "by training's export beside the .pt model.") from exc
+    if ONNX_METADATA_KEY not in props:
+        raise ModelError(f"{path} is an ONNX file but not a CollaGAN model: its metadata has no {METADATA_FILE}. "
+                         "Export it with CollaGANImputeLib.contract.save_onnx.")
+    return props[ONNX_METADATA_KEY]
+
+
+def _archive_card_text(path: Path) -> Optional[str]:
+    """The card JSON of a TorchScript archive, read from the zip (no torch, no weights); None without one."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")]
+            return _decode(archive.read(names[0]), path) if names else None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelError(f"{path} is not a TorchScript model file ({type(exc).__name__}). CollaGANImpute needs the "
+                         ".pt file exported by its training (training/collagan_train/export.py).") from exc
+
+
+def _decode(text: Union[str, bytes], path: Path) -> str:
+    if isinstance(text, bytes):
+        try:
+            return text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelError(f"{path}: its {METADATA_FILE} is not UTF-8 text ({exc.reason} at byte {exc.start}). "
+                             "Re-export the model with CollaGANImputeLib.save_model.") from exc
+    return text
+
+
+def _check_file(path: Path) -> None:
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.pt"))
         raise ModelError(f"{path} is a folder, not a model file. Give the .pt file itself"
                          + (f" (this folder holds {', '.join(inside[:5])})." if inside else "."))
     if not path.is_file():
         raise ModelError(f"Model file not found: {path}. Give the path of a CollaGAN TorchScript .pt file.")
+
+
+def read_card(path: PathLike) -> ModelCard:
+    """Read only the card of a model file, ``.pt`` or ``.onnx``: cheap, no torch, the weights stay unread.
+
+    Example:
+        >>> read_card("Resources/Models/collagan_lgg_t1n_t1c_t2f.pt").contrasts     # doctest: +SKIP
+        ['t1n', 't1c', 't2f']
+    """
+    path = Path(path)
+    _check_file(path)
+    if path.suffix == ".onnx":
+        return ModelCard.from_json(_onnx_card_text(path), source=str(path))
+    text = _archive_card_text(path)
+    if text is None:
+        raise ModelError(f"{path} is not a CollaGAN model: it has no embedded {METADATA_FILE}. "
+                         "Export it with CollaGANImputeLib.save_model.")
+    return ModelCard.from_json(text, source=str(path))
+
+
+def torch_available() -> bool:
+    """Whether torch can be imported (it is optional where an ONNX runtime runs the model)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def onnx_readable() -> bool:
+    """Whether an ONNX file's card can be read here (``onnx`` or ``onnxruntime`` installed)."""
+    import importlib.util
+
+    return any(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+
+
+def _load(path: PathLike, device: Union[str, torch.device]) -> tuple[torch.jit.ScriptModule, ModelCard]:
+    import torch
+
+    path = Path(path)
+    _check_file(path)
     verify_archive(path)
     extra = {METADATA_FILE: ""}
     try:
@@ -308,18 +457,21 @@ def _load(path: PathLike, device: Union[str, torch.device]) -> tuple[torch.jit.S
             f"{path} is a TorchScript file but not a CollaGAN model: it has no embedded {METADATA_FILE}. "
             "Export it with CollaGANImputeLib.save_model."
         )
-    text = extra[METADATA_FILE]
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ModelError(f"{path}: its {METADATA_FILE} is not UTF-8 text ({exc.reason} at byte {exc.start}). "
-                             "Re-export the model with CollaGANImputeLib.save_model.") from exc
-    card = ModelCard.from_json(text, source=str(path))
+    card = ModelCard.from_json(_decode(extra[METADATA_FILE], path), source=str(path))
     if card.weights_sha256 and weights_sha256(module) != card.weights_sha256:
         raise ModelError(f"{path}: its weights do not match the hash its card was saved with (the file was "
                          "changed after export). Copy or download the model again.")
     return module, card
+
+
+def _check_sha(path: Path, expected: Optional[str]) -> str:
+    digest = sha256_of(path) if path.is_file() else ""
+    if expected is not None and digest != expected:
+        raise ModelError(
+            f"{path} fails its SHA-256 check (expected {expected[:12]}…, found {digest[:12]}…): the file is "
+            "damaged or was replaced. Reinstall the extension or download the model again."
+        )
+    return digest
 
 
 def load_model(
@@ -327,23 +479,46 @@ def load_model(
     contrasts: Optional[Iterable[str]] = None,
     sha256: Optional[str] = None,
     device: Union[str, torch.device] = "cpu",
+    onnx_sha256: Optional[str] = None,
 ) -> LoadedModel:
-    """Load and check a model file.
+    """Load and check a model file, with its ONNX export where one lies beside it.
 
     Args:
-        path: the TorchScript file.
+        path: the TorchScript file (or, where torch is not installed, its ``.onnx`` export alone).
         contrasts: the contrast names the caller has or wants; every one must be among the model's.
         sha256: expected checksum (bundled models); a mismatch is refused.
         device: where to put the weights.
+        onnx_sha256: expected checksum of the ONNX file beside ``path`` (bundled models).
+
+    Without torch the TorchScript module is not loaded (``module`` is None): its card is read from the archive
+    and the ONNX file beside it must carry the same card. The ONNX file is refused when its card differs from the
+    TorchScript file's (another model's export, or an older one left behind).
     """
     path = Path(path)
-    digest = sha256_of(path) if path.is_file() else ""
-    if sha256 is not None and digest != sha256:
-        raise ModelError(
-            f"{path} fails its SHA-256 check (expected {sha256[:12]}…, found {digest[:12]}…): the file is "
-            "damaged or was replaced. Reinstall the extension or download the model again."
-        )
-    module, card = _load(path, device)
+    digest = _check_sha(path, sha256)
+    onnx_file: Optional[Path] = path if path.suffix == ".onnx" else onnx_path_for(path)
+    module = None
+    if path.suffix == ".onnx":
+        card = read_card(path)
+    elif torch_available():
+        module, card = _load(path, device)
+        module.eval()
+    else:
+        _check_file(path)
+        verify_archive(path)
+        card = read_card(path)
+    onnx_digest = digest if path.suffix == ".onnx" else ""
+    if onnx_file is not None and onnx_file != path:
+        if onnx_sha256 is not None or (onnx_file.is_file() and onnx_readable()):
+            onnx_digest = _check_sha(onnx_file, onnx_sha256)  # a listed ONNX file that is missing is refused
+            if read_card(onnx_file).to_json() != card.to_json():  # JSON: a NaN metric equals itself
+                raise ModelError(f"{onnx_file} does not carry the card of {path.name} (another model's export or an "
+                                 "older one): export both again from one checkpoint, or remove the .onnx file.")
+        else:
+            onnx_file = None
+    if module is None and onnx_file is None:
+        raise ModelError(f"{path} is a TorchScript model and torch is not installed: install torch (pip install "
+                         "'collagan-impute[torch]') or give a model with its ONNX export beside it.")
     if contrasts is not None:
         unknown = [c for c in contrasts if c not in card.contrasts]
         if unknown:
@@ -351,5 +526,4 @@ def load_model(
                 f"Model '{card.name}' handles contrasts {card.contrasts}; {unknown} are not among them. "
                 "Rename the inputs to the model's contrast names or choose a model trained for them."
             )
-    module.eval()
-    return LoadedModel(module=module, card=card, path=path, sha256=digest)
+    return LoadedModel(module=module, card=card, path=path, sha256=digest, onnx=onnx_file, onnx_sha256=onnx_digest)

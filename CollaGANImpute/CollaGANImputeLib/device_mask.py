@@ -21,13 +21,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 
 from .errors import InputError
 from .normalization import PERCENTILE, _lerp, checked_scale
+
+if TYPE_CHECKING:  # imported where used: this module runs on CUDA only, and the CPU path needs no torch
+    import torch
 
 #: Histogram bins of the Otsu threshold (``sitk.OtsuThreshold(image, 0, 1, 256)`` in :mod:`.normalization`).
 OTSU_BINS = 256
@@ -66,6 +68,8 @@ def otsu_threshold_from_counts(counts: np.ndarray, lower_edges: np.ndarray, uppe
 
 def otsu_foreground(volume: torch.Tensor) -> torch.Tensor:
     """``sitk.OtsuThreshold(volume, 0, 1, 256)`` as a boolean tensor (True: above the threshold)."""
+    import torch
+
     low, high = float(volume.min()), float(volume.max())
     lower_edges, upper_edges = otsu_bin_edges(low, high)
     boundaries = torch.from_numpy(lower_edges[1:]).to(volume.device)
@@ -80,6 +84,8 @@ class _Runs:
     with that dim last (0: outside the mask). They depend on the mask only: computed once per labelling."""
 
     def __init__(self, mask: torch.Tensor, dim: int) -> None:
+        import torch
+
         self.dim = dim
         inside = mask.movedim(dim, -1).contiguous()
         self.shape = inside.shape
@@ -91,6 +97,8 @@ class _Runs:
 
     def spread(self, labels: torch.Tensor) -> torch.Tensor:
         """Every run takes the largest label in it (no host sync)."""
+        import torch
+
         values = labels.movedim(self.dim, -1).contiguous().reshape(-1)
         self.best.fill_(-1).scatter_reduce_(0, self.run, values, reduce="amax")
         spread = torch.where(self.inside, self.best[self.run], values)
@@ -105,6 +113,8 @@ def label_components(mask: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     until nothing changes, each cycle followed by pointer jumping (a label is a voxel of the same component,
     whose own label is at least as large): as many cycles as a path inside a component needs turns, not voxels.
     """
+    import torch
+
     runs = [_Runs(mask, dim) for dim in dims]
     labels = torch.where(mask, torch.arange(mask.numel(), device=mask.device).reshape(mask.shape), -1)
     while True:
@@ -125,6 +135,8 @@ def _fill_holes(mask: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     ``dims`` filled: :func:`.normalization.fill_holes_3d` / :func:`.normalization.fill_holes_in_plane`.
     (On three LGG heads, labelling the background took 117 cycles in all against 138 for spreading a mark
     from the faces, which cannot use pointer jumping.)"""
+    import torch
+
     labels = label_components(~mask, dims)
     faces = torch.cat([labels.select(dim, end).reshape(-1) for dim in dims for end in (0, -1)])
     outside = torch.isin(labels, faces[faces >= 0].unique())
@@ -133,6 +145,8 @@ def _fill_holes(mask: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
 
 def largest_component(mask: torch.Tensor) -> torch.Tensor:
     """The largest 6-connected component of ``mask`` (the first, by label, when sizes tie)."""
+    import torch
+
     labels = label_components(mask, (0, 1, 2))
     values, counts = labels[mask].unique(return_counts=True)
     return labels == values[int(torch.argmax(counts))]
@@ -140,6 +154,8 @@ def largest_component(mask: torch.Tensor) -> torch.Tensor:
 
 def upper_percentile(values: torch.Tensor, q: float = PERCENTILE) -> float:
     """``numpy.percentile(values, q)`` (1-D, finite, float32), bit for bit, for a high ``q``."""
+    import torch
+
     count = values.numel()
     position = (count - 1) * (q / 100)
     below = int(np.floor(position))
@@ -156,6 +172,8 @@ def _scale(values: torch.Tensor) -> float:
 
 
 def _bounding_box(mask: torch.Tensor, margin: int) -> tuple[slice, ...]:
+    import torch
+
     box = []
     for dim in range(3):
         hits = torch.nonzero(mask.any(dim=[d for d in range(3) if d != dim])).reshape(-1)
@@ -166,6 +184,8 @@ def _bounding_box(mask: torch.Tensor, margin: int) -> tuple[slice, ...]:
 
 def device_foreground_mask(volumes: Sequence[torch.Tensor]) -> torch.Tensor:
     """:func:`.normalization.foreground_mask` of float32 volumes (z, y, x) on their device."""
+    import torch
+
     if len(volumes) == 0:
         raise InputError("At least one input contrast is needed to compute the foreground mask.")
     mean = torch.zeros_like(volumes[0])
@@ -185,6 +205,8 @@ def device_foreground_mask(volumes: Sequence[torch.Tensor]) -> torch.Tensor:
 def device_mask_and_scales(arrays: Sequence[np.ndarray], device: torch.device, mask_from: Sequence[int]
                            ) -> tuple[np.ndarray, list[float]]:
     """The mask from ``arrays[i] for i in mask_from`` and each array's p99 inside it, computed on ``device``."""
+    import torch
+
     volumes = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device) for a in arrays]
     mask = device_foreground_mask([volumes[i] for i in mask_from])
     scales = [_scale(volume[mask]) for volume in volumes]

@@ -83,6 +83,7 @@ def score_imputation(
     uncertainty: bool = False,
     protocol: str = DEFAULT_PROTOCOL,
     register: bool = False,
+    runtime: str = "auto",
 ) -> ScoredImputation:
     """Impute ``target`` from ``inputs`` and score it against the real ``images[target]`` (EVALUATION.md):
     mask from the inputs only, scores inside ``M_t`` (``protocol="v2"``: M), lesion scores inside the lesion.
@@ -92,7 +93,7 @@ def score_imputation(
     check_protocol(protocol)
     result = impute({c: images[c] for c in inputs}, model, targets=[target], device=device,
                     batch_size=batch_size, cancel=cancel, precision=precision, uncertainty=uncertainty,
-                    register=register)
+                    register=register, runtime=runtime)
     case = result.case
     transform = None
     if register:  # against impute's reference, the first input
@@ -127,6 +128,7 @@ def evaluate_cases(
     uncertainty: bool = False,
     protocol: str = DEFAULT_PROTOCOL,
     register: bool = False,
+    runtime: str = "auto",
 ) -> list[dict]:
     """One row per (case, target, input set) with the protocol's scores; optional montage per target.
     ``uncertainty``: also the uncertainty scores (rho_U, AUROC_U) of each imputation's uncertainty map.
@@ -151,7 +153,7 @@ def evaluate_cases(
                 case_rows, case_montages = _evaluate_case(
                     model, Path(folder), contrasts, targets, all_subsets, device, batch_size, montage_dir,
                     volumes_dir, on_case, cancel, precision, montaged, outputs, uncertainty, protocol,
-                    register)
+                    register, runtime)
                 outputs.commit()
         except ModelError:
             raise
@@ -169,7 +171,7 @@ def _evaluate_case(model: LoadedModel, folder: Path, contrasts: Sequence[str], t
                    all_subsets: bool, device: str, batch_size: Optional[int], montage_dir, volumes_dir,
                    on_case: Optional[CaseCallback], cancel: CancelFlag, precision: str, montaged: set[str],
                    outputs: OutputSet, uncertainty: bool = False, protocol: str = DEFAULT_PROTOCOL,
-                   register: bool = False) -> tuple[list[dict], set[str]]:
+                   register: bool = False, runtime: str = "auto") -> tuple[list[dict], set[str]]:
     """The rows of one case; its volumes and montages staged in ``outputs``."""
     rows: list[dict] = []
     drawn: set[str] = set()
@@ -186,7 +188,8 @@ def _evaluate_case(model: LoadedModel, folder: Path, contrasts: Sequence[str], t
                 on_case(case_name(folder), target, inputs)
             scored = score_imputation(model, images, target, inputs, lesion_image, device=device,
                                       batch_size=batch_size, cancel=cancel, precision=precision,
-                                      uncertainty=uncertainty, protocol=protocol, register=register)
+                                      uncertainty=uncertainty, protocol=protocol, register=register,
+                                      runtime=runtime)
             result, case, pred, real, lesion, scores = (scored.result, scored.result.case, scored.pred,
                                                         scored.real, scored.lesion, scored.scores)
             rows.append({"case": case_name(folder), "target": target, "inputs": "+".join(inputs),

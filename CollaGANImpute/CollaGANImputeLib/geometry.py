@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-import torch.nn.functional as F
 
 from .errors import GeometryWarning, InputError
+
+if TYPE_CHECKING:
+    import torch
+
+#: NumPy arrays or torch tensors: the slice functions below take either and give the same kind back (the CPU
+#: runtimes need no torch).
+Slices = TypeVar("Slices", np.ndarray, "torch.Tensor")
 
 #: Axial slices of an LPS-oriented volume: array index order (S, P, L), rows anterior→posterior.
 CANONICAL_ORIENTATION = "LPS"
@@ -123,18 +128,35 @@ def _center_offsets(current: int, target: int) -> tuple[int, int]:
     return before, diff - before
 
 
-def pad_or_crop(slices: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Center zero-pad or crop the last two dimensions of ``slices`` to ``size``."""
+def _pad(slices: Slices, left: int, right: int, top: int, bottom: int) -> Slices:
+    """Zero-pad (positive) or crop (negative) the last two dimensions, as ``torch.nn.functional.pad`` does."""
+    if not isinstance(slices, np.ndarray):
+        import torch.nn.functional as F
+
+        return F.pad(slices, (left, right, top, bottom))  # negative pads crop
+    height, width = slices.shape[-2:]
+    cropped = slices[..., max(0, -top):height - max(0, -bottom), max(0, -left):width - max(0, -right)]
+    widths = [(0, 0)] * (slices.ndim - 2) + [(max(0, top), max(0, bottom)), (max(0, left), max(0, right))]
+    return np.pad(cropped, widths)
+
+
+def pad_or_crop(slices: Slices, size: tuple[int, int]) -> Slices:
+    """Center zero-pad or crop the last two dimensions of ``slices`` (array or tensor) to ``size``.
+
+    Example:
+        >>> pad_or_crop(np.ones((1, 3, 4)), (5, 2)).shape
+        (1, 5, 2)
+    """
     (top, bottom), (left, right) = (_center_offsets(slices.shape[-2], size[0]),
                                     _center_offsets(slices.shape[-1], size[1]))
-    return F.pad(slices, (left, right, top, bottom))  # negative pads crop
+    return _pad(slices, left, right, top, bottom)
 
 
-def undo_pad_or_crop(slices: torch.Tensor, original: tuple[int, int]) -> torch.Tensor:
+def undo_pad_or_crop(slices: Slices, original: tuple[int, int]) -> Slices:
     """Exact inverse of :func:`pad_or_crop` back to ``original``; cropped-away borders come back as zeros."""
     (top, bottom), (left, right) = (_center_offsets(original[0], slices.shape[-2]),
                                     _center_offsets(original[1], slices.shape[-1]))
-    return F.pad(slices, (-left, -right, -top, -bottom))
+    return _pad(slices, -left, -right, -top, -bottom)
 
 
 #: A slice whose pixel spacing is within this fraction of the model's is used on its own grid (pad/crop only):
@@ -161,8 +183,8 @@ class SliceGrid:
 
     Example:
         >>> grid = SliceGrid((512, 512), (0.5, 0.5), (256, 256), (1.0, 1.0))
-        >>> grid.resampled, grid.to_model(torch.zeros(1, 6, 512, 512)).shape
-        (True, torch.Size([1, 6, 256, 256]))
+        >>> grid.resampled, grid.to_model(np.zeros((1, 6, 512, 512), np.float32)).shape
+        (True, (1, 6, 256, 256))
     """
 
     shape: tuple[int, int]
@@ -179,13 +201,13 @@ class SliceGrid:
         """The model's in-plane field (mm)."""
         return (self.model_size[0] * self.model_spacing[0], self.model_size[1] * self.model_spacing[1])
 
-    def to_model(self, slices: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) on this grid → (B, C, model H, model W) on the model's."""
+    def to_model(self, slices: Slices) -> Slices:
+        """(B, C, H, W) (array or tensor) on this grid → (B, C, model H, model W) on the model's."""
         if not self.resampled:
             return pad_or_crop(slices, self.model_size)
         return self._resample(slices, self.spacing, self.shape, self.model_spacing, self.model_size, smooth=True)
 
-    def from_model(self, slices: torch.Tensor) -> torch.Tensor:
+    def from_model(self, slices: Slices) -> Slices:
         """Inverse of :meth:`to_model` for the model's (B, C, model H, model W) output; 0 outside its field."""
         if not self.resampled:
             return undo_pad_or_crop(slices, self.shape)
@@ -211,10 +233,12 @@ class SliceGrid:
         return int(np.count_nonzero(mask & ~self.coverage()[None]))
 
     @staticmethod
-    def _resample(slices: torch.Tensor, spacing: tuple[float, float], shape: tuple[int, int],
-                  new_spacing: tuple[float, float], new_shape: tuple[int, int], smooth: bool) -> torch.Tensor:
+    def _resample(slices: Slices, spacing: tuple[float, float], shape: tuple[int, int],
+                  new_spacing: tuple[float, float], new_shape: tuple[int, int], smooth: bool) -> Slices:
         batch, channels = slices.shape[:2]
-        array = slices.detach().cpu().float().reshape(batch * channels, *shape).numpy()
+        tensor = not isinstance(slices, np.ndarray)
+        array = (slices.detach().cpu().float().numpy() if tensor else slices.astype(np.float32, copy=False)).reshape(
+            batch * channels, *shape)
         image = sitk.GetImageFromArray(np.ascontiguousarray(array))  # x = columns, y = rows, z = slice/channel
         image.SetSpacing((spacing[1], spacing[0], 1.0))
         if smooth:
@@ -232,5 +256,9 @@ class SliceGrid:
         out = sitk.Resample(image, [new_shape[1], new_shape[0], batch * channels], sitk.Transform(), sitk.sitkLinear,
                             origin, (new_spacing[1], new_spacing[0], 1.0), image.GetDirection(), 0.0,
                             sitk.sitkFloat32)
-        result = torch.from_numpy(sitk.GetArrayFromImage(out)).reshape(batch, channels, *new_shape)
-        return result.to(slices.device)
+        result = sitk.GetArrayFromImage(out).reshape(batch, channels, *new_shape)
+        if not tensor:
+            return result
+        import torch
+
+        return torch.from_numpy(result).to(slices.device)

@@ -1,52 +1,43 @@
-"""Slice-wise inference of a CollaGAN TorchScript model on normalized axial slices.
+"""Slice-wise inference of a CollaGAN model on normalized axial slices.
 
-How the model is run (bf16/fp16 or fp32, channels-last) is chosen by :mod:`.acceleration`
-(``precision="auto"``); slices whose inputs are all zero (outside the head) are computed once, since the model
-maps identical inputs to identical outputs.
+Which runtime runs it (torch's TorchScript, or the ONNX export on ONNX Runtime or OpenVINO) is chosen by
+:mod:`.runtime` (``runtime="auto"``); how torch runs it (bf16/fp16 or fp32, channels-last) by :mod:`.acceleration`
+(``precision="auto"``). Slices whose inputs are all zero (outside the head) are computed once, since the model
+maps identical inputs to identical outputs. Without torch installed the ONNX runtimes run the model.
 
 Example:
     >>> model = load_model("model.pt")                                        # doctest: +SKIP
     >>> t1c = impute_slices(model, {"t1n": t1n_p99, "t2f": t2f_p99}, "t1c")   # (S, H, W) p99 units
     >>> exact = impute_slices(model, inputs, "t1c", precision="fp32")         # doctest: +SKIP
+    >>> onnx = impute_slices(model, inputs, "t1c", runtime="onnxruntime")     # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
 import numpy as np
-import torch
 
-from .acceleration import InferencePlan, default_batch_size, plan_inference
 from .contract import LoadedModel, ModelCard, model_input
 from .errors import Cancelled, InputError, ModelError
 from .geometry import SliceGrid
+from .runtime import (  # noqa: F401  (resolve_device, describe_device: re-exported, callers import them here)
+    choose_runtime,
+    default_batch_size,
+    describe_device,
+    onnx_runner,
+    resolve_device,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from .acceleration import InferencePlan
 
 ProgressCallback = Callable[[int, int], None]
 CancelFlag = Union[threading.Event, Callable[[], bool], None]
-
-
-def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
-    """``auto`` picks CUDA when a GPU is usable, else CPU; ``cuda`` without a GPU is refused clearly."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise InputError(f"'{device}' is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("CUDA was requested but no CUDA GPU is usable here (is the CUDA build of torch "
-                         "installed and the driver loaded?). Use device 'cpu' or 'auto'.")
-    return device
-
-
-def describe_device(device: torch.device) -> str:
-    """What will run the model, for the user: GPU name and memory, or the CPU thread count."""
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return f"CUDA GPU {props.name} ({props.total_memory / 2**30:.1f} GiB)"
-    return f"CPU ({torch.get_num_threads()} threads)"
 
 
 def _is_on(module: torch.nn.Module, device: torch.device) -> bool:
@@ -66,22 +57,33 @@ def is_cancelled(cancel: CancelFlag) -> bool:
     return bool(cancel())
 
 
-def contrast_channels(slices: Mapping[str, torch.Tensor], contrasts: list[str], target: str,
-                      shape: tuple[int, ...]) -> torch.Tensor:
-    """(B, N, H, W): the contrasts in model order, missing and target slots zero."""
+def _numpy(slices: Mapping[str, Any]) -> bool:
+    return all(isinstance(v, np.ndarray) for v in slices.values())
+
+
+def contrast_channels(slices: Mapping[str, Any], contrasts: list[str], target: str, shape: tuple[int, ...]) -> Any:
+    """(B, N, H, W): the contrasts in model order, missing and target slots zero (NumPy in, NumPy out; else torch)."""
+    if _numpy(slices):
+        zeros = np.zeros(shape, dtype=np.float32)
+        return np.stack([slices[c] if (c in slices and c != target) else zeros for c in contrasts], axis=1)
+    import torch
+
     zeros = torch.zeros(shape, dtype=torch.float32)
     return torch.stack([slices[c] if (c in slices and c != target) else zeros for c in contrasts], dim=1)
 
 
-def slots(slices: Mapping[str, torch.Tensor], contrasts: list[str], target: str, batch: int
-          ) -> tuple[torch.Tensor, torch.Tensor]:
+def slots(slices: Mapping[str, Any], contrasts: list[str], target: str, batch: int) -> tuple[Any, Any]:
     """(available (B, N) bool, target index (B,)) of :func:`.contract.model_input` for these named inputs."""
-    given = torch.tensor([c in slices and c != target for c in contrasts])
-    return given.expand(batch, -1), torch.full((batch,), contrasts.index(target), dtype=torch.long)
+    given = [c in slices and c != target for c in contrasts]
+    if _numpy(slices):
+        return (np.broadcast_to(np.array(given), (batch, len(contrasts))),
+                np.full((batch,), contrasts.index(target), dtype=np.int64))
+    import torch
+
+    return torch.tensor(given).expand(batch, -1), torch.full((batch,), contrasts.index(target), dtype=torch.long)
 
 
-def build_input(slices: Mapping[str, torch.Tensor], contrasts: list[str], target: str,
-                shape: tuple[int, ...]) -> torch.Tensor:
+def build_input(slices: Mapping[str, Any], contrasts: list[str], target: str, shape: tuple[int, ...]) -> Any:
     """The model input (B, 2N, H, W) of named slices on the model's grid: :func:`.contract.model_input`."""
     return model_input(contrast_channels(slices, contrasts, target, shape), *slots(slices, contrasts, target, shape[0]))
 
@@ -108,6 +110,7 @@ def impute_slices(
     precision: str = "auto",
     channels_last: Optional[bool] = None,
     spacing: Optional[tuple[float, float]] = None,
+    runtime: str = "auto",
 ) -> np.ndarray:
     """Impute ``target`` from ``inputs`` (contrast → (S, H, W) float array in p99 units), slice by slice.
 
@@ -119,7 +122,8 @@ def impute_slices(
     work goes on; ``cancel`` is checked between batches and raises :class:`Cancelled`. ``precision``
     (``auto``, ``fp32``, ``bf16``, ``fp16``) and ``channels_last`` (None = choose) set how the model runs
     (:func:`.acceleration.plan_inference`); ``batch_size=None`` picks a size for the device. Results do not
-    depend on the batch size.
+    depend on the batch size. ``runtime`` (``auto``, ``torch``, ``onnxruntime``, ``openvino``) picks what runs the
+    model (:func:`.runtime.choose_runtime`: on the CPU, ``auto`` is the fastest installed one).
     """
     card = model.card
     if target not in card.contrasts:
@@ -135,10 +139,21 @@ def impute_slices(
         raise InputError(f"Input arrays differ in shape {shapes}; align them to one grid first.")
     n_slices, height, width = next(iter(shapes))
     total = progress_total if progress_total is not None else n_slices
-    device = resolve_device(device)
+    name = choose_runtime(model, runtime, device, precision)
     grid = SliceGrid((height, width), tuple(spacing or card.spacing), card.in_plane_size, card.spacing)
-    module = model.module if _is_on(model.module, device) else model.module.to(device)
-    plan = plan_inference(module, device, precision, channels_last)
+    if name == "torch":
+        import torch
+
+        from .acceleration import plan_inference
+
+        device = resolve_device(device)
+        module = model.module if _is_on(model.module, device) else model.module.to(device)
+        plan: Callable = plan_inference(module, device, precision, channels_last)
+        out_of_memory: tuple = (torch.cuda.OutOfMemoryError,)
+        mode: Any = torch.inference_mode()
+    else:
+        plan = onnx_runner(model, name, precision)
+        device, out_of_memory, mode = "cpu", (), contextlib.nullcontext()
     output = np.zeros((n_slices, height, width), dtype=np.float32)
     # Slices with all-zero inputs give one and the same output: run the first of them only, then copy it.
     is_empty = empty_slices(usable)
@@ -146,7 +161,7 @@ def impute_slices(
     order = np.concatenate([empty[:1], np.flatnonzero(~is_empty)]).astype(np.int64)
     start = 0
     batch = max(1, int(batch_size if batch_size is not None else default_batch_size(device)))
-    with torch.inference_mode():
+    with mode:
         while start < len(order):
             if is_cancelled(cancel):
                 raise Cancelled("Imputation cancelled; nothing was written.")
@@ -154,9 +169,11 @@ def impute_slices(
             index = order[start:stop]
             try:
                 y = _run_batch(plan, usable, index, card, target, grid)
-            except torch.cuda.OutOfMemoryError:
+            except out_of_memory:
                 if batch == 1:
                     raise
+                import torch
+
                 torch.cuda.empty_cache()
                 batch = max(1, batch // 2)  # retry the same slices with a smaller batch
                 continue
@@ -170,24 +187,30 @@ def impute_slices(
     return output
 
 
-def _run_batch(plan: InferencePlan, usable: Mapping[str, np.ndarray], index: np.ndarray, card: ModelCard,
-               target: str, grid: SliceGrid) -> np.ndarray:
+def _run_batch(plan: Union[InferencePlan, Callable], usable: Mapping[str, np.ndarray], index: np.ndarray,
+               card: ModelCard, target: str, grid: SliceGrid) -> np.ndarray:
     """Model output (len(index), H, W) for the slices ``index``; a model that fails on its input or gives an
     output of the wrong shape or with NaN/Inf is refused (:class:`ModelError`) before anything is kept."""
     first = int(index[0])
     contiguous = bool(np.all(np.diff(index) == 1))  # a plain slice avoids a gather copy
-    slices = {c: torch.from_numpy(np.ascontiguousarray(a[first:first + len(index)] if contiguous else a[index],
-                                                       dtype=np.float32))
+    torch_plan = not hasattr(plan, "runtime")  # an ONNX runner takes and gives NumPy arrays
+    slices = {c: np.ascontiguousarray(a[first:first + len(index)] if contiguous else a[index], dtype=np.float32)
               for c, a in usable.items()}
+    if torch_plan:
+        import torch
+
+        slices = {c: torch.from_numpy(a) for c, a in slices.items()}
     images = grid.to_model(contrast_channels(slices, card.contrasts, target, (len(index), *grid.shape)))
     # Only the images go through the grid: the target planes are made on the model's field, ones over all of
     # it as in training (padded with the images they were zero around a slice smaller than the field).
     x = model_input(images, *slots(slices, card.contrasts, target, len(index)))
     try:
         y = plan(x)
-    except (torch.cuda.OutOfMemoryError, Cancelled, KeyboardInterrupt, MemoryError):
+    except (Cancelled, KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:  # TorchScript raises RuntimeError variants for a model that does not fit its card
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's: impute_slices halves the batch
+            raise
         if "can't allocate memory" in str(exc):  # the CPU's allocator: the machine, not the model
             raise MemoryError(str(exc).strip().splitlines()[-1]) from exc
         detail = str(exc).strip().splitlines()
@@ -197,11 +220,13 @@ def _run_batch(plan: InferencePlan, usable: Mapping[str, np.ndarray], index: np.
             f"{type(exc).__name__}: {detail[-1] if detail else ''}. The file does not match its card; re-export "
             "the model.") from exc
     expected = (x.shape[0], 1, *card.in_plane_size)
-    if not isinstance(y, torch.Tensor) or tuple(y.shape) != expected:
-        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+    if torch_plan and isinstance(y, torch.Tensor):
+        y = y.cpu().numpy()
+    if not isinstance(y, np.ndarray) or tuple(y.shape) != expected:
+        shape = tuple(y.shape) if hasattr(y, "shape") else type(y).__name__
         raise ModelError(f"Model '{card.name}' returned an output of shape {shape} for a batch of {x.shape[0]} "
                          f"slices; the contract is {expected}. The file does not match its card; re-export it.")
-    if not bool(torch.isfinite(y).all()):
+    if not bool(np.isfinite(y).all()):
         raise ModelError(f"Model '{card.name}' returned NaN or infinite values (precision {plan.precision}). The "
                          "model is broken or overflows at this precision: try --precision fp32, or re-export it.")
-    return grid.from_model(y.cpu())[:, 0].numpy()
+    return np.asarray(grid.from_model(y)[:, 0], dtype=np.float32)

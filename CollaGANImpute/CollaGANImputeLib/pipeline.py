@@ -21,11 +21,10 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from .case import ImputationResult, PreparedCase, prepare_case
 from .case_files import read_case, read_input
@@ -59,6 +58,7 @@ from .refusals import (
     refuse_unusable_inputs,
 )
 from .registration import RigidAlignment, register_rigid
+from .runtime import cuda_out_of_memory
 from .uncertainty import (
     Member,
     disagreement,
@@ -67,6 +67,9 @@ from .uncertainty import (
     member_prediction,
     uncertainty_path,
 )
+
+if TYPE_CHECKING:  # torch is optional: the CPU runtimes run the ONNX export without it
+    import torch
 
 #: What the CPU fallback says (a warning, and in :attr:`ImputationSteps.notes`).
 CPU_FALLBACK = "The GPU ({device}) ran out of memory even one slice at a time; the rest ran on the CPU."
@@ -116,7 +119,7 @@ class ImputationSteps:
                  batch_size: Optional[int] = None, progress: Optional[ProgressCallback] = None,
                  cancel: CancelFlag = None, precision: str = "auto", uncertainty: bool = False,
                  allow_synthetic: bool = False, register: bool = False,
-                 slices_per_step: Optional[int] = None) -> None:
+                 slices_per_step: Optional[int] = None, runtime: str = "auto") -> None:
         card = model.card
         if targets is None:
             targets = [c for c in card.contrasts if c not in images]
@@ -130,6 +133,7 @@ class ImputationSteps:
         self.images, self.model, self.reference = images, model, reference
         self.device = resolve_device(device)
         self.batch_size, self.precision, self.progress, self.cancel = batch_size, precision, progress, cancel
+        self.runtime = runtime
         self.slices_per_step = slices_per_step
         self.register = register
         self.members: dict[str, list[Member]] = {
@@ -212,20 +216,23 @@ class ImputationSteps:
     def _predict(self, chunk: Mapping[str, np.ndarray], target: str, member: Optional[Member],
                  spacing: tuple[float, float], offset: int) -> np.ndarray:
         """One pass (the imputation, or an uncertainty ``member``) on a chunk of slices, with the CPU fallback."""
-        options = dict(batch_size=self.batch_size, precision=self.precision, spacing=spacing, cancel=self.cancel,
+        options = dict(batch_size=self.batch_size, precision=self.precision, runtime=self.runtime, spacing=spacing,
+                       cancel=self.cancel,
                        progress=self.progress, progress_offset=offset, progress_total=self.total)
         while True:
             try:
                 if member is None:
                     return impute_slices(self.model, chunk, target, device=self.device, **options)
                 return member_prediction(self.model, chunk, target, member, device=self.device, **options)
-            except torch.cuda.OutOfMemoryError:
-                if self.device.type == "cpu":  # nowhere left to go
+            except cuda_out_of_memory():
+                if str(self.device) == "cpu":  # nowhere left to go
                     raise
+                import torch  # loaded: it raised
+
                 torch.cuda.empty_cache()
                 self.notes.append(CPU_FALLBACK.format(device=self.device))
                 warnings.warn(self.notes[-1], RuntimeWarning, stacklevel=2)
-                self.device = torch.device("cpu")
+                self.device = resolve_device("cpu")
 
 
 def impute_steps(images: Mapping[str, sitk.Image], model: LoadedModel, targets: Optional[Sequence[str]] = None,
@@ -253,6 +260,7 @@ def impute(
     uncertainty: bool = False,
     allow_synthetic: bool = False,
     register: bool = False,
+    runtime: str = "auto",
 ) -> ImputationResult:
     """Impute each target (default: every model contrast not among ``images``) from the given images.
 
@@ -266,11 +274,13 @@ def impute(
     ``register``: rigidly co-register every image to the reference first (:mod:`.registration`: mutual
     information), for inputs the patient moved between; else they are placed by their headers alone. Each
     transform is in ``result.case.registration`` and the JSON sidecar.
+    ``runtime``: what runs the model (:mod:`.runtime`): ``auto`` (torch on CUDA, the fastest installed one on
+    the CPU), ``torch``, ``onnxruntime`` or ``openvino``.
     Out of GPU memory: :class:`ImputationSteps`' policy (smaller batches, then the CPU with a warning).
     """
     return ImputationSteps(images, model, targets, reference=reference, device=device, batch_size=batch_size,
                            progress=progress, cancel=cancel, precision=precision, uncertainty=uncertainty,
-                           allow_synthetic=allow_synthetic, register=register).run()
+                           allow_synthetic=allow_synthetic, register=register, runtime=runtime).run()
 
 
 def impute_case(
@@ -290,6 +300,7 @@ def impute_case(
     overwrite: bool = False,
     allow_synthetic: bool = False,
     register: bool = False,
+    runtime: str = "auto",
 ) -> dict[str, Path]:
     """Impute the missing contrasts of a case and write them; returns target → written file.
 
@@ -340,7 +351,7 @@ def impute_case(
             result = impute(images, model, targets=targets, reference=reference, device=device,
                             batch_size=batch_size, progress=progress, cancel=cancel, precision=precision,
                             uncertainty=uncertainty, allow_synthetic=allow_synthetic,
-                            register=register)
+                            register=register, runtime=runtime)
         except InputError as exc:  # "Input 't2f': ..." from the core: name the file too
             contrast = next((c for c in paths if str(exc).startswith(f"Input '{c}': ")), None)
             if contrast is None:

@@ -1,8 +1,9 @@
 """The bundled resources, found in one place: the ``Resources`` folder, the models its manifest lists (and which
 is the default), and the sample case. Torch-free, so the Slicer module and ``collagan-impute --help`` can ask.
 
-The manifest (``Resources/Models/models.json``) names each model file with its SHA-256; loading a bundled model
-checks it (:meth:`BundledModel.load`, :func:`.models.default_model`).
+The manifest (``Resources/Models/models.json``) names each model file with its SHA-256, and its ONNX
+export (``onnx``, ``onnx_sha256``) where one is bundled; loading a bundled model checks both
+(:meth:`BundledModel.load`, :func:`.models.default_model`).
 
 Example:
     >>> [m.name for m in bundled_models()]        # doctest: +SKIP
@@ -53,11 +54,12 @@ class BundledModel:
     sha256: str
     card: Optional[Path]
     default: bool
+    onnx_sha256: Optional[str] = None  # the ONNX export beside ``path`` (same stem), where one is bundled
 
     def load(self, device: str = "cpu") -> LoadedModel:
         from .contract import load_model  # torch is paid for only when a model is loaded
 
-        return load_model(self.path, sha256=self.sha256, device=device)
+        return load_model(self.path, sha256=self.sha256, device=device, onnx_sha256=self.onnx_sha256)
 
 
 def bundled_models(resources: Optional[Path] = None) -> list[BundledModel]:
@@ -74,10 +76,20 @@ def bundled_models(resources: Optional[Path] = None) -> list[BundledModel]:
     models = [
         BundledModel(name=entry["name"], path=folder / entry["file"], sha256=entry["sha256"],
                      card=folder / entry["card"] if entry.get("card") else None,
-                     default=entry["name"] == default)
+                     default=entry["name"] == default, onnx_sha256=_onnx_sha(folder, entry))
         for entry in data.get("models", [])
     ]
     return sorted(models, key=lambda m: not m.default)
+
+
+def _onnx_sha(folder: Path, entry: dict) -> Optional[str]:
+    """The listed ONNX file's SHA-256; the file must lie beside the TorchScript one under the same stem."""
+    if not entry.get("onnx"):
+        return None
+    if folder / entry["onnx"] != (folder / entry["file"]).with_suffix(".onnx"):
+        raise ModelError(f"{folder / MANIFEST}: the ONNX file of '{entry['name']}' must be named like its model file "
+                         f"({Path(entry['file']).with_suffix('.onnx')}); reinstall CollaGANImpute.")
+    return entry["onnx_sha256"]
 
 
 def default_bundled_model(resources: Optional[Path] = None) -> BundledModel:

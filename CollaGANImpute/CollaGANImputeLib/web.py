@@ -45,7 +45,7 @@ class WebApp:
     """The page and its server: one MRML scene (trame-slicer's SlicerApp), the module's SceneLogic on it."""
 
     def __init__(self, model: Optional[str] = None, device: str = "auto", precision: str = "auto",
-                 server=None) -> None:
+                 server=None, runtime: str = "auto") -> None:
         from trame.app import get_server
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
@@ -59,7 +59,7 @@ class WebApp:
         self.state, self.ctrl = self.server.state, self.server.controller
         self.slicer_app = SlicerApp()
         self.logic = SceneLogic(self.slicer_app.scene)
-        self.device, self.precision = device, precision
+        self.device, self.precision, self.runtime = device, precision, runtime
         self.model = self.logic.loadModel(model, device="cpu")
         self.contrasts = list(self.model.card.contrasts)
         self.upload_dir = Path(tempfile.mkdtemp(prefix="collagan-web-"))  # mkdtemp: mode 0700, this user only
@@ -235,7 +235,7 @@ class WebApp:
                 raise ValueError("Load a case and choose at least one input volume.")
             self._cancel = threading.Event()
             job = self.logic.startImputation(inputs, self.model, self.state.target, device=self.device,
-                                             cancel=self._cancel, precision=self.precision,
+                                             cancel=self._cancel, precision=self.precision, runtime=self.runtime,
                                              uncertainty=bool(self.state.uncertainty),
                                              register=bool(self.state.register))
         except Exception as error:

@@ -18,7 +18,7 @@ from . import web
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, model: Optional[str] = None, device: str = "auto",
-          precision: str = "auto", allowed_origins=(), idle_timeout: int = 0) -> int:
+          precision: str = "auto", allowed_origins=(), idle_timeout: int = 0, runtime: str = "auto") -> int:
     """Start the server; block until it is stopped. Returns 0, or 143 when SIGTERM stopped it.
 
     ``allowed_origins``: origins besides the served page that may drive it (a reverse proxy's public address);
@@ -28,7 +28,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, model: Optional[str] = None
 
     allowed_origins = [normalize_origin(o) for o in allowed_origins]  # a bad one refused before the model loads
     os.environ.setdefault("WSLINK_MAX_MSG_SIZE", str(web.MAX_UPLOAD_BYTES + 2 ** 20))
-    app = web.WebApp(model=model, device=device, precision=precision)
+    app = web.WebApp(model=model, device=device, precision=precision, runtime=runtime)
     terminated = threading.Event()
 
     def on_ready(**_) -> None:

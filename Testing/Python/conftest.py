@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,18 @@ import torch
 from CollaGANImputeLib import ModelCard, save_model
 from CollaGANImputeLib.resources import resources_dir
 from core_fixtures import CONTRASTS, TinyGenerator, head_phantom, make_image
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runtime_cache(tmp_path_factory):
+    """The runtime choice (runtime="auto") is measured into a folder of the test run, not the user's cache."""
+    previous = os.environ.get("COLLAGAN_CACHE_DIR")
+    os.environ["COLLAGAN_CACHE_DIR"] = str(tmp_path_factory.mktemp("runtime-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("COLLAGAN_CACHE_DIR", None)
+    else:
+        os.environ["COLLAGAN_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

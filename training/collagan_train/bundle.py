@@ -10,9 +10,10 @@ resumed by repeating the command. What it writes:
 - ``report_lgg.md``, ``report_other.md``: the tables of :mod:`.report`, this model last;
 - ``card_metrics.json`` and ``model.pt``: the model to bundle, its card holding the validation figures.
 
-With ``--install`` it then replaces the bundled model of that name in ``Resources/Models``: the file, its SHA-256 in
-``models.json`` and the card page's title, SHA-256 and size lines (:func:`install`). The card page's prose (what
-changed, the tables) is still the author's to write.
+With ``--install`` it then replaces the bundled model of that name in ``Resources/Models``: the file and its ONNX
+export (``model.onnx``, written beside ``model.pt`` by the export), their SHA-256 in ``models.json`` and the card
+page's title, SHA-256 and size lines (:func:`install`). The card page's prose (what changed, the tables) is still
+the author's to write.
 
 Example:
     python -m training.collagan_train.main bundle runs/soup/snapshots/g_v5_i2000.pt --version v6 --out runs/v6 \
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from CollaGANImputeLib.atomic import atomic_path, write_text_atomic
-from CollaGANImputeLib.contract import sha256_of
+from CollaGANImputeLib.contract import onnx_path_for, sha256_of
 
 from .choose import named_run
 from .data_loader import REPO_ROOT, lgg_folder_or_exit
@@ -115,6 +116,12 @@ def install(model: Path, version: str, name: str = MODEL_NAME, models_dir: Path 
         raise SystemExit(f"{model} is over the {MAX_MEGABYTES} MB limit of a bundled model; not installed.")
     entry, sha = entries[0], sha256_of(model)
     entry["sha256"] = sha
+    onnx = onnx_path_for(model)
+    if onnx.is_file():  # the ONNX export of the same weights, named like the model file (models.py checks it)
+        entry["onnx"], entry["onnx_sha256"] = Path(entry["file"]).with_suffix(".onnx").name, sha256_of(onnx)
+    else:
+        entry.pop("onnx", None)
+        entry.pop("onnx_sha256", None)
     texts = {manifest_path: json.dumps(manifest, indent=2) + "\n"}
     card_page = Path(models_dir) / entry["card"] if entry.get("card") else None
     if card_page is not None and card_page.is_file():
@@ -123,8 +130,12 @@ def install(model: Path, version: str, name: str = MODEL_NAME, models_dir: Path 
         text = re.sub(r"(\| SHA-256 \| `)[0-9a-f]{64}(`)", rf"\g<1>{sha}\g<2>", text, count=1)
         texts[card_page] = re.sub(r"(TorchScript, )[0-9.]+ MB", rf"\g<1>{megabytes:.1f} MB", text, count=1)
     target = Path(models_dir) / entry["file"]
-    with atomic_path(target) as staged_model:
-        shutil.copyfile(model, staged_model)
+    copies = {model: target, **({onnx: onnx_path_for(target)} if onnx.is_file() else {})}
+    for source, destination in copies.items():
+        with atomic_path(destination) as staged:
+            shutil.copyfile(source, staged)
+    if not onnx.is_file() and onnx_path_for(target).is_file():
+        onnx_path_for(target).unlink()  # an earlier model's export must not stay beside this one
     for path, text in texts.items():
         write_text_atomic(path, text)
     return sha

@@ -1,5 +1,6 @@
-"""Export a trained generator as a CollaGANImpute TorchScript model with a full model card, and check that
-the exported file gives the eager model's output.
+"""Export a trained generator as a CollaGANImpute TorchScript model with a full model card, and the same weights as
+ONNX beside it (``model.onnx`` next to ``model.pt``, the same card in its metadata: the CPU runtimes run it without
+torch), and check that both files give the eager model's output.
 
 Example:
     python -m training.collagan_train.main export --checkpoint runs/lgg_cpu/best.pt --out runs/lgg_cpu/model.pt
@@ -17,7 +18,15 @@ from typing import List, Optional
 
 import torch
 from CollaGANImputeLib.atomic import write_text_atomic
-from CollaGANImputeLib.contract import DEFAULT_PIXEL_SPACING, ModelCard, load_model, save_model
+from CollaGANImputeLib.contract import (
+    DEFAULT_PIXEL_SPACING,
+    ModelCard,
+    load_model,
+    onnx_path_for,
+    read_card,
+    save_model,
+    save_onnx,
+)
 
 from .config import TrainConfig, loss_settings
 from .model import count_parameters
@@ -28,15 +37,36 @@ DATA = ("TCGA-LGG (TCIA) as curated by Buda et al. 2019 / Mazurowski et al. 2017
         "BraTS-named NIfTI: t1n, t1c, t2f")
 
 
+#: Allowed |ONNX Runtime - eager| relative to the output's largest magnitude (at least 1): its instance norm
+#: loses digits on near-constant channels (2e-3 for a generator trained 3 steps; 2e-5 for the bundled one).
+ONNX_RTOL = 1e-3
+
+
 def check_export(eager: torch.nn.Module, path: Path, x: torch.Tensor, atol: float = 5e-5) -> float:
-    """Max |exported - eager| on ``x``; raises if above ``atol`` (fp32 sums in another order: a few 1e-5)."""
+    """Max |exported - eager| on ``x`` of the TorchScript file (raises above ``atol``: fp32 sums in another order
+    give a few 1e-5) and, where one lies beside it and ONNX Runtime is installed, of its ONNX export (raises
+    above :data:`ONNX_RTOL` of the output's scale)."""
     loaded = load_model(path)
     eager.eval()
     with torch.no_grad():
-        diff = float((loaded.module(x) - eager(x)).abs().max())
-    if not diff <= atol:
-        raise RuntimeError(f"Exported model {path} differs from the eager model by {diff:.3g} (> {atol}).")
-    return diff
+        expected = eager(x)
+        diffs = {path: float((loaded.module(x) - expected).abs().max())}
+    limits = {path: atol}
+    if loaded.onnx is not None:
+        try:
+            import onnxruntime
+        except ImportError:
+            onnxruntime = None
+        if onnxruntime is not None:
+            session = onnxruntime.InferenceSession(str(loaded.onnx), providers=["CPUExecutionProvider"])
+            y = session.run(None, {"x": x.numpy()})[0]
+            diffs[loaded.onnx] = float((torch.from_numpy(y) - expected).abs().max())
+            limits[loaded.onnx] = ONNX_RTOL * max(1.0, float(expected.abs().max()))
+    for file, diff in diffs.items():
+        if not diff <= limits[file]:
+            raise RuntimeError(f"Exported model {file} differs from the eager model by {diff:.3g} "
+                               f"(> {limits[file]:.3g}).")
+    return diffs[path]
 
 
 def last_validation(run_dir: Path) -> dict:
@@ -110,15 +140,32 @@ def _optimized(g: torch.nn.Module) -> torch.nn.Module:
     """The core's exact export-time rewrite of the CCNR units (faster inference, same contract), when the
     installed core has it; the plain generator otherwise."""
     try:
-        from CollaGANImputeLib.acceleration import optimize_for_inference
+        from CollaGANImputeLib.ccnr_export import optimize_for_inference
     except ImportError:
         return g
     return optimize_for_inference(g)
 
 
+def write_onnx(model: torch.nn.Module, pt: Path, n_contrasts: int) -> Path:
+    """Write the ONNX export of ``model`` beside the TorchScript file ``pt`` with its card; returns its path.
+
+    Example:
+        >>> write_onnx(fast_generator, Path("runs/v7/model.pt"), 3)   # doctest: +SKIP
+        PosixPath('runs/v7/model.onnx')
+    """
+    x = torch.rand(2, 2 * n_contrasts, 256, 256)
+    x[:, n_contrasts:] = 0
+    x[:, n_contrasts] = 1
+    card = read_card(pt)  # the TorchScript file's card (with its weights' hash): both files carry it
+    path = onnx_path_for(pt)
+    save_onnx(model, card, path, x)
+    return path
+
+
 def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, metrics: Optional[dict] = None,
                       description: str = "", optimize: bool = True, input_profile: Optional[dict] = None,
-                      about: Optional[dict] = None, training_overrides: Optional[dict] = None) -> Path:
+                      about: Optional[dict] = None, training_overrides: Optional[dict] = None,
+                      onnx: bool = True) -> Path:
     """Write ``out`` from ``checkpoint`` (G weights + config) through ``CollaGANImputeLib.save_model``.
 
     ``about``: the card's words for users, keys ``intended_use``, ``domain``, ``limitations`` (a list) and
@@ -130,8 +177,9 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
     ``input_profile``: the training data profile for the card (None: computed from the split's training cases,
     :func:`training_input_profile`; {}: none); its median pixel spacing becomes the card's ``pixel_spacing``.
 
-    With ``optimize`` the CCNR units are rewritten by ``CollaGANImputeLib.acceleration.optimize_for_inference``
-    (same function, ~1e-6 apart in fp32); the file is checked against the original eager generator either way.
+    With ``optimize`` the CCNR units are rewritten by ``CollaGANImputeLib.ccnr_export.optimize_for_inference``
+    (same function, ~1e-6 apart in fp32); the files are checked against the original eager generator either way.
+    With ``onnx`` the same module is also written as ONNX beside ``out`` (:func:`write_onnx`).
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     g, cfg = generator_from_checkpoint(state)
@@ -186,7 +234,12 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
         limitations=list((about or {}).get("limitations", [])),
     )
     path = Path(out)
-    save_model(_optimized(g) if optimize else g, card, path)
+    exported = _optimized(g) if optimize else g
+    save_model(exported, card, path)
+    if onnx:
+        write_onnx(exported, path, len(cfg.contrasts))
+    elif onnx_path_for(path).is_file():
+        onnx_path_for(path).unlink()  # an export of other weights must not stay beside this one
     x = torch.rand(2, 2 * len(cfg.contrasts), 64, 64)
     x[:, len(cfg.contrasts):] = 0
     x[:, len(cfg.contrasts)] = 1
@@ -219,7 +272,7 @@ def split_used(run_dir: Path) -> dict:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="export a checkpoint as a CollaGANImpute TorchScript model")
+    p = sub.add_parser("export", help="export a checkpoint as a CollaGANImpute TorchScript model (and ONNX beside)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--name")
@@ -227,13 +280,16 @@ def add_parser(sub) -> None:
     p.add_argument("--description", default="", help="model card description (default: a generic one)")
     p.add_argument("--no-optimize", dest="optimize", action="store_false",
                    help="export the plain generator, without the core's fast-CCNR rewrite")
+    p.add_argument("--no-onnx", dest="onnx", action="store_false",
+                   help="write no ONNX file beside the TorchScript one (the CPU runtimes then need torch)")
     p.add_argument("--no-input-profile", dest="input_profile", action="store_const", const={}, default=None,
                    help="no training data profile in the card (inference then skips its input check)")
     p.add_argument("--about", help="JSON file with the card's intended_use, domain, limitations, description")
     p.add_argument("--version", help="the model version named in the --about words where they say {version}")
     p.set_defaults(func=lambda a: print(export_checkpoint(
         a.checkpoint, a.out, a.name, json.loads(Path(a.metrics).read_text()) if a.metrics else None,
-        a.description, a.optimize, a.input_profile, load_about(a.about, a.version) if a.about else None)))
+        a.description, a.optimize, a.input_profile, load_about(a.about, a.version) if a.about else None,
+        onnx=a.onnx)))
 
 
 def load_about(path: str, version: Optional[str] = None) -> dict:

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 from CollaGANImputeLib.contract import load_model
+from CollaGANImputeLib.errors import ModelError
 
 from training.collagan_train.bundle import bundle
 from training.collagan_train.report import load_rows
@@ -89,7 +90,15 @@ def test_install_replaces_the_bundled_model_its_sha_and_card_header(tiny_cfg, sa
     assert (models / "collagan_lgg_t1n_t1c_t2f.pt").read_bytes() == model.read_bytes()
     card = (models / "collagan_lgg_t1n_t1c_t2f.md").read_text()
     assert card.startswith("# Model card: collagan-lgg-t1n-t1c-t2f (v9)") and f"| SHA-256 | `{sha}` |" in card
-    assert sorted(p.name for p in models.iterdir()) == ["collagan_lgg_t1n_t1c_t2f.md", "collagan_lgg_t1n_t1c_t2f.pt",
-                                                        "models.json"]  # no staged leftovers
+    assert (models / "collagan_lgg_t1n_t1c_t2f.onnx").read_bytes() == model.with_suffix(".onnx").read_bytes()
+    assert sorted(p.name for p in models.iterdir()) == [
+        "collagan_lgg_t1n_t1c_t2f.md", "collagan_lgg_t1n_t1c_t2f.onnx", "collagan_lgg_t1n_t1c_t2f.pt",
+        "models.json"]  # no staged leftovers
     [bundled] = bundled_models(tmp_path / "Resources")
-    assert bundled.sha256 == sha and bundled.load().card.contrasts == ["t1n", "t1c", "t2f"]
+    assert bundled.sha256 == sha and bundled.onnx_sha256 == sha256_of(model.with_suffix(".onnx"))
+    loaded = bundled.load()
+    assert loaded.card.contrasts == ["t1n", "t1c", "t2f"] and loaded.onnx == models / "collagan_lgg_t1n_t1c_t2f.onnx"
+    # A damaged ONNX file fails its listed SHA-256 on load, like the TorchScript file.
+    (models / "collagan_lgg_t1n_t1c_t2f.onnx").write_bytes(b"changed")
+    with pytest.raises(ModelError, match=r"collagan_lgg_t1n_t1c_t2f.onnx fails its SHA-256 check"):
+        bundled.load()

@@ -43,10 +43,16 @@ def test_export_round_trip_equals_eager(tiny_cfg, sample_slices, tmp_path):
         assert torch.allclose(loaded.module(x), solver.G(x), atol=5e-5)
     assert check_export(solver.G, path, x) <= 5e-5
     # The core's fast-CCNR rewrite is applied by default (same function) and can be turned off.
-    from CollaGANImputeLib.acceleration import count_fast_units
+    from CollaGANImputeLib.ccnr_export import count_fast_units
     assert count_fast_units(loaded.module) == 2 * (2 * 3 - 1)  # 3 levels: 2 CCNR per encoder/bottom/decoder
     plain = load_model(export_checkpoint(str(ckpt), str(tmp_path / "plain.pt"), optimize=False))
     assert count_fast_units(plain.module) == 0
+    # The ONNX export of the same module lies beside each file, with the same card.
+    assert loaded.onnx == tmp_path / "model.onnx" and plain.onnx == tmp_path / "plain.onnx"
+    from CollaGANImputeLib.contract import read_card
+    assert read_card(loaded.onnx).to_json() == card.to_json()
+    assert load_model(export_checkpoint(str(ckpt), str(tmp_path / "plain.pt"), optimize=False, onnx=False)).onnx is None
+    assert not (tmp_path / "plain.onnx").exists()  # an export of other weights is not left beside it
     with torch.no_grad():
         assert torch.allclose(plain.module(x), loaded.module(x), atol=5e-5)
 

@@ -25,7 +25,8 @@ class ImputationLogic:
 
     def startImputation(self, inputNodes: dict, model, target: str, device: str = "auto", batchSize: int = 8,
                         cancel: Optional[threading.Event] = None, precision: str = "auto",
-                        uncertainty: bool = False, allowSynthetic: bool = False, register: bool = False):
+                        uncertainty: bool = False, allowSynthetic: bool = False, register: bool = False,
+                        runtime: str = "auto"):
         """Copy the input volumes out of the scene; return a :class:`~.job.ChunkedImputation` to step or run.
 
         The first input is the reference grid. ``cancel``: an Event that stops the job (also ``job.cancel()``).
@@ -33,6 +34,7 @@ class ImputationLogic:
         A synthetic node (:meth:`syntheticReason`) is refused unless ``allowSynthetic``; then the result's
         provenance names it. Two inputs with identical voxels are refused.
         ``register``: align the inputs to the first one first (rigid, :mod:`CollaGANImputeLib.registration`).
+        ``runtime``: what runs the model (:mod:`CollaGANImputeLib.runtime`; ``auto``: the fastest here).
         """
         from ..refusals import refuse_unusable_inputs
         from .job import ChunkedImputation
@@ -51,7 +53,8 @@ class ImputationLogic:
                 images[contrast].SetMetaData("collagan_synthetic_source", f"node '{node.GetName()}': {why}")
         refuse_unusable_inputs(images, [c for c in images if c != target], allow_synthetic=True)
         return ChunkedImputation(images, self._model(model), target, device=device, batch_size=batchSize,
-                                 precision=precision, cancel_flag=cancel, uncertainty=uncertainty, register=register)
+                                 precision=precision, cancel_flag=cancel, uncertainty=uncertainty, register=register,
+                                 runtime=runtime)
 
     def addResultToScene(self, job):
         """Add the finished job's image as '<target> (synthetic, CollaGAN)' with its ``collagan_*`` attributes and
@@ -109,7 +112,7 @@ class ImputationLogic:
     def imputeNodes(self, inputNodes: dict, model=None, target: Optional[str] = None, device: str = "auto",
                     batchSize: int = 8, progress: Optional[Callable[[float], None]] = None,
                     cancel: Optional[threading.Event] = None, precision: str = "auto", uncertainty: bool = False,
-                    allowSynthetic: bool = False, register: bool = False):
+                    allowSynthetic: bool = False, register: bool = False, runtime: str = "auto"):
         """Impute ``target`` (default: the first missing contrast) from scene volumes; return the new node.
 
         ``model``: a LoadedModel, a bundled model name, a file path, or None for the default bundled model.
@@ -125,7 +128,7 @@ class ImputationLogic:
         usable = {c: n for c, n in inputNodes.items() if n is not None and c != target}
         job = self.startImputation(usable, model, target, device=device, batchSize=batchSize, cancel=cancel,
                                    precision=precision, uncertainty=uncertainty, allowSynthetic=allowSynthetic,
-                                   register=register)
+                                   register=register, runtime=runtime)
         job.run(progress)
         return self.addResultToScene(job)
 

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
 
 import SimpleITK as sitk
-import torch
 
-from ..acceleration import default_batch_size
 from ..case import ImputationResult
 from ..contract import LoadedModel
 from ..errors import Cancelled
 from ..inference import resolve_device
 from ..pipeline import ImputationSteps
 from ..registration import RigidAlignment
+from ..runtime import default_batch_size
+
+if TYPE_CHECKING:  # torch is optional: the CPU runtimes run the ONNX export without it
+    import torch
 
 #: Slices per step on the CPU: each timer tick stays short (a GPU does a whole batch in milliseconds).
 CPU_SLICES_PER_STEP = 2
@@ -46,7 +48,7 @@ class ChunkedImputation:
     model: LoadedModel
     target: str
     device: Union[str, torch.device, None] = "auto"
-    batch_size: Optional[int] = None  # None: chosen for the device (acceleration.default_batch_size)
+    batch_size: Optional[int] = None  # None: chosen for the device (runtime.default_batch_size)
     precision: str = "auto"
     slices_per_step: Optional[int] = None
     reference: Optional[str] = None
@@ -55,13 +57,14 @@ class ChunkedImputation:
     cancel_flag: Optional[threading.Event] = None
     uncertainty: bool = False
     register: bool = False
+    runtime: str = "auto"  # what runs the model (runtime.choose_runtime)
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.device)
         self._chosen_step = self.slices_per_step is None
         if self.slices_per_step is None:
             self.slices_per_step = (self.batch_size or default_batch_size(self.device)
-                                    if self.device.type == "cuda" else CPU_SLICES_PER_STEP)
+                                    if str(self.device).startswith("cuda") else CPU_SLICES_PER_STEP)
         self._cancel = self.cancel_flag if self.cancel_flag is not None else threading.Event()
         # A given target is not an input (nor the reference grid); synthetic inputs were refused or allowed
         # with the node's name by the caller (SceneLogic.startImputation).
@@ -69,7 +72,7 @@ class ChunkedImputation:
                                       self.model, [self.target], reference=self.reference, device=self.device,
                                       batch_size=self.batch_size, cancel=self._cancel, precision=self.precision,
                                       uncertainty=self.uncertainty, allow_synthetic=True, register=self.register,
-                                      slices_per_step=self.slices_per_step)
+                                      slices_per_step=self.slices_per_step, runtime=self.runtime)
         self._steps.notes = self.notes  # one list: the CPU fallback's note is the job's
         self.inputs = self._steps.inputs_by_target[self.target]
         self.members = self._steps.members[self.target]

@@ -12,12 +12,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 from CollaGANImputeLib import InputError, ModelCard, ModelError, acceleration, load_model, prepare_case, save_model
-from CollaGANImputeLib.acceleration import (
-    count_fast_units,
-    optimize_for_inference,
-    plan_inference,
-    resolve_precision,
-)
+from CollaGANImputeLib.acceleration import plan_inference, resolve_precision
+from CollaGANImputeLib.ccnr_export import count_fast_units, optimize_for_inference
 from CollaGANImputeLib.inference import build_input, impute_slices
 from CollaGANImputeLib.metrics import score_volume
 from core_fixtures import CONTRASTS

@@ -157,7 +157,7 @@ def test_module_imports_no_core_at_load_time():
 
 def test_load_time_check_follows_imports():
     assert "CollaGANImputeLib.inference" in checks.loaded_at_import("CollaGANImputeLib.scene.job")
-    assert "torch" in checks.loaded_at_import("CollaGANImputeLib.scene.job")
+    assert "torch" in checks.loaded_at_import("CollaGANImputeLib.acceleration")  # the torch path imports torch
 
 
 def test_logic_inherits_the_scene_logic_and_forwards_nothing():
@@ -257,10 +257,10 @@ def test_shared_resources_sample_case_and_models_are_installed():
         assert present == set(), f"model files without Resources/Models/models.json: {sorted(present)}"
         return
     entries = json.loads(manifest.read_text()).get("models", [])
-    named = {"models.json"} | {e["file"] for e in entries} | {e["card"] for e in entries if e.get("card")}
+    named = {"models.json"} | {e[key] for e in entries for key in ("file", "card", "onnx") if e.get(key)}
     assert present == named, (f"in Models/ but not in the manifest (never installed): {sorted(present - named)}; "
                               f"in the manifest but absent: {sorted(named - present)}")
-    assert "string(JSON" in MODULE_CMAKE  # the manifest drives the install
+    assert "string(JSON" in MODULE_CMAKE and " onnx)" in MODULE_CMAKE  # the manifest drives the install, ONNX too
 
 
 def test_extension_cmake_metadata():

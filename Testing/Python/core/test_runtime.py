@@ -1,0 +1,172 @@
+"""The CPU runtimes: the bundled model's ONNX export on ONNX Runtime and OpenVINO gives the TorchScript path's
+imputation, the choice of ``auto`` is measured once and remembered, the model input has one layout in NumPy and
+torch, bad requests are refused in one line, and imputation runs without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from CollaGANImputeLib import Cancelled, InputError, ModelError, load_model, runtime
+from CollaGANImputeLib.contract import model_input, read_card
+from CollaGANImputeLib.evaluate import score_imputation
+from CollaGANImputeLib.inference import impute_slices
+from CollaGANImputeLib.models import bundled_models, default_model
+from CollaGANImputeLib.pipeline import read_case
+from core_fixtures import REPO
+
+ONNX_RUNTIMES = [pytest.param(name, marks=pytest.mark.skipif(not runtime.installed(name), reason=f"{name} absent"))
+                 for name in runtime.ONNX_RUNTIMES]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return default_model()
+
+
+def test_model_input_is_the_same_in_numpy_and_torch():
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 4, 8, 6), dtype=np.float32)
+    available = np.array([[True, True, False, True], [False, True, True, True], [True, False, True, False]])
+    target = np.array([2, 0, 3])
+    x = model_input(images, available, target)
+    expected = model_input(torch.from_numpy(images), torch.from_numpy(available), torch.from_numpy(target))
+    assert isinstance(x, np.ndarray) and x.dtype == np.float32
+    np.testing.assert_array_equal(x, expected.numpy())
+
+
+def test_bundled_model_lists_its_onnx_export_with_the_same_card(bundled):
+    [entry] = [m for m in bundled_models() if m.default]
+    assert bundled.onnx == entry.path.with_suffix(".onnx") and bundled.onnx_sha256 == entry.onnx_sha256
+    assert read_card(bundled.onnx).to_json() == bundled.card.to_json() == read_card(bundled.path).to_json()
+
+
+@pytest.fixture(scope="module")
+def sample_images(sample_case, bundled):
+    return read_case(sample_case, bundled.card.contrasts)
+
+
+@pytest.fixture(scope="module")
+def torch_scores(bundled, sample_images):
+    """The TorchScript path's fp32 scores of t1c from t1n+t2f on the sample case: the reference."""
+    return score_imputation(bundled, sample_images, "t1c", ["t1n", "t2f"], precision="fp32", runtime="torch").scores
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+@pytest.mark.parametrize("name", ONNX_RUNTIMES)
+def test_onnx_runtimes_score_as_the_torchscript_path_on_the_sample_case(bundled, sample_images, torch_scores, name,
+                                                                        precision):
+    scores = score_imputation(bundled, sample_images, "t1c", ["t1n", "t2f"], precision=precision,
+                              runtime=name).scores
+    assert abs(scores["ssim"] - torch_scores["ssim"]) <= 0.002
+    assert abs(scores["nmse"] / torch_scores["nmse"] - 1) <= 0.01
+
+
+def test_auto_measures_once_and_remembers_per_machine(bundled, tiny_model_path, monkeypatch, tmp_path):
+    measured = []
+    real_measure = runtime.measure
+    monkeypatch.setattr(runtime, "measure", lambda model, names, precision="auto": measured.extend(names) or
+                        real_measure(model, names, precision, rounds=2))
+    choice = runtime.choose_runtime(bundled, "auto", "cpu", "auto")
+    expected = ["torch"] + [r for r in runtime.ONNX_RUNTIMES if runtime.installed(r)]
+    assert measured == expected and choice in expected
+    cache = json.loads((tmp_path / "cache" / "runtimes.json").read_text())
+    [entry] = cache.values()
+    assert entry["fastest"] == choice and set(entry["ms_per_slice"]) == set(expected)
+    assert min(entry["ms_per_slice"], key=entry["ms_per_slice"].get) == choice
+    measured.clear()
+    assert runtime.choose_runtime(bundled, "auto", "cpu", "auto") == choice and measured == []  # remembered
+    # A model without an ONNX export runs on torch without measuring anything.
+    assert runtime.choose_runtime(load_model(tiny_model_path), "auto", "cpu") == "torch" and measured == []
+
+
+@pytest.mark.parametrize("name", ONNX_RUNTIMES)
+def test_onnx_runtime_reports_progress_per_batch_and_stops_between_batches(bundled, name):
+    rng = np.random.default_rng(1)
+    inputs = {c: rng.random((6, 200, 180), dtype=np.float32) for c in ("t1n", "t2f")}
+    seen = []
+    whole = impute_slices(bundled, inputs, "t1c", batch_size=4, progress=lambda d, t: seen.append((d, t)),
+                          runtime=name, precision="fp32")
+    assert seen == [(4, 6), (6, 6)] and whole.shape == (6, 200, 180) and whole.dtype == np.float32
+    one_by_one = impute_slices(bundled, inputs, "t1c", batch_size=1, runtime=name, precision="fp32")
+    np.testing.assert_allclose(one_by_one, whole, atol=1e-5)  # results do not depend on the batch size
+    stop = threading.Event()
+    calls = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append(done)
+        stop.set()
+
+    with pytest.raises(Cancelled):
+        impute_slices(bundled, inputs, "t1c", batch_size=2, progress=progress, cancel=stop, runtime=name)
+    assert calls == [2]
+
+
+def test_refusals_say_what_to_do(bundled, tiny_model_path):
+    inputs = {"t1n": np.zeros((1, 32, 32), np.float32)}
+    with pytest.raises(InputError, match="Unknown runtime 'tensorrt'; use one of auto, torch, onnxruntime"):
+        impute_slices(bundled, inputs, "t1c", runtime="tensorrt")
+    with pytest.raises(ModelError, match="no ONNX export beside tiny.pt.*--runtime torch"):
+        impute_slices(load_model(tiny_model_path), inputs, "t1c", runtime="onnxruntime")
+    with pytest.raises(InputError, match="does not run bf16 on the CPU: use --precision fp32"):
+        impute_slices(bundled, inputs, "t1c", runtime="onnxruntime", precision="bf16")
+    with pytest.raises(InputError, match="runs on the CPU: use --device cpu"):
+        impute_slices(bundled, inputs, "t1c", runtime="openvino", device="cuda")
+
+
+def test_onnx_beside_a_model_must_carry_its_card(tiny_model_path, bundled, tmp_path):
+    model = tmp_path / "tiny.pt"
+    model.write_bytes(tiny_model_path.read_bytes())
+    model.with_suffix(".onnx").write_bytes(bundled.onnx.read_bytes())  # another model's export
+    with pytest.raises(ModelError, match="does not carry the card of tiny.pt.*export both again"):
+        load_model(model)
+
+
+def test_cards_are_read_and_models_loaded_without_torch(bundled):
+    """read_card reads the card alone (zip member, ONNX metadata); load_model without torch keeps the ONNX file."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from CollaGANImputeLib.contract import load_model, read_card\n"
+            f"pt = {str(bundled.path)!r}\n"
+            "print(read_card(pt).name, read_card(pt[:-3] + '.onnx').name)\n"
+            "model = load_model(pt)\n"
+            "print(model.module, model.onnx.name, 'torch' in sys.modules and sys.modules['torch'] is not None)")
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO / "CollaGANImpute"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [bundled.card.name, bundled.card.name, "None", bundled.onnx.name, "False"]
+
+
+def test_demo_runs_without_torch(tmp_path):
+    """The CLI demo in a process where ``import torch`` fails: ONNX Runtime or OpenVINO imputes, and every
+    volume written is labelled synthetic."""
+    if not any(runtime.installed(r) for r in runtime.ONNX_RUNTIMES):
+        pytest.skip("no ONNX runtime installed")
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from CollaGANImputeLib.cli import main\n"
+            f"sys.exit(main(['demo', '--out', {str(tmp_path / 'out')!r}, '--threads', '1']))")
+    env = {**os.environ, runtime.CACHE_ENV: str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(REPO / "CollaGANImpute"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "runtime onnxruntime (chosen)" in done.stderr or "runtime openvino (chosen)" in done.stderr
+    volumes = sorted((tmp_path / "out").glob("*-synthetic-collagan.nii.gz"))
+    assert [v.name.split("-")[-3] for v in volumes] == ["t1c", "t1n", "t2f"]
+    for volume in volumes:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(volume))
+        reader.ReadImageInformation()
+        assert "SYNTHETIC" in reader.GetMetaData("descrip").upper()
+        assert json.loads(volume.with_name(volume.name.replace(".nii.gz", ".json")).read_text())["collagan_synthetic"]
