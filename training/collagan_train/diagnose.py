@@ -61,7 +61,7 @@ def slice_scale_report(predict: Callable[[torch.Tensor], torch.Tensor], images: 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="training checkpoints or exported model files")
-    parser.add_argument("--config", default="training/collagan_train/configs/lgg_cpu.json", help="data settings")
+    parser.add_argument("--config", default="lgg", help="recipe or config file with the data settings")
     parser.add_argument("--slices", type=int, default=48, help="fixed validation slices, as training validates")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
