@@ -66,3 +66,22 @@ def test_finetune_refuses_an_unknown_held_out_case(tmp_path: Path):
     with pytest.raises(SystemExit, match="--holdout-cases OpenMS-patient99: not among the complete cases"):
         main(["finetune", str(OPENMS), "--holdout-cases", "OpenMS-patient99", "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_a_profile_of_one_training_case_judges_no_spread(openms_cohort: Path):
+    """One training scan has no spread to judge another against; a z-scored scan is still unlike it."""
+    from CollaGANImputeLib.contract import ModelCard
+    from CollaGANImputeLib.input_check import check_case
+    from CollaGANImputeLib.pipeline import prepare_case, training_profile_from_folders
+
+    contrasts = ["t1n", "t1c", "t2f"]
+    complete = openms_cohort / "complete"
+    profile = training_profile_from_folders([complete / "OpenMS-patient07"], contrasts, source="1 case")
+    card = ModelCard(name="one-case", contrasts=contrasts, input_profile=profile)
+    images = read_case(complete / "OpenMS-patient19", contrasts)
+    assert check_case(card, prepare_case(images)).findings == []
+    zscored = prepare_case(images)
+    zscored.arrays = {c: (a - a.mean()) / a.std() for c, a in zscored.arrays.items()}
+    findings = check_case(card, zscored).findings
+    assert any("negative intensities" in f for f in findings)
+    assert not any("histogram distance" in f or "head mask" in f for f in findings)
