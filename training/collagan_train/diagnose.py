@@ -3,7 +3,7 @@ after rescaling each predicted slice by its least-squares factor against the rea
 
 A large gap means the model gets the anatomy right but not each slice's brightness. Used to test whether
 instance norm (which hides a slice's intensity level from the generator) explained CollaGAN's gap to voxel
-regression on LGG; it did not: voxel regression shows the same per-slice scale spread (training/README.md).
+regression on LGG; it did not: voxel regression shows the same per-slice scale spread (docs/RESULTS.md).
 
 Example:
     python -m training.collagan_train.diagnose runs/l1_lgg_cpu/best.pt runs/voxreg/voxreg.pt

@@ -88,8 +88,7 @@ def load_generator_weights(path: str, cfg: TrainConfig) -> Dict[str, torch.Tenso
     file = repo_path(path)
     if not file.is_file():
         raise FileNotFoundError(f"init_g={path}: no such checkpoint; give a training checkpoint (latest.pt/best.pt). "
-                                "Generators of dead-end stages were removed from the tree; training/README.md "
-                                "says how to restore one from the git history.")
+                                "The lgg recipe (train --recipe lgg) makes the bundled model's lineage from scratch.")
     state = torch.load(file, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "G" not in state:
         raise ValueError(f"init_g={path} is not a training checkpoint (no 'G' weights); exported TorchScript "
