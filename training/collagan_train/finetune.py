@@ -217,23 +217,65 @@ def expand_discriminator(weights: Dict[str, torch.Tensor], old: Sequence[str], n
 
 
 def source_checkpoint(source: str) -> Tuple[str, dict]:
-    """(the checkpoint's path as given or bundled, its state) of ``--from``: a bundled model's name, or a
-    training checkpoint file (G weights and config: ``OUT/run/best.pt`` of finetune or train)."""
+    """(the checkpoint's path as given or bundled, a training state with ``G`` and ``config``) of ``--from``: a
+    bundled model's name, a training checkpoint file (``OUT/run/best.pt``) or a model file (``OUT/model.pt``)."""
     if source in BUNDLED_CHECKPOINTS:
         path = BUNDLED_CHECKPOINTS[source]
         return path, torch.load(REPO_ROOT / path, map_location="cpu", weights_only=False)
     file = Path(source).expanduser()
     if not file.is_file():
         raise InputError(f"--from {source}: no such bundled model or file; give one of "
-                         f"{sorted(BUNDLED_CHECKPOINTS)} or a training checkpoint (OUT/run/best.pt).")
+                         f"{sorted(BUNDLED_CHECKPOINTS)}, a model file (model.pt) or a training checkpoint.")
     try:
         state = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception:  # TorchScript archives and other files torch.load cannot read as a state
+    except Exception:  # a TorchScript archive (a model file) is not a pickled state
         state = None
-    if not isinstance(state, dict) or "G" not in state or "config" not in state:
-        raise InputError(f"--from {source}: not a training checkpoint (an exported model.pt cannot be trained "
-                         "further); give the checkpoint it was exported from, e.g. OUT/run/best.pt.")
-    return str(file), state
+    if isinstance(state, dict) and "G" in state and "config" in state:
+        return str(file), state
+    return str(file), model_file_state(file)
+
+
+def model_file_state(path: Path) -> dict:
+    """A training state from a model file: the generator's weights (the merged inference units split back into
+    the training layout) and, for settings the file does not record, the lgg recipe's last stage."""
+    from .config import read_recipe
+
+    try:
+        model = load_model(path)
+    except Exception as exc:
+        raise InputError(f"--from {path}: neither a model file nor a training checkpoint ({exc}).") from None
+    arch = model.card.architecture
+    if not {"base_channels", "levels"} <= set(arch) or arch.get("voxel_prior"):
+        raise InputError(f"--from {path}: {model.card.name} is not a CollaGAN generator this can train further "
+                         "(no U-Net architecture on its card, or a voxel-regression prior).")
+    weights = unmerge_units(model.module.state_dict())
+    config = {**read_recipe("lgg").final, "contrasts": list(model.card.contrasts), "g_base": arch["base_channels"],
+              "g_levels": arch["levels"], "g_input_coefficients": bool(arch.get("input_coefficients")),
+              "head_only_loss": model.card.outside_head == "zero"}
+    return {"G": weights, "config": config}
+
+
+def unmerge_units(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Generator weights in the training layout from an exported model's: each CCNR unit the export merged into one
+    3x3 convolution (its 1x1 branch the first half of the channels, centre tap) or kept as two, with its norm as
+    ``norm_weight``/``norm_bias`` (``CollaGANImputeLib.acceleration.fast_ccnr``), split back."""
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        unit, _, name = key.rpartition(".")
+        if name in ("norm_weight", "norm_bias"):
+            out[f"{unit}.norm.{name[5:]}"] = value
+            continue
+        owner = unit.rpartition(".")[0]
+        if unit.endswith(".conv") and f"{owner}.norm_weight" in state:
+            half = value.shape[0] // 2
+            if name == "weight":
+                out[f"{owner}.conv1.weight"] = value[:half, :, 1:2, 1:2].clone()
+                out[f"{owner}.conv3.weight"] = value[half:].clone()
+            else:
+                out[f"{owner}.conv1.bias"], out[f"{owner}.conv3.bias"] = value[:half].clone(), value[half:].clone()
+            continue
+        out[key] = value
+    return out
 
 
 def _training_run(cfg: TrainConfig, train: SliceData, held: SliceData, weights: Optional[Dict[str, torch.Tensor]],

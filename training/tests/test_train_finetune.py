@@ -85,3 +85,24 @@ def test_a_profile_of_one_training_case_judges_no_spread(openms_cohort: Path):
     findings = check_case(card, zscored).findings
     assert any("negative intensities" in f for f in findings)
     assert not any("histogram distance" in f or "head mask" in f for f in findings)
+
+
+def test_a_model_file_gives_back_the_generator_it_was_exported_from():
+    from training.collagan_train.finetune import source_checkpoint
+
+    path, state = source_checkpoint(str(REPO_ROOT / "Resources" / "Models" / "collagan_lgg_t1n_t1c_t2f.pt"))
+    trained = torch.load(REPO_ROOT / "training" / "checkpoints" / "lgg_v6_mean_g.pt", map_location="cpu",
+                         weights_only=False)["G"]
+    assert set(state["G"]) == set(trained)
+    assert all(torch.equal(state["G"][k].float(), trained[k].float()) for k in trained)
+    assert state["config"]["contrasts"] == ["t1n", "t1c", "t2f"] and state["config"]["head_only_loss"]
+
+
+def test_finetune_from_a_file_that_is_no_model_says_so_in_one_line(tmp_path: Path):
+    if not OPENMS.is_dir():
+        pytest.skip("the OpenMS patients are not beside the repository")
+    bogus = tmp_path / "notes.pt"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(SystemExit, match=r"^error: --from .*notes\.pt: neither a model file nor a training "):
+        main(["finetune", str(OPENMS), "--from", str(bogus), "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
