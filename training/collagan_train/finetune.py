@@ -366,7 +366,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     score_and_export(Cohort(cohort, cohort_name, train_cases, held, incomplete), cfg, train, chosen, started, out,
                      name=name, about=about, description=description, training=training, title=title,
                      reference=args.source if args.source in BUNDLED_CHECKPOINTS else None, reference_contrasts=old,
-                     label="fine-tuned")
+                     label="fine-tuned", discriminator=f"starting from {BUNDLED_DISCRIMINATORS[args.source]}"
+                     if discriminator is not None else "")
 
 
 @dataclass
@@ -382,7 +383,8 @@ class Cohort:
 
 def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen: Path, started: float, out: Path, *,
                      name: str, about: dict, description: str, training: dict, title: str,
-                     reference: Optional[str], reference_contrasts: Sequence[str], label: str = "trained") -> None:
+                     reference: Optional[str], reference_contrasts: Sequence[str], label: str = "trained",
+                     discriminator: str = "") -> None:
     """Score the ``chosen`` checkpoint, a voxel regression fitted on the training slices and the bundled model
     ``reference`` (None: none) on the held-out cases with the core's evaluation, then write ``out/model.pt`` (the
     held-out figures in its card) and ``out/report.md`` together. Shared by ``finetune`` and ``train COHORT``."""
@@ -418,7 +420,8 @@ def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen:
         if any(issubclass(w.category, InputCheckWarning) for w in caught):
             unlike.append(row_label)
     figures = card_figures(runs[label], contrasts, cohort.held)
-    report = report_text(title, cohort, cfg, chosen_step, train_seconds, runs, reference, added, unlike, label)
+    report = report_text(title, cohort, cfg, chosen_step, train_seconds, runs, reference, added, unlike, label,
+                         discriminator)
     with OutputSet() as outputs:  # the model and its report together or not at all
         out.mkdir(parents=True, exist_ok=True)
         outputs.stage(out / "model.pt", lambda tmp: export_checkpoint(
@@ -455,7 +458,7 @@ def bundled_model(name: str):
 
 def report_text(title: str, cohort: Cohort, cfg: TrainConfig, chosen_step: int, seconds: float,
                 runs: Dict[str, List[dict]], reference: Optional[str] = None, added: Sequence[str] = (),
-                unlike: Sequence[str] = (), label: str = "trained") -> str:
+                unlike: Sequence[str] = (), label: str = "trained", discriminator: str = "") -> str:
     """The Markdown report of a fine-tune or cohort training: data, run, and the models on the held-out cases."""
     left_out = "".join(f"\n- {case}: lacks {', '.join(missing)}" for case, missing in cohort.incomplete.items())
     adversarial = cfg.w_gan > 0 or cfg.w_g_clsf > 0
@@ -470,8 +473,8 @@ def report_text(title: str, cohort: Cohort, cfg: TrainConfig, chosen_step: int, 
         f"- {cfg.steps} steps of batch {cfg.batch_size} ({f'{cfg.crop}-pixel crops' if cfg.crop else 'full slices'}), "
         f"lr {cfg.lr_g}; "
         f"chosen checkpoint: step {chosen_step}; {seconds / 60:.1f} min for data and training",
-        "- loss: " + ("adversarial and classification terms on, the discriminator starting from the one shipped for "
-                      "the bundled generator, " if adversarial else "no adversarial term, ")
+        "- loss: " + (f"adversarial and classification terms on, the discriminator {discriminator or 'from scratch'}, "
+                      if adversarial else "no adversarial term, ")
         + f"direct L1 x{cfg.w_direct_l1:g} + SSIM x{cfg.w_direct_ssim:g}"
         + (f" (lesion voxels x{cfg.lesion_weight:g})" if cfg.lesion_weight != 1 else ""), "",
         "## Held-out cases, every target from every other contrast the model takes (EVALUATION.md v3)", "",
