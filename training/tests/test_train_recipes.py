@@ -119,3 +119,20 @@ def test_train_recipe_on_a_brats_download_exports_a_model_and_report(openms_down
 def test_train_on_a_cohort_needs_an_out_folder(openms_download: Path):
     with pytest.raises(SystemExit, match="give --out OUT_DIR"):
         main(["train", "--recipe", "tiny", str(openms_download)])
+
+
+def test_an_adversarial_fine_tune_starts_from_the_shipped_discriminator():
+    from training.collagan_train.finetune import BUNDLED_DISCRIMINATORS, _starting_discriminator
+    from training.collagan_train.model import Discriminator
+
+    old, four = ["t1n", "t1c", "t2f"], ["t1n", "t1c", "t2w", "t2f"]
+    base = {**load_config("finetune").to_dict(), "contrasts": four}
+    shipped = torch.load(REPO_ROOT / BUNDLED_DISCRIMINATORS["collagan-lgg-t1n-t1c-t2f"], map_location="cpu",
+                         weights_only=False)
+    assert shipped["config"]["freeze_g"] and shipped["config"]["init_g"].endswith("lgg_v6_mean_g.pt")
+    start = _starting_discriminator("collagan-lgg-t1n-t1c-t2f", make_config({**base, "w_gan": 1.0}), old)
+    Discriminator(4).load_state_dict(start)
+    assert torch.equal(start["clsf_head.weight"][3], shipped["D"]["clsf_head.weight"][2])  # t2f keeps its row
+    assert torch.equal(start["gan_head.weight"], shipped["D"]["gan_head.weight"])
+    off = make_config({**base, "w_gan": 0.0, "w_g_clsf": 0.0, "w_d_clsf": 0.0})
+    assert _starting_discriminator("collagan-lgg-t1n-t1c-t2f", off, old) is None
