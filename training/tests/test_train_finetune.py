@@ -101,8 +101,8 @@ def test_a_model_file_gives_back_the_generator_it_was_exported_from():
 def test_finetune_from_a_file_that_is_no_model_says_so_in_one_line(tmp_path: Path):
     if not OPENMS.is_dir():
         pytest.skip("the OpenMS patients are not beside the repository")
-    bogus = tmp_path / "notes.pt"
+    bogus = tmp_path / "scan_list.pt"
     bogus.write_bytes(b"not a model")
-    with pytest.raises(SystemExit, match=r"^error: --from .*notes\.pt: neither a model file nor a training "):
+    with pytest.raises(SystemExit, match=r"^error: --from .*scan_list\.pt: neither a model file nor a training "):
         main(["finetune", str(OPENMS), "--from", str(bogus), "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
