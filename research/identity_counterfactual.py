@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from CollaGANImputeLib import load_model
+from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.evaluate import score_imputation
 from CollaGANImputeLib.io import find_lesion_mask, read_lesion_mask
 from CollaGANImputeLib.metrics import contrast_identity, lesion_contrast, pearson
-from CollaGANImputeLib.pipeline import read_case
 from CollaGANImputeLib.resources import default_bundled_model
 from scipy import ndimage
 

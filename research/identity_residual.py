@@ -32,9 +32,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from CollaGANImputeLib import load_model
+from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.evaluate import score_imputation
 from CollaGANImputeLib.metrics import contrast_identity, nmse, not_acquired, pearson
-from CollaGANImputeLib.pipeline import read_case
 from CollaGANImputeLib.resources import default_bundled_model
 from scipy import ndimage
 

@@ -39,6 +39,9 @@ HISTOGRAM_BINS = 50
 DISTANCE_MARGIN = 0.05
 FRACTION_MARGIN = 0.02
 SHAPE_FACTOR = 1.3
+#: Fewer training scans than this say nothing about their spread: their histogram-distance and head-shape limits
+#: (the training scans' own range) are not judged; the fractions of negative or empty voxels still are.
+MIN_PROFILE_CASES = 3
 SHAPE_KEYS = {"max_area_cm2": "largest axial head cross-section (cm²)",
               "extent_ap_mm": "head extent front to back (mm)",
               "extent_lr_mm": "head extent left to right (mm)"}
@@ -164,6 +167,7 @@ def check_case(card: ModelCard, case: PreparedCase, inputs: Optional[Sequence[st
     names = [n for n in (inputs or list(case.arrays)) if n in case.arrays]
     features = case_features({n: case.arrays[n] for n in names}, case.mask, canonical_spacing(case.reference))
     check = InputCheck(checked=True, source=str(profile.get("source", "")))
+    spread_known = profile.get("cases", MIN_PROFILE_CASES) >= MIN_PROFILE_CASES
     for name in names:
         reference = profile["contrasts"].get(name)
         if reference is None:
@@ -182,12 +186,12 @@ def check_case(card: ModelCard, case: PreparedCase, inputs: Optional[Sequence[st
                 f"{name} is 0 or below in {100 * measured['nonpositive_in_head']:.0f} % of the head (training scans: "
                 f"at most {100 * max(0.0, reference['nonpositive_in_head_limit'] - FRACTION_MARGIN):.0f} %): it "
                 "covers only part of the head (field of view, registration) or was masked")
-        if distance > reference["distance_limit"]:
+        if spread_known and distance > reference["distance_limit"]:
             check.findings.append(
                 f"{name}'s intensities inside the head differ from the training scans' (histogram distance "
                 f"{distance:.2f}; training scans up to {reference['distance_max']:.2f}): another kind of "
                 "acquisition or preprocessing (e.g. skull-stripped, not windowed, constant)")
-    head = profile.get("head", {})
+    head = profile.get("head", {}) if spread_known else {}
     check.values["head"] = {k: round(v, 2) for k, v in features["head"].items()}
     small, large = [], []
     for key, label in SHAPE_KEYS.items():

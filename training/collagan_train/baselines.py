@@ -97,7 +97,7 @@ def cmd_baseline(args: argparse.Namespace) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("baseline", help="fit and export the voxel-regression baseline")
-    p.add_argument("--config", default="training/collagan_train/configs/default.json")
+    p.add_argument("--config", default="base", help="recipe or config file (default: the base settings)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="runs/voxreg/voxreg.pt")
     p.add_argument("--max-voxels", type=int, default=400_000)

@@ -1,6 +1,6 @@
 """The checkpoint rule, applied to ``collagan-impute evaluate`` runs of candidate snapshots on the set-aside patients.
 
-Rule (docs/RESULTS.md, training/README.md): among the candidates whose mean NMSE over targets is within
+Rule (docs/RESULTS.md): among the candidates whose mean NMSE over targets is within
 ``tolerance`` (5 %) of the lowest, the one with the highest mean tissue-contrast identity I_T (EVALUATION.md
 v3); and, given the bundled model's run on the same patients, no candidate whose NMSE on any one target is more
 than ``tolerance`` worse than the bundled model's (a mean over targets can hide one target's regression). The

@@ -1,9 +1,16 @@
-"""Training configuration: one flat, documented dataclass read from JSON and overridden by ``--set k=v``.
+"""Training configuration: one flat, documented dataclass read from a recipe (JSON) and overridden by ``--set k=v``.
+
+A recipe names its base (``"base": "base.json"``, the paper's settings) and sets only what differs; a recipe may
+list ``stages`` (each from the previous stage's generator, overriding what differs again) and end with the
+``average`` of some stages' generators (:mod:`.stages`). Used as a base, a recipe with stages gives its last
+stage's settings. Recipes by name: ``configs/<name>.json`` (:func:`recipe_names`).
 
 Example:
-    >>> cfg = load_config("training/collagan_train/configs/tiny.json", ["steps=5", "lr_g=1e-4"])  # doctest: +SKIP
-    >>> cfg.steps
-    5
+    >>> cfg = load_config("tiny", ["steps=5", "lr_g=1e-4"])
+    >>> cfg.steps, cfg.g_base
+    (5, 4)
+    >>> [stage["name"] for stage in read_recipe("lgg").stages]
+    ['d', 'd', 'e', 'f', 'g', 'i']
 """
 
 from __future__ import annotations
@@ -94,6 +101,7 @@ class TrainConfig:
     input_dropout_max_extra: int = 1  # besides the target, null 0..this many more inputs (>=1 input stays)
     input_dropout_p: float = 1.0    # chance that a sample is drawn for extra nulling at all (else all inputs kept)
     single_input: bool = False
+    freeze_g: bool = False          # G is not trained: a discriminator learns against a fixed generator (init_g)
     clsf_warmup_steps: int = -1     # classifier-only steps first; -1 = clsf_warmup_epochs epochs
     clsf_warmup_epochs: float = 10.0  # paper §4.3: 10 epochs
     # --- optimisation (paper: Adam lr 1e-5; authors' code: beta1 0.5, x0.99 every 400 steps, L2 0.01 on G) ---
@@ -164,12 +172,64 @@ def _parse_value(text: str):
         return text  # bare strings: method=l1, out_dir=runs/x
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a JSON config (unknown keys refused) and apply ``key=value`` overrides (values parsed as JSON)."""
-    data = {}
-    if path:
-        data = json.loads(Path(path).read_text())
-        data.pop("_comment", None)
+#: The recipes (and the card words, ``card_*.json``) shipped with training.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+#: Keys of a recipe file that are not settings.
+RECIPE_KEYS = ("_comment", "base", "stages", "average")
+
+
+@dataclass
+class Recipe:
+    """A recipe file with its base chain resolved: its ``settings``, its ``stages`` (each ``{"name": ..., setting:
+    value}``, ``"continue": true`` to go on with the previous stage's run) and the stages to ``average``."""
+
+    path: Path
+    settings: dict
+    stages: List[dict] = field(default_factory=list)
+    average: List[str] = field(default_factory=list)
+
+    def stage_settings(self, stage: dict) -> dict:
+        return {**self.settings, **{k: v for k, v in stage.items() if k not in ("name", "continue")}}
+
+    @property
+    def final(self) -> dict:
+        """The settings of the last stage (the recipe's own when it has none)."""
+        return self.stage_settings(self.stages[-1]) if self.stages else dict(self.settings)
+
+
+def recipe_names() -> List[str]:
+    """The recipes shipped in :data:`CONFIG_DIR` (card words and the base left out)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json") if not p.stem.startswith("card_") and p.stem != "base")
+
+
+def recipe_file(name: str) -> Path:
+    """The file of recipe ``name`` (a shipped recipe's name, or a JSON file's path)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix != ".json" and (CONFIG_DIR / f"{name}.json").is_file():
+        return CONFIG_DIR / f"{name}.json"
+    raise ValueError(f"No recipe or config file '{name}': give one of {recipe_names()} or a JSON file's path.")
+
+
+def read_recipe(name: str) -> Recipe:
+    """The recipe ``name`` with its base chain resolved (a base's path is relative to the file naming it)."""
+    path = recipe_file(name)
+    data = json.loads(path.read_text())
+    base = read_recipe(str(path.parent / data["base"])).final if "base" in data else {}
+    settings = {**base, **{k: v for k, v in data.items() if k not in RECIPE_KEYS}}
+    return Recipe(path, settings, list(data.get("stages", [])), list(data.get("average", [])))
+
+
+def recipe_overlay(name: str) -> dict:
+    """The settings recipe ``name`` itself sets (its base's left out): what it changes on top of another config."""
+    data = json.loads(recipe_file(name).read_text())
+    return {k: v for k, v in data.items() if k not in RECIPE_KEYS}
+
+
+def make_config(settings: dict, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A config from ``settings`` and ``key=value`` overrides (values parsed as JSON); unknown keys refused."""
+    data = dict(settings)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"Override '{item}' is not key=value (e.g. --set steps=1000).")
@@ -180,3 +240,8 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
     if unknown:
         raise ValueError(f"Unknown config keys {unknown}; known keys: {sorted(known)}.")
     return TrainConfig(**data)
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A recipe's (or config file's) settings, its last stage's if it has stages, with ``key=value`` overrides."""
+    return make_config(read_recipe(path).final if path else {}, overrides)

@@ -3,7 +3,7 @@ after rescaling each predicted slice by its least-squares factor against the rea
 
 A large gap means the model gets the anatomy right but not each slice's brightness. Used to test whether
 instance norm (which hides a slice's intensity level from the generator) explained CollaGAN's gap to voxel
-regression on LGG; it did not: voxel regression shows the same per-slice scale spread (training/README.md).
+regression on LGG; it did not: voxel regression shows the same per-slice scale spread (docs/RESULTS.md).
 
 Example:
     python -m training.collagan_train.diagnose runs/l1_lgg_cpu/best.pt runs/voxreg/voxreg.pt
@@ -61,7 +61,7 @@ def slice_scale_report(predict: Callable[[torch.Tensor], torch.Tensor], images: 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="training checkpoints or exported model files")
-    parser.add_argument("--config", default="training/collagan_train/configs/lgg_cpu.json", help="data settings")
+    parser.add_argument("--config", default="lgg", help="recipe or config file with the data settings")
     parser.add_argument("--slices", type=int, default=48, help="fixed validation slices, as training validates")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)

@@ -22,12 +22,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from CollaGANImputeLib.atomic import atomic_path, write_text_atomic
+from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.contract import load_model
 from CollaGANImputeLib.evaluate import score_imputation
 from CollaGANImputeLib.io import find_lesion_mask, read_lesion_mask
 from CollaGANImputeLib.labels import METRIC_LABELS
 from CollaGANImputeLib.metrics import METRIC_NAMES, summarize
-from CollaGANImputeLib.pipeline import read_case
 
 from .data_loader import lgg_folder_or_exit, repo_path
 

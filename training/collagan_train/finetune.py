@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shlex
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -34,26 +34,22 @@ from CollaGANImputeLib.evaluate import evaluate_cases, score_imputation
 from CollaGANImputeLib.io import OutputSet, find_case_files, find_lesion_mask, read_lesion_mask
 from CollaGANImputeLib.resources import bundled_models
 
-from .config import TrainConfig
-from .data_loader import REPO_ROOT, SliceData, list_cases
+from .config import TrainConfig, recipe_overlay
+from .data_loader import REPO_ROOT, SliceData, list_cases, select_cases
 from .prepare import SUMMARY
 
 #: Bundled model name -> the training checkpoint of its generator (the same weights as the bundled file).
 BUNDLED_CHECKPOINTS = {"collagan-lgg-t1n-t1c-t2f": "training/checkpoints/lgg_v6_mean_g.pt"}
+#: Bundled model name -> a discriminator trained against its (fixed) generator, where the adversarial or
+#: classification loss is switched on (recipe lgg_discriminator).
+BUNDLED_DISCRIMINATORS = {"collagan-lgg-t1n-t1c-t2f": "training/checkpoints/lgg_v6_d.pt"}
 #: Contrast names looked for in a cohort when --contrasts is not given (BraTS 2023 names), in model order.
 KNOWN_CONTRASTS = ("t1n", "t1c", "t2w", "t2f")
 #: The first convolutions of the generator read the (2N)-channel model input.
 FIRST_CONVS = ("encoders.0.0.conv1.weight", "encoders.0.0.conv3.weight")
-#: Fine-tuning settings on top of the bundled recipe's. Full slices, as the bundled model was trained: its instance
-#: norms were fitted to whole-slice statistics, and 128x128 crops moved the known targets away from the bundled
-#: model within 60 steps (held-out t1n NMSE 0.051 -> 0.12 on OpenMS) where full slices kept them (0.051 -> 0.061,
-#: t2f 0.123 -> 0.080). The contrast-identity and lesion-contrast terms, tuned against LGG's shortcuts, are off:
-#: with them t2f went 0.123 -> 0.51 in 60 steps. No learning-rate decay within the short run; no brain-only copies.
-FINETUNE_SETTINGS = {"crop": 0, "batch_size": 2, "lr_g": 5e-5, "lr_decay_every": 100_000, "aug_brain_only_p": 0.0,
-                     "aug_strip_p": 0.0, "w_identity": 0.0, "w_identity_pooled": 0.0, "w_lesion_contrast": 0.0,
-                     "clsf_warmup_steps": 0, "n_select": 0, "max_cases": 0, "val_slices": 24, "log_every": 10,
-                     "keep_snapshots": False, "ckpt_every_s": 600.0, "progress": True, "g_voxel_prior": False}
-DEFAULT_STEPS = 1000
+#: Fine-tuning settings on top of the source model's own (recipe configs/finetune.json, which says why).
+FINETUNE_SETTINGS = recipe_overlay("finetune")
+DEFAULT_STEPS = int(FINETUNE_SETTINGS["steps"])
 
 
 def expand_generator(weights: Dict[str, torch.Tensor], old: Sequence[str], new: Sequence[str]
@@ -140,10 +136,7 @@ def pick_holdout(cases: Sequence[str], n: Optional[int], named: Sequence[str], s
             raise InputError(f"--holdout-cases {','.join(absent)}: not among the complete cases {list(cases)}.")
         held = sorted(named)
     else:
-        n = max(1, round(len(cases) / 5)) if n is None else n
-        shuffled = sorted(cases)
-        random.Random(seed).shuffle(shuffled)
-        held = sorted(shuffled[:n])
+        held = select_cases(list(cases), max(1, round(len(cases) / 5)) if n is None else n, seed)
     if not held or len(held) >= len(cases):
         raise InputError(f"{len(cases)} complete case(s) cannot give {len(held)} held-out case(s) and still leave "
                          "one to train on: hold out fewer (--holdout N), or add complete cases.")
@@ -204,25 +197,125 @@ def card_figures(rows: List[dict], contrasts: Sequence[str], held: Sequence[str]
     return out
 
 
-def _training_run(cfg: TrainConfig, train: SliceData, held: SliceData, weights: Dict[str, torch.Tensor],
-                  run_dir: Path) -> Path:
-    """Fine-tune from ``weights``; the checkpoint chosen on the held-out slices (the last one if none was)."""
+def expand_discriminator(weights: Dict[str, torch.Tensor], old: Sequence[str], new: Sequence[str]
+                         ) -> Dict[str, torch.Tensor]:
+    """A discriminator state dict for contrasts ``new`` from one for ``old``: the classifier's rows re-indexed
+    (an added contrast starts from the mean row); the contrast-blind layers copied.
+
+    Example:
+        >>> from training.collagan_train.model import Discriminator
+        >>> four = ["t1n", "t1c", "t2w", "t2f"]
+        >>> big = expand_discriminator(Discriminator(3).state_dict(), ["t1n", "t1c", "t2f"], four)
+        >>> Discriminator(4).load_state_dict(big)
+        <All keys matched successfully>
+    """
+    out = dict(weights)
+    for key in ("clsf_head.weight", "clsf_head.bias"):
+        w = weights[key]
+        out[key] = torch.stack([w[old.index(c)] if c in old else w.mean(dim=0) for c in new])
+    return out
+
+
+def source_checkpoint(source: str) -> Tuple[str, dict]:
+    """(the checkpoint's path as given or bundled, a training state with ``G`` and ``config``) of ``--from``: a
+    bundled model's name, a training checkpoint file (``OUT/run/best.pt``) or a model file (``OUT/model.pt``)."""
+    if source in BUNDLED_CHECKPOINTS:
+        path = BUNDLED_CHECKPOINTS[source]
+        return path, torch.load(REPO_ROOT / path, map_location="cpu", weights_only=False)
+    file = Path(source).expanduser()
+    if not file.is_file():
+        raise InputError(f"--from {source}: no such bundled model or file; give one of "
+                         f"{sorted(BUNDLED_CHECKPOINTS)}, a model file (model.pt) or a training checkpoint.")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception:  # a TorchScript archive (a model file) is not a pickled state
+        state = None
+    if isinstance(state, dict) and "G" in state and "config" in state:
+        return str(file), state
+    return str(file), model_file_state(file)
+
+
+def model_file_state(path: Path) -> dict:
+    """A training state from a model file: the generator's weights (the merged inference units split back into
+    the training layout) and, for settings the file does not record, the lgg recipe's last stage."""
+    from .config import read_recipe
+
+    try:
+        model = load_model(path)
+    except Exception as exc:
+        raise InputError(f"--from {path}: neither a model file nor a training checkpoint ({exc}).") from None
+    arch = model.card.architecture
+    if not {"base_channels", "levels"} <= set(arch) or arch.get("voxel_prior"):
+        raise InputError(f"--from {path}: {model.card.name} is not a CollaGAN generator this can train further "
+                         "(no U-Net architecture on its card, or a voxel-regression prior).")
+    weights = unmerge_units(model.module.state_dict())
+    config = {**read_recipe("lgg").final, "contrasts": list(model.card.contrasts), "g_base": arch["base_channels"],
+              "g_levels": arch["levels"], "g_input_coefficients": bool(arch.get("input_coefficients")),
+              "head_only_loss": model.card.outside_head == "zero"}
+    return {"G": weights, "config": config}
+
+
+def unmerge_units(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Generator weights in the training layout from an exported model's: each CCNR unit the export merged into one
+    3x3 convolution (its 1x1 branch the first half of the channels, centre tap) or kept as two, with its norm as
+    ``norm_weight``/``norm_bias`` (``CollaGANImputeLib.acceleration.fast_ccnr``), split back."""
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        unit, _, name = key.rpartition(".")
+        if name in ("norm_weight", "norm_bias"):
+            out[f"{unit}.norm.{name[5:]}"] = value
+            continue
+        owner = unit.rpartition(".")[0]
+        if unit.endswith(".conv") and f"{owner}.norm_weight" in state:
+            half = value.shape[0] // 2
+            if name == "weight":
+                out[f"{owner}.conv1.weight"] = value[:half, :, 1:2, 1:2].clone()
+                out[f"{owner}.conv3.weight"] = value[half:].clone()
+            else:
+                out[f"{owner}.conv1.bias"], out[f"{owner}.conv3.bias"] = value[:half].clone(), value[half:].clone()
+            continue
+        out[key] = value
+    return out
+
+
+def _training_run(cfg: TrainConfig, train: SliceData, held: SliceData, weights: Optional[Dict[str, torch.Tensor]],
+                  run_dir: Path, discriminator: Optional[Dict[str, torch.Tensor]] = None, rank: int = 0,
+                  world: int = 1, device: Optional[torch.device] = None) -> Path:
+    """Train from ``weights`` (None: as ``cfg`` says; a run already in ``run_dir`` continues); the checkpoint
+    chosen on the held-out slices (the last one if none was)."""
     from .solver import Solver
 
-    solver = Solver(cfg, train, held, out_dir=str(run_dir), warm_start=False)
-    solver.G.load_state_dict(weights)
-    if solver.G_ema is not None:
-        solver.G_ema.load_state_dict(weights)
-    print(f"fine-tuning {cfg.steps} steps on {len(train)} slices (batch {cfg.batch_size}, crops {cfg.crop or 'none'})"
-          f"; checkpoints chosen on {len(held)} held-out slices", flush=True)
+    latest = run_dir / "latest.pt"
+    if latest.is_file():
+        solver = Solver.from_checkpoint(str(latest), train, held, cfg, out_dir=str(run_dir), rank=rank,
+                                        world=world, device=device)
+    else:
+        solver = Solver(cfg, train, held, out_dir=str(run_dir), warm_start=weights is None, rank=rank, world=world,
+                        device=device)
+        if weights is not None:
+            solver.G.load_state_dict(weights)
+            if solver.G_ema is not None:
+                solver.G_ema.load_state_dict(weights)
+        if discriminator is not None:
+            solver.D.load_state_dict(discriminator)
+    if rank == 0:
+        print(f"training {cfg.steps} steps on {len(train)} slices (batch {cfg.batch_size}, crops "
+              f"{cfg.crop or 'none'}); checkpoints chosen on {len(held)} held-out slices", flush=True)
     solver.train()
     best = run_dir / "best.pt"
-    return best if best.is_file() else run_dir / "latest.pt"
+    return best if best.is_file() else latest
+
+
+def _starting_discriminator(source: str, cfg: TrainConfig, old: Sequence[str]) -> Optional[Dict[str, torch.Tensor]]:
+    """The shipped discriminator of ``source`` for ``cfg``'s contrasts, where ``cfg`` trains one (else None)."""
+    if not (cfg.w_gan > 0 or cfg.w_g_clsf > 0 or cfg.w_d_clsf > 0) or source not in BUNDLED_DISCRIMINATORS:
+        return None
+    state = torch.load(REPO_ROOT / BUNDLED_DISCRIMINATORS[source], map_location="cpu", weights_only=False)
+    return expand_discriminator(state["D"], old, cfg.contrasts)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from .baselines import export_voxel_regression, fit
-    from .export import export_checkpoint, load_about
+    from .export import load_about
     from .solver import generator_weights
 
     started = time.time()
@@ -232,20 +325,14 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if not cohort.is_dir():
         raise SystemExit(f"{cohort}: no such folder; give the folder that holds one folder per case.")
     cohort, cohort_name = cohort_folder(cohort)
-    if args.source not in BUNDLED_CHECKPOINTS:
-        raise SystemExit(f"--from {args.source}: no such bundled model; choose one of {sorted(BUNDLED_CHECKPOINTS)}.")
-    checkpoint = BUNDLED_CHECKPOINTS[args.source]
-    base = torch.load(REPO_ROOT / checkpoint, map_location="cpu", weights_only=False)
+    checkpoint, base = source_checkpoint(args.source)
     contrasts = [c.strip() for c in args.contrasts.split(",")] if args.contrasts else default_contrasts(cohort)
     if len(contrasts) < 2 or len(set(contrasts)) != len(contrasts):
         raise SystemExit(f"--contrasts {','.join(contrasts) or '(none found)'}: give at least two distinct contrasts "
                          "that the cases have, e.g. --contrasts t1n,t1c,t2w,t2f.")
     complete, incomplete = cohort_cases(cohort, contrasts)
-    try:
-        held = pick_holdout(complete, args.holdout, args.holdout_cases.split(",") if args.holdout_cases else [],
-                            args.seed)
-    except InputError as exc:
-        raise SystemExit(str(exc)) from None
+    held = pick_holdout(complete, args.holdout, args.holdout_cases.split(",") if args.holdout_cases else [],
+                        args.seed)
     train_cases = [c for c in complete if c not in held]
     run_dir = out / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -262,16 +349,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     train = SliceData.build(train_cases, cfg, cohort)
     held_data = SliceData.build(held, cfg, cohort)
     weights = expand_generator(generator_weights(base), old, contrasts)
-    chosen = _training_run(cfg, train, held_data, weights, run_dir)
-    chosen_step = int(torch.load(chosen, map_location="cpu", weights_only=False)["step"])
-    train_seconds = time.time() - started
-
-    # The three models on the held-out cases, scored by the core (EVALUATION.md v3).
-    coef = fit(np.asarray(train.images), np.asarray(train.masks), seed=cfg.seed)
-    voxreg = export_voxel_regression(coef, contrasts, str(run_dir / "voxreg.pt"), training={
-        "data": f"{len(train_cases)} training cases of {cohort_name}", "train_slices": len(train)})
-    profile = training_profile_from_folders([cohort / c for c in train_cases], contrasts,
-                                            source=f"{len(train_cases)} training cases of {cohort_name}")
+    discriminator = _starting_discriminator(args.source, cfg, old)
+    chosen = _training_run(cfg, train, held_data, weights, run_dir, discriminator)
     name = args.name or f"collagan-{cohort_name.lower()}-{'-'.join(contrasts)}"
     about = load_about(args.about) if args.about else {}
     description = about.get("description") or (
@@ -283,28 +362,66 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                 "checkpoint_choice": f"mean NMSE on slices of the held-out case(s) {', '.join(held)}",
                 "fine_tuned_from": {"model": args.source, "checkpoint": checkpoint, "contrasts_added": added},
                 "excluded_incomplete_cases": incomplete}
+    title = f"Fine-tuning {args.source} on {cohort_name}"
+    score_and_export(Cohort(cohort, cohort_name, train_cases, held, incomplete), cfg, train, chosen, started, out,
+                     name=name, about=about, description=description, training=training, title=title,
+                     reference=args.source if args.source in BUNDLED_CHECKPOINTS else None, reference_contrasts=old,
+                     label="fine-tuned", discriminator=f"starting from {BUNDLED_DISCRIMINATORS[args.source]}"
+                     if discriminator is not None else "")
+
+
+@dataclass
+class Cohort:
+    """The case folders of a cohort, as trained on: ``folder`` holds the ``train`` and ``held`` cases."""
+
+    folder: Path
+    name: str
+    train: List[str]
+    held: List[str]
+    incomplete: Dict[str, List[str]]
+
+
+def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen: Path, started: float, out: Path, *,
+                     name: str, about: dict, description: str, training: dict, title: str,
+                     reference: Optional[str], reference_contrasts: Sequence[str], label: str = "trained",
+                     discriminator: str = "") -> None:
+    """Score the ``chosen`` checkpoint, a voxel regression fitted on the training slices and the bundled model
+    ``reference`` (None: none) on the held-out cases with the core's evaluation, then write ``out/model.pt`` (the
+    held-out figures in its card) and ``out/report.md`` together. Shared by ``finetune`` and ``train COHORT``."""
+    from .baselines import export_voxel_regression, fit
+    from .export import export_checkpoint
+
+    contrasts, run_dir = list(cfg.contrasts), Path(cfg.out_dir)
+    chosen_step = int(torch.load(chosen, map_location="cpu", weights_only=False)["step"])
+    train_seconds = time.time() - started
+    coef = fit(np.asarray(train.images), np.asarray(train.masks), seed=cfg.seed)
+    voxreg = export_voxel_regression(coef, contrasts, str(run_dir / "voxreg.pt"), training={
+        "data": f"{len(cohort.train)} training cases of {cohort.name}", "train_slices": len(train)})
+    profile = training_profile_from_folders([cohort.folder / c for c in cohort.train], contrasts,
+                                            source=f"{len(cohort.train)} training cases of {cohort.name}")
     draft = export_checkpoint(str(chosen), str(run_dir / "model.pt"), name=name, metrics={}, description=description,
                               input_profile=profile, about=about, training_overrides=training)
-    held_dirs = [cohort / c for c in held]
+    held_dirs = [cohort.folder / c for c in cohort.held]
+    old = [c for c in reference_contrasts if c in contrasts]
+    added = [c for c in contrasts if c not in reference_contrasts]
     runs: Dict[str, List[dict]] = {}
-    sources = {"bundled": bundled_model(args.source), "voxel regression": load_model(voxreg),
-               "fine-tuned": load_model(draft)}
+    sources = {"bundled": bundled_model(reference) if reference else None, "voxel regression": load_model(voxreg),
+               label: load_model(draft)}
     unlike: List[str] = []
-    for label, model in sources.items():
+    for row_label, model in sources.items():
         if model is None:
             continue
-        print(f"scoring {label} on {len(held)} held-out case(s)", flush=True)
+        print(f"scoring {row_label} on {len(held_dirs)} held-out case(s)", flush=True)
         with warnings.catch_warnings(record=True) as caught:  # one line in the report instead of one per target
             warnings.simplefilter("always", InputCheckWarning)
-            runs[label] = evaluate_cases(model, held_dirs, device="cpu")
-            if label == "fine-tuned" and added and "bundled" in runs:  # also from the bundled model's inputs
-                runs["fine-tuned, bundled's inputs"] = rows_from_inputs(model, held_dirs, old)
+            runs[row_label] = evaluate_cases(model, held_dirs, device="cpu")
+            if model is sources[label] and added and "bundled" in runs:  # also from the bundled model's inputs
+                runs[f"{label}, bundled's inputs"] = rows_from_inputs(model, held_dirs, old)
         if any(issubclass(w.category, InputCheckWarning) for w in caught):
-            unlike.append(label)
-    figures = card_figures(runs["fine-tuned"], contrasts, held)
-
-    report = report_text(cohort_name, args.source, contrasts, added, train_cases, held, incomplete, cfg, chosen_step,
-                         train_seconds, runs, unlike)
+            unlike.append(row_label)
+    figures = card_figures(runs[label], contrasts, cohort.held)
+    report = report_text(title, cohort, cfg, chosen_step, train_seconds, runs, reference, added, unlike, label,
+                         discriminator)
     with OutputSet() as outputs:  # the model and its report together or not at all
         out.mkdir(parents=True, exist_ok=True)
         outputs.stage(out / "model.pt", lambda tmp: export_checkpoint(
@@ -339,30 +456,33 @@ def bundled_model(name: str):
     return None
 
 
-def report_text(cohort: str, source: str, contrasts: Sequence[str], added: Sequence[str], train_cases: Sequence[str],
-                held: Sequence[str], incomplete: Dict[str, List[str]], cfg: TrainConfig, chosen_step: int,
-                seconds: float, runs: Dict[str, List[dict]], unlike: Sequence[str] = ()) -> str:
-    """The Markdown report of a fine-tune: data, run, and the three models on the held-out cases."""
-    left_out = "".join(f"\n- {case}: lacks {', '.join(missing)}" for case, missing in incomplete.items())
+def report_text(title: str, cohort: Cohort, cfg: TrainConfig, chosen_step: int, seconds: float,
+                runs: Dict[str, List[dict]], reference: Optional[str] = None, added: Sequence[str] = (),
+                unlike: Sequence[str] = (), label: str = "trained", discriminator: str = "") -> str:
+    """The Markdown report of a fine-tune or cohort training: data, run, and the models on the held-out cases."""
+    left_out = "".join(f"\n- {case}: lacks {', '.join(missing)}" for case, missing in cohort.incomplete.items())
+    adversarial = cfg.w_gan > 0 or cfg.w_g_clsf > 0
     return "\n".join([
-        f"# Fine-tuning {source} on {cohort}", "",
-        f"- contrasts: {', '.join(contrasts)}" + (f" ({', '.join(added)} added to the bundled model's)"
-                                                  if added else ""),
-        f"- trained on {len(train_cases)} case(s): {', '.join(train_cases)}",
-        f"- held out {len(held)} case(s): {', '.join(held)} (checkpoint chosen and scored on them: the figures "
-        "are a little optimistic; score other cases with `collagan-impute evaluate` for unbiased ones)",
-        f"- left out, incomplete: {len(incomplete)}" + left_out,
+        f"# {title}", "",
+        f"- contrasts: {', '.join(cfg.contrasts)}" + (f" ({', '.join(added)} added to the bundled model's)"
+                                                      if added and reference else ""),
+        f"- trained on {len(cohort.train)} case(s): {', '.join(cohort.train)}",
+        f"- held out {len(cohort.held)} case(s): {', '.join(cohort.held)} (checkpoint chosen and scored on them: the "
+        "figures are a little optimistic; score other cases with `collagan-impute evaluate` for unbiased ones)",
+        f"- left out, incomplete: {len(cohort.incomplete)}" + left_out,
         f"- {cfg.steps} steps of batch {cfg.batch_size} ({f'{cfg.crop}-pixel crops' if cfg.crop else 'full slices'}), "
         f"lr {cfg.lr_g}; "
         f"chosen checkpoint: step {chosen_step}; {seconds / 60:.1f} min for data and training",
-        "- the bundled model's recipe trains without a discriminator (no adversarial loss), so none is shipped or "
-        "fine-tuned: the generator is fine-tuned with that recipe's direct L1 + SSIM loss (lesion-weighted)", "",
+        "- loss: " + (f"adversarial and classification terms on, the discriminator {discriminator or 'from scratch'}, "
+                      if adversarial else "no adversarial term, ")
+        + f"direct L1 x{cfg.w_direct_l1:g} + SSIM x{cfg.w_direct_ssim:g}"
+        + (f" (lesion voxels x{cfg.lesion_weight:g})" if cfg.lesion_weight != 1 else ""), "",
         "## Held-out cases, every target from every other contrast the model takes (EVALUATION.md v3)", "",
         "NMSE lower is better; PSNR, SSIM higher; identity I > 0 means the synthetic image has the target's tissue "
         "contrast rather than an input's; the bundled model has no row for contrasts it lacks. The head mask "
-        "comes from the inputs, so rows with other inputs score slightly different voxels: \"fine-tuned, bundled's "
-        "inputs\" scores the fine-tuned model exactly as the bundled one.", "",
-        scores_table(runs, contrasts)]
+        f"comes from the inputs, so rows with other inputs score slightly different voxels: \"{label}, bundled's "
+        "inputs\" scores that model exactly as the bundled one.", "",
+        scores_table(runs, cfg.contrasts)]
         + ([f"The input check found the held-out scans unlike the training data of: {', '.join(unlike)}.", ""]
            if unlike else []))
 
@@ -373,7 +493,8 @@ def add_parser(sub) -> None:
     p.add_argument("cohort", help="folder of case folders with BraTS 2023 names (<case>-t1n.nii.gz, ...), or "
                    "the OUT folder of prepare")
     p.add_argument("--from", dest="source", default="collagan-lgg-t1n-t1c-t2f",
-                   help=f"the bundled model to start from ({', '.join(BUNDLED_CHECKPOINTS)})")
+                   help=f"the bundled model to start from ({', '.join(BUNDLED_CHECKPOINTS)}), or a training "
+                   "checkpoint file (OUT/run/best.pt of an earlier finetune or train)")
     p.add_argument("--contrasts", help="comma-separated, in model order (default: every one of "
                                        f"{','.join(KNOWN_CONTRASTS)} that all cases have)")
     group = p.add_mutually_exclusive_group()
@@ -402,4 +523,5 @@ def _run(args: argparse.Namespace) -> None:
     cmd_finetune(args)
 
 
-__all__ = ["expand_generator", "cohort_cases", "pick_holdout", "finetune_config", "cmd_finetune"]
+__all__ = ["expand_generator", "expand_discriminator", "cohort_cases", "pick_holdout", "finetune_config",
+           "cmd_finetune", "score_and_export"]

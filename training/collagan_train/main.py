@@ -3,10 +3,11 @@
 Run from the repository root:
     python -m training.collagan_train.main prepare ~/Downloads/BraTS2021_Training_Data ~/data/brats   # once
     python -m training.collagan_train.main prepare-lgg ~/Downloads/kaggle_3m ~/data/lgg   # the public data, once
-    python -m training.collagan_train.main train --config training/collagan_train/configs/lgg_cpu.json
-    python -m training.collagan_train.main train --resume runs/lgg_cpu/latest.pt
-    torchrun --nproc_per_node 2 -m training.collagan_train.main train --config ... --set threads=1
-    python -m training.collagan_train.main export --checkpoint runs/lgg_cpu/best.pt --out runs/lgg_cpu/model.pt
+    python -m training.collagan_train.main train --recipe brats ~/data/brats --out runs/brats   # model.pt, report.md
+    python -m training.collagan_train.main train --recipe lgg --out runs/lgg   # the bundled model's stages
+    python -m training.collagan_train.main train --resume runs/lgg/d/latest.pt
+    torchrun --nproc_per_node 4 -m training.collagan_train.main train --recipe brats ~/data/brats --out runs/brats
+    python -m training.collagan_train.main export --checkpoint runs/lgg/mean_g.pt --out runs/lgg/model.pt
     python -m training.collagan_train.main baseline --out runs/voxreg/voxreg.pt
     python -m training.collagan_train.main evaluate --model collagan=runs/lgg_cpu/model.pt --out runs/eval
     python -m training.collagan_train.main report --run voxreg=runs/eval_core/voxreg --run collagan=... --out r.md
@@ -31,7 +32,7 @@ import torch
 import torch.distributed as dist
 from CollaGANImputeLib.errors import CollaGANError
 
-from .config import TrainConfig, load_config
+from .config import TrainConfig, load_config, make_config, read_recipe, recipe_names
 from .data_loader import load_data, repo_path
 
 
@@ -50,23 +51,42 @@ def _dist_setup(cfg: TrainConfig):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .solver import Solver
+    if args.cohort:  # a folder of cases: prepare, train, choose, score and export model.pt + report.md
+        from .cohort_train import train_cohort
 
+        train_cohort(args, _dist_setup)
+        return
     if args.resume:
         state = torch.load(args.resume, map_location="cpu", weights_only=False)
         # The checkpoint's own config, its folder as out_dir, then --set (e.g. a larger steps).
         base = {**state["config"], "out_dir": str(Path(args.resume).resolve().parent)}
-        cfg = load_config(None, [f"{k}={json.dumps(v)}" for k, v in base.items()] + args.set)
-    else:
-        cfg = load_config(args.config, args.set)
+        run_training(load_config(None, [f"{k}={json.dumps(v)}" for k, v in base.items()] + args.set), args.resume)
+        return
+    recipe = read_recipe(args.recipe or args.config or "base")
+    out = args.out or f"runs/{recipe.path.stem}"
+    if recipe.stages:
+        from .stages import run_stages
+
+        final = run_stages(recipe, repo_path(out), args.set, run_training)
+        print(f"{final}: the recipe's generator; export it with: python -m training.collagan_train.main export "
+              f"--checkpoint {final} --out {Path(out) / 'model.pt'}")
+        return
+    extra = [f"out_dir={out}"] if args.out or "out_dir" not in recipe.settings else []
+    run_training(make_config(recipe.final, [*extra, *args.set]), None)
+
+
+def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> None:
+    """Train (or continue ``resume``) one run with ``cfg``, under torchrun too (one process per rank)."""
+    from .solver import Solver
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world, device = _dist_setup(cfg)
     train, val, split = load_data(cfg)
     out_dir = repo_path(cfg.out_dir)
-    if args.resume:
-        solver = Solver.from_checkpoint(args.resume, train, val, cfg, out_dir=str(out_dir), rank=rank,
-                                        world=world, device=device)
+    if resume:
+        solver = Solver.from_checkpoint(resume, train, val, cfg, out_dir=str(out_dir), rank=rank, world=world,
+                                        device=device)
     else:
         solver = Solver(cfg, train, val, out_dir=str(out_dir), rank=rank, world=world, device=device)
     if rank == 0:
@@ -93,10 +113,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.collagan_train.main", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train from a config, or resume a checkpoint")
-    train.add_argument("--config", help="JSON config (training/collagan_train/configs/*.json)")
+    train = sub.add_parser("train", help="train a recipe (on a cohort folder: prepared, scored, exported), or "
+                           "resume a checkpoint")
+    train.add_argument("cohort", nargs="?", metavar="COHORT_DIR",
+                       help="a BraTS-layout download or prepare's OUT: prepared if needed, trained, the checkpoint "
+                       "chosen on set-aside cases, OUT_DIR/model.pt and OUT_DIR/report.md written (default: the "
+                       "recipe's own data, e.g. the LGG slices)")
+    which = train.add_mutually_exclusive_group()
+    which.add_argument("--recipe", help=f"a recipe by name ({', '.join(recipe_names())}) or a JSON file")
+    which.add_argument("--config", help="a recipe or config JSON file (the same as --recipe FILE)")
+    train.add_argument("--out", metavar="OUT_DIR", help="output folder (default: the recipe's out_dir, or runs/NAME)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (value parsed as JSON), e.g. --set steps=2000")
+                       help="override a setting (value parsed as JSON) in every stage, e.g. --set steps=2000")
     train.add_argument("--resume", help="checkpoint to continue exactly (its config, then --set)")
     train.set_defaults(func=cmd_train)
     from . import average, baselines, bundle, choose, evaluate, export, finetune, prepare, prepare_lgg, report, select

@@ -52,7 +52,7 @@ class Generator(nn.Module):
     quadratic polynomial of the available inputs (``voxel_regression.VoxelRegression``, one per target and input
     subset, fitted once by least squares on the training split and then fixed) plus the U-Net, which learns
     the residual: the anatomy and contrast a voxel's own intensities cannot explain. Why: on 2 CPU cores a few
-    thousand steps left the plain U-Net behind that baseline (training/README.md).
+    thousand steps left the plain U-Net behind that baseline (docs/RESULTS.md, what was learnt).
 
     ``input_coefficients`` (not in the paper) lets the last features also predict, per pixel, one coefficient per
     input contrast: the output is ``out(features) + sum_k coef_k(features) * input_k``. Why: every CCNR unit

@@ -86,8 +86,7 @@ def load_generator_weights(path: str, cfg: TrainConfig) -> Dict[str, torch.Tenso
     file = repo_path(path)
     if not file.is_file():
         raise FileNotFoundError(f"init_g={path}: no such checkpoint; give a training checkpoint (latest.pt/best.pt). "
-                                "Generators of dead-end stages were removed from the tree; training/README.md "
-                                "says how to restore one from the git history.")
+                                "The lgg recipe (train --recipe lgg) makes the bundled model's lineage from scratch.")
     state = torch.load(file, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "G" not in state:
         raise ValueError(f"init_g={path} is not a training checkpoint (no 'G' weights); exported TorchScript "
@@ -315,7 +314,7 @@ class Solver:
             if cfg.aug_appearance_p > 0:  # the first pass sees re-styled inputs; targets and cycles do not
                 given = augment.input_appearance(given, self.gen, cfg.aug_appearance_p, cfg.aug_gamma,
                                                  cfg.aug_scale, cfg.aug_bias)
-            with self._autocast():
+            with self._autocast(), torch.set_grad_enabled(not cfg.freeze_g):
                 fake = self._g(self._prep(build_input(given, available, target))).float()
             if head is not None:  # only the head is scored: outside it every loss sees the real image
                 fake = torch.where(head, fake, real_t)
@@ -333,6 +332,10 @@ class Solver:
                 self.opt_d.step()
                 out.update(loss_d=loss_d.item(), d_gan=d_gan.item(), d_clsf=d_clsf.item())
                 self.D.requires_grad_(False)  # G's step must not touch D
+            if cfg.freeze_g:  # a discriminator for a generator that stays as it is (finetune's starting D)
+                self.sched_d.step()
+                self.step += 1
+                return out
             terms: Dict[str, torch.Tensor] = {}
             if cfg.w_gan > 0 or cfg.w_g_clsf > 0:
                 with self._autocast():  # the bare D: its weights take no gradient here, so nothing to average

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from CollaGANImputeLib import load_model
 from CollaGANImputeLib.cli import main as cli_main
 from CollaGANImputeLib.io import synthetic_label
-from CollaGANImputeLib.pipeline import sidecar_path
+from CollaGANImputeLib.provenance import sidecar_path
 
 from training.collagan_train.finetune import cohort_folder
 

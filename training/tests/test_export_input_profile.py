@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from CollaGANImputeLib.case import prepare_case
+from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.contract import load_model
 from CollaGANImputeLib.input_check import check_case
-from CollaGANImputeLib.pipeline import prepare_case, read_case
 
 from training.collagan_train.data_loader import locate_lgg
 from training.collagan_train.export import export_checkpoint, training_input_profile

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.contract import load_model
-from CollaGANImputeLib.pipeline import impute, read_case
+from CollaGANImputeLib.pipeline import impute
 
 from training.collagan_train.baselines import VoxelRegression, export_voxel_regression, fit, quadratic_features
 from training.collagan_train.evaluate import evaluate

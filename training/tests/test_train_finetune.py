@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 from CollaGANImputeLib import load_model
-from CollaGANImputeLib.pipeline import impute, read_case
+from CollaGANImputeLib.case_files import read_case
+from CollaGANImputeLib.pipeline import impute
 
 from training.collagan_train.data_loader import REPO_ROOT
 from training.collagan_train.finetune import expand_generator
@@ -66,3 +67,44 @@ def test_finetune_refuses_an_unknown_held_out_case(tmp_path: Path):
     with pytest.raises(SystemExit, match="--holdout-cases OpenMS-patient99: not among the complete cases"):
         main(["finetune", str(OPENMS), "--holdout-cases", "OpenMS-patient99", "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_a_profile_of_one_training_case_judges_no_spread(openms_cohort: Path):
+    """One training scan has no spread to judge another against; a z-scored scan is still unlike it."""
+    from CollaGANImputeLib.case import prepare_case
+    from CollaGANImputeLib.case_files import training_profile_from_folders
+    from CollaGANImputeLib.contract import ModelCard
+    from CollaGANImputeLib.input_check import check_case
+
+    contrasts = ["t1n", "t1c", "t2f"]
+    complete = openms_cohort / "complete"
+    profile = training_profile_from_folders([complete / "OpenMS-patient07"], contrasts, source="1 case")
+    card = ModelCard(name="one-case", contrasts=contrasts, input_profile=profile)
+    images = read_case(complete / "OpenMS-patient19", contrasts)
+    assert check_case(card, prepare_case(images)).findings == []
+    zscored = prepare_case(images)
+    zscored.arrays = {c: (a - a.mean()) / a.std() for c, a in zscored.arrays.items()}
+    findings = check_case(card, zscored).findings
+    assert any("negative intensities" in f for f in findings)
+    assert not any("histogram distance" in f or "head mask" in f for f in findings)
+
+
+def test_a_model_file_gives_back_the_generator_it_was_exported_from():
+    from training.collagan_train.finetune import source_checkpoint
+
+    path, state = source_checkpoint(str(REPO_ROOT / "Resources" / "Models" / "collagan_lgg_t1n_t1c_t2f.pt"))
+    trained = torch.load(REPO_ROOT / "training" / "checkpoints" / "lgg_v6_mean_g.pt", map_location="cpu",
+                         weights_only=False)["G"]
+    assert set(state["G"]) == set(trained)
+    assert all(torch.equal(state["G"][k].float(), trained[k].float()) for k in trained)
+    assert state["config"]["contrasts"] == ["t1n", "t1c", "t2f"] and state["config"]["head_only_loss"]
+
+
+def test_finetune_from_a_file_that_is_no_model_says_so_in_one_line(tmp_path: Path):
+    if not OPENMS.is_dir():
+        pytest.skip("the OpenMS patients are not beside the repository")
+    bogus = tmp_path / "scan_list.pt"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(SystemExit, match=r"^error: --from .*scan_list\.pt: neither a model file nor a training "):
+        main(["finetune", str(OPENMS), "--from", str(bogus), "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()

@@ -50,6 +50,16 @@ def test_classifier_warm_up_trains_only_d(tiny_cfg, sample_slices):
     assert solver.train_step()["phase"] == "gan"
 
 
+def test_a_fixed_generator_trains_only_d(tiny_cfg, sample_slices):
+    solver = Solver(tiny_cfg("clsf_warmup_steps=0", "freeze_g=true"), sample_slices, None)
+    g0 = {k: v.clone() for k, v in solver.G.state_dict().items()}
+    d0 = {k: v.clone() for k, v in solver.D.state_dict().items()}
+    out = [solver.train_step() for _ in range(2)]
+    assert all("loss_d" in o and "loss_g" not in o for o in out)
+    assert all(torch.equal(v, solver.G.state_dict()[k]) for k, v in g0.items())
+    assert any(not torch.equal(v, solver.D.state_dict()[k]) for k, v in d0.items())
+
+
 def test_input_dropout_nulls_target_and_keeps_an_input(tiny_cfg, sample_slices):
     solver = Solver(tiny_cfg("batch_size=8", "input_dropout_max_extra=2"), sample_slices, None)
     counts = set()

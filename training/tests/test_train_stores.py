@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from CollaGANImputeLib.case import prepare_case
+from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.contract import ModelCard, load_model, save_model
 from CollaGANImputeLib.errors import InputError
 from CollaGANImputeLib.geometry import SliceGrid
 from CollaGANImputeLib.inference import impute_slices
-from CollaGANImputeLib.pipeline import prepare_case, read_case
 
 from training.collagan_train import data_loader
 from training.collagan_train.data_loader import CaseSlices, SliceData, load_data, training_batches
