@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
-from .contract import LoadedModel, ModelCard, model_input
+from .card import LoadedModel, ModelCard, model_input
 from .errors import Cancelled, InputError, ModelError
 from .geometry import SliceGrid
 from .runtime import (  # noqa: F401  (resolve_device, describe_device: re-exported, callers import them here)

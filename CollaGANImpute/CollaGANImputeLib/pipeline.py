@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Un
 import numpy as np
 import SimpleITK as sitk
 
+from .card import LoadedModel, ModelCard
 from .case import ImputationResult, PreparedCase, prepare_case
 from .case_files import read_case, read_input
-from .contract import LoadedModel, ModelCard
 from .errors import Cancelled, InputError
 from .inference import CancelFlag, ProgressCallback, impute_slices, is_cancelled, resolve_device
 from .io import (

@@ -19,8 +19,8 @@ from typing import Callable, Mapping, Optional, Sequence
 import SimpleITK as sitk
 
 from ._version import __version__
+from .card import LoadedModel
 from .case import ImputationResult, PreparedCase
-from .contract import LoadedModel
 from .errors import OutputError
 from .io import OutputSet, PathLike, write_volume
 from .uncertainty import uncertainty_description

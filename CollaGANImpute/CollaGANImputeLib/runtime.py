@@ -36,7 +36,7 @@ from .errors import InputError, ModelError
 if TYPE_CHECKING:
     import torch
 
-    from .contract import LoadedModel
+    from .card import LoadedModel
 
 #: Accepted values of the ``runtime`` argument.
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")

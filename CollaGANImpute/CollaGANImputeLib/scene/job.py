@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
 
 import SimpleITK as sitk
 
+from ..card import LoadedModel
 from ..case import ImputationResult
-from ..contract import LoadedModel
 from ..errors import Cancelled
 from ..inference import resolve_device
 from ..pipeline import ImputationSteps
