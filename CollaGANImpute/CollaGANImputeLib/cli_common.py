@@ -44,7 +44,7 @@ def _load(model: Optional[str]) -> LoadedModel:
 
 def _announce_runtime(model: LoadedModel, args: argparse.Namespace) -> None:
     """Say which runtime will run the model (``auto`` measures the CPU's candidates once, then remembers)."""
-    from .runtime import describe_runtime
+    from .runtime_choice import describe_runtime
 
     print(describe_runtime(model, args.runtime, args.device, args.precision), file=sys.stderr)
 

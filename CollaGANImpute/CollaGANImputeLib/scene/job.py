@@ -57,7 +57,7 @@ class ChunkedImputation:
     cancel_flag: Optional[threading.Event] = None
     uncertainty: bool = False
     register: bool = False
-    runtime: str = "auto"  # what runs the model (runtime.choose_runtime)
+    runtime: str = "auto"  # what runs the model (runtime_choice.choose_runtime)
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.device)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from CollaGANImputeLib import Cancelled, InputError, ModelError, load_model, runtime
+from CollaGANImputeLib import Cancelled, InputError, ModelError, load_model, runtime, runtime_choice
 from CollaGANImputeLib.contract import model_input, read_card
 from CollaGANImputeLib.evaluate import score_imputation
 from CollaGANImputeLib.inference import impute_slices
@@ -28,7 +28,7 @@ ONNX_RUNTIMES = [pytest.param(name, marks=pytest.mark.skipif(not runtime.install
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(runtime_choice.CACHE_ENV, str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +76,10 @@ def test_onnx_runtimes_score_as_the_torchscript_path_on_the_sample_case(bundled,
 
 def test_auto_measures_once_and_remembers_per_machine(bundled, tiny_model_path, monkeypatch, tmp_path):
     measured = []
-    real_measure = runtime.measure
-    monkeypatch.setattr(runtime, "measure", lambda model, names, precision="auto": measured.extend(names) or
+    real_measure = runtime_choice.measure
+    monkeypatch.setattr(runtime_choice, "measure", lambda model, names, precision="auto": measured.extend(names) or
                         real_measure(model, names, precision, rounds=2))
-    choice = runtime.choose_runtime(bundled, "auto", "cpu", "auto")
+    choice = runtime_choice.choose_runtime(bundled, "auto", "cpu", "auto")
     expected = ["torch"] + [r for r in runtime.ONNX_RUNTIMES if runtime.installed(r)]
     assert measured == expected and choice in expected
     cache = json.loads((tmp_path / "cache" / "runtimes.json").read_text())
@@ -87,9 +87,9 @@ def test_auto_measures_once_and_remembers_per_machine(bundled, tiny_model_path, 
     assert entry["fastest"] == choice and set(entry["ms_per_slice"]) == set(expected)
     assert min(entry["ms_per_slice"], key=entry["ms_per_slice"].get) == choice
     measured.clear()
-    assert runtime.choose_runtime(bundled, "auto", "cpu", "auto") == choice and measured == []  # remembered
+    assert runtime_choice.choose_runtime(bundled, "auto", "cpu", "auto") == choice and measured == []  # remembered
     # A model without an ONNX export runs on torch without measuring anything.
-    assert runtime.choose_runtime(load_model(tiny_model_path), "auto", "cpu") == "torch" and measured == []
+    assert runtime_choice.choose_runtime(load_model(tiny_model_path), "auto", "cpu") == "torch" and measured == []
 
 
 @pytest.mark.parametrize("name", ONNX_RUNTIMES)
@@ -157,7 +157,7 @@ def test_demo_runs_without_torch(tmp_path):
     code = ("import sys; sys.modules['torch'] = None\n"
             "from CollaGANImputeLib.cli import main\n"
             f"sys.exit(main(['demo', '--out', {str(tmp_path / 'out')!r}, '--threads', '1']))")
-    env = {**os.environ, runtime.CACHE_ENV: str(tmp_path / "cache"),
+    env = {**os.environ, runtime_choice.CACHE_ENV: str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join([str(REPO / "CollaGANImpute"), str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
