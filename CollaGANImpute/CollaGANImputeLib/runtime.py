@@ -166,6 +166,29 @@ def describe_device(device: Union[torch.device, str]) -> str:
 # ---------------------------------------------------------------------------------------------------- runners
 
 
+@dataclass(frozen=True)
+class RuntimeUsed:
+    """What ran a model pass, as the outputs' provenance records it: the runtime, the precision it actually ran
+    at, the device, and the file it ran (the ONNX export for an ONNX runtime, the TorchScript file for torch).
+
+    Example:
+        >>> RuntimeUsed.of(model, "onnxruntime", "fp32", "cpu").file                   # doctest: +SKIP
+        'collagan_lgg_t1n_t1c_t2f.onnx'
+    """
+
+    runtime: str
+    precision: str
+    device: str
+    file: str
+    sha256: str
+
+    @classmethod
+    def of(cls, model: LoadedModel, runtime: str, precision: str, device: Union[str, torch.device]) -> RuntimeUsed:
+        if runtime == "torch":
+            return cls(runtime, precision, str(device), model.path.name, model.sha256)
+        return cls(runtime, precision, "cpu", model.onnx.name, model.onnx_sha256)  # type: ignore[union-attr]
+
+
 @dataclass
 class OnnxRunner:
     """One compiled ONNX model: ``runner(x)`` maps float32 (B, 2N, H, W) to float32 (B, 1, H, W), NumPy in and out,

@@ -15,12 +15,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 from CollaGANImputeLib import Cancelled, InputError, ModelError, load_model, runtime, runtime_choice
-from CollaGANImputeLib.contract import model_input, read_card
+from CollaGANImputeLib.acceleration import resolve_precision
+from CollaGANImputeLib.contract import ModelCard, model_input, read_card, save_model, save_onnx, sha256_of
 from CollaGANImputeLib.evaluate import score_imputation
 from CollaGANImputeLib.inference import impute_slices
 from CollaGANImputeLib.models import bundled_models, default_model
-from CollaGANImputeLib.pipeline import read_case
-from core_fixtures import REPO
+from CollaGANImputeLib.pipeline import impute_case, read_case
+from core_fixtures import CONTRASTS, REPO, TinyGenerator
 
 ONNX_RUNTIMES = [pytest.param(name, marks=pytest.mark.skipif(not runtime.installed(name), reason=f"{name} absent"))
                  for name in runtime.ONNX_RUNTIMES]
@@ -112,6 +113,37 @@ def test_onnx_runtime_reports_progress_per_batch_and_stops_between_batches(bundl
     with pytest.raises(Cancelled):
         impute_slices(bundled, inputs, "t1c", batch_size=2, progress=progress, cancel=stop, runtime=name)
     assert calls == [2]
+
+
+@pytest.fixture
+def tiny_with_onnx(tmp_path):
+    """The tiny generator as a TorchScript file with its ONNX export beside it (the same weights and card)."""
+    torch.manual_seed(0)
+    generator = TinyGenerator()
+    path = tmp_path / "models" / "tiny.pt"
+    path.parent.mkdir()
+    save_model(generator, ModelCard(name="tiny-test", contrasts=CONTRASTS, licence="test only"), path)
+    save_onnx(generator, load_model(path).card, path.with_suffix(".onnx"), torch.rand(2, 6, 32, 32))
+    return load_model(path)
+
+
+@pytest.mark.parametrize("name", ["torch", *ONNX_RUNTIMES])
+def test_sidecars_say_what_ran_the_model(tiny_with_onnx, phantom_case, tmp_path, name):
+    """The synthetic volume's and the uncertainty map's sidecars name the runtime that ran, the precision it
+    ran at (never 'auto') and the SHA-256 of the file it ran: the ONNX export's, or the TorchScript file's."""
+    model = tiny_with_onnx
+    written = impute_case(phantom_case, model, out_dir=tmp_path / "out", targets=["t1c"], device="cpu",
+                          runtime=name, uncertainty=True, montage=False)
+    ran = model.path if name == "torch" else model.onnx
+    precision = (resolve_precision("auto", torch.device("cpu")) if name == "torch"
+                 else runtime.resolve_onnx_precision(name, "auto"))
+    for kind in ("synthetic", "uncertainty"):
+        sidecar = written["t1c"].with_name(f"case-001-t1c-{kind}-collagan.json")
+        record = json.loads(sidecar.read_text())
+        assert record["collagan_runtime"] == name and record["collagan_device"] == "cpu"
+        assert record["collagan_runtime_file"] == ran.name and record["collagan_runtime_sha256"] == sha256_of(ran)
+        assert record["collagan_precision"] == precision != "auto"
+    assert model.sha256 != model.onnx_sha256  # the two files differ: the recorded hash tells which ran
 
 
 def test_refusals_say_what_to_do(bundled, tiny_model_path):
