@@ -219,9 +219,12 @@ class ImputationSteps:
     def _predict(self, chunk: Mapping[str, np.ndarray], target: str, member: Optional[Member],
                  spacing: tuple[float, float], offset: int) -> np.ndarray:
         """One pass (the imputation, or an uncertainty ``member``) on a chunk of slices, with the CPU fallback."""
-        ran = self.ran[target]
+        def ran(used: RuntimeUsed) -> None:  # each chunk reports; a change (the CPU fallback) adds a second entry
+            if used not in self.ran[target]:
+                self.ran[target].append(used)
+
         options = dict(batch_size=self.batch_size, precision=self.precision, runtime=self.runtime, spacing=spacing,
-                       cancel=self.cancel, ran=lambda used: ran.append(used) if used not in ran else None,
+                       cancel=self.cancel, ran=ran,
                        progress=self.progress, progress_offset=offset, progress_total=self.total)
         while True:
             try:
