@@ -55,7 +55,7 @@ from benchlib import (
     wait_until_quiet,
     write_brats_sized_case,
 )
-from CollaGANImputeLib import LoadedModel, ModelCard, ccnr_export, load_model, runtime, save_model
+from CollaGANImputeLib import LoadedModel, ModelCard, ccnr_export, load_model, runtime, runtime_choice, save_model
 from CollaGANImputeLib import case_files as case_files_module
 from CollaGANImputeLib import pipeline as pipeline_module
 from CollaGANImputeLib import provenance as provenance_module
@@ -143,7 +143,7 @@ def build_options(eager: torch.nn.Module, models: Mapping[str, LoadedModel], ful
                                                                                  precision="fp32")))
                 options.append(Option(f"ONNX {name} fp32, batch 1", lib(fast, runtime=name, precision="fp32",
                                                                        batch_size=1)))
-    chosen = runtime.choose_runtime(fast, "auto", "cpu", "auto")  # measured once per machine, then remembered
+    chosen = runtime_choice.choose_runtime(fast, "auto", "cpu", "auto")  # measured once per machine, then remembered
     options.append(Option(f"DEFAULT: runtime auto ({chosen}), precision auto", lib(fast, runtime="auto")))
     if full:
         # torch's own TorchScript inference pass: freezes, folds and moves what it can to MKLDNN layout.

@@ -18,7 +18,7 @@ from ._version import __version__
 
 #: public name -> submodule that defines it
 _EXPORTS = {
-    "LoadedModel": "contract", "ModelCard": "contract", "load_model": "contract", "read_card": "contract",
+    "LoadedModel": "card", "ModelCard": "card", "load_model": "contract", "read_card": "contract",
     "save_model": "contract",
     "Cancelled": "errors", "CollaGANError": "errors", "GeometryWarning": "errors", "InputError": "errors",
     "ModelError": "errors", "NoBundledModelError": "errors", "NoSampleCaseError": "errors",
@@ -30,9 +30,10 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below imports on first use
+    from .card import LoadedModel, ModelCard  # noqa: F401
     from .case import ImputationResult, prepare_case  # noqa: F401
     from .case_files import read_case  # noqa: F401
-    from .contract import LoadedModel, ModelCard, load_model, read_card, save_model  # noqa: F401
+    from .contract import load_model, read_card, save_model  # noqa: F401
     from .errors import (  # noqa: F401
         Cancelled,
         CollaGANError,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .contract import ModelCard
+from .card import ModelCard
 from .device_mask import device_mask_and_scales
 from .dicom import SERIES_UID
 from .errors import GeometryWarning, InputCheckWarning, InputError

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from .errors import InputError
 
 if TYPE_CHECKING:
-    from .contract import LoadedModel
+    from .card import LoadedModel
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_MODEL, EXIT_NO_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 4, 130
 EXIT_TERMINATED = 128 + 15  # SIGTERM, as a shell reports a process it terminated
@@ -44,7 +44,7 @@ def _load(model: Optional[str]) -> LoadedModel:
 
 def _announce_runtime(model: LoadedModel, args: argparse.Namespace) -> None:
     """Say which runtime will run the model (``auto`` measures the CPU's candidates once, then remembers)."""
-    from .runtime import describe_runtime
+    from .runtime_choice import describe_runtime
 
     print(describe_runtime(model, args.runtime, args.device, args.precision), file=sys.stderr)
 

@@ -18,7 +18,7 @@ from .cli_common import EXIT_INPUT, EXIT_OK, _load
 from .errors import InputError
 
 if TYPE_CHECKING:
-    from .contract import LoadedModel
+    from .card import LoadedModel
 
 
 def _case_dirs(data: Path, cases: Optional[Sequence[str]], split: Optional[Path], subset: str) -> list[Path]:

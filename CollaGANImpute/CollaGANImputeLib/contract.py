@@ -1,13 +1,10 @@
 """The model contract: one TorchScript file with its metadata, shared by training and inference.
 
-A CollaGAN model file is a TorchScript archive with an extra file ``collagan.json`` (a :class:`ModelCard`).
-Training also writes the same generator as ONNX beside it (``model.onnx`` next to ``model.pt``,
-:func:`save_onnx`), the card in its ``metadata_props``: the CPU runtimes (:mod:`.runtime`) run that file, so that
-imputing on a CPU needs no torch. The TorchScript file stays the reference and runs on CUDA.
-The scripted module maps ``x`` of shape ``(B, 2N, H, W)`` to ``(B, 1, H, W)``: the first N channels are the
-contrasts in ``card.contrasts`` order (p99 units; the target and every missing contrast are zeros), the next
-N channels are the one-hot target mask (ones in the target's channel); :func:`model_input` builds it, for training
-and inference alike. The output is the target in p99 units.
+A CollaGAN model file is a TorchScript archive with an extra file ``collagan.json`` (a :class:`.card.ModelCard`,
+with the input layout :func:`.card.model_input`). Training also writes the same generator as ONNX beside it
+(:mod:`.onnx_file`). This module writes and reads the files: it checks the archive, the weights' hash, the
+bundled models' SHA-256 and that the ONNX export carries the same card. The names of :mod:`.card` and
+:mod:`.onnx_file` are importable from here too.
 
 Example:
     >>> card = ModelCard(name="tiny", contrasts=["t1n", "t1c", "t2f"])
@@ -21,235 +18,37 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import math
-import os
 import warnings
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, TypeVar, Union
-
-import numpy as np
+from typing import TYPE_CHECKING, Iterable, Optional, Union
 
 from .atomic import atomic_path
+from .card import (  # noqa: F401  (re-exported: callers import the model's names from the contract)
+    DEFAULT_PIXEL_SPACING,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    METADATA_FILE,
+    OUTSIDE_HEAD,
+    P99_NORMALIZATION,
+    LoadedModel,
+    ModelCard,
+    PathLike,
+    model_input,
+    sha256_of,
+)
 from .errors import ModelError
+from .onnx_file import (  # noqa: F401  (re-exported, as above)
+    ONNX_METADATA_KEY,
+    ONNX_OPSET,
+    onnx_card_text,
+    onnx_path_for,
+    onnx_readable,
+    save_onnx,
+)
 
 if TYPE_CHECKING:  # torch is optional on the CPU path: imported where a function needs it
     import torch
-
-FORMAT_NAME = "collagan-impute-model"
-FORMAT_VERSION = 1
-METADATA_FILE = "collagan.json"
-
-#: How inputs are normalized; the only rule this version of the package implements (EVALUATION.md).
-P99_NORMALIZATION: dict[str, Any] = {
-    "method": "p99-in-mask",
-    "percentile": 99.0,
-    "mask": "otsu(mean of p99-normalized inputs) + fill holes + largest component, from inputs only",
-    "missing_inputs": "zeros",
-}
-
-PathLike = Union[str, os.PathLike]
-ArrayT = TypeVar("ArrayT")
-#: The key of the card in an ONNX file's ``metadata_props``.
-ONNX_METADATA_KEY = METADATA_FILE
-ONNX_OPSET = 17
-
-
-OUTSIDE_HEAD = ("model", "zero")
-#: In-plane pixel spacing (mm, rows then columns) assumed for a card that states none: the grid of the LGG
-#: training data (256x256 axial slices stored at 1.0 mm; the curated set kept no scanner spacing, and its
-#: slices span a 220-256 mm head field, so about 1 mm a pixel).
-DEFAULT_PIXEL_SPACING = (1.0, 1.0)
-
-
-@dataclass
-class ModelCard:
-    """Metadata embedded in every model file: what the model expects and what it was trained on."""
-
-    name: str
-    contrasts: list[str]
-    in_plane_size: tuple[int, int] = (256, 256)
-    pad_crop: str = "center: zero-pad or crop each axial slice to in_plane_size, undone on the output"
-    #: In-plane pixel spacing in mm (rows, columns) of the training slices; slices on another spacing are
-    #: resampled to it (and back). None: DEFAULT_PIXEL_SPACING. The model's field of view is
-    #: in_plane_size x pixel_spacing.
-    pixel_spacing: Optional[tuple[float, float]] = None
-    slice_orientation: str = "axial slices of the volume re-oriented to LPS (SimpleITK DICOMOrient)"
-    normalization: dict[str, Any] = field(default_factory=lambda: dict(P99_NORMALIZATION))
-    output: str = "the target contrast in p99 units of the target (1.0 = its 99th percentile in the mask)"
-    #: "model": keep the network's output everywhere; "zero": set voxels outside the inputs' head mask to 0
-    #: (for models trained with losses inside the head only, whose output there is untrained).
-    outside_head: str = "model"
-    architecture: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    licence: str = "unspecified"
-    metrics: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
-    #: What the model is for, the data it was trained on (skull or not, intensity form, contrasts) and what it
-    #: cannot do, in words for users (``collagan-impute info`` shows them first).
-    intended_use: str = ""
-    domain: str = ""
-    limitations: list[str] = field(default_factory=list)
-    #: The training data's profile for the input check (:func:`.input_check.training_profile`); {} = none.
-    input_profile: dict[str, Any] = field(default_factory=dict)
-    #: SHA-256 of the weights (:func:`weights_sha256`), written by :func:`save_model`, verified on load.
-    weights_sha256: str = ""
-    format: str = FORMAT_NAME
-    format_version: int = FORMAT_VERSION
-
-    def __post_init__(self) -> None:
-        if isinstance(self.contrasts, str) or not isinstance(self.contrasts, (list, tuple)):
-            raise ModelError(f"contrasts must be a list of names, got {self.contrasts!r}.")
-        self.contrasts = [str(c) for c in self.contrasts]
-        try:
-            height, width = (int(v) for v in self.in_plane_size)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"in_plane_size must be two integers, got {self.in_plane_size!r}.") from exc
-        if not (0 < height <= 8192 and 0 < width <= 8192):
-            raise ModelError(f"in_plane_size must be two positive sizes (pixels), got {[height, width]}.")
-        self.in_plane_size = (height, width)
-        if self.pixel_spacing is not None:
-            try:
-                spacing = tuple(float(v) for v in self.pixel_spacing)
-            except (TypeError, ValueError) as exc:
-                raise ModelError(f"pixel_spacing must be two numbers (mm), got {self.pixel_spacing!r}.") from exc
-            if len(spacing) != 2 or not all(math.isfinite(v) and v > 0 for v in spacing):
-                raise ModelError(f"pixel_spacing must be two positive sizes in mm, got {self.pixel_spacing!r}.")
-            self.pixel_spacing = spacing  # type: ignore[assignment]
-        for name in ("normalization", "architecture", "training", "metrics", "input_profile"):
-            if not isinstance(getattr(self, name), dict):
-                raise ModelError(f"{name} must be a JSON object, got {type(getattr(self, name)).__name__}.")
-        if self.outside_head not in OUTSIDE_HEAD:
-            raise ModelError(f"outside_head must be one of {OUTSIDE_HEAD}, got '{self.outside_head}'. "
-                             "Re-export the model with a supported value.")
-        if len(self.contrasts) < 2 or len(set(self.contrasts)) != len(self.contrasts):
-            raise ModelError(
-                f"A CollaGAN model needs at least two distinct contrast names, got {self.contrasts}."
-            )
-
-    @property
-    def n_contrasts(self) -> int:
-        return len(self.contrasts)
-
-    @property
-    def spacing(self) -> tuple[float, float]:
-        """The in-plane pixel spacing the model works on (mm, rows then columns): the card's, or the default."""
-        return tuple(self.pixel_spacing or DEFAULT_PIXEL_SPACING)  # type: ignore[return-value]
-
-    @property
-    def field_of_view(self) -> tuple[float, float]:
-        """The model's in-plane field (mm): in_plane_size x spacing."""
-        return (self.in_plane_size[0] * self.spacing[0], self.in_plane_size[1] * self.spacing[1])
-
-    def to_json(self) -> str:
-        data = dataclasses.asdict(self)
-        data["in_plane_size"] = list(self.in_plane_size)
-        if self.pixel_spacing is not None:
-            data["pixel_spacing"] = list(self.pixel_spacing)
-        return json.dumps(data, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "model file") -> ModelCard:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{source}: {METADATA_FILE} is not valid JSON ({exc}).") from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-            raise ModelError(f"{source} is not a CollaGANImpute model: its {METADATA_FILE} has no "
-                             f"format '{FORMAT_NAME}'. Export models with CollaGANImputeLib.save_model.")
-        version = data.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise ModelError(
-                f"{source} uses model format version {version}, newer than this CollaGANImpute reads "
-                f"(version {FORMAT_VERSION}). Upgrade CollaGANImpute (pip install -U collagan-impute or "
-                "update the Slicer extension)."
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        missing = {"name", "contrasts"} - set(data)
-        if missing:
-            raise ModelError(f"{source}: {METADATA_FILE} lacks {sorted(missing)}.")
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except ModelError as exc:
-            raise ModelError(f"{source}: {METADATA_FILE} is invalid: {exc} Re-export the model.") from exc
-        except (TypeError, ValueError) as exc:  # e.g. a number where a list belongs
-            raise ModelError(f"{source}: {METADATA_FILE} is invalid ({exc}). Re-export the model.") from exc
-
-    def summary(self) -> str:
-        """A human-readable card, as ``collagan-impute info`` prints it."""
-        lines = [
-            f"Model: {self.name}",
-            f"Contrasts (channel order): {', '.join(self.contrasts)}",
-            f"In-plane size: {self.in_plane_size[0]}x{self.in_plane_size[1]} ({self.pad_crop})",
-            f"Pixel spacing: {self.spacing[0]:g} x {self.spacing[1]:g} mm"
-            + ("" if self.pixel_spacing else " (not stated by the card: the default, the LGG training grid)")
-            + f", field of view {self.field_of_view[0]:g} x {self.field_of_view[1]:g} mm",
-            f"Normalization: {self.normalization.get('method')} ({self.normalization.get('mask')})",
-            f"Output: {self.output}" + ("; 0 outside the head mask" if self.outside_head == "zero" else ""),
-            f"Licence: {self.licence}",
-        ]
-        if self.description:
-            lines.append(f"Description: {self.description}")
-        for key, value in self.training.items():
-            lines.append(f"Training {key}: {value}")
-        if self.metrics:
-            lines.append("Validation metrics:")
-            lines.append(json.dumps(self.metrics, indent=2, sort_keys=True))
-        return "\n".join(lines)
-
-
-@dataclass
-class LoadedModel:
-    """A checked model ready for inference."""
-
-    #: The TorchScript module; None where torch is not installed (the ONNX file runs instead).
-    module: Optional[torch.jit.ScriptModule]
-    card: ModelCard
-    path: Path
-    sha256: str
-    #: The ONNX export of the same weights (checked against the card), or None.
-    onnx: Optional[Path] = None
-    onnx_sha256: str = ""
-
-
-def model_input(images: ArrayT, available: Any, target: Any) -> ArrayT:
-    """The model's input ``(B, 2N, H, W)``, the one layout training and inference both build.
-
-    Array-generic: torch tensors give a tensor, NumPy arrays a NumPy array (the CPU runtimes need no torch),
-    with the same values.
-
-    ``images`` (B, N, H, W) holds the contrasts in ``card.contrasts`` order; a slot is kept where ``available``
-    (B, N) is true and zeroed elsewhere, the target's always (it is what the model must produce). Then come the N
-    one-hot planes of ``target`` (B,), ones over the whole field: the images are padded or resampled to the
-    model's grid first, so the planes cover the field even where a small slice left zeros.
-
-    Example:
-        >>> x = model_input(torch.ones(2, 3, 4, 4), torch.tensor([[True, True, False]] * 2), torch.tensor([2, 0]))
-        >>> x.shape, float(x[0, 2].sum()), float(x[0, 5].mean()), float(x[1, 0].sum()), float(x[1, 3].mean())
-        (torch.Size([2, 6, 4, 4]), 0.0, 1.0, 0.0, 1.0)
-    """
-    n = images.shape[1]
-    if isinstance(images, np.ndarray):
-        planes_np = (np.asarray(target)[:, None] == np.arange(n)[None, :]).astype(images.dtype)
-        keep_np = np.asarray(available).astype(images.dtype) * (1 - planes_np)
-        return np.concatenate([images * keep_np[:, :, None, None],
-                               np.broadcast_to(planes_np[:, :, None, None], planes_np.shape + images.shape[-2:])],
-                              axis=1)
-    import torch
-
-    planes = torch.nn.functional.one_hot(target.long(), n).to(images.dtype)[:, :, None, None]
-    keep = available.to(images.dtype) * (1 - planes[:, :, 0, 0])
-    return torch.cat([images * keep[:, :, None, None], planes.expand(-1, -1, *images.shape[-2:])], dim=1)
-
-
-def sha256_of(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
@@ -307,70 +106,6 @@ def save_model(model: torch.nn.Module, card: ModelCard, path: PathLike, example_
     return sha256_of(path)
 
 
-def onnx_path_for(path: PathLike) -> Path:
-    """Where the ONNX export of the TorchScript model ``path`` lies: beside it, suffix ``.onnx``."""
-    return Path(path).with_suffix(".onnx")
-
-
-def save_onnx(model: torch.nn.Module, card: ModelCard, path: PathLike, example_input: torch.Tensor) -> str:
-    """Export the eager ``model`` to ONNX (opset :data:`ONNX_OPSET`, any batch size) with ``card`` in its
-    ``metadata_props``, atomically; returns the file's SHA-256. Batch, height and width are free.
-
-    Give the card of the TorchScript file of the same weights (``load_model(pt).card``): loading checks that both
-    files carry the same card. ``example_input`` needs a batch of two or more, so that a unit that treats a single
-    slice apart (:class:`.ccnr_export.FastCCNR`) is traced on its batch form.
-
-    Example:
-        >>> card = load_model("model.pt").card                                          # doctest: +SKIP
-        >>> save_onnx(generator, card, "model.onnx", torch.rand(2, 6, 256, 256))        # doctest: +SKIP
-    """
-    import onnx
-    import torch
-
-    if example_input.shape[0] < 2:
-        raise ModelError("save_onnx needs an example batch of at least two slices (the batch form is exported).")
-
-    with atomic_path(Path(path), suffix=".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation note
-        # The TorchScript-based exporter writes opset 17 as asked (the dynamo one moves to 18) in a second.
-        torch.onnx.export(model.eval(), (example_input,), str(tmp), input_names=["x"], output_names=["y"],
-                          opset_version=ONNX_OPSET, dynamo=False,
-                          dynamic_axes={axis: {0: "batch", 2: "height", 3: "width"} for axis in ("x", "y")})
-        proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = ONNX_METADATA_KEY, card.to_json()
-        onnx.save(proto, str(tmp))
-    return sha256_of(path)
-
-
-def _onnx_card_text(path: Path) -> str:
-    """The card JSON in an ONNX file's metadata, read with ``onnx`` where installed, else ONNX Runtime."""
-    try:
-        import onnx
-    except ImportError:
-        onnx = None
-    try:
-        if onnx is not None:
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        else:
-            import onnxruntime
-
-            options = onnxruntime.SessionOptions()
-            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            props = dict(session.get_modelmeta().custom_metadata_map)
-    except ImportError as exc:
-        raise ModelError(f"{path} is an ONNX model: reading it needs onnxruntime (pip install "
-                         "'collagan-impute[cpu]').") from exc
-    except Exception as exc:  # protobuf DecodeError, onnxruntime's Fail/InvalidGraph
-        raise ModelError(f"{path} is not an ONNX model file ({type(exc).__name__}). Give the .onnx file written "
-                         "by training's export beside the .pt model.") from exc
-    if ONNX_METADATA_KEY not in props:
-        raise ModelError(f"{path} is an ONNX file but not a CollaGAN model: its metadata has no {METADATA_FILE}. "
-                         "Export it with CollaGANImputeLib.contract.save_onnx.")
-    return props[ONNX_METADATA_KEY]
-
-
 def _archive_card_text(path: Path) -> Optional[str]:
     """The card JSON of a TorchScript archive, read from the zip (no torch, no weights); None without one."""
     try:
@@ -411,7 +146,7 @@ def read_card(path: PathLike) -> ModelCard:
     path = Path(path)
     _check_file(path)
     if path.suffix == ".onnx":
-        return ModelCard.from_json(_onnx_card_text(path), source=str(path))
+        return ModelCard.from_json(onnx_card_text(path), source=str(path))
     text = _archive_card_text(path)
     if text is None:
         raise ModelError(f"{path} is not a CollaGAN model: it has no embedded {METADATA_FILE}. "
@@ -426,13 +161,6 @@ def torch_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def onnx_readable() -> bool:
-    """Whether an ONNX file's card can be read here (``onnx`` or ``onnxruntime`` installed)."""
-    import importlib.util
-
-    return any(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 
 
 def _load(path: PathLike, device: Union[str, torch.device]) -> tuple[torch.jit.ScriptModule, ModelCard]:

@@ -22,9 +22,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import write_text_atomic
+from .card import LoadedModel
 from .case import ImputationResult
 from .case_files import read_case
-from .contract import LoadedModel
 from .errors import CollaGANError, ModelError
 from .figures import montage_png
 from .inference import CancelFlag

@@ -1,9 +1,10 @@
 """Slice-wise inference of a CollaGAN model on normalized axial slices.
 
 Which runtime runs it (torch's TorchScript, or the ONNX export on ONNX Runtime or OpenVINO) is chosen by
-:mod:`.runtime` (``runtime="auto"``); how torch runs it (bf16/fp16 or fp32, channels-last) by :mod:`.acceleration`
-(``precision="auto"``). Slices whose inputs are all zero (outside the head) are computed once, since the model
-maps identical inputs to identical outputs. Without torch installed the ONNX runtimes run the model.
+:mod:`.runtime_choice` (``runtime="auto"``); how torch runs it (bf16/fp16 or fp32, channels-last) by
+:mod:`.acceleration` (``precision="auto"``). Slices whose inputs are all zero (outside the head) are computed
+once, since the model maps identical inputs to identical outputs. Without torch installed the ONNX runtimes run
+the model.
 
 Example:
     >>> model = load_model("model.pt")                                        # doctest: +SKIP
@@ -20,16 +21,17 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
-from .contract import LoadedModel, ModelCard, model_input
+from .card import LoadedModel, ModelCard, model_input
 from .errors import Cancelled, InputError, ModelError
 from .geometry import SliceGrid
 from .runtime import (  # noqa: F401  (resolve_device, describe_device: re-exported, callers import them here)
-    choose_runtime,
+    RuntimeUsed,
     default_batch_size,
     describe_device,
     onnx_runner,
     resolve_device,
 )
+from .runtime_choice import choose_runtime
 
 if TYPE_CHECKING:
     import torch
@@ -111,6 +113,7 @@ def impute_slices(
     channels_last: Optional[bool] = None,
     spacing: Optional[tuple[float, float]] = None,
     runtime: str = "auto",
+    ran: Optional[Callable[[RuntimeUsed], None]] = None,
 ) -> np.ndarray:
     """Impute ``target`` from ``inputs`` (contrast → (S, H, W) float array in p99 units), slice by slice.
 
@@ -123,7 +126,8 @@ def impute_slices(
     (``auto``, ``fp32``, ``bf16``, ``fp16``) and ``channels_last`` (None = choose) set how the model runs
     (:func:`.acceleration.plan_inference`); ``batch_size=None`` picks a size for the device. Results do not
     depend on the batch size. ``runtime`` (``auto``, ``torch``, ``onnxruntime``, ``openvino``) picks what runs the
-    model (:func:`.runtime.choose_runtime`: on the CPU, ``auto`` is the fastest installed one).
+    model (:func:`.runtime_choice.choose_runtime`: on the CPU, ``auto`` is the fastest installed one); when every
+    slice is done, ``ran`` is told what ran them (:class:`.runtime.RuntimeUsed`, for the outputs' provenance).
     """
     card = model.card
     if target not in card.contrasts:
@@ -184,6 +188,8 @@ def impute_slices(
             if progress is not None:
                 done = start + max(0, len(empty) - 1)  # the copied empty slices count as done
                 progress(progress_offset + done, total)
+    if ran is not None:
+        ran(RuntimeUsed.of(model, name, plan.precision, device))
     return output
 
 

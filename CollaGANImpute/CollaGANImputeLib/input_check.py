@@ -26,8 +26,8 @@ from .geometry import canonical_spacing
 
 if TYPE_CHECKING:  # pragma: no cover - types only
 
+    from .card import ModelCard
     from .case import PreparedCase
-    from .contract import ModelCard
 
 
 PROFILE_VERSION = 1

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from .labels import METRIC_LABELS
 
 if TYPE_CHECKING:
-    from .contract import LoadedModel, ModelCard
+    from .card import LoadedModel, ModelCard
 
 CONTRAST_NAMES = {"t1n": "T1", "t1c": "T1+Gd", "t2w": "T2", "t2f": "T2-FLAIR"}
 #: (metric key, column title, digits) of the validation table, from the core's one table of labels

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .contract import LoadedModel
+from .card import LoadedModel
 from .resources import (  # noqa: F401  (re-exported: long-standing import path)
     MANIFEST,
     RESOURCES_ENV,

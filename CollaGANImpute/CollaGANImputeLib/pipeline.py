@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Un
 import numpy as np
 import SimpleITK as sitk
 
+from .card import LoadedModel, ModelCard
 from .case import ImputationResult, PreparedCase, prepare_case
 from .case_files import read_case, read_input
-from .contract import LoadedModel, ModelCard
 from .errors import Cancelled, InputError
 from .inference import CancelFlag, ProgressCallback, impute_slices, is_cancelled, resolve_device
 from .io import (
@@ -58,7 +58,7 @@ from .refusals import (
     refuse_unusable_inputs,
 )
 from .registration import RigidAlignment, register_rigid
-from .runtime import cuda_out_of_memory
+from .runtime import RuntimeUsed, cuda_out_of_memory
 from .uncertainty import (
     Member,
     disagreement,
@@ -142,6 +142,8 @@ class ImputationSteps:
         self.cases: dict[tuple[str, ...], PreparedCase] = {}
         self.warnings: list[str] = []  # what preparing the case found (field of view, input check, ...)
         self.notes: list[str] = []  # what the run itself did (the CPU fallback)
+        #: Per target, what ran its model passes (runtime, precision, device, file), in order; two after a fallback.
+        self.ran: dict[str, list[RuntimeUsed]] = {t: [] for t in self.inputs_by_target}
         self.done = 0  # slices done over every pass of every target
         self.total = 0  # known once the case is prepared
         self.result: Optional[ImputationResult] = None
@@ -201,7 +203,8 @@ class ImputationSteps:
                     yield Step("slices", target, self.done, self.total)
                 outputs.append(output)
             array = apply_outside_head(card, case.mask, outputs[0])
-            result.images[target] = label_synthetic(case.to_image(array), model, used, target, case)
+            result.images[target] = label_synthetic(case.to_image(array), model, used, target, case,
+                                                    self.ran[target])
             result.arrays[target] = array
             result.cases[target] = case
             if self.members[target]:
@@ -216,8 +219,12 @@ class ImputationSteps:
     def _predict(self, chunk: Mapping[str, np.ndarray], target: str, member: Optional[Member],
                  spacing: tuple[float, float], offset: int) -> np.ndarray:
         """One pass (the imputation, or an uncertainty ``member``) on a chunk of slices, with the CPU fallback."""
+        def ran(used: RuntimeUsed) -> None:  # each chunk reports; a change (the CPU fallback) adds a second entry
+            if used not in self.ran[target]:
+                self.ran[target].append(used)
+
         options = dict(batch_size=self.batch_size, precision=self.precision, runtime=self.runtime, spacing=spacing,
-                       cancel=self.cancel,
+                       cancel=self.cancel, ran=ran,
                        progress=self.progress, progress_offset=offset, progress_total=self.total)
         while True:
             try:

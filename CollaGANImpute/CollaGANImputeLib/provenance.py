@@ -14,22 +14,27 @@ import datetime
 import errno
 import json
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 import SimpleITK as sitk
 
 from ._version import __version__
+from .card import LoadedModel
 from .case import ImputationResult, PreparedCase
-from .contract import LoadedModel
 from .errors import OutputError
 from .io import OutputSet, PathLike, write_volume
 from .uncertainty import uncertainty_description
 
+if TYPE_CHECKING:
+    from .runtime import RuntimeUsed
+
 
 def synthetic_metadata(model: LoadedModel, inputs: Sequence[str], target: str,
-                       case: Optional[PreparedCase] = None) -> dict[str, str]:
+                       case: Optional[PreparedCase] = None, ran: Sequence[RuntimeUsed] = ()) -> dict[str, str]:
     """The labels every imputed volume carries (file header, JSON sidecar, Slicer node attributes); with the
-    prepared ``case``, also the input check's result and the warnings the case gave."""
+    prepared ``case``, also the input check's result and the warnings the case gave; with ``ran``, what ran the
+    model: runtime, precision, device and the SHA-256 of the file that ran (the ONNX export's for an ONNX runtime;
+    one value per run, joined by " | ", in the rare case the run moved, e.g. to the CPU out of GPU memory)."""
     labels = {
         "collagan_synthetic": "true",
         "collagan_target": target,
@@ -42,6 +47,10 @@ def synthetic_metadata(model: LoadedModel, inputs: Sequence[str], target: str,
     }
     if model.card.weights_sha256:
         labels["collagan_model_weights_sha256"] = model.card.weights_sha256
+    if ran:  # what ran the model (runtime.RuntimeUsed)
+        for key, attribute in (("runtime", "runtime"), ("precision", "precision"), ("device", "device"),
+                               ("runtime_file", "file"), ("runtime_sha256", "sha256")):
+            labels[f"collagan_{key}"] = " | ".join(getattr(used, attribute) for used in ran)
     if case is not None:
         check = case.input_check
         labels["collagan_input_check"] = check.status if check is not None else "not checked"
@@ -58,9 +67,9 @@ def synthetic_metadata(model: LoadedModel, inputs: Sequence[str], target: str,
 
 
 def label_synthetic(image: sitk.Image, model: LoadedModel, inputs: Sequence[str], target: str,
-                    case: Optional[PreparedCase] = None) -> sitk.Image:
+                    case: Optional[PreparedCase] = None, ran: Sequence[RuntimeUsed] = ()) -> sitk.Image:
     """Attach :func:`synthetic_metadata` to ``image`` (in place) and return it."""
-    for key, value in synthetic_metadata(model, inputs, target, case).items():
+    for key, value in synthetic_metadata(model, inputs, target, case, ran).items():
         image.SetMetaData(key, value)
     return image
 

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .contract import ModelCard
+from .card import ModelCard
 from .errors import InputError, OutputError
 from .io import PathLike, synthetic_label
 from .provenance import sidecar_path

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Optional
 from .errors import ModelError, NoBundledModelError, NoSampleCaseError
 
 if TYPE_CHECKING:
-    from .contract import LoadedModel
+    from .card import LoadedModel
 
 MANIFEST = "models.json"
 RESOURCES_ENV = "COLLAGAN_RESOURCES"

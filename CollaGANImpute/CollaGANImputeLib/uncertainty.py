@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .contract import LoadedModel
+from .card import LoadedModel
 from .inference import ProgressCallback, impute_slices
 
 #: Default members besides the delivered prediction: every smaller input subset, and the mirrored full input set.

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
 
 import SimpleITK as sitk
 
+from ..card import LoadedModel
 from ..case import ImputationResult
-from ..contract import LoadedModel
 from ..errors import Cancelled
 from ..inference import resolve_device
 from ..pipeline import ImputationSteps
@@ -57,7 +57,7 @@ class ChunkedImputation:
     cancel_flag: Optional[threading.Event] = None
     uncertainty: bool = False
     register: bool = False
-    runtime: str = "auto"  # what runs the model (runtime.choose_runtime)
+    runtime: str = "auto"  # what runs the model (runtime_choice.choose_runtime)
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.device)

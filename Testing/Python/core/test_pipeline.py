@@ -257,6 +257,9 @@ def test_out_of_memory_falls_back_to_the_cpu_the_same_way_for_impute_and_the_sli
                 assert job.device.type == "cpu" and len(job.notes) == 1 and said in job.notes[0]
         assert model.module.batches == [8, 4, 2, 1] if caller == "impute" else [4, 2, 1], model.module.batches
         np.testing.assert_array_equal(results[caller].arrays["t1c"], expected.arrays["t1c"])
+        image = results[caller].images["t1c"]  # the labels name what ran: the CPU, not the device asked for
+        assert [image.GetMetaData(f"collagan_{k}") for k in ("runtime", "device", "precision")] == ["torch", "cpu",
+                                                                                                   "fp32"]
     np.testing.assert_array_equal(sitk.GetArrayFromImage(results["impute"].images["t1c"]),
                                   sitk.GetArrayFromImage(results["job"].images["t1c"]))
 

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from CollaGANImputeLib import Cancelled, InputError, ModelError, load_model, runtime
-from CollaGANImputeLib.contract import model_input, read_card
+from CollaGANImputeLib import Cancelled, InputError, ModelError, load_model, runtime, runtime_choice
+from CollaGANImputeLib.acceleration import resolve_precision
+from CollaGANImputeLib.contract import ModelCard, model_input, read_card, save_model, save_onnx, sha256_of
 from CollaGANImputeLib.evaluate import score_imputation
 from CollaGANImputeLib.inference import impute_slices
 from CollaGANImputeLib.models import bundled_models, default_model
-from CollaGANImputeLib.pipeline import read_case
-from core_fixtures import REPO
+from CollaGANImputeLib.pipeline import impute_case, read_case
+from core_fixtures import CONTRASTS, REPO, TinyGenerator
 
 ONNX_RUNTIMES = [pytest.param(name, marks=pytest.mark.skipif(not runtime.installed(name), reason=f"{name} absent"))
                  for name in runtime.ONNX_RUNTIMES]
@@ -28,7 +29,7 @@ ONNX_RUNTIMES = [pytest.param(name, marks=pytest.mark.skipif(not runtime.install
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(runtime_choice.CACHE_ENV, str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +77,10 @@ def test_onnx_runtimes_score_as_the_torchscript_path_on_the_sample_case(bundled,
 
 def test_auto_measures_once_and_remembers_per_machine(bundled, tiny_model_path, monkeypatch, tmp_path):
     measured = []
-    real_measure = runtime.measure
-    monkeypatch.setattr(runtime, "measure", lambda model, names, precision="auto": measured.extend(names) or
+    real_measure = runtime_choice.measure
+    monkeypatch.setattr(runtime_choice, "measure", lambda model, names, precision="auto": measured.extend(names) or
                         real_measure(model, names, precision, rounds=2))
-    choice = runtime.choose_runtime(bundled, "auto", "cpu", "auto")
+    choice = runtime_choice.choose_runtime(bundled, "auto", "cpu", "auto")
     expected = ["torch"] + [r for r in runtime.ONNX_RUNTIMES if runtime.installed(r)]
     assert measured == expected and choice in expected
     cache = json.loads((tmp_path / "cache" / "runtimes.json").read_text())
@@ -87,9 +88,9 @@ def test_auto_measures_once_and_remembers_per_machine(bundled, tiny_model_path, 
     assert entry["fastest"] == choice and set(entry["ms_per_slice"]) == set(expected)
     assert min(entry["ms_per_slice"], key=entry["ms_per_slice"].get) == choice
     measured.clear()
-    assert runtime.choose_runtime(bundled, "auto", "cpu", "auto") == choice and measured == []  # remembered
+    assert runtime_choice.choose_runtime(bundled, "auto", "cpu", "auto") == choice and measured == []  # remembered
     # A model without an ONNX export runs on torch without measuring anything.
-    assert runtime.choose_runtime(load_model(tiny_model_path), "auto", "cpu") == "torch" and measured == []
+    assert runtime_choice.choose_runtime(load_model(tiny_model_path), "auto", "cpu") == "torch" and measured == []
 
 
 @pytest.mark.parametrize("name", ONNX_RUNTIMES)
@@ -112,6 +113,37 @@ def test_onnx_runtime_reports_progress_per_batch_and_stops_between_batches(bundl
     with pytest.raises(Cancelled):
         impute_slices(bundled, inputs, "t1c", batch_size=2, progress=progress, cancel=stop, runtime=name)
     assert calls == [2]
+
+
+@pytest.fixture
+def tiny_with_onnx(tmp_path):
+    """The tiny generator as a TorchScript file with its ONNX export beside it (the same weights and card)."""
+    torch.manual_seed(0)
+    generator = TinyGenerator()
+    path = tmp_path / "models" / "tiny.pt"
+    path.parent.mkdir()
+    save_model(generator, ModelCard(name="tiny-test", contrasts=CONTRASTS, licence="test only"), path)
+    save_onnx(generator, load_model(path).card, path.with_suffix(".onnx"), torch.rand(2, 6, 32, 32))
+    return load_model(path)
+
+
+@pytest.mark.parametrize("name", ["torch", *ONNX_RUNTIMES])
+def test_sidecars_say_what_ran_the_model(tiny_with_onnx, phantom_case, tmp_path, name):
+    """The synthetic volume's and the uncertainty map's sidecars name the runtime that ran, the precision it
+    ran at (never 'auto') and the SHA-256 of the file it ran: the ONNX export's, or the TorchScript file's."""
+    model = tiny_with_onnx
+    written = impute_case(phantom_case, model, out_dir=tmp_path / "out", targets=["t1c"], device="cpu",
+                          runtime=name, uncertainty=True, montage=False)
+    ran = model.path if name == "torch" else model.onnx
+    precision = (resolve_precision("auto", torch.device("cpu")) if name == "torch"
+                 else runtime.resolve_onnx_precision(name, "auto"))
+    for kind in ("synthetic", "uncertainty"):
+        sidecar = written["t1c"].with_name(f"case-001-t1c-{kind}-collagan.json")
+        record = json.loads(sidecar.read_text())
+        assert record["collagan_runtime"] == name and record["collagan_device"] == "cpu"
+        assert record["collagan_runtime_file"] == ran.name and record["collagan_runtime_sha256"] == sha256_of(ran)
+        assert record["collagan_precision"] == precision != "auto"
+    assert model.sha256 != model.onnx_sha256  # the two files differ: the recorded hash tells which ran
 
 
 def test_refusals_say_what_to_do(bundled, tiny_model_path):
@@ -157,7 +189,7 @@ def test_demo_runs_without_torch(tmp_path):
     code = ("import sys; sys.modules['torch'] = None\n"
             "from CollaGANImputeLib.cli import main\n"
             f"sys.exit(main(['demo', '--out', {str(tmp_path / 'out')!r}, '--threads', '1']))")
-    env = {**os.environ, runtime.CACHE_ENV: str(tmp_path / "cache"),
+    env = {**os.environ, runtime_choice.CACHE_ENV: str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join([str(REPO / "CollaGANImpute"), str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
