@@ -20,9 +20,10 @@ import hashlib
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
 import numpy as np
 
@@ -191,16 +192,47 @@ class ModelCard:
 
 @dataclass
 class LoadedModel:
-    """A checked model ready for inference."""
+    """A checked model ready for inference.
 
-    #: The TorchScript module; None where torch is not installed (the ONNX file runs instead).
-    module: Optional[torch.jit.ScriptModule]
+    The TorchScript module is loaded on first use of :attr:`module` (``loader``, which checks its weights' hash
+    before handing it out): a CPU run on an ONNX runtime needs neither torch nor the weights in memory.
+
+    Example:
+        >>> model = load_model("model.pt")                                 # doctest: +SKIP
+        >>> model.has_module, "torch" in sys.modules                       # doctest: +SKIP
+        (True, False)
+        >>> model.module(x)            # torch.jit.load and the weights check happen here    # doctest: +SKIP
+    """
+
     card: ModelCard
     path: Path
     sha256: str
     #: The ONNX export of the same weights (checked against the card), or None.
     onnx: Optional[Path] = None
     onnx_sha256: str = ""
+    #: Loads and checks the TorchScript module when :attr:`module` is first read; None: no module to load.
+    loader: Optional[Callable[[], torch.jit.ScriptModule]] = field(default=None, repr=False, compare=False)
+    _module: Optional[torch.jit.ScriptModule] = field(default=None, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    @property
+    def module(self) -> Optional[torch.jit.ScriptModule]:
+        """The TorchScript module, loaded (and its weights checked) on first use; None where torch is not
+        installed (the ONNX file runs instead). A damaged file raises :class:`.errors.ModelError` here."""
+        with self._lock:  # a GUI and its worker thread may ask at once: load once
+            if self._module is None and self.loader is not None:
+                self._module = self.loader()
+                self.loader = None
+            return self._module
+
+    @module.setter
+    def module(self, value: Optional[torch.jit.ScriptModule]) -> None:
+        self._module, self.loader = value, None
+
+    @property
+    def has_module(self) -> bool:
+        """Whether torch can run this model (a module loaded or to load), without loading it."""
+        return self._module is not None or self.loader is not None
 
 
 def model_input(images: ArrayT, available: Any, target: Any) -> ArrayT:

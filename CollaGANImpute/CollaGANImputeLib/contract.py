@@ -17,7 +17,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib.util
 import warnings
 import zipfile
 from pathlib import Path
@@ -155,12 +157,11 @@ def read_card(path: PathLike) -> ModelCard:
 
 
 def torch_available() -> bool:
-    """Whether torch can be imported (it is optional where an ONNX runtime runs the model)."""
+    """Whether torch can be imported (it is optional where an ONNX runtime runs the model); it is not imported."""
     try:
-        import torch  # noqa: F401
-    except ImportError:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules
         return False
-    return True
 
 
 def _load(path: PathLike, device: Union[str, torch.device]) -> tuple[torch.jit.ScriptModule, ModelCard]:
@@ -192,6 +193,15 @@ def _load(path: PathLike, device: Union[str, torch.device]) -> tuple[torch.jit.S
     return module, card
 
 
+def _load_checked(path: Path, device: Union[str, torch.device], card: ModelCard) -> torch.jit.ScriptModule:
+    """The module of ``path``, loaded when first used (:attr:`.card.LoadedModel.module`): :func:`_load` checks its
+    weights against the card's hash; the card must still be the one read at load time."""
+    module, loaded = _load(path, device)
+    if loaded.to_json() != card.to_json():
+        raise ModelError(f"{path} was replaced after it was loaded (its card differs): load the model again.")
+    return module.eval()
+
+
 def _check_sha(path: Path, expected: Optional[str]) -> str:
     digest = sha256_of(path) if path.is_file() else ""
     if expected is not None and digest != expected:
@@ -218,33 +228,33 @@ def load_model(
         device: where to put the weights.
         onnx_sha256: expected checksum of the ONNX file beside ``path`` (bundled models).
 
-    Without torch the TorchScript module is not loaded (``module`` is None): its card is read from the archive
-    and the ONNX file beside it must carry the same card. The ONNX file is refused when its card differs from the
-    TorchScript file's (another model's export, or an older one left behind).
+    The card is read from the archive (no torch); the TorchScript module is loaded, and its weights checked against
+    the card's hash, when ``module`` is first used (without torch it stays None and the ONNX file beside it runs).
+    The ONNX file is refused when its card differs from the TorchScript file's (another model's export, or an
+    older one left behind); with ``onnx_sha256`` its checksum stands for that check, made when it was bundled.
     """
     path = Path(path)
     digest = _check_sha(path, sha256)
     onnx_file: Optional[Path] = path if path.suffix == ".onnx" else onnx_path_for(path)
-    module = None
-    if path.suffix == ".onnx":
-        card = read_card(path)
-    elif torch_available():
-        module, card = _load(path, device)
-        module.eval()
-    else:
+    loader = None
+    if path.suffix != ".onnx":
         _check_file(path)
-        verify_archive(path)
-        card = read_card(path)
+        verify_archive(path)  # a flipped byte is refused now, before torch is needed
+    card = read_card(path)
+    if path.suffix != ".onnx" and torch_available():
+        loader = functools.partial(_load_checked, path, device, card)
     onnx_digest = digest if path.suffix == ".onnx" else ""
     if onnx_file is not None and onnx_file != path:
         if onnx_sha256 is not None or (onnx_file.is_file() and onnx_readable()):
             onnx_digest = _check_sha(onnx_file, onnx_sha256)  # a listed ONNX file that is missing is refused
-            if read_card(onnx_file).to_json() != card.to_json():  # JSON: a NaN metric equals itself
+            # A listed SHA-256 is of the file whose card was checked against the TorchScript file's when it was
+            # bundled: reading it again (import onnx, the whole graph) would check nothing more.
+            if onnx_sha256 is None and read_card(onnx_file).to_json() != card.to_json():  # JSON: NaN == NaN
                 raise ModelError(f"{onnx_file} does not carry the card of {path.name} (another model's export or an "
                                  "older one): export both again from one checkpoint, or remove the .onnx file.")
         else:
             onnx_file = None
-    if module is None and onnx_file is None:
+    if loader is None and onnx_file is None:
         raise ModelError(f"{path} is a TorchScript model and torch is not installed: install torch (pip install "
                          "'collagan-impute[torch]') or give a model with its ONNX export beside it.")
     if contrasts is not None:
@@ -254,4 +264,4 @@ def load_model(
                 f"Model '{card.name}' handles contrasts {card.contrasts}; {unknown} are not among them. "
                 "Rename the inputs to the model's contrast names or choose a model trained for them."
             )
-    return LoadedModel(module=module, card=card, path=path, sha256=digest, onnx=onnx_file, onnx_sha256=onnx_digest)
+    return LoadedModel(card=card, path=path, sha256=digest, onnx=onnx_file, onnx_sha256=onnx_digest, loader=loader)

@@ -127,11 +127,27 @@ def native_bf16() -> bool:
                                                         and "bf16" in flags)
 
 
+def nvidia_driver_loaded() -> bool:
+    """Whether a CUDA GPU may be usable here, known without importing torch: on Linux the NVIDIA driver must be
+    loaded (``/proc/driver/nvidia/version``, ``/dev/nvidia*``); elsewhere only torch can tell (True: ask it).
+
+    Example:
+        >>> nvidia_driver_loaded()        # a Linux machine without an NVIDIA GPU     # doctest: +SKIP
+        False
+    """
+    if platform.system() != "Linux":
+        return True
+    return Path("/proc/driver/nvidia/version").exists() or any(Path("/dev").glob("nvidia*"))
+
+
 def resolve_device(device: Union[str, torch.device, None] = "auto") -> Union[torch.device, str]:
     """``auto`` picks CUDA when a GPU is usable, else CPU; ``cuda`` without a GPU is refused clearly.
 
-    Without torch installed only the CPU is usable: ``auto`` and ``cpu`` give the string ``"cpu"``.
+    Without torch installed only the CPU is usable: ``auto`` and ``cpu`` give the string ``"cpu"``; so does
+    ``auto`` where no NVIDIA driver is loaded (:func:`nvidia_driver_loaded`), which spares importing torch.
     """
+    if (device is None or str(device) == "auto") and not nvidia_driver_loaded():
+        return "cpu"
     if not installed("torch"):
         if device is None or str(device) in ("auto", "cpu"):
             return "cpu"
@@ -153,7 +169,7 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> Union[tor
 
 def describe_device(device: Union[torch.device, str]) -> str:
     """What will run the model, for the user: GPU name and memory, or the CPU thread count."""
-    if str(device) == "cpu" and not installed("torch"):
+    if isinstance(device, str) and device == "cpu":  # resolve_device's string: torch is not needed to say it
         return f"CPU ({num_threads()} threads)"
     import torch
 

@@ -33,6 +33,7 @@ from .runtime import (
     describe_device,
     installed,
     num_threads,
+    nvidia_driver_loaded,
     onnx_runner,
     package_version,
     resolve_device,
@@ -48,15 +49,17 @@ CACHE_ENV = "COLLAGAN_CACHE_DIR"
 
 
 def torch_usable(model: LoadedModel) -> bool:
-    return model.module is not None and installed("torch")
+    """Whether torch can run ``model``: torch installed and a TorchScript module to load (neither is loaded here)."""
+    return model.has_module and installed("torch")
 
 
 def wants_cuda(device: Union[str, torch.device, None]) -> bool:
-    """Whether ``device`` names CUDA, or is ``auto`` with a usable GPU (asked of torch only where it is installed)."""
+    """Whether ``device`` names CUDA, or is ``auto`` with a usable GPU (asked of torch only where it is installed and
+    an NVIDIA driver is loaded: :func:`.runtime.nvidia_driver_loaded`)."""
     text = str(device or "auto")
     if text.startswith("cuda"):
         return True
-    if text == "auto" and installed("torch"):
+    if text == "auto" and installed("torch") and nvidia_driver_loaded():
         import torch
 
         return torch.cuda.is_available()
@@ -74,7 +77,7 @@ def choose_runtime(model: LoadedModel, runtime: str = "auto", device: Union[str,
         if not installed("torch"):
             raise InputError("The torch runtime (and CUDA) needs torch: pip install 'collagan-impute[torch]', or use "
                              "--runtime auto on the CPU.")
-        if model.module is None:
+        if not model.has_module:
             raise ModelError(f"{model.path} was loaded without its TorchScript module; load it again with torch.")
         return "torch"
     if runtime in ONNX_RUNTIMES:
@@ -147,6 +150,8 @@ def measure(model: LoadedModel, runtimes: list[str], precision: str = "auto", ro
     rounds that time every runtime once in turn, the best of each kept (another process slowing one round slows
     every runtime alike, and the best time is the least disturbed). A runtime that fails is left out."""
     x = _timing_input(model)
+    if "torch" in runtimes:
+        model.module  # noqa: B018  (loads it and checks its weights: a damaged file is refused, not passed over)
     runners = {}
     for name in runtimes:
         try:
