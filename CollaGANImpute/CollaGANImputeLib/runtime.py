@@ -39,6 +39,9 @@ ONNX_RUNTIMES = ("onnxruntime", "openvino")
 #: faster with larger batches); a GPU wants large batches to fill its cores.
 DEFAULT_BATCH = {"cpu": 4, "cuda": 32}
 _threads: Optional[int] = None
+#: Where Linux shows a loaded NVIDIA driver: without it no CUDA GPU is usable (:func:`nvidia_driver_loaded`).
+NVIDIA_DRIVER_VERSION = Path("/proc/driver/nvidia/version")
+DEVICE_FILES = Path("/dev")
 
 
 def default_batch_size(device: Union[str, torch.device, None]) -> int:
@@ -137,7 +140,7 @@ def nvidia_driver_loaded() -> bool:
     """
     if platform.system() != "Linux":
         return True
-    return Path("/proc/driver/nvidia/version").exists() or any(Path("/dev").glob("nvidia*"))
+    return NVIDIA_DRIVER_VERSION.exists() or any(DEVICE_FILES.glob("nvidia*"))
 
 
 def resolve_device(device: Union[str, torch.device, None] = "auto") -> Union[torch.device, str]:

@@ -21,7 +21,7 @@ from CollaGANImputeLib.evaluate import score_imputation
 from CollaGANImputeLib.inference import impute_slices
 from CollaGANImputeLib.models import bundled_models, default_model
 from CollaGANImputeLib.pipeline import impute_case, read_case
-from core_fixtures import CONTRASTS, REPO, TinyGenerator
+from core_fixtures import CONTRASTS, REPO, TinyGenerator, child_env
 
 ONNX_RUNTIMES = [pytest.param(name, marks=pytest.mark.skipif(not runtime.installed(name), reason=f"{name} absent"))
                  for name in runtime.ONNX_RUNTIMES]
@@ -202,3 +202,53 @@ def test_demo_runs_without_torch(tmp_path):
         reader.ReadImageInformation()
         assert "SYNTHETIC" in reader.GetMetaData("descrip").upper()
         assert json.loads(volume.with_name(volume.name.replace(".nii.gz", ".json")).read_text())["collagan_synthetic"]
+
+
+@pytest.mark.parametrize("name", ONNX_RUNTIMES)
+def test_cpu_imputation_on_an_onnx_runtime_imports_neither_torch_nor_onnx(phantom_case, tmp_path, name):
+    """torch and onnx are installed, yet the CLI loads the bundled model (card read from the archive, listed
+    SHA-256s checked), imputes on an ONNX runtime and labels the output synthetic without importing either."""
+    for contrast in ("t1c", "seg"):
+        (phantom_case / f"case-001-{contrast}.nii.gz").unlink()
+    out = tmp_path / "out"
+    code = ("import sys\n"
+            "from CollaGANImputeLib.cli import main\n"
+            f"status = main(['impute', {str(phantom_case)!r}, '--target', 't1c', '--runtime', {name!r}, "
+            f"'--out', {str(out)!r}])\n"
+            "print(status, 'torch' in sys.modules, 'onnx' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=child_env(**{runtime_choice.CACHE_ENV: str(tmp_path / "cache")}))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-3:] == ["0", "False", "False"], done.stdout[-2000:]
+    assert f"runtime {name} (asked for)" in done.stderr
+    record = json.loads((out / "case-001-t1c-synthetic-collagan.json").read_text())
+    assert record["collagan_runtime"] == name and record["collagan_runtime_file"].endswith(".onnx")
+    assert sitk.ReadImage(str(out / "case-001-t1c-synthetic-collagan.nii.gz")).GetSize() == (40, 48, 12)
+
+
+def test_the_torchscript_module_loads_on_first_use(bundled, tiny_model_path):
+    """load_model reads the card alone; the module is loaded (and its weights checked) when first used, once."""
+    model = load_model(tiny_model_path)
+    assert model.has_module and model.loader is not None
+    module = model.module
+    assert isinstance(module, torch.jit.ScriptModule) and model.module is module and model.loader is None
+    assert runtime_choice.torch_usable(model)
+
+
+def test_auto_asks_torch_about_cuda_only_where_an_nvidia_driver_is_loaded(monkeypatch, tmp_path):
+    """Without the driver's files a GPU cannot be usable: ``auto`` is the CPU without asking torch (whose answer
+    here is forced to yes, so that asking it would show); with them, torch is asked as before."""
+    monkeypatch.setattr(runtime.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(runtime, "NVIDIA_DRIVER_VERSION", tmp_path / "proc" / "version")
+    monkeypatch.setattr(runtime, "DEVICE_FILES", tmp_path / "dev")
+    (tmp_path / "dev").mkdir()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert not runtime.nvidia_driver_loaded()
+    assert runtime_choice.wants_cuda("auto") is False and runtime.resolve_device("auto") == "cpu"
+    assert runtime_choice.wants_cuda("cuda:0") is True
+    (tmp_path / "dev" / "nvidiactl").touch()
+    assert runtime.nvidia_driver_loaded() and runtime_choice.wants_cuda("auto") is True
+    (tmp_path / "dev" / "nvidiactl").unlink()
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module\n")
+    assert runtime_choice.wants_cuda("auto") is True
