@@ -147,10 +147,12 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> Union[tor
     """``auto`` picks CUDA when a GPU is usable, else CPU; ``cuda`` without a GPU is refused clearly.
 
     Without torch installed only the CPU is usable: ``auto`` and ``cpu`` give the string ``"cpu"``; so does
-    ``auto`` where no NVIDIA driver is loaded (:func:`nvidia_driver_loaded`), which spares importing torch.
+    ``auto`` where no NVIDIA driver is loaded (:func:`nvidia_driver_loaded`) and torch is not imported yet, which
+    spares importing it.
     """
     if (device is None or str(device) == "auto") and not nvidia_driver_loaded():
-        return "cpu"
+        # torch's device where torch is loaded already (its callers want one); else the string, sparing the import
+        return resolve_device("cpu") if "torch" in _loaded_modules() else "cpu"
     if not installed("torch"):
         if device is None or str(device) in ("auto", "cpu"):
             return "cpu"

@@ -244,7 +244,7 @@ def test_auto_asks_torch_about_cuda_only_where_an_nvidia_driver_is_loaded(monkey
     (tmp_path / "dev").mkdir()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert not runtime.nvidia_driver_loaded()
-    assert runtime_choice.wants_cuda("auto") is False and runtime.resolve_device("auto") == "cpu"
+    assert runtime_choice.wants_cuda("auto") is False and str(runtime.resolve_device("auto")) == "cpu"
     assert runtime_choice.wants_cuda("cuda:0") is True
     (tmp_path / "dev" / "nvidiactl").touch()
     assert runtime.nvidia_driver_loaded() and runtime_choice.wants_cuda("auto") is True
