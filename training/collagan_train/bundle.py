@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from CollaGANImputeLib.atomic import atomic_path, write_text_atomic
-from CollaGANImputeLib.contract import onnx_path_for, sha256_of
+from CollaGANImputeLib.contract import onnx_path_for, read_card, sha256_of
 
 from .choose import named_run
 from .data_loader import REPO_ROOT, lgg_folder_or_exit
@@ -118,6 +118,10 @@ def install(model: Path, version: str, name: str = MODEL_NAME, models_dir: Path 
     entry["sha256"] = sha
     onnx = onnx_path_for(model)
     if onnx.is_file():  # the ONNX export of the same weights, named like the model file (models.py checks it)
+        # Loading trusts the listed SHA-256 instead of reading the ONNX card again: the cards must agree now.
+        if read_card(onnx).to_json() != read_card(model).to_json():
+            raise SystemExit(f"{onnx} does not carry the card of {Path(model).name} (another model's export or an "
+                             "older one): export both again from one checkpoint; nothing was installed.")
         entry["onnx"], entry["onnx_sha256"] = Path(entry["file"]).with_suffix(".onnx").name, sha256_of(onnx)
     else:
         entry.pop("onnx", None)

@@ -84,6 +84,15 @@ def test_install_replaces_the_bundled_model_its_sha_and_card_header(tiny_cfg, sa
     with pytest.raises(SystemExit, match="no model named 'nobody'"):
         install(model, "v9", name="nobody", models_dir=models)
     assert (models / "collagan_lgg_t1n_t1c_t2f.pt").read_bytes() == b"the old model"
+    # An ONNX file that is another model's export is refused: its listed SHA-256 will stand for the card check.
+    other = tmp_path / "other" / "model.pt"
+    other.parent.mkdir()
+    shutil.copyfile(model, other)
+    shutil.copyfile(MODELS_DIR / "collagan_lgg_t1n_t1c_t2f.onnx", other.with_suffix(".onnx"))
+    with pytest.raises(SystemExit, match="does not carry the card of model.pt.*nothing was installed"):
+        install(other, "v9", models_dir=models)
+    assert (models / "collagan_lgg_t1n_t1c_t2f.pt").read_bytes() == b"the old model"
+    assert json.loads((models / "models.json").read_text()) == json.loads((MODELS_DIR / "models.json").read_text())
 
     sha = install(model, "v9", models_dir=models)
     assert sha == sha256_of(model)
