@@ -48,6 +48,7 @@ from .onnx_file import (  # noqa: F401  (re-exported, as above)
     onnx_readable,
     save_onnx,
 )
+from .runtime import torch_threads
 
 if TYPE_CHECKING:  # torch is optional on the CPU path: imported where a function needs it
     import torch
@@ -167,6 +168,7 @@ def torch_available() -> bool:
 def _load(path: PathLike, device: Union[str, torch.device]) -> tuple[torch.jit.ScriptModule, ModelCard]:
     import torch
 
+    torch_threads()  # --threads, set before torch was imported
     path = Path(path)
     _check_file(path)
     verify_archive(path)

@@ -62,7 +62,14 @@ def set_num_threads(threads: int) -> None:
     """CPU threads for every runtime (``--threads``): torch's where torch is installed, and the ONNX runtimes'."""
     global _threads
     _threads = int(threads)
-    if importlib.util.find_spec("torch") is not None:
+    if "torch" in _loaded_modules():  # else torch gets them when a model is loaded for it (torch_threads)
+        torch_threads()
+
+
+def torch_threads() -> None:
+    """Give torch the threads of :func:`set_num_threads`, if set: called where torch is imported to run a model, so
+    that ``--threads`` on an ONNX runtime does not import torch."""
+    if _threads is not None:
         import torch
 
         torch.set_num_threads(_threads)

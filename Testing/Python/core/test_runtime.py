@@ -214,13 +214,13 @@ def test_cpu_imputation_on_an_onnx_runtime_imports_neither_torch_nor_onnx(phanto
     code = ("import sys\n"
             "from CollaGANImputeLib.cli import main\n"
             f"status = main(['impute', {str(phantom_case)!r}, '--target', 't1c', '--runtime', {name!r}, "
-            f"'--out', {str(out)!r}])\n"
+            f"'--threads', '1', '--out', {str(out)!r}])\n"
             "print(status, 'torch' in sys.modules, 'onnx' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env=child_env(**{runtime_choice.CACHE_ENV: str(tmp_path / "cache")}))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-3:] == ["0", "False", "False"], done.stdout[-2000:]
-    assert f"runtime {name} (asked for)" in done.stderr
+    assert f"runtime {name} (asked for)" in done.stderr and ", 1 thread)" in done.stderr
     record = json.loads((out / "case-001-t1c-synthetic-collagan.json").read_text())
     assert record["collagan_runtime"] == name and record["collagan_runtime_file"].endswith(".onnx")
     assert sitk.ReadImage(str(out / "case-001-t1c-synthetic-collagan.nii.gz")).GetSize() == (40, 48, 12)
@@ -233,6 +233,22 @@ def test_the_torchscript_module_loads_on_first_use(bundled, tiny_model_path):
     module = model.module
     assert isinstance(module, torch.jit.ScriptModule) and model.module is module and model.loader is None
     assert runtime_choice.torch_usable(model)
+
+
+def test_threads_set_before_torch_is_imported_reach_it_when_a_model_is_loaded(tiny_model_path):
+    """``--threads`` does not import torch; the first model loaded for torch gives torch those threads."""
+    code = ("import sys\n"
+            "from CollaGANImputeLib import runtime\n"
+            "from CollaGANImputeLib.contract import load_model\n"
+            "runtime.set_num_threads(1)\n"
+            f"model = load_model({str(tiny_model_path)!r})\n"
+            "print('torch' in sys.modules)\n"
+            "model.module\n"
+            "import torch\n"
+            "print(torch.get_num_threads(), runtime.num_threads())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "1", "1"]
 
 
 def test_auto_asks_torch_about_cuda_only_where_an_nvidia_driver_is_loaded(monkeypatch, tmp_path):
