@@ -531,8 +531,12 @@ class Solver:
             if not main:
                 continue
             bar.update(1)
-            bar.set_postfix(phase=out["phase"], g=f"{out.get('loss_g', float('nan')):.3f}",
-                            d=f"{out.get('loss_d', float('nan')):.3f}", s_it=f"{np.mean(window):.2f}")
+            # Only what this run trains: no discriminator loss (or phase) when no discriminator is trained.
+            postfix = {"phase": out["phase"]} if self.warmup else {}
+            postfix["g"] = f"{out.get('loss_g', float('nan')):.3f}"
+            if "loss_d" in out:
+                postfix["d"] = f"{out['loss_d']:.3f}"
+            bar.set_postfix(**postfix, s_it=f"{np.mean(window):.2f}")
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 self._log("log.csv", LOG_FIELDS, dict(out, step=self.step, epoch=self.epoch,
                                                        lr_g=self.sched_g.get_last_lr()[0],
