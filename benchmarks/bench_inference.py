@@ -46,7 +46,6 @@ import torch
 from benchlib import (
     BRATS_SHAPE,
     CpuLoad,
-    cpu_name,
     load_weights,
     matmul_gflops,
     model_gflop,
@@ -317,7 +316,7 @@ def report(args, weights, options, gflop, peaks, others, e2e, quality_targets) -
                                                                   "infer_s", "write_s") if k in r)
             print(f"  {mode:8s} total {r['total_s']:.2f} s ({stages}); peak RSS {r['peak_rss_mb']:.0f} MB; "
                   f"others used {r['others_cores']:.2f} cores")
-    return {"machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"machine": {"cpu": runtime.cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                         "native_bf16": cpu_has_native_bf16(), "python": platform.python_version()},
             "weights": weights.source, "gflop_per_slice": gflop, "matmul_gflops": peaks,
             "others_cores": others, "rows": rows, "quality_targets": quality_targets, "end_to_end": e2e}
@@ -346,8 +345,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         return
     wall = time.perf_counter()
     weights = load_weights(args.checkpoint)
-    print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, native bf16 "
-          f"{cpu_has_native_bf16()}; weights: {weights.source}")
+    print(f"machine: {runtime.cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"native bf16 {cpu_has_native_bf16()}; weights: {weights.source}")
     if not weights.trained:
         print("note: random weights - the quality check must be re-run on the bundled model")
     if args.wait_quiet > 0:

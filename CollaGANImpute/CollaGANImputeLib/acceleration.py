@@ -25,41 +25,22 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import platform
 import warnings
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
 
 from .errors import InputError
+from .runtime import native_bf16
 
 #: Accepted values of the ``precision`` argument.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-#: Slices per batch when the caller lets us choose (``batch_size=None``). On a CPU a TorchScript model runs one
-#: slice per call anyway (the batch only sets how often progress and cancel are checked); a GPU wants large
-#: batches to fill its cores.
-DEFAULT_BATCH = {"cpu": 4, "cuda": 32}
-
-
 # --------------------------------------------------------------------------------------------- capabilities
-
-
-def _cpu_flags() -> set[str]:
-    """CPU feature flags from /proc/cpuinfo (Linux); empty elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,10 +58,7 @@ def cpu_has_native_bf16() -> bool:
             return False
     except (AttributeError, RuntimeError):  # older torch without the probe
         return False
-    flags = _cpu_flags()
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        return "bf16" in flags
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return native_bf16()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -98,11 +76,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu" and cpu_has_native_bf16():
         return "bf16"
     return "fp32"
-
-
-def default_batch_size(device: torch.device) -> int:
-    """Slices per model call when the caller does not choose (see :data:`DEFAULT_BATCH`)."""
-    return DEFAULT_BATCH.get(device.type, 8)
 
 
 # ------------------------------------------------------------------------------------------------ run time

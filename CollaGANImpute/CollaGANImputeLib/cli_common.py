@@ -12,7 +12,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .errors import InputError
 
@@ -88,23 +88,20 @@ def _device(value: str) -> str:
     return value
 
 
-def _positive(value: str) -> int:
-    """argparse type of --threads and --batch-size."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a positive whole number")
-    return number
+def _whole_number(minimum: int, refusal: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``, else a usage error ``'<value>' <refusal>``."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = minimum - 1
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"'{value}' {refusal}")
+        return number
+
+    return parse
 
 
-def _non_negative_int(value: str) -> int:
-    """argparse type of --idle-timeout."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a whole number of seconds (0 or more)")
-    return number
+_positive = _whole_number(1, "is not a positive whole number")  # --threads, --batch-size
+_non_negative_int = _whole_number(0, "is not a whole number of seconds (0 or more)")  # --idle-timeout

@@ -100,6 +100,7 @@ def installed(name: str) -> bool:
         return False
 
 
+@functools.cache  # fixed for the process; asked on every imputation call
 def package_version(package: str) -> str:
     try:
         return importlib.metadata.version(package)
@@ -107,18 +108,20 @@ def package_version(package: str) -> str:
         return "absent"
 
 
-def cpu_flags() -> set[str]:
+@functools.lru_cache(maxsize=1)  # the CPU does not change while the process runs
+def cpu_flags() -> frozenset[str]:
     """CPU feature flags from /proc/cpuinfo (Linux); empty elsewhere."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
+@functools.lru_cache(maxsize=1)  # the CPU does not change while the process runs
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 
+from .atomic import write_text_atomic
 from .errors import InputError, ModelError
 from .runtime import (
     ONNX_RUNTIMES,
@@ -191,12 +192,7 @@ def fastest_runtime(model: LoadedModel, candidates: list[str], precision: str = 
     known[key] = {"fastest": fastest, "ms_per_slice": {k: round(v * 1000, 1) for k, v in timings.items()},
                   "cpu": cpu_name(), "threads": num_threads()}
     try:
-        from .io import OutputSet
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with OutputSet() as outputs:
-            outputs.stage(path, lambda tmp: Path(tmp).write_text(json.dumps(known, indent=2)))
-            outputs.commit()
+        write_text_atomic(path, json.dumps(known, indent=2))
     except OSError:
         pass  # a read-only home: measured again next time
     return fastest

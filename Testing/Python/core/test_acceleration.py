@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from CollaGANImputeLib import InputError, ModelCard, ModelError, acceleration, load_model, prepare_case, save_model
+from CollaGANImputeLib import (
+    InputError,
+    ModelCard,
+    ModelError,
+    acceleration,
+    load_model,
+    prepare_case,
+    runtime,
+    save_model,
+)
 from CollaGANImputeLib.acceleration import plan_inference, resolve_precision
 from CollaGANImputeLib.ccnr_export import count_fast_units, optimize_for_inference
 from CollaGANImputeLib.inference import build_input, impute_slices
@@ -121,11 +130,11 @@ def test_auto_falls_back_to_fp32_without_native_bf16(models, sample, monkeypatch
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch):
     acceleration.cpu_has_native_bf16.cache_clear()
     try:
-        monkeypatch.setattr(acceleration.platform, "machine", lambda: "x86_64")
-        monkeypatch.setattr(acceleration, "_cpu_flags", lambda: {"avx512f", "avx512bw", "avx512vl"})
+        monkeypatch.setattr(runtime.platform, "machine", lambda: "x86_64")
+        monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512bw", "avx512vl"})
         assert not acceleration.cpu_has_native_bf16(), "AVX-512 without BF16 only emulates bf16: stay fp32"
         acceleration.cpu_has_native_bf16.cache_clear()
-        monkeypatch.setattr(acceleration, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+        monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
         assert acceleration.cpu_has_native_bf16() == torch.ops.mkldnn._is_mkldnn_bf16_supported()
     finally:
         acceleration.cpu_has_native_bf16.cache_clear()

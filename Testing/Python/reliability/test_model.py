@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,17 @@ class Counting(torch.nn.Module):
 
 def _images():
     return {c: make_image(head_phantom(seed=i)) for i, c in enumerate(["t1n", "t2f"])}
+
+
+def _case_folder(tmp_path: Path) -> Path:
+    """The phantom inputs written as a BraTS-named case folder."""
+    import SimpleITK as sitk
+
+    case = tmp_path / "case"
+    case.mkdir()
+    for contrast, image in _images().items():
+        sitk.WriteImage(image, str(case / f"case-{contrast}.nii.gz"))
+    return case
 
 
 def _save(tmp_path, module, name="m.pt", **card):
@@ -58,12 +70,7 @@ def test_wrong_channel_count_is_a_model_error(tmp_path, capsys):
                path)
     with pytest.raises(ModelError, match="does not match its card"):
         impute(_images(), load_model(path), targets=["t1c"], device="cpu")
-    case = tmp_path / "case"
-    case.mkdir()
-    for contrast, image in _images().items():
-        import SimpleITK as sitk
-
-        sitk.WriteImage(image, str(case / f"case-{contrast}.nii.gz"))
+    case = _case_folder(tmp_path)
     assert main(["impute", str(case), "--model", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) \
         == EXIT_MODEL
     assert "does not match its card" in capsys.readouterr().err
@@ -143,12 +150,7 @@ def test_changed_weights_with_valid_crcs_fail_the_weights_hash(tmp_path):
         impute(_images(), model, targets=["t1c"], device="cpu", runtime="torch")
     with pytest.raises(ModelError, match="weights do not match"):
         model.module  # noqa: B018  (asked again: refused again, never handed out)
-    case = tmp_path / "case"
-    case.mkdir()
-    for contrast, image in _images().items():
-        import SimpleITK as sitk
-
-        sitk.WriteImage(image, str(case / f"case-{contrast}.nii.gz"))
+    case = _case_folder(tmp_path)
     assert main(["impute", str(case), "--model", str(target), "--out", str(tmp_path / "out"), "--device", "cpu"]) \
         == EXIT_MODEL
     assert not (tmp_path / "out").exists()
