@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Optional, TypeVar
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -113,12 +113,22 @@ def from_canonical_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image
     image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
     code = _orientation(reference)
     if code != CANONICAL_ORIENTATION:
-        image.CopyInformation(sitk.DICOMOrient(reference, CANONICAL_ORIENTATION))
+        image.CopyInformation(sitk.DICOMOrient(_geometry_of(reference), CANONICAL_ORIENTATION))
         image = sitk.DICOMOrient(image, code)
     if image.GetSize() != reference.GetSize():  # pragma: no cover - DICOMOrient only permutes/flips
         raise AssertionError("re-orientation changed the volume size")
     image.CopyInformation(reference)  # exact copy: removes rounding of origin/direction
     return image
+
+
+def _geometry_of(image: sitk.Image, size: Optional[Sequence[int]] = None) -> sitk.Image:
+    """A blank one-byte image with ``image``'s origin, spacing and direction (and size, or ``size``): where only the
+    geometry of a re-oriented volume is wanted, re-orienting this costs a fraction of re-orienting the voxels."""
+    blank = sitk.Image([int(n) for n in (size or image.GetSize())], sitk.sitkUInt8)
+    blank.SetOrigin(image.GetOrigin())
+    blank.SetSpacing(image.GetSpacing())
+    blank.SetDirection(image.GetDirection())
+    return blank
 
 
 def _center_offsets(current: int, target: int) -> tuple[int, int]:
@@ -167,7 +177,7 @@ SPACING_TOLERANCE = 0.1
 def canonical_spacing(image: sitk.Image) -> tuple[float, float]:
     """In-plane spacing (mm) of :func:`to_canonical_array`'s slices: (rows, columns) = (P, L) of the LPS volume."""
     spacing = image.GetSpacing() if _orientation(image) == CANONICAL_ORIENTATION else sitk.DICOMOrient(
-        image, CANONICAL_ORIENTATION).GetSpacing()
+        _geometry_of(image, [1] * image.GetDimension()), CANONICAL_ORIENTATION).GetSpacing()
     return (float(spacing[1]), float(spacing[0]))
 
 

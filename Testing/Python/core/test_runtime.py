@@ -115,6 +115,29 @@ def test_onnx_runtime_reports_progress_per_batch_and_stops_between_batches(bundl
     assert calls == [2]
 
 
+@pytest.mark.parametrize("name", ONNX_RUNTIMES)
+def test_onnx_engines_run_a_batch_side_by_side_with_each_slice_as_alone(bundled, name):
+    runner = runtime._compiled(str(bundled.onnx), bundled.onnx_sha256, name, "fp32", 2)
+    assert len(runner.engines) == 2  # one single-threaded engine per thread
+    x = np.zeros((5, 6, 256, 256), dtype=np.float32)
+    x[:, :2] = np.random.default_rng(2).random((5, 2, 256, 256), dtype=np.float32)
+    x[:, 5] = 1
+    batch = runner(x)
+    alone = np.concatenate([runner(x[i:i + 1]) for i in range(5)])
+    reversed_batch = runner(np.ascontiguousarray(x[::-1]))[::-1]
+    np.testing.assert_array_equal(batch, alone)  # bit for bit: whichever engine ran a slice, whatever the batch
+    np.testing.assert_array_equal(batch, reversed_batch)
+    assert len({float(np.abs(batch[i]).sum()) for i in range(5)}) == 5  # every slice its own output, in order
+    results: dict[int, np.ndarray] = {}
+    callers = [threading.Thread(target=lambda k=k: results.__setitem__(k, runner(x[k:k + 3]))) for k in (0, 2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    np.testing.assert_array_equal(results[0], batch[0:3])  # two callers at once each get their own slices
+    np.testing.assert_array_equal(results[2], batch[2:5])
+
+
 @pytest.fixture
 def tiny_with_onnx(tmp_path):
     """The tiny generator as a TorchScript file with its ONNX export beside it (the same weights and card)."""
