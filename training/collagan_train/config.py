@@ -76,6 +76,7 @@ class TrainConfig:
     g_levels: int = 5
     g_voxel_prior: bool = False     # U-Net adds to the fixed voxel-regression polynomial (not in the paper)
     g_input_coefficients: bool = False  # per-pixel coefficients on the raw inputs carry their level (model.py)
+    g_prior_mix: Optional[List[float]] = None  # with g_voxel_prior: the U-Net's share per target (blend.py)
     init_g: str = ""                # warm start: G weights from this training checkpoint (D, optimizers fresh)
     d_dropout: float = 0.5
     d_sigmoid: bool = True          # Table 3 ends D_gan with a sigmoid

@@ -162,6 +162,15 @@ def write_onnx(model: torch.nn.Module, pt: Path, n_contrasts: int) -> Path:
     return path
 
 
+def prior_words(cfg: TrainConfig) -> str:
+    """How the generator's voxel-regression polynomial enters its output, for the card."""
+    if not cfg.g_prior_mix:
+        return ", added to a fixed voxel-regression polynomial"
+    shares = ", ".join(f"{c} {m:.2f}" for c, m in zip(cfg.contrasts, cfg.g_prior_mix))
+    return (", blended per target with a fixed voxel-regression polynomial (the U-Net's share of the image: "
+            f"{shares}; the rest is the polynomial)")
+
+
 def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, metrics: Optional[dict] = None,
                       description: str = "", optimize: bool = True, input_profile: Optional[dict] = None,
                       about: Optional[dict] = None, training_overrides: Optional[dict] = None,
@@ -195,10 +204,11 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
         pixel_spacing=tuple(profile.get("pixel_spacing") or DEFAULT_PIXEL_SPACING),
         input_profile=profile,
         architecture={"generator": "CCNR U-Net (CollaGAN CVPR 2019 Table 2)" + (
-                          " added to a fixed voxel-regression polynomial" if cfg.g_voxel_prior else "") + (
-                          " plus per-pixel coefficients on the inputs" if cfg.g_input_coefficients else ""),
+                          " plus per-pixel coefficients on the inputs" if cfg.g_input_coefficients else "") + (
+                          prior_words(cfg) if cfg.g_voxel_prior else ""),
                       "base_channels": cfg.g_base, "levels": cfg.g_levels, "parameters": count_parameters(g),
                       "voxel_prior": cfg.g_voxel_prior, "input_coefficients": cfg.g_input_coefficients,
+                      **({"unet_share": dict(zip(cfg.contrasts, cfg.g_prior_mix))} if cfg.g_prior_mix else {}),
                       "input": f"(B, {2 * len(cfg.contrasts)}, H, W): contrasts + one-hot target planes",
                       "any_size": f"H, W divisible by {2 ** (cfg.g_levels - 1)}"},
         training={"data": DATA, "split": f"{cfg.split_file}: {len(split.get('train', []))} train / "
@@ -222,6 +232,7 @@ def export_checkpoint(checkpoint: str, out: str, name: Optional[str] = None, met
                   **({"weight_mean_of": weight_mean_of(state["averaged_from"]),
                       "recipe_of": "the last generator of weight_mean_of (steps, losses, augmentation above)"}
                      if "averaged_from" in state else {}),
+                  **({"blend": state["blended_from"]} if "blended_from" in state else {}),
                   **(training_overrides or {})},
         outside_head=cfg.outside_head,
         licence=LICENCE,

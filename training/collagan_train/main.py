@@ -127,7 +127,20 @@ def main(argv: Optional[List[str]] = None) -> None:
                        help="override a setting (value parsed as JSON) in every stage, e.g. --set steps=2000")
     train.add_argument("--resume", help="checkpoint to continue exactly (its config, then --set)")
     train.set_defaults(func=cmd_train)
-    from . import average, baselines, bundle, choose, evaluate, export, finetune, prepare, prepare_lgg, report, select
+    from . import (
+        average,
+        baselines,
+        blend,
+        bundle,
+        choose,
+        evaluate,
+        export,
+        finetune,
+        prepare,
+        prepare_lgg,
+        report,
+        select,
+    )
     prepare.add_parser(sub)
     prepare_lgg.add_parser(sub)
     finetune.add_parser(sub)
@@ -138,6 +151,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     choose.add_parser(sub)
     select.add_parser(sub)
     average.add_parser(sub)
+    blend.add_parser(sub)
     bundle.add_parser(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the commands.txt records

@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -60,21 +60,32 @@ class Generator(nn.Module):
     on LGG heads (~0.4 of p99) also for a brain-only scan (~0.7); the coefficients carry the level through, as a
     voxel regression does, but are the network's own per-pixel choice (nothing fixed anchors the output to an
     input). The coefficient layer starts at zero, so a warm-started generator starts where it was.
+
+    ``prior_mix`` (with ``voxel_prior``; not in the paper) blends instead of adding: per target, the output is
+    ``share * U-Net + (1 - share) * polynomial``, ``share`` being that target's entry (a fixed buffer; the
+    one-hot target planes pick it). Why: a trained generator and the voxel regression err differently, so a
+    blend can be more accurate than either, and the share says per target how much of the image is the
+    network's (``python -m training.collagan_train.main blend``).
     """
 
-    __constants__ = ["voxel_prior", "input_coefficients"]  # TorchScript compiles only the branches in use
+    __constants__ = ["voxel_prior", "input_coefficients", "mixed"]  # TorchScript compiles the branches in use
 
     def __init__(self, n_contrasts: int, base: int = 16, levels: int = 5, voxel_prior: bool = False,
-                 input_coefficients: bool = False) -> None:
+                 input_coefficients: bool = False, prior_mix: Optional[Sequence[float]] = None) -> None:
         super().__init__()
         if levels < 2:
             raise ValueError("The generator needs at least 2 levels.")
+        if prior_mix is not None and (not voxel_prior or len(prior_mix) != n_contrasts):
+            raise ValueError("prior_mix needs voxel_prior=True and one share per contrast.")
         self.n_contrasts = n_contrasts
         self.levels = levels
         self.voxel_prior = voxel_prior
         self.input_coefficients = input_coefficients
+        self.mixed = prior_mix is not None
         if voxel_prior:  # coefficients are a buffer: set by start_from_voxel_prior or loaded with the state dict
             self.prior = VoxelRegression(torch.zeros(n_contrasts, 2**n_contrasts, n_features(n_contrasts)))
+        if prior_mix is not None:
+            self.register_buffer("mix", torch.tensor([float(m) for m in prior_mix]))
         widths = [base * 2**i for i in range(levels)]
         self.encoders = nn.ModuleList()
         in_ch = 2 * n_contrasts
@@ -118,6 +129,10 @@ class Generator(nn.Module):
         if self.input_coefficients:  # missing slots are zero, so their coefficients do not matter
             out = out + (self.coef(x) * inputs[:, :self.n_contrasts]).sum(dim=1, keepdim=True)
         if self.voxel_prior:
+            if self.mixed:  # the target's share: its one-hot plane (ones over the field) picks its entry
+                n = self.n_contrasts
+                share = (inputs[:, n:2 * n].mean(dim=(2, 3)) * self.mix).sum(dim=1)[:, None, None, None]
+                return share * out + (1 - share) * self.prior(inputs)
             return self.prior(inputs) + out
         return out
 

@@ -51,7 +51,7 @@ def generator_from_checkpoint(state: dict) -> Tuple[Generator, TrainConfig]:
     in eval mode, with that config."""
     cfg = TrainConfig(**state["config"]).with_method()
     generator = Generator(len(cfg.contrasts), cfg.g_base, cfg.g_levels, cfg.g_voxel_prior,
-                          cfg.g_input_coefficients)
+                          cfg.g_input_coefficients, cfg.g_prior_mix)
     generator.load_state_dict(generator_weights(state))
     return generator.eval(), cfg
 
@@ -114,7 +114,7 @@ class Solver:
         self.n = len(cfg.contrasts)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (and broadcast below)
         self.G = Generator(self.n, cfg.g_base, cfg.g_levels, cfg.g_voxel_prior,
-                           cfg.g_input_coefficients).to(self.device)
+                           cfg.g_input_coefficients, cfg.g_prior_mix).to(self.device)
         self.D = Discriminator(self.n, cfg.d_dropout, cfg.d_sigmoid).to(self.device)
         # warm_start=False (a resume): every weight, the prior's included, comes from the checkpoint instead.
         fit_prior = cfg.g_voxel_prior and warm_start

@@ -1,0 +1,117 @@
+"""Blend a trained generator with the voxel regression, per target: ``share * U-Net + (1 - share) * polynomial``.
+
+A CollaGAN generator and the voxel-regression baseline (a quadratic polynomial of the inputs) make different
+errors, so a blend of the two can be more accurate than either; the share says, per target, how much of the image
+is the network's. The polynomial is fitted here by least squares on the training patients of ``--config`` (the
+set-aside patients left out, so that shares can be chosen on them), and the result is a generator snapshot like
+any other (``G`` with the polynomial and the shares as buffers; ``config`` with ``g_voxel_prior`` and
+``g_prior_mix``), which ``export``, ``select`` and ``evaluate`` take. ``--choose`` picks the shares on the
+set-aside patients (:mod:`.mix_choice`) instead of taking them from ``--mix``.
+
+Example:
+    python -m training.collagan_train.main blend training/checkpoints/lgg_v6_mean_g.pt --config lgg \
+        --mix t1n=1,t1c=0.3,t2f=0.8 --out runs/blend/g_blend.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import torch
+from CollaGANImputeLib.atomic import atomic_path
+
+from .baselines import fit
+from .config import load_config
+from .data_loader import load_data
+from .export import run_folder
+from .solver import generator_weights
+
+
+def parse_mix(text: str, contrasts: Sequence[str]) -> List[float]:
+    """``t1n=1,t1c=0.3,t2f=0.8`` as one share per contrast in model order; every contrast named once, 0 to 1.
+
+    Example:
+        >>> parse_mix("t1n=1,t1c=0.3,t2f=0.8", ["t1n", "t1c", "t2f"])
+        [1.0, 0.3, 0.8]
+    """
+    shares: Dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        try:
+            shares[name.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"--mix {text}: '{part}' is not CONTRAST=SHARE (e.g. t1c=0.3).") from None
+    if sorted(shares) != sorted(contrasts) or not all(0.0 <= v <= 1.0 for v in shares.values()):
+        raise SystemExit(f"--mix {text}: give each of {', '.join(contrasts)} once, with a share from 0 to 1 "
+                         "(1: the network alone, 0: the voxel regression alone).")
+    return [shares[c] for c in contrasts]
+
+
+def blended_state(state: dict, coef: torch.Tensor, mix: Sequence[float]) -> dict:
+    """The snapshot of ``state``'s generator blended with the polynomial ``coef`` (N, 2**N, F) at shares ``mix``."""
+    config = dict(state["config"])
+    if config.get("g_voxel_prior"):
+        raise SystemExit("This generator already adds a voxel-regression polynomial; blend a generator without one.")
+    weights = dict(generator_weights(state))
+    n = len(config["contrasts"])
+    weights["prior.coef"] = coef.float()
+    weights["prior.bits"] = 2 ** torch.arange(n)
+    weights["mix"] = torch.tensor([float(m) for m in mix])
+    config.update(g_voxel_prior=True, g_prior_mix=[float(m) for m in mix])
+    blended = {k: v for k, v in state.items() if k not in ("G", "G_ema", "D", "opt_g", "opt_d")}
+    return {**blended, "G": weights, "config": config,
+            "blended_from": {"checkpoint": state.get("_path", ""), "mix": dict(zip(config["contrasts"], mix))}}
+
+
+def fit_polynomial(config_name: str, overrides: Sequence[str] = ()) -> tuple[torch.Tensor, dict]:
+    """Least-squares polynomial on the training patients of ``config_name`` (set-aside patients left out)."""
+    cfg = load_config(config_name, list(overrides))
+    train, _, split = load_data(cfg)
+    return fit(train.images, train.masks, seed=cfg.seed), split
+
+
+def cmd_blend(args: argparse.Namespace) -> None:
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    state["_path"] = args.checkpoint
+    contrasts = list(state["config"]["contrasts"])
+    coef, split = fit_polynomial(args.config, args.set)
+    if args.choose:
+        from .mix_choice import choose_mix
+
+        mix = choose_mix(state, coef, split.get("select", []), args.data, Path(args.out).with_suffix(".mix.md"))
+    else:
+        mix = parse_mix(args.mix, contrasts)
+    blended = blended_state(state, coef, mix)
+    blended.pop("_path", None)
+    blended["blended_from"]["polynomial"] = (f"voxel regression fitted on the {len(split.get('train', []))} "
+                                             f"training patients of '{args.config}'")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        torch.save(blended, tmp)
+    run_dir, source = run_folder(out), run_folder(Path(args.checkpoint)) / "split_used.json"
+    if source.is_file() and source.resolve() != (run_dir / "split_used.json").resolve():
+        shutil.copyfile(source, run_dir / "split_used.json")
+    with open(run_dir / "commands.txt", "a") as handle:
+        handle.write(f"python -m training.collagan_train.main {shlex.join(args.argv)}\n")
+    print(f"{out}: {args.checkpoint} blended with the voxel regression, U-Net share "
+          + ", ".join(f"{c} {m:.2f}" for c, m in zip(contrasts, mix)))
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("blend", help="blend a generator with the voxel regression, per target")
+    p.add_argument("checkpoint", help="generator snapshot or checkpoint (without a voxel prior)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--mix", help="the U-Net's share per target, e.g. t1n=1,t1c=0.3,t2f=0.8")
+    group.add_argument("--choose", action="store_true",
+                       help="choose the shares on the config's set-aside patients (mix_choice's rule)")
+    p.add_argument("--config", default="lgg", help="recipe whose training patients fit the polynomial (default lgg)")
+    p.add_argument("--data", default="", help="case folders of the set-aside patients (--choose; default: the "
+                                              "config's data folder)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_blend)
