@@ -5,8 +5,7 @@ errors, so a blend of the two can be more accurate than either; the share says, 
 is the network's. The polynomial is fitted here by least squares on the training patients of ``--config`` (the
 set-aside patients left out, so that shares can be chosen on them), and the result is a generator snapshot like
 any other (``G`` with the polynomial and the shares as buffers; ``config`` with ``g_voxel_prior`` and
-``g_prior_mix``), which ``export``, ``select`` and ``evaluate`` take. ``--choose`` picks the shares on the
-set-aside patients (:mod:`.mix_choice`) instead of taking them from ``--mix``.
+``g_prior_mix``), which ``export``, ``select`` and ``evaluate`` take.
 
 Example:
     python -m training.collagan_train.main blend training/checkpoints/lgg_v6_mean_g.pt --config lgg \
@@ -79,12 +78,7 @@ def cmd_blend(args: argparse.Namespace) -> None:
     state["_path"] = args.checkpoint
     contrasts = list(state["config"]["contrasts"])
     coef, split = fit_polynomial(args.config, args.set)
-    if args.choose:
-        from .mix_choice import choose_mix
-
-        mix = choose_mix(state, coef, split.get("select", []), args.data, Path(args.out).with_suffix(".mix.md"))
-    else:
-        mix = parse_mix(args.mix, contrasts)
+    mix = parse_mix(args.mix, contrasts)
     blended = blended_state(state, coef, mix)
     blended.pop("_path", None)
     blended["blended_from"]["polynomial"] = (f"voxel regression fitted on the {len(split.get('train', []))} "
@@ -105,13 +99,8 @@ def cmd_blend(args: argparse.Namespace) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser("blend", help="blend a generator with the voxel regression, per target")
     p.add_argument("checkpoint", help="generator snapshot or checkpoint (without a voxel prior)")
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--mix", help="the U-Net's share per target, e.g. t1n=1,t1c=0.3,t2f=0.8")
-    group.add_argument("--choose", action="store_true",
-                       help="choose the shares on the config's set-aside patients (mix_choice's rule)")
+    p.add_argument("--mix", required=True, help="the U-Net's share per target, e.g. t1n=1,t1c=0.3,t2f=0.8")
     p.add_argument("--config", default="lgg", help="recipe whose training patients fit the polynomial (default lgg)")
-    p.add_argument("--data", default="", help="case folders of the set-aside patients (--choose; default: the "
-                                              "config's data folder)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_blend)
