@@ -132,8 +132,16 @@ def build_options(eager: torch.nn.Module, models: Mapping[str, LoadedModel], ful
                   planned(InferencePlan(fast.module, CPU, "bf16", True, "autocast", True), 1)),
            Option("fast export, torch bf16 (precision auto)", lib(fast))] if bf16 else []),
     ]
+    threads = runtime.num_threads()
+
+    def one_engine(name: str) -> Runner:  # all threads in one engine: how the ONNX runtimes ran before
+        engine = runtime.onnx_runner(fast, name, "fp32", engines=1)
+        return planned(lambda x: torch.from_numpy(engine(x.numpy())), 8)  # type: ignore[arg-type]
+
     for name in runtime.ONNX_RUNTIMES:
         if runtime.installed(name):
+            if threads > 1:
+                options.append(Option(f"ONNX {name} fp32, one {threads}-thread engine", one_engine(name)))
             options.append(Option(f"ONNX {name} fp32", lib(fast, runtime=name, precision="fp32")))
             if name == "openvino" and bf16:
                 options.append(Option("ONNX openvino bf16", lib(fast, runtime=name, precision="bf16")))

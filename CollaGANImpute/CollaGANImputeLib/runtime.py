@@ -276,27 +276,28 @@ def resolve_onnx_precision(runtime: str, precision: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _compiled(path: str, digest: str, runtime: str, precision: str, threads: int) -> OnnxRunner:
-    """The compiled model of the file ``path`` (``digest`` keys the cache: a replaced file is compiled anew): one
-    single-threaded engine per thread (:class:`OnnxRunner`)."""
+def _compiled(path: str, digest: str, runtime: str, precision: str, threads: int, engines: int) -> OnnxRunner:
+    """The compiled model of the file ``path`` (``digest`` keys the cache: a replaced file is compiled anew):
+    ``engines`` engines sharing ``threads`` threads (:class:`OnnxRunner`)."""
+    per_engine = max(1, threads // engines)
     if runtime == "onnxruntime":
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
+        options.intra_op_num_threads = per_engine
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         sessions = [onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-                    for _ in range(threads)]
+                    for _ in range(engines)]
         name = sessions[0].get_inputs()[0].name
         return OnnxRunner(runtime, precision, threads,
                           [functools.partial(_onnxruntime_run, session, name) for session in sessions])
     import openvino
 
     compiled = openvino.Core().compile_model(path, "CPU", {
-        "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": threads,  # one thread per stream
+        "INFERENCE_NUM_THREADS": per_engine * engines, "NUM_STREAMS": engines,  # one stream per engine
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
-    requests = [compiled.create_infer_request() for _ in range(threads)]
+    requests = [compiled.create_infer_request() for _ in range(engines)]
     return OnnxRunner(runtime, precision, threads, [functools.partial(_openvino_run, r) for r in requests])
 
 
@@ -308,8 +309,10 @@ def _openvino_run(request: Any, x: np.ndarray) -> np.ndarray:
     return np.array(request.infer([x])[0], copy=True)
 
 
-def onnx_runner(model: LoadedModel, runtime: str, precision: str = "auto") -> OnnxRunner:
-    """The cached compiled ONNX model of ``model`` on ``runtime`` (``onnxruntime`` or ``openvino``)."""
+def onnx_runner(model: LoadedModel, runtime: str, precision: str = "auto", engines: Optional[int] = None
+                ) -> OnnxRunner:
+    """The cached compiled ONNX model of ``model`` on ``runtime`` (``onnxruntime`` or ``openvino``): ``engines``
+    engines (None: one single-threaded engine per thread, the fastest measured) sharing the threads."""
     if model.onnx is None:
         raise ModelError(f"Model '{model.card.name}' has no ONNX export beside {model.path.name}, which the {runtime} "
                          "runtime runs: export it again with training's export, or use --runtime torch.")
@@ -317,7 +320,9 @@ def onnx_runner(model: LoadedModel, runtime: str, precision: str = "auto") -> On
         raise InputError(f"The {runtime} runtime is not installed: pip install {runtime} (or use --runtime auto).")
     precision = resolve_onnx_precision(runtime, precision)
     try:
-        return _compiled(str(model.onnx), model.onnx_sha256, runtime, precision, num_threads())
+        threads = num_threads()
+        return _compiled(str(model.onnx), model.onnx_sha256, runtime, precision, threads,
+                         max(1, min(threads, engines or threads)))
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # onnxruntime/openvino raise their own exception types for a broken graph

@@ -24,7 +24,7 @@ import torch
 from CollaGANImputeLib.atomic import atomic_path
 
 from .baselines import fit
-from .config import load_config
+from .config import TrainConfig, load_config
 from .data_loader import load_data
 from .export import run_folder
 from .solver import generator_weights
@@ -61,39 +61,40 @@ def blended_state(state: dict, coef: torch.Tensor, mix: Sequence[float]) -> dict
     weights["prior.bits"] = 2 ** torch.arange(n)
     weights["mix"] = torch.tensor([float(m) for m in mix])
     config.update(g_voxel_prior=True, g_prior_mix=[float(m) for m in mix])
-    blended = {k: v for k, v in state.items() if k not in ("G", "G_ema", "D", "opt_g", "opt_d")}
+    blended = {k: v for k, v in state.items() if k not in ("G", "G_ema", "D", "opt_g", "opt_d", "_path")}
     return {**blended, "G": weights, "config": config,
-            "blended_from": {"checkpoint": state.get("_path", ""), "mix": dict(zip(config["contrasts"], mix))}}
+            "blended_from": {"checkpoint": Path(state.get("_path", "")).name,
+                             "mix": dict(zip(config["contrasts"], [float(m) for m in mix]))}}
 
 
-def fit_polynomial(config_name: str, overrides: Sequence[str] = ()) -> tuple[torch.Tensor, dict]:
-    """Least-squares polynomial on the training patients of ``config_name`` (set-aside patients left out)."""
-    cfg = load_config(config_name, list(overrides))
+def blend_checkpoint(checkpoint: Path, cfg: TrainConfig, mix: Sequence[float], out: Path,
+                     command: Sequence[str] = ()) -> Path:
+    """Write ``out``: ``checkpoint``'s generator blended at shares ``mix`` with the polynomial fitted on ``cfg``'s
+    training patients (its set-aside patients left out); ``command`` is recorded in the run's commands.txt."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     train, _, split = load_data(cfg)
-    return fit(train.images, train.masks, seed=cfg.seed), split
-
-
-def cmd_blend(args: argparse.Namespace) -> None:
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    state["_path"] = args.checkpoint
-    contrasts = list(state["config"]["contrasts"])
-    coef, split = fit_polynomial(args.config, args.set)
-    mix = parse_mix(args.mix, contrasts)
-    blended = blended_state(state, coef, mix)
-    blended.pop("_path", None)
-    blended["blended_from"]["polynomial"] = (f"voxel regression fitted on the {len(split.get('train', []))} "
-                                             f"training patients of '{args.config}'")
-    out = Path(args.out)
+    coef = fit(train.images, train.masks, seed=cfg.seed)
+    blended = blended_state({**state, "_path": str(checkpoint)}, coef, mix)
+    blended["blended_from"]["polynomial"] = (f"voxel regression (quadratic) fitted on the {len(split['train'])} "
+                                             "training patients")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         torch.save(blended, tmp)
-    run_dir, source = run_folder(out), run_folder(Path(args.checkpoint)) / "split_used.json"
+    run_dir, source = run_folder(out), run_folder(checkpoint) / "split_used.json"
     if source.is_file() and source.resolve() != (run_dir / "split_used.json").resolve():
         shutil.copyfile(source, run_dir / "split_used.json")
-    with open(run_dir / "commands.txt", "a") as handle:
-        handle.write(f"python -m training.collagan_train.main {shlex.join(args.argv)}\n")
-    print(f"{out}: {args.checkpoint} blended with the voxel regression, U-Net share "
-          + ", ".join(f"{c} {m:.2f}" for c, m in zip(contrasts, mix)))
+    if command:
+        with open(run_dir / "commands.txt", "a") as handle:
+            handle.write(f"python -m training.collagan_train.main {shlex.join(command)}\n")
+    print(f"{out}: {checkpoint} blended with the voxel regression, U-Net share "
+          + ", ".join(f"{c} {m:.2f}" for c, m in zip(cfg.contrasts, mix)), flush=True)
+    return out
+
+
+def cmd_blend(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, args.set)
+    mix = parse_mix(args.mix, cfg.contrasts)
+    blend_checkpoint(Path(args.checkpoint), cfg, mix, Path(args.out), args.argv)
 
 
 def add_parser(sub) -> None:

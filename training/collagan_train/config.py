@@ -19,7 +19,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 #: Loss-weight presets of the paper's methods and ablations (Table 9, EVALUATION.md baselines).
 #: Keys set on top of the config; "collagan" uses the config's own (author) weights.
@@ -176,18 +176,20 @@ def _parse_value(text: str):
 #: The recipes (and the card words, ``card_*.json``) shipped with training.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: Keys of a recipe file that are not settings.
-RECIPE_KEYS = ("_comment", "base", "stages", "average")
+RECIPE_KEYS = ("_comment", "base", "stages", "average", "blend")
 
 
 @dataclass
 class Recipe:
     """A recipe file with its base chain resolved: its ``settings``, its ``stages`` (each ``{"name": ..., setting:
-    value}``, ``"continue": true`` to go on with the previous stage's run) and the stages to ``average``."""
+    value}``, ``"continue": true`` to go on with the previous stage's run), the stages to ``average`` and the U-Net's
+    share per target where the result is then blended with the voxel regression (``blend``, :mod:`.blend`)."""
 
     path: Path
     settings: dict
     stages: List[dict] = field(default_factory=list)
     average: List[str] = field(default_factory=list)
+    blend: Dict[str, float] = field(default_factory=dict)
 
     def stage_settings(self, stage: dict) -> dict:
         return {**self.settings, **{k: v for k, v in stage.items() if k not in ("name", "continue")}}
@@ -219,7 +221,8 @@ def read_recipe(name: str) -> Recipe:
     data = json.loads(path.read_text())
     base = read_recipe(str(path.parent / data["base"])).final if "base" in data else {}
     settings = {**base, **{k: v for k, v in data.items() if k not in RECIPE_KEYS}}
-    return Recipe(path, settings, list(data.get("stages", [])), list(data.get("average", [])))
+    return Recipe(path, settings, list(data.get("stages", [])), list(data.get("average", [])),
+                  dict(data.get("blend", {})))
 
 
 def recipe_overlay(name: str) -> dict:

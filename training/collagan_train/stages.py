@@ -20,6 +20,8 @@ from .config import Recipe, TrainConfig, make_config, read_recipe
 
 #: The file the weight mean of a recipe's ``average`` is written to, in ``OUT``.
 MEAN = "mean_g.pt"
+#: The file of the recipe's result blended with the voxel regression (its ``blend``), in ``OUT``.
+BLEND = "blend_g.pt"
 
 
 def plan(recipe: Recipe, out: Path) -> List[Tuple[str, Path, str]]:
@@ -43,7 +45,8 @@ def finished_step(folder: Path) -> int:
 def run_stages(recipe: Recipe, out: Path, overrides: Sequence[str],
                run: Callable[[TrainConfig, Optional[str]], None]) -> Path:
     """Train every stage with ``run(config, checkpoint to resume or None)``; ``overrides`` (``key=value``) apply to
-    every stage. Returns the last stage's checkpoint, or the weight mean of the stages in ``average``."""
+    every stage. Returns the last stage's checkpoint, or the weight mean of the stages in ``average``, blended with
+    the voxel regression where the recipe has a ``blend``."""
     stages = plan(recipe, out)
     for number, (stage, (name, folder, start)) in enumerate(zip(recipe.stages, stages), 1):
         settings = {**recipe.stage_settings(stage), "out_dir": str(folder)}
@@ -56,14 +59,20 @@ def run_stages(recipe: Recipe, out: Path, overrides: Sequence[str],
             continue
         print(f"stage {number}/{len(stages)} '{name}': steps {done} -> {cfg.steps} in {folder}", flush=True)
         run(cfg, str(folder / "latest.pt") if done else None)
-    if not recipe.average:
-        return stages[-1][1] / "latest.pt"
-    from .average import cmd_average
+    result = stages[-1][1] / "latest.pt"
+    if recipe.average:
+        from .average import cmd_average
 
-    mean = out / MEAN
-    cmd_average(argparse.Namespace(snapshots=[str(out / name / "latest.pt") for name in recipe.average],
-                                   out=str(mean), weights=None))
-    return mean
+        result = out / MEAN
+        cmd_average(argparse.Namespace(snapshots=[str(out / name / "latest.pt") for name in recipe.average],
+                                       out=str(result), weights=None))
+    if recipe.blend:
+        from .blend import blend_checkpoint, parse_mix
+
+        cfg = make_config(recipe.final, overrides)
+        mix = parse_mix(",".join(f"{c}={v}" for c, v in recipe.blend.items()), cfg.contrasts)
+        result = blend_checkpoint(result, cfg, mix, out / BLEND)
+    return result
 
 
-__all__ = ["plan", "run_stages", "read_recipe", "MEAN"]
+__all__ = ["plan", "run_stages", "read_recipe", "MEAN", "BLEND"]

@@ -117,7 +117,7 @@ def test_onnx_runtime_reports_progress_per_batch_and_stops_between_batches(bundl
 
 @pytest.mark.parametrize("name", ONNX_RUNTIMES)
 def test_onnx_engines_run_a_batch_side_by_side_with_each_slice_as_alone(bundled, name):
-    runner = runtime._compiled(str(bundled.onnx), bundled.onnx_sha256, name, "fp32", 2)
+    runner = runtime._compiled(str(bundled.onnx), bundled.onnx_sha256, name, "fp32", 2, 2)
     assert len(runner.engines) == 2  # one single-threaded engine per thread
     x = np.zeros((5, 6, 256, 256), dtype=np.float32)
     x[:, :2] = np.random.default_rng(2).random((5, 2, 256, 256), dtype=np.float32)
