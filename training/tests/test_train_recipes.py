@@ -22,7 +22,7 @@ from training.collagan_train.config import (
 from training.collagan_train.data_loader import REPO_ROOT, locate_lgg, select_cases
 from training.collagan_train.finetune import DEFAULT_STEPS, FINETUNE_SETTINGS, pick_holdout
 from training.collagan_train.main import main
-from training.collagan_train.stages import MEAN, plan
+from training.collagan_train.stages import BLEND, MEAN, plan
 
 #: Settings that say where a run was, not how it trained.
 WHERE = {"init_g", "out_dir", "data_dir", "cache_dir", "threads", "progress", "loader_workers", "steps"}
@@ -56,7 +56,7 @@ def test_lgg_stages_are_the_settings_the_bundled_lineage_was_trained_with(stage:
     assert mine["steps"] == state["step"]  # each stage ends at the step its generator was taken from
 
 
-def test_lgg_recipe_chains_its_stages_and_averages_the_last_two():
+def test_lgg_recipe_chains_its_stages_averages_the_last_two_and_blends():
     recipe = read_recipe("lgg")
     steps = plan(recipe, Path("runs/lgg"))
     assert [name for name, _, _ in steps] == ["d", "d", "e", "f", "g", "i"]
@@ -65,6 +65,9 @@ def test_lgg_recipe_chains_its_stages_and_averages_the_last_two():
     assert recipe.average == ["g", "i"]
     state = torch.load(REPO_ROOT / "training/checkpoints/lgg_v6_mean_g.pt", map_location="cpu", weights_only=False)
     assert [Path(path).name for path, _ in state["averaged_from"]] == ["lgg_v5_stage_g_g.pt", "g_002000.pt"]
+    bundled = torch.load(REPO_ROOT / "training/checkpoints/lgg_v8_blend_g.pt", map_location="cpu", weights_only=False)
+    assert bundled["blended_from"]["mix"] == recipe.blend  # the recipe ends in the shares of the bundled model
+    assert all(torch.equal(bundled["G"][k], v) for k, v in state["G"].items())  # around the weight mean's network
 
 
 def test_finetune_defaults_are_the_finetune_recipe():
@@ -80,12 +83,12 @@ def test_holdout_and_set_aside_cases_are_one_seeded_pick():
 
 
 @pytest.mark.skipif(locate_lgg() is None, reason="LGG data (../shared/data/lgg or COLLAGAN_LGG_DIR) absent")
-def test_a_staged_recipe_runs_its_stages_from_each_other_and_averages(tmp_path: Path, capsys):
+def test_a_staged_recipe_runs_its_stages_from_each_other_averages_and_blends(tmp_path: Path, capsys):
     recipe = tmp_path / "two.json"
     recipe.write_text(json.dumps({"base": str(CONFIG_DIR / "tiny.json"), "max_cases": 2, "val_every": 2,
                                   "cache_dir": str(tmp_path / "cache"),
                                   "stages": [{"name": "a", "steps": 2}, {"name": "b", "steps": 2, "lr_g": 1e-4}],
-                                  "average": ["a", "b"]}))
+                                  "average": ["a", "b"], "blend": {"t1n": 1.0, "t1c": 0.5, "t2f": 0.0}}))
     out = tmp_path / "run"
     main(["train", "--recipe", str(recipe), "--out", str(out)])
     b = json.loads((out / "b" / "config.json").read_text())
@@ -93,6 +96,10 @@ def test_a_staged_recipe_runs_its_stages_from_each_other_and_averages(tmp_path: 
     mean = torch.load(out / MEAN, map_location="cpu", weights_only=False)
     assert [m["checkpoint"] for m in mean["averaged_from"]] == [str(out / "a" / "latest.pt"),
                                                                  str(out / "b" / "latest.pt")]
+    blended = torch.load(out / BLEND, map_location="cpu", weights_only=False)  # the mean, blended per target
+    assert blended["config"]["g_prior_mix"] == [1.0, 0.5, 0.0] and blended["blended_from"]["checkpoint"] == MEAN
+    assert torch.equal(blended["G"]["out.weight"], mean["G"]["out.weight"])
+    assert blended["G"]["prior.coef"].abs().sum() > 0  # the polynomial fitted on the recipe's training patients
     capsys.readouterr()
     main(["train", "--recipe", str(recipe), "--out", str(out)])  # a rerun: both stages are done
     printed = capsys.readouterr().out
