@@ -159,7 +159,8 @@ def eager_from_model(module: torch.jit.ScriptModule, contrasts: int, base: int, 
     state = module.state_dict()
     voxel_prior = any(key.startswith("prior.") for key in state)
     input_coefficients = any(key.startswith("coef.") for key in state)
-    generator = Generator(contrasts, base, levels, voxel_prior, input_coefficients)
+    mix = state["mix"].tolist() if "mix" in state else None  # a network blended with the polynomial, per target
+    generator = Generator(contrasts, base, levels, voxel_prior, input_coefficients, mix)
     eager: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         unit, _, name = key.rpartition(".")

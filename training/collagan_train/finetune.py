@@ -38,7 +38,8 @@ from .config import TrainConfig, recipe_overlay
 from .data_loader import REPO_ROOT, SliceData, list_cases, select_cases
 from .prepare import SUMMARY
 
-#: Bundled model name -> the training checkpoint of its generator (the same weights as the bundled file).
+#: Bundled model name -> the training checkpoint of its network (the U-Net weights of the bundled file, which blends
+#: them with a voxel regression fitted on its own training data: a new cohort fine-tunes the network alone).
 BUNDLED_CHECKPOINTS = {"collagan-lgg-t1n-t1c-t2f": "training/checkpoints/lgg_v6_mean_g.pt"}
 #: Bundled model name -> a discriminator trained against its (fixed) generator, where the adversarial or
 #: classification loss is switched on (recipe lgg_discriminator).
@@ -237,7 +238,8 @@ def source_checkpoint(source: str) -> Tuple[str, dict]:
 
 def model_file_state(path: Path) -> dict:
     """A training state from a model file: the generator's weights (the merged inference units split back into
-    the training layout) and, for settings the file does not record, the lgg recipe's last stage."""
+    the training layout; of a model blended with a voxel regression, the network alone) and, for settings the file
+    does not record, the lgg recipe's last stage."""
     from .config import read_recipe
 
     try:
@@ -245,10 +247,12 @@ def model_file_state(path: Path) -> dict:
     except Exception as exc:
         raise InputError(f"--from {path}: neither a model file nor a training checkpoint ({exc}).") from None
     arch = model.card.architecture
-    if not {"base_channels", "levels"} <= set(arch) or arch.get("voxel_prior"):
+    blended = "unet_share" in arch  # a network blended with a polynomial: fine-tuning takes the network alone
+    if not {"base_channels", "levels"} <= set(arch) or (arch.get("voxel_prior") and not blended):
         raise InputError(f"--from {path}: {model.card.name} is not a CollaGAN generator this can train further "
                          "(no U-Net architecture on its card, or a voxel-regression prior).")
-    weights = unmerge_units(model.module.state_dict())
+    weights = {k: v for k, v in unmerge_units(model.module.state_dict()).items()
+               if not (blended and (k == "mix" or k.startswith("prior.")))}
     config = {**read_recipe("lgg").final, "contrasts": list(model.card.contrasts), "g_base": arch["base_channels"],
               "g_levels": arch["levels"], "g_input_coefficients": bool(arch.get("input_coefficients")),
               "head_only_loss": model.card.outside_head == "zero"}
