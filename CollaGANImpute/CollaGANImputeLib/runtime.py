@@ -227,9 +227,10 @@ class OnnxRunner:
     """One compiled ONNX model: ``runner(x)`` maps float32 (B, 2N, H, W) to float32 (B, 1, H, W), NumPy in and out.
 
     ``engines`` run one slice each; with several (one single-threaded engine per thread), the slices of a batch run
-    side by side. Why: on 2 cores two single-threaded engines were 10-15 % faster than one two-threaded engine
-    (the small layers spend much of their time waiting for each other's threads), and a slice's result then does
-    not depend on the batch size, which only sets how often progress and cancel are checked.
+    side by side. Why: on an idle 2-core machine two single-threaded engines were 1-3 % faster than one two-threaded
+    engine in fp32 and 13 % in bf16, and 20-40 % faster while another process used a core (the threads of one
+    engine wait for each other at every layer); a slice's result then does not depend on the batch size either,
+    which only sets how often progress and cancel are checked.
     """
 
     runtime: str
@@ -244,15 +245,20 @@ class OnnxRunner:
         with self._lock:  # an engine runs one slice at a time: callers on other threads wait their turn
             if len(self.engines) == 1 or x.shape[0] == 1:
                 return np.concatenate([self.engines[0](x[i:i + 1]) for i in range(x.shape[0])])
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(len(self.engines), thread_name_prefix=f"collagan-{self.runtime}")
             out: list[Optional[np.ndarray]] = [None] * x.shape[0]
+            if self._pool is None:
+                # Each engine's first call on this thread, one after the other: the runtimes' Python bindings set
+                # up their NumPy interface on first use, and two threads doing that at once can deadlock.
+                for engine in self.engines:
+                    out[0] = engine(x[0:1])
+                self._pool = ThreadPoolExecutor(len(self.engines), thread_name_prefix=f"collagan-{self.runtime}")
+            todo = [i for i in range(x.shape[0]) if out[i] is None]
 
             def run(k: int) -> None:  # engine k takes every len(engines)-th slice; the runtimes release the GIL
-                for i in range(k, x.shape[0], len(self.engines)):
+                for i in todo[k::len(self.engines)]:
                     out[i] = self.engines[k](x[i:i + 1])
 
-            for done in [self._pool.submit(run, k) for k in range(min(len(self.engines), x.shape[0]))]:
+            for done in [self._pool.submit(run, k) for k in range(min(len(self.engines), len(todo)))]:
                 done.result()  # re-raises an engine's exception here
             return np.concatenate(out)  # type: ignore[arg-type]
 

@@ -138,6 +138,30 @@ def test_onnx_engines_run_a_batch_side_by_side_with_each_slice_as_alone(bundled,
     np.testing.assert_array_equal(results[2], batch[2:5])
 
 
+@pytest.mark.parametrize("name", ONNX_RUNTIMES)
+def test_each_onnx_engine_is_first_called_on_the_callers_thread(bundled, name):
+    # Two threads making a runtime's first NumPy call at once can deadlock in its bindings (seen with OpenVINO):
+    # every engine's first call is made on the caller's thread, one after the other; later ones in parallel.
+    compiled = runtime._compiled(str(bundled.onnx), bundled.onnx_sha256, name, "fp32", 2, 2)
+    calls: list[tuple[int, str]] = []
+
+    def recorded(k: int):
+        def run(x: np.ndarray) -> np.ndarray:
+            calls.append((k, threading.current_thread().name))
+            return compiled.engines[k](x)
+        return run
+
+    runner = runtime.OnnxRunner(name, "fp32", 2, [recorded(0), recorded(1)])
+    x = np.zeros((4, 6, 256, 256), dtype=np.float32)
+    x[:, 5] = 1
+    runner(x)
+    main = threading.current_thread().name
+    assert calls[:2] == [(0, main), (1, main)]
+    calls.clear()
+    runner(x)
+    assert {k for k, _ in calls} == {0, 1} and all(thread != main for _, thread in calls)  # then side by side
+
+
 @pytest.fixture
 def tiny_with_onnx(tmp_path):
     """The tiny generator as a TorchScript file with its ONNX export beside it (the same weights and card)."""
