@@ -6,9 +6,9 @@ Example:
     >>> budget = TimeBudget(started=0.0, minutes=25, after_slices=1200)
     >>> budget.steps_that_fit(now=120.0, done=16, requested=1000, sec_per_step=1.6, val_every=200,
     ...                       sec_per_validation=20.0, sec_per_slice=0.1)
-    665
-    >>> budget.line(665, 1000, 1.6)
-    'time budget 25 min: 665 of 1000 steps (1.60 s/step measured)'
+    688
+    >>> budget.line(688, 1000, 1.6)
+    'time budget 25 min: 688 of 1000 steps (1.60 s/step measured)'
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ TIMING_STEPS = 12
 #: The work after training that does not scale with the slices scored: imports, loading models, fitting the voxel
 #: regression, reading the training cases' profile, two exports.
 AFTER_FIXED_S = 60.0
-#: Seconds of scoring per slice inference after training, in units of the training generator's measured seconds
-#: per slice: the exported model runs faster, but reading, normalising, head masks and metrics come on top (a
-#: 240x240x155 case scored in about 0.8 of it); 1.5 leaves a margin.
-AFTER_PER_SLICE = 1.5
+#: Seconds of scoring per slice inference after training, in units of a validation's seconds per slice (both run
+#: slices through a generator and score them; on a 240x240x155 case scoring took 0.8-1.0 of it); 1.2: a margin.
+AFTER_PER_SLICE = 1.2
+#: A validation's seconds per slice before one is measured, in units of the generator's time per slice alone.
+VALIDATION_PER_SLICE = 1.2
 
 
 @dataclass
@@ -41,6 +42,7 @@ class TimeBudget:
     steps: Optional[int] = None
     sec_per_step: float = 0.0
     done: int = 0
+    said: int = 0
 
     @property
     def deadline(self) -> float:
@@ -68,6 +70,13 @@ class TimeBudget:
         return (f"time budget {self.minutes:g} min: {steps} of {requested} steps "
                 f"({sec_per_step:.2f} s/step measured)")
 
+    def tell(self, steps: int) -> Optional[str]:
+        """The progress line of a new step count: the first, then only those 5 % or more from the last said."""
+        if self.said and abs(steps - self.said) < 0.05 * self.said:
+            return None
+        self.said = steps
+        return self.line(steps, self.requested, self.sec_per_step)
+
     def note(self) -> str:
         """What set the number of steps done, for the report and the card."""
         if self.steps is not None:
@@ -89,4 +98,4 @@ def scaled_every(every: int, steps: int, requested: int) -> int:
     return max(1, round(every * steps / requested))
 
 
-__all__ = ["TimeBudget", "TIMING_STEPS", "scaled_every"]
+__all__ = ["TimeBudget", "TIMING_STEPS", "VALIDATION_PER_SLICE", "scaled_every"]

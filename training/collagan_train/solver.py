@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import augment, losses
-from .budget import TimeBudget, scaled_every
+from .budget import VALIDATION_PER_SLICE, TimeBudget, scaled_every
 from .config import TrainConfig
 from .data_loader import SliceData, training_batches
 from .model import Discriminator, Generator
@@ -450,24 +450,28 @@ class Solver:
         return (time.time() - t0) / len(picks)
 
     def _apply_budget(self, budget: TimeBudget, sec_per_step: float, sec_per_validation: Optional[float],
-                      every: Tuple[int, int, int]) -> bool:
-        """Cap ``cfg.steps`` (never raise it) so that the run ends within ``budget``; the validation and checkpoint
-        cadence ``every`` = (requested steps, val_every, ckpt_every) scaled to the cap. True when it capped."""
+                      every: Tuple[int, int, int]) -> Optional[str]:
+        """Set ``cfg.steps`` to what fits in ``budget`` (at most the requested steps), with the validation and
+        checkpoint cadence ``every`` = (requested steps, val_every, ckpt_every) scaled to it; the progress line to
+        print, if any. ``sec_per_validation``: the last validation with its checkpoint, None before the first."""
         requested, val_every, ckpt_every = every
-        sec_per_slice = self.seconds_per_slice()
-        if sec_per_validation is None:  # not measured yet: the validation's slices through G, and their scoring
-            slices = min(self.cfg.val_slices, len(self.val_data)) if self.val_data is not None else 0
-            sec_per_validation = 1.5 * slices * self.n * sec_per_slice
+        slices = min(self.cfg.val_slices, len(self.val_data)) if self.val_data is not None else 0
+        if sec_per_validation is not None and slices:
+            # A validation runs its slices through G and scores them, as the scoring after training does.
+            sec_per_slice = sec_per_validation / (slices * self.n)
+        else:
+            sec_per_slice = self.seconds_per_slice()
+            sec_per_validation = VALIDATION_PER_SLICE * slices * self.n * sec_per_slice
         steps = budget.steps_that_fit(time.time(), self.step, requested, sec_per_step, val_every,
                                       sec_per_validation, sec_per_slice)
-        if steps >= self.cfg.steps:
-            return False
-        budget.steps, budget.sec_per_step = steps, sec_per_step
+        if steps == self.cfg.steps:
+            return None
+        budget.steps, budget.sec_per_step = (steps if steps < requested else None), sec_per_step
         capped = {"steps": steps, "val_every": scaled_every(val_every, steps, requested),
                   "ckpt_every": scaled_every(ckpt_every, steps, requested)}
         # The checkpoints record the capped count: a resume asks the budget again from what was asked.
         self.cfg, self.base_cfg = replace(self.cfg, **capped), replace(self.base_cfg, **capped)
-        return True
+        return budget.tell(steps)
 
     # ----- checkpoints -----
     def state(self) -> dict:
@@ -548,7 +552,8 @@ class Solver:
 
     def train(self, on_step=None, budget: Optional[TimeBudget] = None) -> None:
         """Train until ``cfg.steps``; logs, validates and checkpoints on rank 0. With a ``budget`` (one process
-        only), ``cfg.steps`` is capped once its first steps are timed, and again after each validation."""
+        only), ``cfg.steps`` is capped once its first steps are timed, and set again (never above what was asked)
+        after each validation, which measures what validating and scoring cost."""
         from tqdm import tqdm
 
         from .curves import plot_curves
@@ -586,10 +591,11 @@ class Solver:
                 continue
             if ask and len(timed) >= budget.timing_steps:
                 ask = False
-                if self._apply_budget(budget, float(np.mean(timed)), sec_per_validation, every):
-                    cfg = self.cfg
-                    bar.total = cfg.steps
-                    bar.write(budget.line(cfg.steps, every[0], budget.sec_per_step))
+                line = self._apply_budget(budget, float(np.mean(timed)), sec_per_validation, every)
+                cfg = self.cfg
+                bar.total = cfg.steps
+                if line:
+                    bar.write(line)
             bar.update(1)
             # Only what this run trains: no discriminator loss (or phase) when no discriminator is trained.
             postfix = {"phase": out["phase"]} if self.warmup else {}
@@ -619,7 +625,7 @@ class Solver:
                 plot_curves(self.out_dir)
                 last_ckpt = time.time()
             if t_val is not None and budget is not None and budget.minutes > 0:
-                # Measured now: a validation with its checkpoint; the budget is asked again (it only shortens).
+                # Measured now: a validation with its checkpoint; the budget is asked again with it.
                 sec_per_validation, t_val = time.time() - t_val, None
                 ask = self.step < cfg.steps
         bar.close()
