@@ -13,7 +13,7 @@ import torch
 from CollaGANImputeLib import load_model
 
 from training.collagan_train import budget
-from training.collagan_train.budget import TIMING_STEPS
+from training.collagan_train.budget import TIMING_STEPS, TimeBudget
 from training.collagan_train.main import main
 
 from .conftest import FOUR_CONTRASTS, OPENMS_HELD_OUT
@@ -37,6 +37,23 @@ def steps_of(run: Path) -> tuple:
 
 def test_the_budget_module_examples_hold():
     assert doctest.testmod(budget).failed == 0
+
+
+def test_the_steps_that_fit_grow_with_the_minutes_left_up_to_those_asked():
+    plan = {"done": 20, "requested": 1000, "sec_per_step": 1.0, "val_every": 200, "sec_per_validation": 10.0,
+            "sec_per_slice": 0.1}
+    fits = [TimeBudget(0.0, minutes, after_slices=600).steps_that_fit(now=60.0, **plan) for minutes in (1, 10, 20, 60)]
+    assert fits[0] == 20 and fits[1] < fits[2] < 1000 and fits[3] == 1000
+    # what the fitted count leaves: its steps and five validations (each scaled cadence) plus the scoring after
+    budget = TimeBudget(0.0, 10, after_slices=600)
+    left = 600 - 60 - budget.after_training_s(0.1)
+    assert (fits[1] - 20) * 1.0 + 5 * 10.0 <= left < (fits[1] + 1 - 20) * 1.0 + 6 * 10.0
+
+
+def test_the_progress_says_a_new_step_count_once_it_moves_by_five_percent():
+    budget = TimeBudget(0.0, 25, requested=1000, sec_per_step=0.9)
+    assert budget.tell(640) == "time budget 25 min: 640 of 1000 steps (0.90 s/step measured)"
+    assert budget.tell(620) is None and budget.tell(700) is not None
 
 
 def test_a_budget_already_spent_caps_the_steps_at_the_timed_ones_and_the_run_resumes(openms_cohort, tmp_path,
