@@ -453,7 +453,7 @@ class Solver:
                       every: Tuple[int, int, int]) -> Optional[str]:
         """Set ``cfg.steps`` to what fits in ``budget`` (at most the requested steps), with the validation and
         checkpoint cadence ``every`` = (requested steps, val_every, ckpt_every) scaled to it; the progress line to
-        print, if any. ``sec_per_validation``: the last validation with its checkpoint, None before the first."""
+        print, if any. ``sec_per_validation``: the mean validation with its checkpoint, None before the first."""
         requested, val_every, ckpt_every = every
         slices = min(self.cfg.val_slices, len(self.val_data)) if self.val_data is not None else 0
         if sec_per_validation is not None and slices:
@@ -573,8 +573,11 @@ class Solver:
             budget.requested = cfg.steps
         timed: List[float] = []  # this process's steps but its first (allocations, first reads)
         first = True
-        sec_per_validation: Optional[float] = None
+        validations: List[float] = []  # seconds of each validation with its checkpoint, in this process
         t_val: Optional[float] = None
+        # Once a budget sets the cadence, the next validation follows the last one (not multiples of val_every:
+        # a changed cadence would otherwise validate at once, again and again).
+        last_val, next_val = self.step, None
         ask = budget is not None and budget.minutes > 0
         while self.step < cfg.steps:
             t0 = time.time()
@@ -591,9 +594,11 @@ class Solver:
                 continue
             if ask and len(timed) >= budget.timing_steps:
                 ask = False
-                line = self._apply_budget(budget, float(np.mean(timed)), sec_per_validation, every)
+                line = self._apply_budget(budget, float(np.mean(timed)),
+                                          float(np.mean(validations)) if validations else None, every)
                 cfg = self.cfg
                 bar.total = cfg.steps
+                next_val = max(last_val + cfg.val_every, self.step)
                 if line:
                     bar.write(line)
             bar.update(1)
@@ -609,8 +614,10 @@ class Solver:
                                                        sec_per_step=float(np.mean(window))))
             checkpoint = (self.step % cfg.ckpt_every == 0 or time.time() - last_ckpt >= cfg.ckpt_every_s
                           or self.step == cfg.steps)
-            if (self.step % cfg.val_every == 0 or self.step == cfg.steps) and self.step > self.warmup:
-                t_val = time.time()
+            due = self.step % cfg.val_every == 0 if next_val is None else self.step >= next_val
+            if (due or self.step == cfg.steps) and self.step > self.warmup:
+                t_val, last_val = time.time(), self.step
+                next_val = None if next_val is None else self.step + cfg.val_every
                 scores = self.validate()
                 if scores:
                     self._log("val.csv", ["step"] + sorted(scores), dict(scores, step=self.step))
@@ -626,7 +633,7 @@ class Solver:
                 last_ckpt = time.time()
             if t_val is not None and budget is not None and budget.minutes > 0:
                 # Measured now: a validation with its checkpoint; the budget is asked again with it.
-                sec_per_validation, t_val = time.time() - t_val, None
+                validations, t_val = validations + [time.time() - t_val], None
                 ask = self.step < cfg.steps
         bar.close()
         if budget is not None:
