@@ -21,7 +21,7 @@ import shlex
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -34,6 +34,7 @@ from CollaGANImputeLib.evaluate import evaluate_cases, score_imputation
 from CollaGANImputeLib.io import OutputSet, find_case_files, find_lesion_mask, read_lesion_mask
 from CollaGANImputeLib.resources import bundled_models
 
+from .budget import TimeBudget
 from .config import TrainConfig, recipe_overlay
 from .data_loader import REPO_ROOT, SliceData, list_cases, select_cases
 from .prepare import SUMMARY
@@ -284,9 +285,10 @@ def unmerge_units(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 def _training_run(cfg: TrainConfig, train: SliceData, held: SliceData, weights: Optional[Dict[str, torch.Tensor]],
                   run_dir: Path, discriminator: Optional[Dict[str, torch.Tensor]] = None, rank: int = 0,
-                  world: int = 1, device: Optional[torch.device] = None) -> Path:
-    """Train from ``weights`` (None: as ``cfg`` says; a run already in ``run_dir`` continues); the checkpoint
-    chosen on the held-out slices (the last one if none was)."""
+                  world: int = 1, device: Optional[torch.device] = None, budget: Optional[TimeBudget] = None
+                  ) -> Path:
+    """Train from ``weights`` (None: as ``cfg`` says; a run already in ``run_dir`` continues), within ``budget``
+    (None: none); the checkpoint chosen on the held-out slices (the last one if none was)."""
     from .solver import Solver
 
     latest = run_dir / "latest.pt"
@@ -305,7 +307,7 @@ def _training_run(cfg: TrainConfig, train: SliceData, held: SliceData, weights: 
     if rank == 0:
         print(f"training {cfg.steps} steps on {len(train)} slices (batch {cfg.batch_size}, crops "
               f"{cfg.crop or 'none'}); checkpoints chosen on {len(held)} held-out slices", flush=True)
-    solver.train()
+    solver.train(budget=budget)
     best = run_dir / "best.pt"
     return best if best.is_file() else latest
 
@@ -323,6 +325,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from .solver import generator_weights
 
     started = time.time()
+    if args.minutes < 0:
+        raise SystemExit(f"--minutes {args.minutes:g}: give the minutes the whole command may take, e.g. --minutes "
+                         "25, or 0 for no time budget.")
     if args.threads:
         torch.set_num_threads(args.threads)
     cohort, out = Path(args.cohort).expanduser(), Path(args.out).expanduser()
@@ -352,9 +357,15 @@ def cmd_finetune(args: argparse.Namespace) -> None:
           + f"; contrasts {','.join(contrasts)}" + (f" ({','.join(added)} added)" if added else ""), flush=True)
     train = SliceData.build(train_cases, cfg, cohort)
     held_data = SliceData.build(held, cfg, cohort)
+    print(f"data ready: {len(train)} training and {len(held_data)} held-out slices "
+          f"({(time.time() - started) / 60:.1f} min)", flush=True)
     weights = expand_generator(generator_weights(base), old, contrasts)
     discriminator = _starting_discriminator(args.source, cfg, old)
-    chosen = _training_run(cfg, train, held_data, weights, run_dir, discriminator)
+    # After training: every model scores each target it takes on every held-out slice (the fine-tuned one twice
+    # when contrasts were added, also from the bundled model's inputs) and the voxel regression each target.
+    scored = 2 * len(contrasts) + (2 * len(old) if added else len(old)) * (args.source in BUNDLED_CHECKPOINTS)
+    budget = TimeBudget(started, args.minutes, after_slices=scored * len(held_data))
+    chosen = _training_run(cfg, train, held_data, weights, run_dir, discriminator, budget=budget)
     name = args.name or f"collagan-{cohort_name.lower()}-{'-'.join(contrasts)}"
     about = load_about(args.about) if args.about else {}
     description = about.get("description") or (
@@ -365,10 +376,11 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                 "split": f"{len(train_cases)} train / {len(held)} held-out case(s): {', '.join(held)}",
                 "checkpoint_choice": f"mean NMSE on slices of the held-out case(s) {', '.join(held)}",
                 "fine_tuned_from": {"model": args.source, "checkpoint": checkpoint, "contrasts_added": added},
-                "excluded_incomplete_cases": incomplete}
+                "excluded_incomplete_cases": incomplete, "steps_done": budget.done, "steps_set_by": budget.note()}
     title = f"Fine-tuning {args.source} on {cohort_name}"
-    score_and_export(Cohort(cohort, cohort_name, train_cases, held, incomplete), cfg, train, chosen, started, out,
-                     name=name, about=about, description=description, training=training, title=title,
+    score_and_export(Cohort(cohort, cohort_name, train_cases, held, incomplete), replace(cfg, steps=budget.done),
+                     train, chosen, started, out, steps_note=budget.note(), name=name, about=about,
+                     description=description, training=training, title=title,
                      reference=args.source if args.source in BUNDLED_CHECKPOINTS else None, reference_contrasts=old,
                      label="fine-tuned", discriminator=f"starting from {BUNDLED_DISCRIMINATORS[args.source]}"
                      if discriminator is not None else "")
@@ -388,7 +400,7 @@ class Cohort:
 def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen: Path, started: float, out: Path, *,
                      name: str, about: dict, description: str, training: dict, title: str,
                      reference: Optional[str], reference_contrasts: Sequence[str], label: str = "trained",
-                     discriminator: str = "") -> None:
+                     discriminator: str = "", steps_note: str = "") -> None:
     """Score the ``chosen`` checkpoint, a voxel regression fitted on the training slices and the bundled model
     ``reference`` (None: none) on the held-out cases with the core's evaluation, then write ``out/model.pt`` (the
     held-out figures in its card) and ``out/report.md`` together. Shared by ``finetune`` and ``train COHORT``."""
@@ -415,7 +427,8 @@ def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen:
     for row_label, model in sources.items():
         if model is None:
             continue
-        print(f"scoring {row_label} on {len(held_dirs)} held-out case(s)", flush=True)
+        print(f"scoring {row_label} on {len(held_dirs)} held-out case(s) ({(time.time() - started) / 60:.1f} min)",
+              flush=True)
         with warnings.catch_warnings(record=True) as caught:  # one line in the report instead of one per target
             warnings.simplefilter("always", InputCheckWarning)
             runs[row_label] = evaluate_cases(model, held_dirs, device="cpu")
@@ -425,7 +438,7 @@ def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen:
             unlike.append(row_label)
     figures = card_figures(runs[label], contrasts, cohort.held)
     report = report_text(title, cohort, cfg, chosen_step, train_seconds, runs, reference, added, unlike, label,
-                         discriminator)
+                         discriminator, steps_note)
     with OutputSet() as outputs:  # the model and its report together or not at all
         out.mkdir(parents=True, exist_ok=True)
         outputs.stage(out / "model.pt", lambda tmp: export_checkpoint(
@@ -462,7 +475,8 @@ def bundled_model(name: str):
 
 def report_text(title: str, cohort: Cohort, cfg: TrainConfig, chosen_step: int, seconds: float,
                 runs: Dict[str, List[dict]], reference: Optional[str] = None, added: Sequence[str] = (),
-                unlike: Sequence[str] = (), label: str = "trained", discriminator: str = "") -> str:
+                unlike: Sequence[str] = (), label: str = "trained", discriminator: str = "", steps_note: str = ""
+                ) -> str:
     """The Markdown report of a fine-tune or cohort training: data, run, and the models on the held-out cases."""
     left_out = "".join(f"\n- {case}: lacks {', '.join(missing)}" for case, missing in cohort.incomplete.items())
     adversarial = cfg.w_gan > 0 or cfg.w_g_clsf > 0
@@ -476,7 +490,8 @@ def report_text(title: str, cohort: Cohort, cfg: TrainConfig, chosen_step: int, 
         f"- left out, incomplete: {len(cohort.incomplete)}" + left_out,
         f"- {cfg.steps} steps of batch {cfg.batch_size} ({f'{cfg.crop}-pixel crops' if cfg.crop else 'full slices'}), "
         f"lr {cfg.lr_g}; "
-        f"chosen checkpoint: step {chosen_step}; {seconds / 60:.1f} min for data and training",
+        f"chosen checkpoint: step {chosen_step}; {seconds / 60:.1f} min for data and training"
+        + (f"; steps: {steps_note}" if steps_note else ""),
         "- loss: " + (f"adversarial and classification terms on, the discriminator {discriminator or 'from scratch'}, "
                       if adversarial else "no adversarial term, ")
         + f"direct L1 x{cfg.w_direct_l1:g} + SSIM x{cfg.w_direct_ssim:g}"
@@ -504,7 +519,11 @@ def add_parser(sub) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--holdout", type=int, help="how many complete cases to hold out (default: a fifth, >= 1)")
     group.add_argument("--holdout-cases", help="comma-separated names of the cases to hold out")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps at most (default "
+                   f"{DEFAULT_STEPS}); the time budget may do fewer")
+    p.add_argument("--minutes", type=float, default=25.0, help="time budget of the whole command in minutes "
+                   "(default 25): after the first steps are timed, the steps are capped so that training, scoring "
+                   "and export end within it; 0: no budget, all --steps")
     p.add_argument("--out", required=True, help="output folder: model.pt, report.md, and run/ (checkpoints, logs)")
     p.add_argument("--name", help="the model's name (default: collagan-<cohort>-<contrasts>)")
     p.add_argument("--about", help="JSON file with the card's intended_use, domain, limitations, description")

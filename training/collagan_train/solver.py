@@ -20,6 +20,7 @@ import csv
 import inspect
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -32,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import augment, losses
+from .budget import VALIDATION_PER_SLICE, TimeBudget, scaled_every
 from .config import TrainConfig
 from .data_loader import SliceData, training_batches
 from .model import Discriminator, Generator
@@ -429,6 +431,48 @@ class Solver:
         mean NMSE (earlier runs)."""
         return scores["select_score"] if self.cfg.n_select else scores["mean_nmse"]
 
+    @torch.no_grad()
+    def seconds_per_slice(self, count: int = 4) -> float:
+        """Seconds one full-size slice takes through the generator as validation runs it: ``count`` validation
+        slices timed after one untimed pass (the first allocates)."""
+        data = self.val_data if self.val_data is not None and len(self.val_data) else self.train_data
+        picks = list(range(min(count, len(data))))
+        images, _, _ = data.batch(picks, torch.Generator())
+        available = torch.ones(len(picks), self.n, dtype=torch.bool)
+        available[:, 0] = False
+        generator = self.G_ema if self.G_ema is not None else self.G
+        generator.eval()
+        with self._autocast():
+            x = self._prep(build_input(images, available, torch.zeros(len(picks), dtype=torch.long)).to(self.device))
+            generator(x)
+            t0 = time.time()
+            generator(x)
+        return (time.time() - t0) / len(picks)
+
+    def _apply_budget(self, budget: TimeBudget, sec_per_step: float, sec_per_validation: Optional[float],
+                      every: Tuple[int, int, int]) -> Optional[str]:
+        """Set ``cfg.steps`` to what fits in ``budget`` (at most the requested steps), with the validation and
+        checkpoint cadence ``every`` = (requested steps, val_every, ckpt_every) scaled to it; the progress line to
+        print, if any. ``sec_per_validation``: the mean validation with its checkpoint, None before the first."""
+        requested, val_every, ckpt_every = every
+        slices = min(self.cfg.val_slices, len(self.val_data)) if self.val_data is not None else 0
+        if sec_per_validation is not None and slices:
+            # A validation runs its slices through G and scores them, as the scoring after training does.
+            sec_per_slice = sec_per_validation / (slices * self.n)
+        else:
+            sec_per_slice = self.seconds_per_slice()
+            sec_per_validation = VALIDATION_PER_SLICE * slices * self.n * sec_per_slice
+        steps = budget.steps_that_fit(time.time(), self.step, requested, sec_per_step, val_every,
+                                      sec_per_validation, sec_per_slice)
+        if steps == self.cfg.steps:
+            return None
+        budget.steps, budget.sec_per_step = (steps if steps < requested else None), sec_per_step
+        capped = {"steps": steps, "val_every": scaled_every(val_every, steps, requested),
+                  "ckpt_every": scaled_every(ckpt_every, steps, requested)}
+        # The checkpoints record the capped count: a resume asks the budget again from what was asked.
+        self.cfg, self.base_cfg = replace(self.cfg, **capped), replace(self.base_cfg, **capped)
+        return budget.tell(steps)
+
     # ----- checkpoints -----
     def state(self) -> dict:
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
@@ -506,12 +550,16 @@ class Solver:
                 with open(path, "w", newline="") as handle:
                     csv.writer(handle).writerows(keep)
 
-    def train(self, on_step=None) -> None:
-        """Train until ``cfg.steps``; logs, validates and checkpoints on rank 0."""
+    def train(self, on_step=None, budget: Optional[TimeBudget] = None) -> None:
+        """Train until ``cfg.steps``; logs, validates and checkpoints on rank 0. With a ``budget`` (one process
+        only), ``cfg.steps`` is capped once its first steps are timed, and set again (never above what was asked)
+        after each validation, which measures what validating and scoring cost."""
         from tqdm import tqdm
 
         from .curves import plot_curves
 
+        if budget is not None and self.world > 1:
+            raise ValueError("A time budget caps the steps of one process; run without one under torchrun.")
         cfg = self.cfg
         main = self.rank == 0
         if main:
@@ -520,16 +568,39 @@ class Solver:
         last_ckpt = time.time()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and cfg.progress), dynamic_ncols=True)
         window: List[float] = []
+        every = (cfg.steps, cfg.val_every, cfg.ckpt_every)
+        if budget is not None:
+            budget.requested = cfg.steps
+        timed: List[float] = []  # this process's steps but its first (allocations, first reads)
+        first = True
+        validations: List[float] = []  # seconds of each validation with its checkpoint, in this process
+        t_val: Optional[float] = None
+        # Once a budget sets the cadence, the next validation follows the last one (not multiples of val_every:
+        # a changed cadence would otherwise validate at once, again and again).
+        last_val, next_val = self.step, None
+        ask = budget is not None and budget.minutes > 0
         while self.step < cfg.steps:
             t0 = time.time()
             out = self.train_step()
             dt = time.time() - t0
             self.train_seconds += dt
             window = (window + [dt])[-50:]
+            if not first:
+                timed = (timed + [dt])[-50:]
+            first = False
             if on_step is not None:
                 on_step(self.step, out)
             if not main:
                 continue
+            if ask and len(timed) >= budget.timing_steps:
+                ask = False
+                line = self._apply_budget(budget, float(np.mean(timed)),
+                                          float(np.mean(validations)) if validations else None, every)
+                cfg = self.cfg
+                bar.total = cfg.steps
+                next_val = max(last_val + cfg.val_every, self.step)
+                if line:
+                    bar.write(line)
             bar.update(1)
             # Only what this run trains: no discriminator loss (or phase) when no discriminator is trained.
             postfix = {"phase": out["phase"]} if self.warmup else {}
@@ -543,7 +614,10 @@ class Solver:
                                                        sec_per_step=float(np.mean(window))))
             checkpoint = (self.step % cfg.ckpt_every == 0 or time.time() - last_ckpt >= cfg.ckpt_every_s
                           or self.step == cfg.steps)
-            if (self.step % cfg.val_every == 0 or self.step == cfg.steps) and self.step > self.warmup:
+            due = self.step % cfg.val_every == 0 if next_val is None else self.step >= next_val
+            if (due or self.step == cfg.steps) and self.step > self.warmup:
+                t_val, last_val = time.time(), self.step
+                next_val = None if next_val is None else self.step + cfg.val_every
                 scores = self.validate()
                 if scores:
                     self._log("val.csv", ["step"] + sorted(scores), dict(scores, step=self.step))
@@ -557,4 +631,10 @@ class Solver:
                 self.save("latest.pt")
                 plot_curves(self.out_dir)
                 last_ckpt = time.time()
+            if t_val is not None and budget is not None and budget.minutes > 0:
+                # Measured now: a validation with its checkpoint; the budget is asked again with it.
+                validations, t_val = validations + [time.time() - t_val], None
+                ask = self.step < cfg.steps
         bar.close()
+        if budget is not None:
+            budget.done = self.step
