@@ -18,17 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from CollaGANImputeLib.case_files import read_case, training_profile_from_folders
-from CollaGANImputeLib.contract import load_model
+from CollaGANImputeLib.contract import load_model, onnx_path_for
 from CollaGANImputeLib.errors import InputCheckWarning, InputError
 from CollaGANImputeLib.evaluate import evaluate_cases, score_imputation
 from CollaGANImputeLib.io import OutputSet, find_case_files, find_lesion_mask, read_lesion_mask
@@ -439,11 +442,16 @@ def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen:
     figures = card_figures(runs[label], contrasts, cohort.held)
     report = report_text(title, cohort, cfg, chosen_step, train_seconds, runs, reference, added, unlike, label,
                          discriminator, steps_note)
-    with OutputSet() as outputs:  # the model and its report together or not at all
-        out.mkdir(parents=True, exist_ok=True)
-        outputs.stage(out / "model.pt", lambda tmp: export_checkpoint(
-            str(chosen), tmp, name=name, metrics=figures, description=description, input_profile=profile,
-            about=about, training_overrides=training))
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=run_dir) as folder, OutputSet() as outputs:
+        # The export writes the TorchScript file and its ONNX export beside it: both, with the report, go into
+        # OUT together or not at all.
+        final = export_checkpoint(str(chosen), str(Path(folder) / "model.pt"), name=name, metrics=figures,
+                                  description=description, input_profile=profile, about=about,
+                                  training_overrides=training)
+        for written in (final, onnx_path_for(final)):
+            if written.is_file():
+                outputs.stage(out / written.name, partial(shutil.copyfile, written), suffix=written.suffix)
         outputs.stage(out / "report.md", lambda tmp: Path(tmp).write_text(report), suffix=".md")
         outputs.commit()
     print(f"wrote {out / 'model.pt'} and {out / 'report.md'} ({(time.time() - started) / 60:.1f} min)")

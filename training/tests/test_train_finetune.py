@@ -43,7 +43,9 @@ def test_an_added_contrast_leaves_the_known_imputations_unchanged():
 
 def test_finetune_on_openms_adds_t2w_and_exports_a_model_the_core_runs(openms_cohort: Path, openms_finetune: Path):
     out = openms_finetune  # two steps on patient07's slices, patient19 held out (conftest)
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["model.onnx", "model.pt", "report.md"]
     model = load_model(out / "model.pt")
+    assert model.onnx == out / "model.onnx"  # the CPU runtimes' file, with the same card, beside it
     card = model.card
     assert card.contrasts == ["t1n", "t1c", "t2w", "t2f"]
     assert card.training["fine_tuned_from"]["contrasts_added"] == ["t2w"]
