@@ -26,20 +26,15 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
-import torch
-from CollaGANImputeLib import load_model
 from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.evaluate import score_imputation
 from CollaGANImputeLib.io import find_lesion_mask, read_lesion_mask
 from CollaGANImputeLib.metrics import contrast_identity, lesion_contrast, pearson
-from CollaGANImputeLib.resources import default_bundled_model
 from scipy import ndimage
 
-from . import DEFAULT_SPLIT, LGG_ENV, lgg_folder
+from . import add_study_arguments, study
 
 COLUMNS = ("I", "real lesion", "lesion at real C", "real tissue", "real band 6", "real band 12", "real inner",
            "band affine/slice", "I inner only")
@@ -84,24 +79,15 @@ def regression_bound(pred: np.ndarray, real: np.ndarray, given: list[np.ndarray]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="model .pt file (default: the bundled default model)")
-    parser.add_argument("--data", help=f"LGG case folders (default: ${LGG_ENV})")
-    parser.add_argument("--split", default=str(DEFAULT_SPLIT))
-    parser.add_argument("--target", default="t2f")
-    parser.add_argument("--subset", choices=("val", "train"), default="val",
-                        help="the split's patients to score; train shows if I is lost in fitting or in generalizing")
-    parser.add_argument("--limit", type=int, default=0, help="score only the first N patients of the subset")
-    parser.add_argument("--threads", type=int, default=1)
+    add_study_arguments(parser, "the split's patients to score; train shows if I is lost in fitting or in "
+                                "generalizing")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model) if args.model else default_bundled_model().load()
-    data = lgg_folder(args.data)
-    inputs = [c for c in model.card.contrasts if c != args.target]
+    run = study(args)
+    model, inputs = run.model, run.inputs
     print(f"{args.target} from {'+'.join(inputs)}; columns: " + " | ".join(COLUMNS) + " | band share of error")
     table, bounds = [], []
-    cases = json.loads(Path(args.split).read_text())[args.subset]
-    for case in cases[: args.limit or None]:
-        folder = data / case
+    for folder in run.folders:
+        case = folder.name
         images = read_case(folder, model.card.contrasts)
         lesion_path = find_lesion_mask(folder)
         lesion_image = read_lesion_mask(lesion_path) if lesion_path else None

@@ -25,20 +25,16 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-from CollaGANImputeLib import load_model
 from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.evaluate import score_imputation
 from CollaGANImputeLib.metrics import contrast_identity, nmse, not_acquired, pearson
-from CollaGANImputeLib.resources import default_bundled_model
 from scipy import ndimage
 
-from . import DEFAULT_SPLIT, LGG_ENV, lgg_folder
+from . import add_study_arguments, study
 
 
 def smooth_inside(values: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
@@ -104,29 +100,21 @@ def draw_end_slices(path: Path, case: str, given: np.ndarray, real: np.ndarray, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="model .pt file (default: the bundled default model)")
-    parser.add_argument("--data", help=f"LGG case folders (default: ${LGG_ENV})")
-    parser.add_argument("--split", default=str(DEFAULT_SPLIT))
-    parser.add_argument("--subset", choices=("val", "train"), default="val")
-    parser.add_argument("--limit", type=int, default=0, help="score only the first N patients of the subset")
-    parser.add_argument("--target", default="t2f")
+    add_study_arguments(parser)
     parser.add_argument("--sigma", type=float, default=8.0, help="the smooth part's Gaussian, in pixels")
     parser.add_argument("--n4", action="store_true", help="also with the inputs, then the real image, N4-corrected")
     parser.add_argument("--montage", type=Path, help="draw the patient with the most voxels without data here")
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model) if args.model else default_bundled_model().load()
-    data = lgg_folder(args.data)
-    inputs = [c for c in model.card.contrasts if c != args.target]
+    run = study(args)
+    model, inputs = run.model, run.inputs
     header = ("R² | ρ | smooth share | slice-mean share | I | I smooth put back | R² smooth put back | no data | "
               "I acquired part | NMSE | NMSE acquired part")
     print(f"{args.target} from {'+'.join(inputs)}, smooth = Gaussian {args.sigma:g} px; columns: {header}"
           + (" | I from N4 inputs | R² from N4 inputs | R² to N4 real | I to N4 real" if args.n4 else ""))
     table, worst = [], None
-    cases = json.loads(Path(args.split).read_text())[args.subset]
-    for case in cases[: args.limit or None]:
-        images = read_case(data / case, model.card.contrasts)
+    for folder in run.folders:
+        case = folder.name
+        images = read_case(folder, model.card.contrasts)
         scored = score_imputation(model, images, args.target, inputs, device="cpu")
         mask, pred, real = scored.mask, scored.pred.astype(np.float64), scored.real.astype(np.float64)
         given = [scored.result.case.arrays[c] for c in inputs]
