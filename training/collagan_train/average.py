@@ -15,8 +15,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import shlex
-import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,7 +22,7 @@ import torch
 from CollaGANImputeLib.atomic import atomic_path
 
 from .config import loss_settings
-from .export import run_folder
+from .export import record_run
 
 
 def average_generators(paths: Sequence[Path], weights: Optional[Sequence[float]] = None) -> dict:
@@ -54,14 +52,9 @@ def cmd_average(args: argparse.Namespace) -> None:
     out = Path(args.out)
     with atomic_path(out) as tmp:
         torch.save(state, tmp)
-    # The run records that select and export read: the last input's set-aside patients, and this command.
-    run_dir, source = run_folder(out), run_folder(paths[-1]) / "split_used.json"
-    if source.is_file():
-        shutil.copyfile(source, run_dir / "split_used.json")
     command = ["average", *args.snapshots, "--out", args.out] + (
         ["--weights", *map(str, args.weights)] if args.weights else [])
-    with open(run_dir / "commands.txt", "a") as handle:
-        handle.write(f"python -m training.collagan_train.main {shlex.join(command)}\n")
+    record_run(out, paths[-1], command)  # what select and export read: the last input's set-aside patients
     inputs = ", ".join(f"{m['weight']:.2f} x {m['checkpoint']}" for m in state["averaged_from"])
     print(f"{out}: mean of {inputs}")
 

@@ -15,10 +15,8 @@ Example:
 from __future__ import annotations
 
 import argparse
-import shlex
-import shutil
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Mapping, Sequence
 
 import torch
 from CollaGANImputeLib.atomic import atomic_path
@@ -26,12 +24,12 @@ from CollaGANImputeLib.atomic import atomic_path
 from .baselines import fit
 from .config import TrainConfig, load_config
 from .data_loader import load_data
-from .export import run_folder
+from .export import record_run
 from .solver import generator_weights
 
 
 def parse_mix(text: str, contrasts: Sequence[str]) -> List[float]:
-    """``t1n=1,t1c=0.3,t2f=0.8`` as one share per contrast in model order; every contrast named once, 0 to 1.
+    """``t1n=1,t1c=0.3,t2f=0.8`` as one share per contrast in model order (:func:`shares_in_order`).
 
     Example:
         >>> parse_mix("t1n=1,t1c=0.3,t2f=0.8", ["t1n", "t1c", "t2f"])
@@ -44,27 +42,33 @@ def parse_mix(text: str, contrasts: Sequence[str]) -> List[float]:
             shares[name.strip()] = float(value)
         except ValueError:
             raise SystemExit(f"--mix {text}: '{part}' is not CONTRAST=SHARE (e.g. t1c=0.3).") from None
-    if sorted(shares) != sorted(contrasts) or not all(0.0 <= v <= 1.0 for v in shares.values()):
-        raise SystemExit(f"--mix {text}: give each of {', '.join(contrasts)} once, with a share from 0 to 1 "
+    return shares_in_order(shares, contrasts, f"--mix {text}")
+
+
+def shares_in_order(shares: Mapping[str, float], contrasts: Sequence[str], where: str) -> List[float]:
+    """The U-Net's share of each of ``contrasts`` in model order: every contrast named once, 0 to 1 (``where``
+    names the source in the error)."""
+    if sorted(shares) != sorted(contrasts) or not all(0.0 <= float(v) <= 1.0 for v in shares.values()):
+        raise SystemExit(f"{where}: give each of {', '.join(contrasts)} once, with a share from 0 to 1 "
                          "(1: the network alone, 0: the voxel regression alone).")
-    return [shares[c] for c in contrasts]
+    return [float(shares[c]) for c in contrasts]
 
 
-def blended_state(state: dict, coef: torch.Tensor, mix: Sequence[float]) -> dict:
-    """The snapshot of ``state``'s generator blended with the polynomial ``coef`` (N, 2**N, F) at shares ``mix``."""
+def blended_state(state: dict, coef: torch.Tensor, mix: Sequence[float], source: str = "") -> dict:
+    """The snapshot of ``state``'s generator (read from ``source``) blended with the polynomial ``coef``
+    (N, 2**N, F) at shares ``mix``."""
     config = dict(state["config"])
     if config.get("g_voxel_prior"):
         raise SystemExit("This generator already adds a voxel-regression polynomial; blend a generator without one.")
+    shares = [float(m) for m in mix]
     weights = dict(generator_weights(state))
-    n = len(config["contrasts"])
     weights["prior.coef"] = coef.float()
-    weights["prior.bits"] = 2 ** torch.arange(n)
-    weights["mix"] = torch.tensor([float(m) for m in mix])
-    config.update(g_voxel_prior=True, g_prior_mix=[float(m) for m in mix])
-    blended = {k: v for k, v in state.items() if k not in ("G", "G_ema", "D", "opt_g", "opt_d", "_path")}
+    weights["prior.bits"] = 2 ** torch.arange(len(config["contrasts"]))
+    weights["mix"] = torch.tensor(shares)
+    config.update(g_voxel_prior=True, g_prior_mix=shares)
+    blended = {k: v for k, v in state.items() if k not in ("G", "G_ema", "D", "opt_g", "opt_d")}
     return {**blended, "G": weights, "config": config,
-            "blended_from": {"checkpoint": Path(state.get("_path", "")).name,
-                             "mix": dict(zip(config["contrasts"], [float(m) for m in mix]))}}
+            "blended_from": {"checkpoint": Path(source).name, "mix": dict(zip(config["contrasts"], shares))}}
 
 
 def blend_checkpoint(checkpoint: Path, cfg: TrainConfig, mix: Sequence[float], out: Path,
@@ -74,18 +78,13 @@ def blend_checkpoint(checkpoint: Path, cfg: TrainConfig, mix: Sequence[float], o
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     train, _, split = load_data(cfg)
     coef = fit(train.images, train.masks, seed=cfg.seed)
-    blended = blended_state({**state, "_path": str(checkpoint)}, coef, mix)
+    blended = blended_state(state, coef, mix, str(checkpoint))
     blended["blended_from"]["polynomial"] = (f"voxel regression (quadratic) fitted on the {len(split['train'])} "
                                              "training patients")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         torch.save(blended, tmp)
-    run_dir, source = run_folder(out), run_folder(checkpoint) / "split_used.json"
-    if source.is_file() and source.resolve() != (run_dir / "split_used.json").resolve():
-        shutil.copyfile(source, run_dir / "split_used.json")
-    if command:
-        with open(run_dir / "commands.txt", "a") as handle:
-            handle.write(f"python -m training.collagan_train.main {shlex.join(command)}\n")
+    record_run(out, checkpoint, command)
     print(f"{out}: {checkpoint} blended with the voxel regression, U-Net share "
           + ", ".join(f"{c} {m:.2f}" for c, m in zip(cfg.contrasts, mix)), flush=True)
     return out

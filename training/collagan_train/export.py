@@ -13,8 +13,10 @@ import csv
 import hashlib
 import json
 import platform
+import shlex
+import shutil
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 from CollaGANImputeLib.atomic import write_text_atomic
@@ -274,6 +276,17 @@ def run_folder(checkpoint: Path) -> Path:
     the checkpoint's folder, or the one above for a run's ``snapshots/``."""
     folder = checkpoint.parent
     return folder.parent if folder.name == "snapshots" else folder
+
+
+def record_run(out: Path, source: Path, command: Sequence[str] = ()) -> None:
+    """The run records that ``select`` and ``export`` read, for a snapshot ``out`` made from ``source`` (a weight mean,
+    a blend): the source run's ``split_used.json`` beside it, and ``command`` appended to its ``commands.txt``."""
+    run_dir, split = run_folder(out), run_folder(source) / "split_used.json"
+    if split.is_file() and split.resolve() != (run_dir / "split_used.json").resolve():
+        shutil.copyfile(split, run_dir / "split_used.json")
+    if command:
+        with open(run_dir / "commands.txt", "a") as handle:
+            handle.write(f"python -m training.collagan_train.main {shlex.join(command)}\n")
 
 
 def split_used(run_dir: Path) -> dict:

@@ -67,10 +67,10 @@ def run_stages(recipe: Recipe, out: Path, overrides: Sequence[str],
         cmd_average(argparse.Namespace(snapshots=[str(out / name / "latest.pt") for name in recipe.average],
                                        out=str(result), weights=None))
     if recipe.blend:
-        from .blend import blend_checkpoint, parse_mix
+        from .blend import blend_checkpoint, shares_in_order
 
         cfg = make_config(recipe.final, overrides)
-        mix = parse_mix(",".join(f"{c}={v}" for c, v in recipe.blend.items()), cfg.contrasts)
+        mix = shares_in_order(recipe.blend, cfg.contrasts, f"the blend of recipe {recipe.path.name}")
         result = blend_checkpoint(result, cfg, mix, out / BLEND)
     return result
 
