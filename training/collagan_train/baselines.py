@@ -29,19 +29,25 @@ from .voxel_regression import VoxelRegression, n_features, quadratic_features
 LICENCE = "CC BY-NC-SA 4.0 (inherited from the TCGA-LGG curated set; research use only)"
 
 
-def fit(images: np.ndarray, masks: np.ndarray, max_voxels: int = 400_000, seed: int = 0) -> torch.Tensor:
-    """Least-squares coefficients (N, 2**N, F) from (S, N, H, W) p99 slices and their (S, H, W) masks."""
+def fit(images: np.ndarray, masks: np.ndarray, max_voxels: int = 400_000, seed: int = 0,
+        target_scale: Optional[np.ndarray] = None) -> torch.Tensor:
+    """Least-squares coefficients (N, 2**N, F) from (S, N, H, W) p99 slices and their (S, H, W) masks; a target
+    is fitted in the units it is scored in: ``target_scale`` (S, N), as :class:`.data_loader.SliceData` has it
+    (None: ones)."""
     rng = np.random.default_rng(seed)
     s, n = images.shape[:2]
     slices = np.sort(rng.choice(s, size=min(s, 400), replace=False))
     # Sample voxels inside the mask, a few thousand per slice, so every patient/slice contributes.
     per_slice = max(1, max_voxels // len(slices))
-    rows = []
+    rows, factors = [], []
     for i in slices:
         ys, xs = np.nonzero(masks[i])
         pick = rng.choice(len(ys), size=min(per_slice, len(ys)), replace=False)
         rows.append(np.asarray(images[i][:, ys[pick], xs[pick]], dtype=np.float64).T)
-    voxels = np.concatenate(rows)  # (V, N)
+        factor = np.ones(n) if target_scale is None else np.asarray(target_scale[i], dtype=np.float64)
+        factors.append(np.broadcast_to(factor, rows[-1].shape))
+    voxels = np.concatenate(rows)  # (V, N), input units
+    targets = voxels * np.concatenate(factors)  # the same voxels in target units
     feats_all = quadratic_features(torch.from_numpy(voxels)[:, :, None, None])[:, :, 0, 0].numpy()
     coef = np.zeros((n, 2**n, n_features(n)))
     for target in range(n):
@@ -49,7 +55,7 @@ def fit(images: np.ndarray, masks: np.ndarray, max_voxels: int = 400_000, seed: 
         for r in range(1, len(others) + 1):
             for subset in itertools.combinations(others, r):
                 used = _feature_columns(n, subset)
-                solution, *_ = np.linalg.lstsq(feats_all[:, used], voxels[:, target], rcond=None)
+                solution, *_ = np.linalg.lstsq(feats_all[:, used], targets[:, target], rcond=None)
                 coef[target, sum(2**k for k in subset), used] = solution
     return torch.from_numpy(coef)
 
@@ -86,7 +92,8 @@ def export_voxel_regression(coef: torch.Tensor, contrasts: Sequence[str], out: s
 def cmd_baseline(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.set)
     train, _, split = load_data(cfg)
-    coef = fit(train.images, train.masks, max_voxels=args.max_voxels, seed=cfg.seed)
+    coef = fit(train.images, train.masks, max_voxels=args.max_voxels, seed=cfg.seed,
+               target_scale=train.target_scale)
     path = export_voxel_regression(coef, cfg.contrasts, str(repo_path(args.out)), training={
         "data": "TCGA-LGG training split", "split": cfg.split_file, "train_patients": len(split["train"]),
         "train_slices": len(train), "voxels": args.max_voxels,

@@ -7,6 +7,9 @@ set-aside patients left out, so that shares can be chosen on them), and the resu
 any other (``G`` with the polynomial and the shares as buffers; ``config`` with ``g_voxel_prior`` and
 ``g_prior_mix``), which ``export``, ``select`` and ``evaluate`` take.
 
+A cohort run (``finetune``, ``train COHORT``) chooses its shares itself on its held-out cases
+(:func:`choose_shares`).
+
 Example:
     python -m training.collagan_train.main blend training/checkpoints/lgg_v6_mean_g.pt --config lgg \
         --mix t1n=1,t1c=0.3,t2f=0.8 --out runs/blend/g_blend.pt
@@ -15,11 +18,16 @@ Example:
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
 
+import numpy as np
 import torch
 from CollaGANImputeLib.atomic import atomic_path
+from CollaGANImputeLib.case_files import read_case
+from CollaGANImputeLib.evaluate import score_imputation
+from CollaGANImputeLib.metrics import nmse, scored_target, tissue_identity
 
 from .baselines import fit
 from .config import TrainConfig, load_config
@@ -54,6 +62,67 @@ def shares_in_order(shares: Mapping[str, float], contrasts: Sequence[str], where
     return [float(shares[c]) for c in contrasts]
 
 
+#: The U-Net shares a cohort run tries per target.
+SHARE_GRID = tuple(i / 10 for i in range(11))
+
+
+@dataclass
+class ShareChoice:
+    """Per target (model order): the chosen U-Net ``shares`` and, on the cases they were chosen on, the mean NMSE of
+    the network alone, the voxel regression alone and the blend, and how many cases have ``I_T > 0`` with each."""
+
+    shares: List[float]
+    rows: List[dict]
+
+    def table(self, contrasts: Sequence[str]) -> str:
+        """The Markdown table of the choice, one row per target."""
+        lines = ["| target | U-Net share | NMSE network | NMSE voxel regression | NMSE blend "
+                 "| I_T > 0 network / blend |", "|---|---|---|---|---|---|"]
+        for name, share, row in zip(contrasts, self.shares, self.rows):
+            cases = row["cases"]
+            lines.append(f"| {name} | {share:.1f} | {row['network']:.4f} | {row['regression']:.4f} | "
+                         f"{row['blend']:.4f} | {row['kept_network']}/{cases} / {row['kept_blend']}/{cases} |")
+        return "\n".join(lines)
+
+
+def choose_shares(network, regression, case_dirs: Sequence[Path], contrasts: Sequence[str],
+                  grid: Sequence[float] = SHARE_GRID) -> ShareChoice:
+    """Per target, the U-Net share of ``grid`` with the lowest mean NMSE on ``case_dirs`` (each target imputed from
+    every other contrast, scored as EVALUATION.md v3 does) among the shares that keep the target's tissue contrast
+    (``I_T > 0``) in as many cases as the network alone; ties go to the larger share. ``network`` and
+    ``regression`` are loaded models (the core's ``load_model``) of the same contrasts.
+
+    Example:
+        >>> choice = choose_shares(load_model(net), load_model(voxreg), [Path("A")], ["t1n", "t1c"])  # doctest: +SKIP
+        >>> choice.shares                                                                    # doctest: +SKIP
+        [0.7, 0.4]
+    """
+    nmses = np.zeros((len(contrasts), len(grid)))
+    kept = np.zeros((len(contrasts), len(grid)), dtype=int)
+    for folder in case_dirs:
+        images = read_case(Path(folder), contrasts)
+        for t, target in enumerate(contrasts):
+            inputs = [c for c in contrasts if c != target]
+            net = score_imputation(network, images, target, inputs, device="cpu")
+            reg = score_imputation(regression, images, target, inputs, device="cpu")
+            real, region = scored_target(net.real, net.mask)
+            given = [net.result.case.arrays[c] for c in inputs]
+            for g, share in enumerate(grid):
+                pred = share * net.pred + (1 - share) * reg.pred
+                nmses[t, g] += nmse(pred, real, region) / len(case_dirs)
+                kept[t, g] += tissue_identity(pred, real, given, region) > 0
+    shares, rows = [], []
+    alone, regression_alone = int(np.argmax(grid)), int(np.argmin(grid))  # the grid holds 1 and 0
+    for t in range(len(contrasts)):
+        allowed = [g for g in range(len(grid)) if kept[t, g] >= kept[t, alone]]
+        best = min(allowed, key=lambda g: (round(float(nmses[t, g]), 6), -grid[g]))
+        shares.append(float(grid[best]))
+        rows.append({"network": float(nmses[t, alone]), "regression": float(nmses[t, regression_alone]),
+                     "blend": float(nmses[t, best]), "kept_network": int(kept[t, alone]),
+                     "kept_blend": int(kept[t, best]), "cases": len(case_dirs)})
+    return ShareChoice(shares, rows)
+
+
 def blended_state(state: dict, coef: torch.Tensor, mix: Sequence[float], source: str = "") -> dict:
     """The snapshot of ``state``'s generator (read from ``source``) blended with the polynomial ``coef``
     (N, 2**N, F) at shares ``mix``."""
@@ -77,7 +146,7 @@ def blend_checkpoint(checkpoint: Path, cfg: TrainConfig, mix: Sequence[float], o
     training patients (its set-aside patients left out); ``command`` is recorded in the run's commands.txt."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     train, _, split = load_data(cfg)
-    coef = fit(train.images, train.masks, seed=cfg.seed)
+    coef = fit(train.images, train.masks, seed=cfg.seed, target_scale=train.target_scale)
     blended = blended_state(state, coef, mix, str(checkpoint))
     blended["blended_from"]["polynomial"] = (f"voxel regression (quadratic) fitted on the {len(split['train'])} "
                                              "training patients")

@@ -1,14 +1,15 @@
 """Training slices: locate the data, split by patient, normalize through the core, store per case, batch.
 
 Every case goes through ``CollaGANImputeLib.case.prepare_case`` on all its contrasts (canonical axial
-orientation, inputs-only head mask, p99 units) and is brought to the model's in-plane grid by the core's
-``SliceGrid``, exactly as inference and evaluation see it (a BraTS 240x240 slice at 1 mm is zero-padded to
-256x256; other spacings are resampled). Slices with enough head are stored per case under ``runs/cache``
-(git-ignored): ``<settings>/<case>.<source>.images.npy`` (S, N, H, W) float16 and ``.masks.npy`` (S, H, W) uint8
-(bit 0 head, bit 1 lesion from ``-seg``), built once, written all or nothing, keyed by a hash of the preparation
-settings and of the case's files (a case prepared again replaces its store). Training reads the slices it needs
-from them on demand, so memory does not grow with the number of cases, and DataLoader workers prepare the batches
-ahead of the step (:func:`training_batches`).
+orientation, head mask, p99 units) and is brought to the model's in-plane grid by the core's ``SliceGrid``, exactly
+as inference and evaluation see it (a BraTS 240x240 slice at 1 mm is zero-padded to 256x256; other spacings are
+resampled); a contrast is a target in the units evaluation scores it in (:func:`target_scales`). Slices with enough
+head are stored per case under ``runs/cache`` (git-ignored): ``<settings>/<case>.<source>.images.npy``
+(S, N, H, W) float16, ``.masks.npy`` (S, H, W) uint8 (bit 0 head, bit 1 lesion from ``-seg``) and ``.scales.npy``
+(N,), built once, written all or nothing, keyed by a hash of the preparation settings and of the case's files (a
+case prepared again replaces its store). Training reads the slices it needs from them on demand, so memory does not
+grow with the number of cases, and DataLoader workers prepare the batches ahead of the step
+(:func:`training_batches`).
 
 Example:
     >>> split = load_or_make_split(cfg)                                   # doctest: +SKIP
@@ -37,6 +38,8 @@ from CollaGANImputeLib.contract import DEFAULT_PIXEL_SPACING
 from CollaGANImputeLib.errors import InputError
 from CollaGANImputeLib.geometry import SliceGrid
 from CollaGANImputeLib.io import LESION_SUFFIX, OutputSet, find_case_files, find_lesion_mask, read_lesion_mask
+from CollaGANImputeLib.metrics import scored_target
+from CollaGANImputeLib.normalization import foreground_mask, p99
 
 from .config import TrainConfig
 
@@ -46,8 +49,9 @@ IN_PLANE = 256
 #: The model's pixel spacing (mm) training slices are brought to: the card's default, the LGG training grid.
 MODEL_SPACING = tuple(DEFAULT_PIXEL_SPACING)
 #: Changes whenever what a store holds changes (its key then differs, so old stores are not read).
-STORE_FORMAT = "case-store-1"
+STORE_FORMAT = "case-store-2"
 HEAD, LESION = 1, 2  # bits of a store's masks
+STORE_PARTS = ("images", "masks", "scales")
 
 
 def repo_path(path: str) -> Path:
@@ -114,18 +118,45 @@ def load_or_make_split(cfg: TrainConfig, folder: Path) -> dict:
     return split
 
 
+def target_scales(arrays: Sequence[np.ndarray], mask: np.ndarray) -> np.ndarray:
+    """Per contrast, the factor that brings its array (p99 units inside ``mask``, the head mask of all contrasts)
+    to the units it is scored in as a target: p99 units inside the head mask of the *other* contrasts, re-scaled
+    as EVALUATION.md's ``M_t`` does (:func:`~CollaGANImputeLib.metrics.scored_target`). Why: the mask of all
+    contrasts also holds the rim that only the target shows bright (e.g. enhancing vessels and dura on a
+    skull-stripped T1+Gd), which raises its p99: trained in those units, a model's targets come out about 10 %
+    too dark on such scans (OpenMS T1+Gd 1.10, T2w 1.04; LGG within 0.98-1.01).
+
+    Example:
+        >>> float(target_scales([np.ones((2, 8, 8)), np.ones((2, 8, 8))], np.ones((2, 8, 8), bool))[0])
+        1.0
+    """
+    factors = np.ones(len(arrays), dtype=np.float32)
+    for t, array in enumerate(arrays):
+        others = [a for k, a in enumerate(arrays) if k != t]
+        if not others:
+            continue
+        region = foreground_mask(others)
+        if not region.any() or not np.any(array[region] > 0):
+            continue
+        scored, where = scored_target(array / np.float32(p99(array, region)), region)
+        inside = where & (array > 0)
+        if inside.any():
+            factors[t] = float(np.median(scored[inside] / array[inside]))
+    return factors
+
+
 def prepare_slices(case_dir: Path, contrasts: Sequence[str], min_foreground: float,
                    size: Tuple[int, int] = (IN_PLANE, IN_PLANE), spacing: Tuple[float, float] = MODEL_SPACING
-                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One case through the core: (S, N, H, W) p99 arrays, (S, H, W) head mask and (S, H, W) lesion mask (the
     case's ``-seg``, zeros without one) of the slices with enough head, on the model's grid (``size`` pixels at
     ``spacing`` mm: padded/cropped or resampled by the core's :class:`~CollaGANImputeLib.geometry.SliceGrid`, as
-    inference does).
+    inference does), and the (N,) :func:`target_scales` of the whole volume.
 
     Example:
-        >>> stack, mask, lesion = prepare_slices(Path("BraTS-GLI-00000-000"), ["t1n", "t2f"], 0.05)  # doctest: +SKIP
-        >>> stack.shape[1:], mask.shape[1:]                                                       # doctest: +SKIP
-        ((2, 256, 256), (256, 256))
+        >>> stack, mask, lesion, scales = prepare_slices(Path("BraTS-00000"), ["t1n", "t2f"], 0.05)  # doctest: +SKIP
+        >>> stack.shape[1:], mask.shape[1:], scales.shape                                # doctest: +SKIP
+        ((2, 256, 256), (256, 256), (2,))
     """
     images = read_case(case_dir, contrasts)
     missing = [c for c in contrasts if c not in images]
@@ -134,6 +165,7 @@ def prepare_slices(case_dir: Path, contrasts: Sequence[str], min_foreground: flo
     case = prepare_case({c: images[c] for c in contrasts})
     stack = np.stack([case.arrays[c] for c in contrasts], axis=1)
     mask = case.mask
+    scales = target_scales([case.arrays[c] for c in contrasts], mask)
     lesion = np.zeros_like(mask, dtype=bool)
     seg = find_lesion_mask(case_dir)
     if seg is not None:
@@ -144,7 +176,7 @@ def prepare_slices(case_dir: Path, contrasts: Sequence[str], min_foreground: flo
         both = grid.to_model(torch.from_numpy(np.stack([mask, lesion], axis=1).astype(np.float32))).numpy() > 0.5
         mask, lesion = both[:, 0], both[:, 1]
     keep = mask.mean(axis=(1, 2)) >= min_foreground
-    return stack[keep], mask[keep], lesion[keep]
+    return stack[keep], mask[keep], lesion[keep], scales
 
 
 def store_settings(cfg: TrainConfig) -> str:
@@ -162,31 +194,31 @@ def source_signature(case_dir: Path, contrasts: Sequence[str]) -> str:
     return hashlib.sha1(json.dumps(stats).encode()).hexdigest()[:12]
 
 
-def case_store(case_dir: Path, cfg: TrainConfig) -> Tuple[Path, Path]:
-    """The (images, masks) .npy store of one case for these settings, built through the core if absent.
+def case_store(case_dir: Path, cfg: TrainConfig) -> Tuple[Path, Path, Path]:
+    """The (images, masks, scales) .npy store of one case for these settings, built through the core if absent.
 
     Example:
-        >>> images, masks = case_store(Path("data/complete/TCGA-CS-4941"), cfg)    # doctest: +SKIP
+        >>> images, masks, scales = case_store(Path("data/complete/TCGA-CS-4941"), cfg)  # doctest: +SKIP
         >>> np.load(images, mmap_mode="r").shape                                  # doctest: +SKIP
         (20, 3, 256, 256)
     """
     folder = repo_path(cfg.cache_dir) / store_settings(cfg)
     stem = f"{case_dir.name}.{source_signature(case_dir, cfg.contrasts)}"
-    images, masks = folder / f"{stem}.images.npy", folder / f"{stem}.masks.npy"
-    if images.is_file() and masks.is_file():
-        return images, masks
-    stack, head, lesion = prepare_slices(case_dir, cfg.contrasts, cfg.min_foreground)
+    files = tuple(folder / f"{stem}.{part}.npy" for part in STORE_PARTS)
+    if all(f.is_file() for f in files):
+        return files
+    stack, head, lesion, scales = prepare_slices(case_dir, cfg.contrasts, cfg.min_foreground)
     bits = (head * HEAD | lesion * LESION).astype(np.uint8)
     folder.mkdir(parents=True, exist_ok=True)
-    with OutputSet() as outputs:  # both files or neither: a half-built store is never read
-        for path, array in ((images, stack.astype(np.float16)), (masks, bits)):
+    with OutputSet() as outputs:  # all files or none: a half-built store is never read
+        for path, array in zip(files, (stack.astype(np.float16), bits, scales.astype(np.float32))):
             outputs.stage(path, lambda tmp, a=array: np.save(tmp, a))
         outputs.commit()
-    stale = re.compile(re.escape(case_dir.name) + r"\.[0-9a-f]{12}\.(images|masks)\.npy")
+    stale = re.compile(re.escape(case_dir.name) + r"\.[0-9a-f]{12}\.(" + "|".join(STORE_PARTS) + r")\.npy")
     for old in folder.iterdir():  # the store of the case's earlier files (a reader still open keeps its copy)
-        if stale.fullmatch(old.name) and old not in (images, masks):
+        if stale.fullmatch(old.name) and old not in files:
             old.unlink(missing_ok=True)
-    return images, masks
+    return files
 
 
 ArrayLike = Union[np.ndarray, "CaseSlices"]
@@ -263,13 +295,17 @@ class BrainOnlyCopies:
 
 class SliceData:
     """Slices of a list of cases: ``images`` (S, N, H, W) float16, ``masks`` and ``lesions`` (S, H, W) bool
-    (head mask, lesion mask), ``index`` (case, slice) per slice. Built from the per-case stores they are
-    :class:`CaseSlices` (read on demand); arrays in memory work the same."""
+    (head mask, lesion mask), ``index`` (case, slice) per slice, ``target_scale`` (S, N) float32: the factor that
+    brings a contrast of the slice to the units it is scored in as a target (:func:`target_scales`; ones if not
+    given). Built from the per-case stores, the arrays are :class:`CaseSlices` (read on demand); arrays in memory
+    work the same."""
 
     def __init__(self, images: ArrayLike, masks: ArrayLike, index: List[Tuple[str, int]],
-                 lesions: Optional[ArrayLike] = None) -> None:
+                 lesions: Optional[ArrayLike] = None, target_scale: Optional[np.ndarray] = None) -> None:
         self.images, self.masks, self.index = images, masks, index
         self.lesions = lesions if lesions is not None else np.zeros(masks.shape, dtype=bool)
+        self.target_scale = (np.ones(images.shape[:2], dtype=np.float32) if target_scale is None
+                             else np.asarray(target_scale, dtype=np.float32).reshape(images.shape[:2]))
         self.brain: Optional[BrainOnlyCopies] = None  # see add_brain_only_copies
 
     def add_brain_only_copies(self) -> int:
@@ -299,7 +335,11 @@ class SliceData:
         images = CaseSlices([s[0] for s in stores])
         counts = np.bincount(images.rows[:, 0], minlength=len(stores)) if len(images) else [0] * len(stores)
         index = [(case, i) for case, count in zip(sorted(cases), counts) for i in range(int(count))]
-        return cls(images, CaseSlices([s[1] for s in stores], HEAD), index, CaseSlices([s[1] for s in stores], LESION))
+        scales = [np.load(s[2]) for s in stores]
+        per_slice = (np.concatenate([np.tile(f, (int(c), 1)) for f, c in zip(scales, counts)])
+                     if len(images) else None)
+        return cls(images, CaseSlices([s[1] for s in stores], HEAD), index, CaseSlices([s[1] for s in stores], LESION),
+                   per_slice)
 
     def subset(self, cases: Sequence[str]) -> SliceData:
         """The slices of ``cases`` only: e.g. training patients set aside for checkpoint choice."""
@@ -308,7 +348,8 @@ class SliceData:
 
         def part(array: ArrayLike) -> ArrayLike:
             return array.take(keep) if isinstance(array, CaseSlices) else np.asarray(array[keep])
-        return SliceData(part(self.images), part(self.masks), [self.index[i] for i in keep], part(self.lesions))
+        return SliceData(part(self.images), part(self.masks), [self.index[i] for i in keep], part(self.lesions),
+                         self.target_scale[keep])
 
     def batch(self, indices: Sequence[int], gen: torch.Generator, crop: int = 0, flip: bool = False,
               intensity_scale: float = 0.0, brain_p: float = 0.0

@@ -366,7 +366,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     discriminator = _starting_discriminator(args.source, cfg, old)
     # After training: every model scores each target it takes on every held-out slice (the fine-tuned one twice
     # when contrasts were added, also from the bundled model's inputs) and the voxel regression each target.
-    scored = 2 * len(contrasts) + (2 * len(old) if added else len(old)) * (args.source in BUNDLED_CHECKPOINTS)
+    # Before that, the choice of the blend runs the network and the voxel regression on every target.
+    scored = (2 + 2 * (not args.network_only)) * len(contrasts) + (2 * len(old) if added else len(old)) * (
+        args.source in BUNDLED_CHECKPOINTS)
     budget = TimeBudget(started, args.minutes, after_slices=scored * len(held_data))
     chosen = _training_run(cfg, train, held_data, weights, run_dir, discriminator, budget=budget)
     name = args.name or f"collagan-{cohort_name.lower()}-{'-'.join(contrasts)}"
@@ -386,7 +388,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                      description=description, training=training, title=title,
                      reference=args.source if args.source in BUNDLED_CHECKPOINTS else None, reference_contrasts=old,
                      label="fine-tuned", discriminator=f"starting from {BUNDLED_DISCRIMINATORS[args.source]}"
-                     if discriminator is not None else "")
+                     if discriminator is not None else "", blend=not args.network_only)
 
 
 @dataclass
@@ -403,24 +405,41 @@ class Cohort:
 def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen: Path, started: float, out: Path, *,
                      name: str, about: dict, description: str, training: dict, title: str,
                      reference: Optional[str], reference_contrasts: Sequence[str], label: str = "trained",
-                     discriminator: str = "", steps_note: str = "") -> None:
+                     discriminator: str = "", steps_note: str = "", blend: bool = True) -> None:
     """Score the ``chosen`` checkpoint, a voxel regression fitted on the training slices and the bundled model
     ``reference`` (None: none) on the held-out cases with the core's evaluation, then write ``out/model.pt`` (the
-    held-out figures in its card) and ``out/report.md`` together. Shared by ``finetune`` and ``train COHORT``."""
+    held-out figures in its card) and ``out/report.md`` together. Shared by ``finetune`` and ``train COHORT``.
+    ``blend``: the model is the network blended with the voxel regression per target (:func:`.blend.choose_shares`
+    on the held-out cases); else the network alone."""
     from .baselines import export_voxel_regression, fit
+    from .blend import SHARE_GRID, blended_state, choose_shares
     from .export import export_checkpoint
 
     contrasts, run_dir = list(cfg.contrasts), Path(cfg.out_dir)
     chosen_step = int(torch.load(chosen, map_location="cpu", weights_only=False)["step"])
     train_seconds = time.time() - started
-    coef = fit(np.asarray(train.images), np.asarray(train.masks), seed=cfg.seed)
+    coef = fit(np.asarray(train.images), np.asarray(train.masks), seed=cfg.seed, target_scale=train.target_scale)
     voxreg = export_voxel_regression(coef, contrasts, str(run_dir / "voxreg.pt"), training={
         "data": f"{len(cohort.train)} training cases of {cohort.name}", "train_slices": len(train)})
     profile = training_profile_from_folders([cohort.folder / c for c in cohort.train], contrasts,
                                             source=f"{len(cohort.train)} training cases of {cohort.name}")
-    draft = export_checkpoint(str(chosen), str(run_dir / "model.pt"), name=name, metrics={}, description=description,
-                              input_profile=profile, about=about, training_overrides=training)
     held_dirs = [cohort.folder / c for c in cohort.held]
+    draft = export_checkpoint(str(chosen), str(run_dir / "network.pt"), name=name, metrics={},
+                              description=description, input_profile=profile, about=about, training_overrides=training)
+    choice = None
+    if blend:  # the network blended with the voxel regression, per target, at the shares best on the held-out cases
+        print(f"choosing the blend with the voxel regression on {len(held_dirs)} held-out case(s) "
+              f"({(time.time() - started) / 60:.1f} min)", flush=True)
+        choice = choose_shares(load_model(draft), load_model(voxreg), held_dirs, contrasts)
+        network = chosen
+        chosen = run_dir / "blended.pt"
+        torch.save(blended_state(torch.load(network, map_location="cpu", weights_only=False), coef, choice.shares,
+                                 str(network)), chosen)
+        training = {**training, "blend": {"unet_share": dict(zip(contrasts, choice.shares)), "chosen_on": "mean NMSE "
+                    "on the held-out case(s), keeping I_T > 0 in as many cases as the network alone"}}
+        draft = export_checkpoint(str(chosen), str(run_dir / "model.pt"), name=name, metrics={},
+                                  description=description, input_profile=profile, about=about,
+                                  training_overrides=training)
     old = [c for c in reference_contrasts if c in contrasts]
     added = [c for c in contrasts if c not in reference_contrasts]
     runs: Dict[str, List[dict]] = {}
@@ -442,6 +461,14 @@ def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen:
     figures = card_figures(runs[label], contrasts, cohort.held)
     report = report_text(title, cohort, cfg, chosen_step, train_seconds, runs, reference, added, unlike, label,
                          discriminator, steps_note)
+    if choice is not None:
+        report += "\n".join(["", "## The blend with the voxel regression", "",
+                             f"The model is, per target, share x the network + (1 - share) x the voxel regression "
+                             "fitted on the training cases; each share is the one of "
+                             f"{', '.join(map(str, SHARE_GRID))} "
+                             "with the lowest mean NMSE on the held-out cases among those that keep the target's "
+                             "tissue contrast (I_T > 0) in as many cases as the network alone (figures from every "
+                             "other contrast):", "", choice.table(contrasts), ""])
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=run_dir) as folder, OutputSet() as outputs:
         # The export writes the TorchScript file and its ONNX export beside it: both, with the report, go into
@@ -533,6 +560,9 @@ def add_parser(sub) -> None:
                    "(default 25): after the first steps are timed, the steps are capped so that training, scoring "
                    "and export end within it; 0: no budget, all --steps")
     p.add_argument("--out", required=True, help="output folder: model.pt, report.md, and run/ (checkpoints, logs)")
+    p.add_argument("--network-only", action="store_true", help="export the network alone (default: blended per "
+                   "target with a voxel regression fitted on the training cases, at the shares best on the held-out "
+                   "cases)")
     p.add_argument("--name", help="the model's name (default: collagan-<cohort>-<contrasts>)")
     p.add_argument("--about", help="JSON file with the card's intended_use, domain, limitations, description")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out pick")

@@ -132,7 +132,8 @@ class Solver:
         if fit_prior:
             from .baselines import fit
 
-            self.G.start_from_voxel_prior(fit(train.images, train.masks, seed=cfg.seed).to(self.device))
+            coef = fit(train.images, train.masks, seed=cfg.seed, target_scale=train.target_scale)
+            self.G.start_from_voxel_prior(coef.to(self.device))
         if cfg.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
@@ -199,12 +200,14 @@ class Solver:
         """The seed of random stream ``stream`` at this step on this rank."""
         return int(np.random.SeedSequence([self.cfg.seed, self.step, self.rank, stream]).generate_state(1)[0])
 
-    def sample(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch: images (B, N, h, w), target (B,), available (B, N) after input dropout, head masks and
-        lesion masks (B, h, w). The outer-head augmentation is applied here (it changes the masks); with
+        lesion masks (B, h, w), and each contrast's factor to target units (B, N; :func:`.data_loader.target_scales`:
+        the images are in input units). The outer-head augmentation is applied here (it changes the masks); with
         ``target_coverage_only`` the head masks leave out where the real target has no data."""
         cfg = self.cfg
         indices, images, masks, lesions = self._next_batch()
+        scale = torch.from_numpy(self.train_data.target_scale[indices])
         # Before any augmentation moves the zeros: where a contrast was never acquired (outside its field of view).
         nodata = losses.no_data(images) if cfg.target_coverage_only else None
         if cfg.aug_strip_p > 0:
@@ -236,7 +239,7 @@ class Solver:
             for k in [int(target[i])] + others[:n_null - 1]:
                 available[i, k] = False
         return (images.to(self.device), target.to(self.device), available.to(self.device), masks.to(self.device),
-                lesions.to(self.device))
+                lesions.to(self.device), scale.to(self.device))
 
     def _voxel_weight(self, masks: torch.Tensor, lesions: torch.Tensor, dtype: torch.dtype
                       ) -> Optional[torch.Tensor]:
@@ -291,11 +294,11 @@ class Solver:
         cfg = self.cfg
         self.G.train()
         self.D.train()
-        images, target, available, masks, lesions = self.sample()
+        images, target, available, masks, lesions, scale = self.sample()
         head = masks[:, None] if cfg.head_only_loss else None
         b, n = images.shape[:2]
         rows = torch.arange(b, device=self.device)
-        real_t = images[rows, target][:, None]
+        real_t = (images[rows, target] * scale[rows, target][:, None, None])[:, None]
         out: Dict[str, float] = {"phase": "clsf" if self.step < self.warmup else "gan"}
         if self.step < self.warmup:  # eq. 4 only: the classifier learns the contrasts from real images
             with self._autocast():
@@ -352,7 +355,7 @@ class Solver:
                 terms["identity_pooled"] = cfg.w_identity_pooled * losses.identity_loss_pooled(
                     fake, real_t, images, available, masks[:, None], target)
             if cfg.w_cyc_l1 > 0 or cfg.w_cyc_ssim > 0:
-                terms.update(self._cycle(images, target, available, fake, head))
+                terms.update(self._cycle(images, target, available, fake, scale, head))
                 out["n_cycle"] = float(int(available.sum()))
             loss_g = sum(terms.values())
             self.opt_g.zero_grad(set_to_none=True)
@@ -373,18 +376,20 @@ class Solver:
         return out
 
     def _cycle(self, images: torch.Tensor, target: torch.Tensor, available: torch.Tensor, fake: torch.Tensor,
-               head: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+               scale: torch.Tensor, head: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Eq. 2-3: put the fake in the target slot and reconstruct every *available* input from the rest,
-        all (sample, input) pairs in one batched G call. Nulled slots get no cycle term (authors' code)."""
+        all (sample, input) pairs in one batched G call. Nulled slots get no cycle term (authors' code). The fake
+        enters in input units and each reconstruction is compared in target units (``scale``, as in sample)."""
         n = images.shape[1]
         bi, ki = torch.nonzero(available, as_tuple=True)
         t_hot = nn.functional.one_hot(target[bi], n).to(images.dtype)[:, :, None, None]
         k_hot = nn.functional.one_hot(ki, n).to(images.dtype)[:, :, None, None]
-        x = images[bi] * available[bi][:, :, None, None].to(images.dtype) + t_hot * fake[bi]
+        fake_in = fake[bi] / scale[bi, target[bi]][:, None, None, None]
+        x = images[bi] * available[bi][:, :, None, None].to(images.dtype) + t_hot * fake_in
         x = x * (1 - k_hot)
         with self._autocast():
             recon = self._g(self._prep(build_input(x, torch.ones_like(available[bi]), ki))).float()
-        real = images[bi, ki][:, None]
+        real = (images[bi, ki] * scale[bi, ki][:, None, None])[:, None]
         if head is not None:
             recon = torch.where(head[bi], recon, real)
         return losses.cycle(recon, real, self.cfg.w_cyc_ssim, self.cfg.w_cyc_l1)
@@ -401,6 +406,7 @@ class Solver:
         generator.eval()
         picks = fixed_validation_slices(len(self.val_data), self.cfg.val_slices)
         images, masks, lesions = self.val_data.batch(picks, torch.Generator())
+        scale = torch.from_numpy(self.val_data.target_scale[picks])
         result: Dict[str, float] = {}
         keys = ("nmse", "psnr", "ssim", "lesion_nmse", "identity_t", "identity", "lesion_kept")
         for t, name in enumerate(self.cfg.contrasts):
@@ -415,7 +421,8 @@ class Solver:
                     preds.append(generator(self._prep(x)).float().cpu()[:, 0])
             pred = torch.where(masks, torch.cat(preds), 0) if self.cfg.head_only_loss else torch.cat(preds)
             inputs = [images[:, k].numpy() for k in range(self.n) if k != t]
-            scores = score_volume(pred.numpy(), images[:, t].numpy(), masks.numpy(), lesions.numpy(), inputs)
+            real = images[:, t] * scale[:, t, None, None]
+            scores = score_volume(pred.numpy(), real.numpy(), masks.numpy(), lesions.numpy(), inputs)
             for key in keys:
                 result[f"{name}_{key}"] = scores[key]
             lesion_nmse = scores["lesion_nmse"] if math.isfinite(scores["lesion_nmse"]) else scores["nmse"]

@@ -33,8 +33,9 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def sample_slices() -> SliceData:
     """Real slices of the bundled LGG case, normalized through the core like the training data."""
-    stack, mask, lesion = prepare_slices(SAMPLE, ["t1n", "t1c", "t2f"], min_foreground=0.05)
-    return SliceData(stack.astype(np.float16), mask, [(SAMPLE.name, i) for i in range(len(stack))], lesion)
+    stack, mask, lesion, scales = prepare_slices(SAMPLE, ["t1n", "t1c", "t2f"], min_foreground=0.05)
+    return SliceData(stack.astype(np.float16), mask, [(SAMPLE.name, i) for i in range(len(stack))], lesion,
+                     np.tile(scales, (len(stack), 1)))
 
 
 @pytest.fixture

@@ -166,5 +166,5 @@ def test_lgg_case_folders_prepare_with_the_incomplete_case_apart_and_load_in_the
                    "val_cases_required=[]", "n_val=1", f"cache_dir={tmp_path / 'cache'}")
     train, val, split = load_data(cfg)
     assert sorted(split["train"] + split["val"]) == summary["complete"]
-    stack, _, _ = prepare_slices(LGG / "complete" / split["train"][0], cfg.contrasts, cfg.min_foreground)
+    stack, *_ = prepare_slices(LGG / "complete" / split["train"][0], cfg.contrasts, cfg.min_foreground)
     assert np.array_equal(np.asarray(train.images), stack.astype(np.float16))  # the same slices as the source's

@@ -243,7 +243,7 @@ def test_target_coverage_only_leaves_the_targets_missing_data_out_of_the_loss_ma
     solver = Solver(cfg, data, None)
     seen = set()
     for _ in range(3):
-        _, target, _, masks, lesions = solver.sample()
+        _, target, _, masks, lesions, _ = solver.sample()
         for i, t in enumerate(target.tolist()):
             left, right = masks[i, :, :120], masks[i, :, 136:]
             assert right.any() and (not left.any() if t == 2 else left.any()), (t, int(left.sum()))

@@ -81,3 +81,23 @@ def test_blended_snapshot_exports_and_imputes_like_the_eager_blend(tiny_cfg, sam
     with torch.no_grad():
         plain_gap = np.abs(onnx_runner(plain, "onnxruntime", "fp32")(x.numpy()) - plain.module(x).numpy()).max()
     assert np.abs(onnx - eager.numpy()).max() <= max(5e-5, 1.1 * plain_gap)
+
+
+def test_a_cohort_blend_takes_the_share_with_the_lowest_nmse(sample_slices, tmp_path):
+    """On the sample case: a "network" that is the voxel regression at half its intensity loses to the regression
+    at every share, so the choice is the regression alone; the regression against itself ties, so the network's."""
+    from training.collagan_train.baselines import export_voxel_regression, fit
+    from training.collagan_train.blend import choose_shares
+
+    from .conftest import SAMPLE
+
+    coef = fit(np.asarray(sample_slices.images, dtype=np.float32), np.asarray(sample_slices.masks), max_voxels=20_000,
+               target_scale=sample_slices.target_scale)
+    contrasts = ["t1n", "t1c", "t2f"]
+    regression = load_model(export_voxel_regression(coef, contrasts, str(tmp_path / "vr.pt")))
+    darker = load_model(export_voxel_regression(coef * 0.5, contrasts, str(tmp_path / "dark.pt")))
+    choice = choose_shares(darker, regression, [SAMPLE], contrasts, grid=(0.0, 0.5, 1.0))
+    assert choice.shares == [0.0, 0.0, 0.0]
+    assert all(row["blend"] == row["regression"] < row["network"] for row in choice.rows)
+    assert "| t1c | 0.0 |" in choice.table(contrasts)
+    assert choose_shares(regression, regression, [SAMPLE], contrasts, grid=(0.0, 0.5, 1.0)).shares == [1.0] * 3

@@ -95,3 +95,29 @@ def test_train_on_an_unreadable_case_says_so_in_one_line(tmp_path):
                    "--set", f"split_file=\"{split}\"", "--set", "val_cases_required=[]"])
     message = str(exit_info.value)
     assert message.startswith("error:") and "case-1-t1n.nii.gz" in message and "\n" not in message
+
+
+def test_targets_are_trained_in_the_units_the_evaluation_scores_them_in():
+    """A skull-stripped T1+Gd is bright in a rim (vessels, dura) that the other contrasts' head mask leaves out: in
+    the evaluation's units (mask from the inputs) it is ~10 % brighter than in the mask of all four contrasts."""
+    from CollaGANImputeLib.case import prepare_case
+    from CollaGANImputeLib.case_files import read_case
+    from CollaGANImputeLib.metrics import scored_target
+
+    from training.collagan_train.data_loader import target_scales
+
+    from .conftest import FOUR_CONTRASTS, OPENMS
+
+    folder = OPENMS / "OpenMS-patient07"
+    if not folder.is_dir():
+        pytest.skip("OpenMS data not found beside the repository")
+    images = read_case(folder, FOUR_CONTRASTS)
+    case = prepare_case(images)
+    scales = target_scales([case.arrays[c] for c in FOUR_CONTRASTS], case.mask)
+    for t, target in enumerate(FOUR_CONTRASTS):
+        inputs = prepare_case({c: images[c] for c in FOUR_CONTRASTS if c != target})
+        real, region = scored_target(inputs.normalize_like_inputs(images[target]), inputs.mask)
+        inside = region & (case.arrays[target] > 0)
+        evaluated = float(np.median(real[inside] / case.arrays[target][inside]))
+        assert scales[t] == pytest.approx(evaluated, abs=0.005), target
+    assert scales[FOUR_CONTRASTS.index("t1c")] > 1.05

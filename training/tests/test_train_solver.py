@@ -216,10 +216,10 @@ def test_ema_weights_average_g_survive_resume_and_are_exported(tiny_cfg, sample_
 
 def test_head_only_loss_ignores_everything_outside_the_mask(tiny_cfg, sample_slices):
     solver = Solver(tiny_cfg("method=l1", "head_only_loss=true"), sample_slices, None)
-    images, target, available, masks, lesions = solver.sample()
-    solver.sample = lambda: (images, target, available, torch.zeros_like(masks), lesions)
+    images, target, available, masks, lesions, scale = solver.sample()
+    solver.sample = lambda: (images, target, available, torch.zeros_like(masks), lesions, scale)
     assert solver.train_step()["direct_l1"] == 0.0  # no head: the output is never compared with anything
-    solver.sample = lambda: (images, target, available, masks, lesions)
+    solver.sample = lambda: (images, target, available, masks, lesions, scale)
     assert solver.train_step()["direct_l1"] > 0.0
 
 

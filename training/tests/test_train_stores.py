@@ -91,7 +91,7 @@ def test_stores_are_built_once_whole_and_replaced_when_the_case_changes(cohort, 
     cases = sorted(p.name for p in cohort.iterdir())
     first = SliceData.build(cases, cfg, cohort)
     stores = sorted((tmp_path / "cache").rglob("*"))
-    assert len([p for p in stores if p.suffix == ".npy"]) == 4 and not [p for p in stores if ".tmp" in p.name]
+    assert len([p for p in stores if p.suffix == ".npy"]) == 6 and not [p for p in stores if ".tmp" in p.name]
 
     def refuse(*_):
         raise AssertionError("a store was built again")
@@ -109,7 +109,7 @@ def test_stores_are_built_once_whole_and_replaced_when_the_case_changes(cohort, 
     sitk.WriteImage(image * 2, str(changed))
     SliceData.build(cases, cfg, cohort)
     after = sorted(p.name for p in (tmp_path / "cache").rglob("*.npy"))
-    assert len(after) == 4 and after != sorted(p.name for p in stores if p.suffix == ".npy")  # replaced, not added
+    assert len(after) == 6 and after != sorted(p.name for p in stores if p.suffix == ".npy")  # replaced, not added
 
 
 def test_batches_are_the_same_with_or_without_workers_and_after_a_resume(sample_slices, tiny_cfg):
