@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -68,59 +68,70 @@ SHARE_GRID = tuple(i / 10 for i in range(11))
 
 @dataclass
 class ShareChoice:
-    """Per target (model order): the chosen U-Net ``shares`` and, on the cases they were chosen on, the mean NMSE of
-    the network alone, the voxel regression alone and the blend, and how many cases have ``I_T > 0`` with each."""
+    """Per target (model order): the chosen U-Net ``shares``, the polynomial each is blended with (``sources``, a
+    name of :func:`choose_shares`'s ``polynomials``) and, on the cases they were chosen on, the mean NMSE of the
+    network alone, of the first polynomial alone and of the blend, and how many cases have ``I_T > 0``."""
 
     shares: List[float]
+    sources: List[str]
     rows: List[dict]
 
-    def table(self, contrasts: Sequence[str]) -> str:
-        """The Markdown table of the choice, one row per target."""
-        lines = ["| target | U-Net share | NMSE network | NMSE voxel regression | NMSE blend "
-                 "| I_T > 0 network / blend |", "|---|---|---|---|---|---|"]
-        for name, share, row in zip(contrasts, self.shares, self.rows):
+    def table(self, contrasts: Sequence[str], first: str = "voxel regression") -> str:
+        """The Markdown table of the choice, one row per target (``first``: the first polynomial's name)."""
+        lines = [f"| target | polynomial | U-Net share | NMSE network | NMSE {first} | NMSE blend "
+                 "| I_T > 0 network / blend |", "|---|---|---|---|---|---|---|"]
+        for name, source, share, row in zip(contrasts, self.sources, self.shares, self.rows):
             cases = row["cases"]
-            lines.append(f"| {name} | {share:.1f} | {row['network']:.4f} | {row['regression']:.4f} | "
+            lines.append(f"| {name} | {source} | {share:.1f} | {row['network']:.4f} | {row['regression']:.4f} | "
                          f"{row['blend']:.4f} | {row['kept_network']}/{cases} / {row['kept_blend']}/{cases} |")
         return "\n".join(lines)
 
 
-def choose_shares(network, regression, case_dirs: Sequence[Path], contrasts: Sequence[str],
-                  grid: Sequence[float] = SHARE_GRID) -> ShareChoice:
-    """Per target, the U-Net share of ``grid`` with the lowest mean NMSE on ``case_dirs`` (each target imputed from
-    every other contrast, scored as EVALUATION.md v3 does) among the shares that keep the target's tissue contrast
-    (``I_T > 0``) in as many cases as the network alone; ties go to the larger share. ``network`` and
-    ``regression`` are loaded models (the core's ``load_model``) of the same contrasts.
+def choose_shares(network, polynomials: Mapping[str, Tuple[object, Sequence[str]]], case_dirs: Sequence[Path],
+                  contrasts: Sequence[str], grid: Sequence[float] = SHARE_GRID) -> ShareChoice:
+    """Per target, the polynomial and U-Net share of ``grid`` with the lowest mean NMSE on ``case_dirs`` (each
+    target imputed from every other contrast, scored as EVALUATION.md v3 does) among those that keep the target's
+    tissue contrast (``I_T > 0``) in as many cases as the network alone; ties go to the larger share, then to the
+    earlier polynomial. ``network`` is a loaded model (the core's ``load_model``); ``polynomials`` maps a name to a
+    loaded voxel-regression model of the same contrasts and the targets it may serve (the first: every target).
 
     Example:
-        >>> choice = choose_shares(load_model(net), load_model(voxreg), [Path("A")], ["t1n", "t1c"])  # doctest: +SKIP
-        >>> choice.shares                                                                    # doctest: +SKIP
-        [0.7, 0.4]
+        >>> choice = choose_shares(load_model(net), {"cohort": (load_model(vr), ["t1n", "t1c"])}, [Path("A")],
+        ...                        ["t1n", "t1c"])                                           # doctest: +SKIP
+        >>> choice.shares, choice.sources                                                    # doctest: +SKIP
+        ([0.7, 0.4], ['cohort', 'cohort'])
     """
-    nmses = np.zeros((len(contrasts), len(grid)))
-    kept = np.zeros((len(contrasts), len(grid)), dtype=int)
+    names = list(polynomials)
+    nmses = np.zeros((len(contrasts), len(names), len(grid)))
+    kept = np.zeros((len(contrasts), len(names), len(grid)), dtype=int)
+    served = np.array([[target in serves for _, serves in polynomials.values()] for target in contrasts])
     for folder in case_dirs:
         images = read_case(Path(folder), contrasts)
         for t, target in enumerate(contrasts):
             inputs = [c for c in contrasts if c != target]
             net = score_imputation(network, images, target, inputs, device="cpu")
-            reg = score_imputation(regression, images, target, inputs, device="cpu")
             real, region = scored_target(net.real, net.mask)
             given = [net.result.case.arrays[c] for c in inputs]
-            for g, share in enumerate(grid):
-                pred = share * net.pred + (1 - share) * reg.pred
-                nmses[t, g] += nmse(pred, real, region) / len(case_dirs)
-                kept[t, g] += tissue_identity(pred, real, given, region) > 0
-    shares, rows = [], []
+            for p, (model, _) in enumerate(polynomials.values()):
+                if not served[t, p]:
+                    continue
+                reg = score_imputation(model, images, target, inputs, device="cpu")
+                for g, share in enumerate(grid):
+                    pred = share * net.pred + (1 - share) * reg.pred
+                    nmses[t, p, g] += nmse(pred, real, region) / len(case_dirs)
+                    kept[t, p, g] += tissue_identity(pred, real, given, region) > 0
+    shares, sources, rows = [], [], []
     alone, regression_alone = int(np.argmax(grid)), int(np.argmin(grid))  # the grid holds 1 and 0
     for t in range(len(contrasts)):
-        allowed = [g for g in range(len(grid)) if kept[t, g] >= kept[t, alone]]
-        best = min(allowed, key=lambda g: (round(float(nmses[t, g]), 6), -grid[g]))
-        shares.append(float(grid[best]))
-        rows.append({"network": float(nmses[t, alone]), "regression": float(nmses[t, regression_alone]),
-                     "blend": float(nmses[t, best]), "kept_network": int(kept[t, alone]),
-                     "kept_blend": int(kept[t, best]), "cases": len(case_dirs)})
-    return ShareChoice(shares, rows)
+        allowed = [(p, g) for p in range(len(names)) for g in range(len(grid))
+                   if served[t, p] and kept[t, p, g] >= kept[t, 0, alone]]
+        p, g = min(allowed, key=lambda pg: (round(float(nmses[t, pg[0], pg[1]]), 6), -grid[pg[1]], pg[0]))
+        shares.append(float(grid[g]))
+        sources.append(names[p] if grid[g] < 1 else names[0])
+        rows.append({"network": float(nmses[t, 0, alone]), "regression": float(nmses[t, 0, regression_alone]),
+                     "blend": float(nmses[t, p, g]), "kept_network": int(kept[t, 0, alone]),
+                     "kept_blend": int(kept[t, p, g]), "cases": len(case_dirs)})
+    return ShareChoice(shares, sources, rows)
 
 
 def blended_state(state: dict, coef: torch.Tensor, mix: Sequence[float], source: str = "") -> dict:
@@ -138,6 +149,36 @@ def blended_state(state: dict, coef: torch.Tensor, mix: Sequence[float], source:
     blended = {k: v for k, v in state.items() if k not in ("G", "G_ema", "D", "opt_g", "opt_d")}
     return {**blended, "G": weights, "config": config,
             "blended_from": {"checkpoint": Path(source).name, "mix": dict(zip(config["contrasts"], shares))}}
+
+
+def cohort_blend(network_file: Path, checkpoint: Path, coef: torch.Tensor, regression_file: Path,
+                 case_dirs: Sequence[Path], contrasts: Sequence[str], out: Path, bundled=None) -> ShareChoice:
+    """Choose, on ``case_dirs``, the blend of a cohort run's network (the model file ``network_file`` exported from
+    ``checkpoint``) with the cohort's voxel regression (``coef``, exported as ``regression_file``) and, for the
+    targets of a ``bundled`` model (loaded, None: none) that blends with a polynomial of its own, also with that
+    polynomial (:func:`choose_shares`); write the blended snapshot ``out`` and return the choice."""
+    from CollaGANImputeLib.contract import load_model
+
+    from .baselines import export_voxel_regression
+    from .voxel_regression import embed_polynomial
+
+    polynomials = {"voxel regression": (load_model(regression_file), list(contrasts))}
+    coefs = {"voxel regression": coef.float()}
+    own = bundled.module.state_dict().get("prior.coef") if bundled is not None else None
+    if own is not None:  # e.g. the bundled LGG model's T1+Gd is 70 % its polynomial, which carries to other scans
+        known = [c for c in bundled.card.contrasts if c in contrasts]
+        wide = embed_polynomial(own.float(), bundled.card.contrasts, contrasts, coef.float())
+        path = export_voxel_regression(wide, contrasts, str(out.parent / "bundled_polynomial.pt"))
+        polynomials["bundled model's"] = (load_model(path), known)
+        coefs["bundled model's"] = wide
+    choice = choose_shares(load_model(network_file), polynomials, case_dirs, contrasts)
+    mixed = torch.stack([coefs[source][t] for t, source in enumerate(choice.sources)])
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    blended = blended_state(state, mixed, choice.shares, str(checkpoint))
+    blended["blended_from"]["polynomial"] = dict(zip(contrasts, choice.sources))
+    with atomic_path(out) as tmp:
+        torch.save(blended, tmp)
+    return choice
 
 
 def blend_checkpoint(checkpoint: Path, cfg: TrainConfig, mix: Sequence[float], out: Path,

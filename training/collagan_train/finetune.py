@@ -367,8 +367,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     # After training: every model scores each target it takes on every held-out slice (the fine-tuned one twice
     # when contrasts were added, also from the bundled model's inputs) and the voxel regression each target.
     # Before that, the choice of the blend runs the network and the voxel regression on every target.
-    scored = (2 + 2 * (not args.network_only)) * len(contrasts) + (2 * len(old) if added else len(old)) * (
-        args.source in BUNDLED_CHECKPOINTS)
+    bundled = args.source in BUNDLED_CHECKPOINTS
+    scored = ((2 + 2 * (not args.network_only)) * len(contrasts)
+              + ((2 * len(old) if added else len(old)) + len(old) * (not args.network_only)) * bundled)
     budget = TimeBudget(started, args.minutes, after_slices=scored * len(held_data))
     chosen = _training_run(cfg, train, held_data, weights, run_dir, discriminator, budget=budget)
     name = args.name or f"collagan-{cohort_name.lower()}-{'-'.join(contrasts)}"
@@ -409,10 +410,10 @@ def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen:
     """Score the ``chosen`` checkpoint, a voxel regression fitted on the training slices and the bundled model
     ``reference`` (None: none) on the held-out cases with the core's evaluation, then write ``out/model.pt`` (the
     held-out figures in its card) and ``out/report.md`` together. Shared by ``finetune`` and ``train COHORT``.
-    ``blend``: the model is the network blended with the voxel regression per target (:func:`.blend.choose_shares`
-    on the held-out cases); else the network alone."""
+    ``blend``: the model is the network blended per target with the voxel regression or the bundled model's
+    polynomial (:func:`.blend.cohort_blend`, chosen on the held-out cases); else the network alone."""
     from .baselines import export_voxel_regression, fit
-    from .blend import SHARE_GRID, blended_state, choose_shares
+    from .blend import SHARE_GRID, cohort_blend
     from .export import export_checkpoint
 
     contrasts, run_dir = list(cfg.contrasts), Path(cfg.out_dir)
@@ -427,23 +428,23 @@ def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen:
     draft = export_checkpoint(str(chosen), str(run_dir / "network.pt"), name=name, metrics={},
                               description=description, input_profile=profile, about=about, training_overrides=training)
     choice = None
-    if blend:  # the network blended with the voxel regression, per target, at the shares best on the held-out cases
+    bundled = bundled_model(reference) if reference else None
+    if blend:  # the network blended with a polynomial, per target, at the shares best on the held-out cases
         print(f"choosing the blend with the voxel regression on {len(held_dirs)} held-out case(s) "
               f"({(time.time() - started) / 60:.1f} min)", flush=True)
-        choice = choose_shares(load_model(draft), load_model(voxreg), held_dirs, contrasts)
-        network = chosen
-        chosen = run_dir / "blended.pt"
-        torch.save(blended_state(torch.load(network, map_location="cpu", weights_only=False), coef, choice.shares,
-                                 str(network)), chosen)
-        training = {**training, "blend": {"unet_share": dict(zip(contrasts, choice.shares)), "chosen_on": "mean NMSE "
-                    "on the held-out case(s), keeping I_T > 0 in as many cases as the network alone"}}
+        network, chosen = chosen, run_dir / "blended.pt"
+        choice = cohort_blend(draft, network, coef, voxreg, held_dirs, contrasts, chosen, bundled)
+        training = {**training, "blend": {"unet_share": dict(zip(contrasts, choice.shares)),
+                                          "polynomial": dict(zip(contrasts, choice.sources)),
+                                          "chosen_on": "mean NMSE on the held-out case(s), keeping I_T > 0 in as "
+                                                       "many cases as the network alone"}}
         draft = export_checkpoint(str(chosen), str(run_dir / "model.pt"), name=name, metrics={},
                                   description=description, input_profile=profile, about=about,
                                   training_overrides=training)
     old = [c for c in reference_contrasts if c in contrasts]
     added = [c for c in contrasts if c not in reference_contrasts]
     runs: Dict[str, List[dict]] = {}
-    sources = {"bundled": bundled_model(reference) if reference else None, "voxel regression": load_model(voxreg),
+    sources = {"bundled": bundled, "voxel regression": load_model(voxreg),
                label: load_model(draft)}
     unlike: List[str] = []
     for row_label, model in sources.items():
@@ -462,13 +463,13 @@ def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen:
     report = report_text(title, cohort, cfg, chosen_step, train_seconds, runs, reference, added, unlike, label,
                          discriminator, steps_note)
     if choice is not None:
-        report += "\n".join(["", "## The blend with the voxel regression", "",
-                             f"The model is, per target, share x the network + (1 - share) x the voxel regression "
-                             "fitted on the training cases; each share is the one of "
-                             f"{', '.join(map(str, SHARE_GRID))} "
-                             "with the lowest mean NMSE on the held-out cases among those that keep the target's "
-                             "tissue contrast (I_T > 0) in as many cases as the network alone (figures from every "
-                             "other contrast):", "", choice.table(contrasts), ""])
+        report += "\n".join([
+            "", "## The blend with a polynomial", "",
+            "The model is, per target, share x the network + (1 - share) x a quadratic polynomial of the inputs: the "
+            "voxel regression fitted on the training cases or, for the bundled model's targets, the bundled model's "
+            f"own. Each target takes the polynomial and share (of {', '.join(map(str, SHARE_GRID))}) with the lowest "
+            "mean NMSE on the held-out cases among those that keep the target's tissue contrast (I_T > 0) in as many "
+            "cases as the network alone (every target from every other contrast):", "", choice.table(contrasts), ""])
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=run_dir) as folder, OutputSet() as outputs:
         # The export writes the TorchScript file and its ONNX export beside it: both, with the report, go into

@@ -9,12 +9,54 @@ Example:
 
 from __future__ import annotations
 
+from typing import List, Sequence, Tuple
+
 import torch
 from torch import nn
 
 
 def n_features(n: int) -> int:
     return 1 + n + n * (n + 1) // 2
+
+
+def feature_terms(n: int) -> List[Tuple[int, ...]]:
+    """The contrasts each feature of :func:`quadratic_features` multiplies, in order: (), (i,), (i, j) for i <= j."""
+    return [()] + [(i,) for i in range(n)] + [(i, j) for i in range(n) for j in range(i, n)]
+
+
+def embed_polynomial(coef: torch.Tensor, old: Sequence[str], new: Sequence[str], fallback: torch.Tensor
+                     ) -> torch.Tensor:
+    """Polynomials ``coef`` (N_old, 2**N_old, F_old) of the contrasts ``old`` in the layout of the contrasts ``new``
+    (``fallback``'s shape): for each target both have and each input subset of ``new`` holding one of ``old`` at
+    least, the polynomial of the ``old`` contrasts in that subset (it reads no other contrast); every other row is
+    ``fallback``'s. E.g. a bundled model's polynomial of t1n/t1c/t2f as a polynomial of t1n/t1c/t2w/t2f.
+
+    Example:
+        >>> wide = embed_polynomial(torch.ones(2, 4, n_features(2)), ["a", "b"], ["a", "c", "b"],
+        ...                         torch.zeros(3, 8, n_features(3)))
+        >>> wide[0, 0b110].tolist()  # target a from c and b: b's terms of the old polynomial, none of c
+        [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    """
+    out = fallback.clone().to(coef.dtype)
+    where = {name: k for k, name in enumerate(new)}
+    column = {term: k for k, term in enumerate(feature_terms(len(new)))}
+    terms = feature_terms(len(old))
+    moved = [tuple(sorted(where.get(old[i], -1) for i in term)) for term in terms]
+    for t_old, target in enumerate(old):
+        if target not in where:
+            continue
+        for subset in range(2 ** len(new)):
+            if subset >> where[target] & 1:
+                continue
+            old_subset = sum(1 << k for k, name in enumerate(old) if name in where and subset >> where[name] & 1)
+            if old_subset == 0:
+                continue
+            row = torch.zeros_like(out[0, 0])
+            for k, term in enumerate(terms):
+                if all(old_subset >> i & 1 for i in term):  # only the terms of the inputs in the subset
+                    row[column[moved[k]]] = coef[t_old, old_subset, k]
+            out[where[target], subset] = row
+    return out
 
 
 def quadratic_features(x: torch.Tensor) -> torch.Tensor:

@@ -96,8 +96,38 @@ def test_a_cohort_blend_takes_the_share_with_the_lowest_nmse(sample_slices, tmp_
     contrasts = ["t1n", "t1c", "t2f"]
     regression = load_model(export_voxel_regression(coef, contrasts, str(tmp_path / "vr.pt")))
     darker = load_model(export_voxel_regression(coef * 0.5, contrasts, str(tmp_path / "dark.pt")))
-    choice = choose_shares(darker, regression, [SAMPLE], contrasts, grid=(0.0, 0.5, 1.0))
-    assert choice.shares == [0.0, 0.0, 0.0]
+    choice = choose_shares(darker, {"cohort": (regression, contrasts)}, [SAMPLE], contrasts, grid=(0.0, 0.5, 1.0))
+    assert choice.shares == [0.0, 0.0, 0.0] and choice.sources == ["cohort"] * 3
     assert all(row["blend"] == row["regression"] < row["network"] for row in choice.rows)
-    assert "| t1c | 0.0 |" in choice.table(contrasts)
-    assert choose_shares(regression, regression, [SAMPLE], contrasts, grid=(0.0, 0.5, 1.0)).shares == [1.0] * 3
+    assert "| t1c | cohort | 0.0 |" in choice.table(contrasts)
+    same = choose_shares(regression, {"cohort": (regression, contrasts)}, [SAMPLE], contrasts, grid=(0.0, 0.5, 1.0))
+    assert same.shares == [1.0] * 3
+    # A second polynomial serving T1+Gd only: the darker one blended with the regression wins there alone.
+    both = choose_shares(darker, {"dark": (darker, contrasts), "cohort": (regression, ["t1c"])}, [SAMPLE], contrasts,
+                         grid=(0.0, 0.5, 1.0))
+    assert both.sources == ["dark", "cohort", "dark"] and both.shares[1] == 0.0
+
+
+def test_a_polynomial_of_fewer_contrasts_embeds_and_ignores_the_added_one():
+    from training.collagan_train.voxel_regression import embed_polynomial
+
+    torch.manual_seed(0)
+    old, new = ["t1n", "t1c", "t2f"], ["t1n", "t1c", "t2w", "t2f"]
+    coef = torch.randn(3, 8, n_features(3))
+    for target in range(3):  # a fitted polynomial reads only the inputs of its subset
+        for subset in range(8):
+            for k, term in enumerate([()] + [(i,) for i in range(3)] + [(i, j) for i in range(3) for j in range(i, 3)]):
+                if any(not subset >> i & 1 for i in term) or subset >> target & 1:
+                    coef[target, subset, k] = 0
+    fallback = torch.full((4, 16, n_features(4)), 7.0)
+    wide = VoxelRegression(embed_polynomial(coef, old, new, fallback))
+    narrow = VoxelRegression(coef)
+    images = torch.rand(2, 3, 16, 16)
+    for t_old, name in enumerate(old):
+        t_new = new.index(name)
+        x_old = torch.cat([images, torch.zeros(2, 3, 16, 16)], 1)
+        x_old[:, t_old], x_old[:, 3 + t_old] = 0, 1
+        x_new = torch.cat([images[:, :2], torch.rand(2, 1, 16, 16), images[:, 2:], torch.zeros(2, 4, 16, 16)], 1)
+        x_new[:, t_new], x_new[:, 4 + t_new] = 0, 1
+        assert torch.allclose(wide(x_new), narrow(x_old), atol=1e-5), name  # the T2w input is read by neither
+    assert (embed_polynomial(coef, old, new, fallback)[2] == 7).all()  # T2w as a target: the fallback

@@ -58,7 +58,9 @@ def test_finetune_on_openms_adds_t2w_and_exports_a_model_the_core_runs(openms_co
     shares = card.training["blend"]["unet_share"]  # blended with the voxel regression at shares chosen on patient19
     assert sorted(shares) == sorted(card.contrasts) and all(0 <= v <= 1 for v in shares.values())
     assert card.architecture["unet_share"] == shares  # the exported generator is the blend
-    assert "## The blend with the voxel regression" in report and "| t2w | " in report.split("## The blend")[1]
+    blend = report.split("## The blend with a polynomial")[1]
+    assert "| t2w | voxel regression |" in blend  # the bundled model's polynomial has no T2w
+    assert card.training["blend"]["polynomial"]["t2w"] == "voxel regression"
 
     images = read_case(openms_cohort / "complete" / "OpenMS-patient19", ["t1n", "t1c", "t2f"])
     result = impute(images, model, targets=["t2w"], device="cpu")
