@@ -27,7 +27,7 @@ import torch
 from CollaGANImputeLib.atomic import atomic_path
 from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.evaluate import score_imputation
-from CollaGANImputeLib.metrics import nmse, scored_target, tissue_identity
+from CollaGANImputeLib.metrics import masked_mean, nmse, scored_target, ssim_map, tissue_identity
 
 from .baselines import fit
 from .config import TrainConfig, load_config
@@ -64,13 +64,15 @@ def shares_in_order(shares: Mapping[str, float], contrasts: Sequence[str], where
 
 #: The U-Net shares a cohort run tries per target.
 SHARE_GRID = tuple(i / 10 for i in range(11))
+#: The share choice's SSIM guard reads every this many axial slices (a third of the time; it only compares).
+SSIM_STRIDE = 3
 
 
 @dataclass
 class ShareChoice:
     """Per target (model order): the chosen U-Net ``shares``, the polynomial each is blended with (``sources``, a
     name of :func:`choose_shares`'s ``polynomials``) and, on the cases they were chosen on, the mean NMSE of the
-    network alone, of the first polynomial alone and of the blend, and how many cases have ``I_T > 0``."""
+    network alone, of the first polynomial alone and of the blend, their SSIM and how many cases have ``I_T > 0``."""
 
     shares: List[float]
     sources: List[str]
@@ -79,11 +81,12 @@ class ShareChoice:
     def table(self, contrasts: Sequence[str], first: str = "voxel regression") -> str:
         """The Markdown table of the choice, one row per target (``first``: the first polynomial's name)."""
         lines = [f"| target | polynomial | U-Net share | NMSE network | NMSE {first} | NMSE blend "
-                 "| I_T > 0 network / blend |", "|---|---|---|---|---|---|---|"]
+                 "| SSIM network / blend | I_T > 0 network / blend |", "|---|---|---|---|---|---|---|---|"]
         for name, source, share, row in zip(contrasts, self.sources, self.shares, self.rows):
             cases = row["cases"]
             lines.append(f"| {name} | {source} | {share:.1f} | {row['network']:.4f} | {row['regression']:.4f} | "
-                         f"{row['blend']:.4f} | {row['kept_network']}/{cases} / {row['kept_blend']}/{cases} |")
+                         f"{row['blend']:.4f} | {row['ssim_network']:.3f} / {row['ssim_blend']:.3f} | "
+                         f"{row['kept_network']}/{cases} / {row['kept_blend']}/{cases} |")
         return "\n".join(lines)
 
 
@@ -91,9 +94,11 @@ def choose_shares(network, polynomials: Mapping[str, Tuple[object, Sequence[str]
                   contrasts: Sequence[str], grid: Sequence[float] = SHARE_GRID) -> ShareChoice:
     """Per target, the polynomial and U-Net share of ``grid`` with the lowest mean NMSE on ``case_dirs`` (each
     target imputed from every other contrast, scored as EVALUATION.md v3 does) among those that keep the target's
-    tissue contrast (``I_T > 0``) in as many cases as the network alone; ties go to the larger share, then to the
-    earlier polynomial. ``network`` is a loaded model (the core's ``load_model``); ``polynomials`` maps a name to a
-    loaded voxel-regression model of the same contrasts and the targets it may serve (the first: every target).
+    tissue contrast (``I_T > 0``) in as many cases as the network alone and whose mean SSIM (every
+    ``SSIM_STRIDE``-th slice) is not below the network alone's: a blend must not trade the picture for NMSE. Ties go
+    to the larger share, then to the earlier polynomial. ``network`` is a loaded model (the core's ``load_model``);
+    ``polynomials`` maps a name to a loaded voxel-regression model of the same contrasts and the targets it may
+    serve (the first: every target).
 
     Example:
         >>> choice = choose_shares(load_model(net), {"cohort": (load_model(vr), ["t1n", "t1c"])}, [Path("A")],
@@ -104,6 +109,7 @@ def choose_shares(network, polynomials: Mapping[str, Tuple[object, Sequence[str]
     names = list(polynomials)
     nmses = np.zeros((len(contrasts), len(names), len(grid)))
     kept = np.zeros((len(contrasts), len(names), len(grid)), dtype=int)
+    ssims = np.zeros((len(contrasts), len(names), len(grid)))
     served = np.array([[target in serves for _, serves in polynomials.values()] for target in contrasts])
     for folder in case_dirs:
         images = read_case(Path(folder), contrasts)
@@ -112,6 +118,7 @@ def choose_shares(network, polynomials: Mapping[str, Tuple[object, Sequence[str]
             net = score_imputation(network, images, target, inputs, device="cpu")
             real, region = scored_target(net.real, net.mask)
             given = [net.result.case.arrays[c] for c in inputs]
+            every = slice(None, None, SSIM_STRIDE)
             for p, (model, _) in enumerate(polynomials.values()):
                 if not served[t, p]:
                     continue
@@ -120,16 +127,19 @@ def choose_shares(network, polynomials: Mapping[str, Tuple[object, Sequence[str]
                     pred = share * net.pred + (1 - share) * reg.pred
                     nmses[t, p, g] += nmse(pred, real, region) / len(case_dirs)
                     kept[t, p, g] += tissue_identity(pred, real, given, region) > 0
+                    ssims[t, p, g] += masked_mean(ssim_map(pred[every], real[every], region[every]),
+                                                  region[every]) / len(case_dirs)
     shares, sources, rows = [], [], []
     alone, regression_alone = int(np.argmax(grid)), int(np.argmin(grid))  # the grid holds 1 and 0
     for t in range(len(contrasts)):
-        allowed = [(p, g) for p in range(len(names)) for g in range(len(grid))
-                   if served[t, p] and kept[t, p, g] >= kept[t, 0, alone]]
+        allowed = [(p, g) for p in range(len(names)) for g in range(len(grid)) if served[t, p]
+                   and kept[t, p, g] >= kept[t, 0, alone] and ssims[t, p, g] >= ssims[t, 0, alone]]
         p, g = min(allowed, key=lambda pg: (round(float(nmses[t, pg[0], pg[1]]), 6), -grid[pg[1]], pg[0]))
         shares.append(float(grid[g]))
         sources.append(names[p] if grid[g] < 1 else names[0])
         rows.append({"network": float(nmses[t, 0, alone]), "regression": float(nmses[t, 0, regression_alone]),
                      "blend": float(nmses[t, p, g]), "kept_network": int(kept[t, 0, alone]),
+                     "ssim_network": float(ssims[t, 0, alone]), "ssim_blend": float(ssims[t, p, g]),
                      "kept_blend": int(kept[t, p, g]), "cases": len(case_dirs)})
     return ShareChoice(shares, sources, rows)
 

@@ -437,7 +437,7 @@ def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen:
         training = {**training, "blend": {"unet_share": dict(zip(contrasts, choice.shares)),
                                           "polynomial": dict(zip(contrasts, choice.sources)),
                                           "chosen_on": "mean NMSE on the held-out case(s), keeping I_T > 0 in as "
-                                                       "many cases as the network alone"}}
+                                                       "many cases and SSIM as the network alone"}}
         draft = export_checkpoint(str(chosen), str(run_dir / "model.pt"), name=name, metrics={},
                                   description=description, input_profile=profile, about=about,
                                   training_overrides=training)
@@ -469,7 +469,8 @@ def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen:
             "voxel regression fitted on the training cases or, for the bundled model's targets, the bundled model's "
             f"own. Each target takes the polynomial and share (of {', '.join(map(str, SHARE_GRID))}) with the lowest "
             "mean NMSE on the held-out cases among those that keep the target's tissue contrast (I_T > 0) in as many "
-            "cases as the network alone (every target from every other contrast):", "", choice.table(contrasts), ""])
+            "cases as the network alone and whose SSIM is not below the network alone's (every target from every "
+            "other contrast):", "", choice.table(contrasts), ""])
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=run_dir) as folder, OutputSet() as outputs:
         # The export writes the TorchScript file and its ONNX export beside it: both, with the report, go into
