@@ -15,6 +15,7 @@ import json
 import platform
 import shlex
 import shutil
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -96,8 +97,11 @@ def warm_start_lineage(cfg: TrainConfig, max_depth: int = 5) -> list:
     while init and len(stages) < max_depth:
         path = repo_path(init)
         stage = {"checkpoint": init}
-        if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=False)
+        state = _training_state(path) if path.is_file() else None
+        if path.is_file() and state is None:  # a model file (finetune --from model.pt): its card has the rest
+            stage["model_file"] = True
+            init = ""
+        elif state is not None:
             theirs = state.get("config", {})
             commands = path.parent / "commands.txt"
             stage.update(method=theirs.get("method"), steps=state.get("step"),
@@ -108,6 +112,17 @@ def warm_start_lineage(cfg: TrainConfig, max_depth: int = 5) -> list:
             init = ""
         stages.append(stage)
     return stages
+
+
+def _training_state(path: Path) -> Optional[dict]:
+    """The pickled training state in ``path``, or None when it holds something else (e.g. a TorchScript model)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.load names a TorchScript archive before loading it as one
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:
+            return None
+    return state if isinstance(state, dict) else None
 
 
 def training_input_profile(cfg: TrainConfig) -> dict:

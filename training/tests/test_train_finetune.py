@@ -116,3 +116,17 @@ def test_finetune_from_a_file_that_is_no_model_says_so_in_one_line(tmp_path: Pat
     with pytest.raises(SystemExit, match=r"^error: --from .*scan_list\.pt: neither a model file nor a training "):
         main(["finetune", str(OPENMS), "--from", str(bogus), "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+def test_finetune_again_from_its_own_model_file(openms_cohort: Path, openms_finetune: Path, tmp_path: Path):
+    """A fine-tuned model.pt is a valid --from: its network trains on, and the card names the file it started from."""
+    from training.collagan_train.main import main
+
+    from .conftest import OPENMS_HELD_OUT
+
+    source, out = openms_finetune / "model.pt", tmp_path / "again"
+    main(["finetune", str(openms_cohort), "--from", str(source), "--holdout-cases", OPENMS_HELD_OUT, "--steps", "1",
+          "--threads", "1", "--set", "crop=64", "--set", "val_slices=4", "--network-only", "--out", str(out)])
+    card = load_model(out / "model.pt").card
+    assert card.training["fine_tuned_from"]["model"] == str(source) and "unet_share" not in card.architecture
+    assert card.training["warm_start"] == [{"checkpoint": str(source), "model_file": True}]
