@@ -5,8 +5,9 @@ The bundled generator's weights are kept. A contrast the bundled model lacks get
 target plane in the first convolution (model.py: input = N contrasts, then N one-hot target planes) and a new
 per-pixel coefficient: the input channel and coefficient start at zero, so the known imputations start exactly
 where the bundled model is; the target plane starts as the mean of the known targets' planes (an "average
-target" to move away from, rather than no target at all). Checkpoints are chosen on the held-out cases, and the
-same cases are scored, so the figures are a little optimistic (the report says so).
+target" to move away from, rather than no target at all). After training, the network is blended per target with
+a polynomial of the inputs (:func:`.blend.cohort_blend`). Checkpoints and the blend are chosen on the held-out
+cases, and the same cases are scored, so the figures are a little optimistic (the report says so).
 
 Example:
     python -m training.collagan_train.main finetune ~/data/cohort --from collagan-lgg-t1n-t1c-t2f \
