@@ -97,7 +97,7 @@ def warm_start_lineage(cfg: TrainConfig, max_depth: int = 5) -> list:
     while init and len(stages) < max_depth:
         path = repo_path(init)
         stage = {"checkpoint": init}
-        state = _training_state(path) if path.is_file() else None
+        state = training_state(path) if path.is_file() else None
         if path.is_file() and state is None:  # a model file (finetune --from model.pt): its card has the rest
             stage["model_file"] = True
             init = ""
@@ -114,7 +114,7 @@ def warm_start_lineage(cfg: TrainConfig, max_depth: int = 5) -> list:
     return stages
 
 
-def _training_state(path: Path) -> Optional[dict]:
+def training_state(path: Path) -> Optional[dict]:
     """The pickled training state in ``path``, or None when it holds something else (e.g. a TorchScript model)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.load names a TorchScript archive before loading it as one

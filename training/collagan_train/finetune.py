@@ -232,11 +232,10 @@ def source_checkpoint(source: str) -> Tuple[str, dict]:
     if not file.is_file():
         raise InputError(f"--from {source}: no such bundled model or file; give one of "
                          f"{sorted(BUNDLED_CHECKPOINTS)}, a model file (model.pt) or a training checkpoint.")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception:  # a TorchScript archive (a model file) is not a pickled state
-        state = None
-    if isinstance(state, dict) and "G" in state and "config" in state:
+    from .export import training_state
+
+    state = training_state(file)  # None for a TorchScript archive (a model file)
+    if state is not None and "G" in state and "config" in state:
         return str(file), state
     return str(file), model_file_state(file)
 
