@@ -15,7 +15,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from .errors import InputError
 
@@ -112,18 +111,24 @@ def foreground_mask(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return mask
 
 
-#: 4-connected neighbours within a slice, none through the plane: slice-by-slice morphology in one call.
-IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
-IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
-#: 6-connected (face) neighbours: the background connectivity of ``sitk.BinaryFillhole(fullyConnected=False)``.
-FACES = ndimage.generate_binary_structure(3, 1)
-
-
-def _fill_holes(mask: np.ndarray, structure: np.ndarray, border_axes: tuple[int, ...]) -> np.ndarray:
+def _fill_holes(mask: np.ndarray, border_axes: tuple[int, ...], in_plane: bool) -> np.ndarray:
     """``mask`` with every background region that does not reach a face of ``border_axes`` filled: one
-    labelling of the background (regions connected by ``structure``) instead of iterative dilation."""
-    labels, count = ndimage.label(~mask, structure=structure)
-    outside = np.zeros(count + 1, dtype=bool)
+    labelling of the background (face-connected regions; within each slice when ``in_plane``) instead of
+    iterative dilation. SimpleITK labels it, which the command line loads anyway (scipy.ndimage would add a
+    quarter of a second of imports to every imputation)."""
+    background = (~mask).view(np.uint8)
+    if in_plane:
+        # The slices side by side in one 2-D image, a blank column between neighbours: 4-connected labelling
+        # of that image labels each slice on its own, in one call.
+        depth, rows, columns = mask.shape
+        tiled = np.zeros((rows, depth, columns + 1), dtype=np.uint8)
+        tiled[:, :, :columns] = background.transpose(1, 0, 2)
+        image = sitk.ConnectedComponent(sitk.GetImageFromArray(tiled.reshape(rows, -1)), False)
+        labels = sitk.GetArrayFromImage(image).reshape(rows, depth, columns + 1)[:, :, :columns].transpose(1, 0, 2)
+    else:
+        image = sitk.ConnectedComponent(sitk.GetImageFromArray(background), False)  # face-connected
+        labels = sitk.GetArrayViewFromImage(image)
+    outside = np.zeros(int(labels.max()) + 1, dtype=bool)
     for axis in border_axes:
         outside[np.take(labels, 0, axis=axis)] = True
         outside[np.take(labels, -1, axis=axis)] = True
@@ -132,17 +137,17 @@ def _fill_holes(mask: np.ndarray, structure: np.ndarray, border_axes: tuple[int,
 
 
 def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.binary_fill_holes(mask, structure=IN_PLANE)`` (every axial slice filled on its own),
-    a third faster on a 240x240x155 head: background regions that touch a slice's edge are outside, every
-    other background region is a hole."""
-    return _fill_holes(mask, IN_PLANE, border_axes=(1, 2))
+    """``scipy.ndimage.binary_fill_holes`` of every axial slice on its own (4-connected background), about 2x
+    faster on a 240x240x155 head: background regions that touch a slice's edge are outside, every other
+    background region is a hole."""
+    return _fill_holes(mask, border_axes=(1, 2), in_plane=True)
 
 
 def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
     """``sitk.BinaryFillhole(mask, fullyConnected=False)`` (background regions 6-connected; those not reaching
-    the volume's faces are holes) on a boolean array, about 3x faster on a 240x240x155 head (0.1 against
-    0.3 s): one labelling of the background instead of ITK's reconstruction by erosion."""
-    return _fill_holes(mask, FACES, border_axes=(0, 1, 2))
+    the volume's faces are holes) on a boolean array, about 2x faster on a 240x240x155 head: one labelling
+    of the background instead of ITK's reconstruction by erosion."""
+    return _fill_holes(mask, border_axes=(0, 1, 2), in_plane=False)
 
 
 def _bounding_box(array: np.ndarray, margin: int) -> tuple[slice, ...] | None:

@@ -29,7 +29,6 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from .card import LoadedModel
 from .inference import ProgressCallback, impute_slices
@@ -103,6 +102,8 @@ def disagreement(prediction: np.ndarray, members: Sequence[np.ndarray], mask: Op
     inside = np.ones(prediction.shape, dtype=bool) if mask is None else mask.astype(bool)
     total[~inside] = 0
     if smooth > 0:
+        from scipy import ndimage  # here, not at the top: imputing without uncertainty never loads scipy
+
         total = ndimage.gaussian_filter(total, sigma=(0, smooth, smooth), mode="constant").astype(np.float32)
         total[~inside] = 0
     return total

@@ -108,14 +108,14 @@ def test_package_import_is_lazy_and_the_public_names_still_resolve():
     assert set(CollaGANImputeLib.__all__) <= set(dir(CollaGANImputeLib))
 
 
-def test_impute_loads_neither_evaluation_nor_scikit_image_nor_matplotlib(tiny_model_path, copied_sample, tmp_path):
+def test_impute_loads_neither_evaluation_nor_scipy_nor_matplotlib(tiny_model_path, copied_sample, tmp_path):
     (copied_sample / "TCGA-HT-7882-t1c.nii.gz").unlink()
     result = _run("-X", "importtime", "-m", "CollaGANImputeLib", "impute", str(copied_sample), "--model",
                   str(tiny_model_path), "--out", str(tmp_path / "out"), "--device", "cpu", "--threads", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     modules = _imported(result.stderr)
     assert {"torch", "SimpleITK"} <= modules  # what imputing needs
-    assert not modules & {"skimage", "matplotlib", "CollaGANImputeLib.evaluate", "CollaGANImputeLib.metrics",
+    assert not modules & {"skimage", "scipy", "matplotlib", "CollaGANImputeLib.evaluate", "CollaGANImputeLib.metrics",
                           "CollaGANImputeLib.figures"}
 
 
