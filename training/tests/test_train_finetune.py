@@ -13,10 +13,10 @@ from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.pipeline import impute
 
 from training.collagan_train.data_loader import REPO_ROOT
-from training.collagan_train.finetune import expand_generator
 from training.collagan_train.main import main
 from training.collagan_train.model import Generator
 from training.collagan_train.solver import build_input
+from training.collagan_train.source_model import expand_generator
 
 OPENMS = REPO_ROOT.parent / "shared" / "data" / "openms"
 
@@ -98,7 +98,7 @@ def test_a_profile_of_one_training_case_judges_no_spread(openms_cohort: Path):
 
 
 def test_a_model_file_gives_back_the_generator_it_was_exported_from():
-    from training.collagan_train.finetune import source_checkpoint
+    from training.collagan_train.source_model import source_checkpoint
 
     path, state = source_checkpoint(str(REPO_ROOT / "Resources" / "Models" / "collagan_lgg_t1n_t1c_t2f.pt"))
     trained = torch.load(REPO_ROOT / "training" / "checkpoints" / "lgg_v6_mean_g.pt", map_location="cpu",
