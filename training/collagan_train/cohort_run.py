@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -24,7 +25,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from CollaGANImputeLib.case_files import read_case, training_profile_from_folders
-from CollaGANImputeLib.contract import load_model, onnx_path_for
+from CollaGANImputeLib.contract import copy_with_card, load_model, onnx_path_for, read_card
 from CollaGANImputeLib.errors import InputCheckWarning
 from CollaGANImputeLib.evaluate import evaluate_cases, score_imputation
 from CollaGANImputeLib.io import OutputSet, find_lesion_mask, read_lesion_mask
@@ -80,6 +81,8 @@ def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen:
     """Score the ``chosen`` checkpoint, a voxel regression fitted on the training slices and the bundled model
     ``reference`` (None: none) on the held-out cases with the core's evaluation, then write ``out/model.pt`` (the
     held-out figures in its card) and ``out/report.md`` together. Shared by ``finetune`` and ``train COHORT``.
+    Each network is exported once: ``run/network.pt`` and, with ``blend``, the blend ``run/model.pt``; the one
+    scored goes to OUT with the figures written into its card (``CollaGANImputeLib.contract.copy_with_card``).
     ``blend``: the model is the network blended per target with the voxel regression or the bundled model's
     polynomial (:func:`.blend.cohort_blend`, chosen on the held-out cases); else the network alone."""
     contrasts, run_dir = list(cfg.contrasts), Path(cfg.out_dir)
@@ -131,12 +134,12 @@ def score_and_export(cohort: Cohort, cfg: TrainConfig, train: SliceData, chosen:
     if choice is not None:
         report += blend_section(choice, contrasts)
     out.mkdir(parents=True, exist_ok=True)
+    card = dataclasses.replace(read_card(draft), metrics=figures)
     with tempfile.TemporaryDirectory(dir=run_dir) as folder, OutputSet() as outputs:
-        # The export writes the TorchScript file and its ONNX export beside it: both, with the report, go into
-        # OUT together or not at all.
-        final = export_checkpoint(str(chosen), str(Path(folder) / "model.pt"), name=name, metrics=figures,
-                                  description=description, input_profile=profile, about=about,
-                                  training_overrides=training)
+        # The scored draft (checked against its checkpoint when exported) with the figures on its card, not
+        # exported again: the TorchScript file and its ONNX export beside it, with the report, go into OUT
+        # together or not at all.
+        final = copy_with_card(draft, Path(folder) / "model.pt", card)
         for written in (final, onnx_path_for(final)):
             if written.is_file():
                 outputs.stage(out / written.name, partial(shutil.copyfile, written), suffix=written.suffix)
