@@ -47,7 +47,14 @@ DEFAULT_STEPS = int(FINETUNE_SETTINGS["steps"])
 def finetune_config(base: dict, contrasts: Sequence[str], init_g: str, cohort: Path, run_dir: Path, steps: int,
                     overrides: Optional[dict] = None) -> TrainConfig:
     """The bundled recipe's config with :data:`FINETUNE_SETTINGS`, the cohort's contrasts, and per-target odds
-    carried over (new contrasts get the largest: they start from nothing)."""
+    carried over (new contrasts get the largest: they start from nothing).
+
+    Example:
+        >>> cfg = finetune_config(state["config"], ["t1n", "t1c", "t2w", "t2f"], checkpoint,
+        ...                       Path("data/openms/complete"), Path("runs/openms/run"), 1000)   # doctest: +SKIP
+        >>> cfg.contrasts, cfg.steps                                                         # doctest: +SKIP
+        (['t1n', 't1c', 't2w', 't2f'], 1000)
+    """
     old = list(base["contrasts"])
     odds = list(base.get("target_weights") or [])
     weights = ([odds[old.index(c)] if c in old else max(odds) for c in contrasts] if len(odds) == len(old) else [])
@@ -61,6 +68,12 @@ def finetune_config(base: dict, contrasts: Sequence[str], init_g: str, cohort: P
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    """The ``finetune`` command (:func:`add_parser`): the cohort split, training from the source model grown to the
+    cohort's contrasts, then :func:`.cohort_run.score_and_export`.
+
+    Example:
+        >>> main(["finetune", "data/openms", "--contrasts", "t1n,t1c,t2w,t2f", "--out", "runs/x"])  # doctest: +SKIP
+    """
     started = time.time()
     if args.minutes < 0:
         raise SystemExit(f"--minutes {args.minutes:g}: give the minutes the whole command may take, e.g. --minutes "
