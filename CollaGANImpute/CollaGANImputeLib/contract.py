@@ -43,6 +43,7 @@ from .errors import ModelError
 from .onnx_file import (  # noqa: F401  (re-exported, as above)
     ONNX_METADATA_KEY,
     ONNX_OPSET,
+    copy_onnx_with_card,
     onnx_card_text,
     onnx_path_for,
     onnx_readable,
@@ -107,6 +108,29 @@ def save_model(model: torch.nn.Module, card: ModelCard, path: PathLike, example_
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated.*")
         torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: card.to_json()})
     return sha256_of(path)
+
+
+def copy_with_card(source: PathLike, out: PathLike, card: ModelCard) -> Path:
+    """Write ``out`` (it may be ``source``): the model file ``source`` with ``card`` in place of its own and, where
+    ``source`` has its ONNX export beside it, that export beside ``out`` with the same card; the weights are not
+    exported again, so a card can take figures measured on the exported model itself. ``card`` describes the same
+    weights (e.g. ``source``'s card with other metrics); their hash is computed again, and ``load_model`` checks the
+    copy as it checks any export.
+
+    Example:
+        >>> card = read_card("runs/x/draft.pt")                                                  # doctest: +SKIP
+        >>> copy_with_card("runs/x/draft.pt", "out/model.pt",
+        ...                dataclasses.replace(card, metrics={"t2w": {"nmse": 0.1}}))             # doctest: +SKIP
+        PosixPath('out/model.pt')
+    """
+    source, out = Path(source), Path(out)
+    module, _ = _load(source, "cpu")  # its weights checked against its own card first
+    save_model(module, card, out)
+    if onnx_path_for(source).is_file():
+        copy_onnx_with_card(onnx_path_for(source), onnx_path_for(out), read_card(out))  # the card with its hash
+    elif onnx_path_for(out).is_file():
+        onnx_path_for(out).unlink()  # an export of other weights must not stay beside the copy
+    return out
 
 
 def _archive_card_text(path: Path) -> Optional[str]:

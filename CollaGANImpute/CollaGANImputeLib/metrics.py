@@ -140,10 +140,13 @@ def tissue_profile(values: np.ndarray, cells: np.ndarray) -> np.ndarray:
         return (sums / counts)[cells]
 
 
-def tissue_identity(pred: np.ndarray, gt: np.ndarray, inputs: Sequence[np.ndarray], region: np.ndarray) -> float:
+def tissue_identity(pred: np.ndarray, gt: np.ndarray, inputs: Sequence[np.ndarray], region: np.ndarray,
+                    cells: Optional[np.ndarray] = None) -> float:
     """``I_T = r(P pred, P gt) − max_i r(P pred, P input_i)`` over ``region`` (EVALUATION.md v3), with ``P`` the
     mean over cells of input octiles (:func:`tissue_profile`). The conditional mean of the target given the
     inputs has ``P pred = P gt`` (``I_T > 0``) however much detail it misses; a copy of an input has ``I_T ≤ 0``.
+    ``cells``: ``tissue_cells(inputs, region)`` where the caller scores many predictions of one target (the cells
+    depend on the inputs and region alone, and binning them is most of the work).
 
     Example:
         >>> tissue_identity(t1_copy, flair, [t1, t1c], mask_t) <= 0   # doctest: +SKIP
@@ -152,7 +155,8 @@ def tissue_identity(pred: np.ndarray, gt: np.ndarray, inputs: Sequence[np.ndarra
     region = region.astype(bool)
     if not len(inputs) or not region.any():
         return float("nan")
-    cells = tissue_cells(inputs, region)
+    if cells is None:
+        cells = tissue_cells(inputs, region)
     counts = np.bincount(cells).astype(np.float64)
     filled = counts > 0
     weights = counts[filled]

@@ -56,10 +56,34 @@ def save_onnx(model: torch.nn.Module, card: ModelCard, path: PathLike, example_i
                           opset_version=ONNX_OPSET, dynamo=False,
                           dynamic_axes={axis: {0: "batch", 2: "height", 3: "width"} for axis in ("x", "y")})
         proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = ONNX_METADATA_KEY, card.to_json()
+        _set_card(proto, card)
         onnx.save(proto, str(tmp))
     return sha256_of(path)
+
+
+def copy_onnx_with_card(source: PathLike, out: PathLike, card: ModelCard) -> str:
+    """Write ``out`` (atomically; it may be ``source``): the ONNX file ``source`` with ``card`` in its metadata in
+    place of its own, the graph and weights as they are; returns its SHA-256.
+
+    Example:
+        >>> copy_onnx_with_card("draft.onnx", "model.onnx", read_card("model.pt"))       # doctest: +SKIP
+    """
+    import onnx
+
+    proto = onnx.load(str(source))
+    _set_card(proto, card)
+    with atomic_path(Path(out), suffix=".onnx") as tmp:
+        onnx.save(proto, str(tmp))
+    return sha256_of(out)
+
+
+def _set_card(proto, card: ModelCard) -> None:
+    """Put ``card`` in the ONNX model ``proto``'s metadata, replacing a card already there."""
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != ONNX_METADATA_KEY]
+    del proto.metadata_props[:]
+    for key, value in [*kept, (ONNX_METADATA_KEY, card.to_json())]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def onnx_card_text(path: Path) -> str:

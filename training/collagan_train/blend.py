@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from CollaGANImputeLib.atomic import atomic_path
 from CollaGANImputeLib.case_files import read_case
-from CollaGANImputeLib.evaluate import score_imputation
-from CollaGANImputeLib.metrics import masked_mean, nmse, scored_target, ssim_map, tissue_identity
+from CollaGANImputeLib.metrics import masked_mean, nmse, scored_target, ssim_map, tissue_cells, tissue_identity
+from CollaGANImputeLib.pipeline import impute
 
 from .baselines import fit
 from .config import TrainConfig, load_config
@@ -111,22 +111,25 @@ def choose_shares(network, polynomials: Mapping[str, Tuple[object, Sequence[str]
     kept = np.zeros((len(contrasts), len(names), len(grid)), dtype=int)
     ssims = np.zeros((len(contrasts), len(names), len(grid)))
     served = np.array([[target in serves for _, serves in polynomials.values()] for target in contrasts])
+    every = slice(None, None, SSIM_STRIDE)
     for folder in case_dirs:
         images = read_case(Path(folder), contrasts)
         for t, target in enumerate(contrasts):
+            # Each model imputes the target once; every share is scored from the two predictions.
             inputs = [c for c in contrasts if c != target]
-            net = score_imputation(network, images, target, inputs, device="cpu")
-            real, region = scored_target(net.real, net.mask)
-            given = [net.result.case.arrays[c] for c in inputs]
-            every = slice(None, None, SSIM_STRIDE)
+            net = evaluation_imputation(network, images, target, inputs)
+            real, region = scored_target(net.case.normalize_like_inputs(images[target]), net.case.mask)
+            given = [net.case.arrays[c] for c in inputs]
+            # The inputs' tissue cells (I_T) are the same for every blend of this target: binned once.
+            cells = tissue_cells(given, region) if region.any() else None
             for p, (model, _) in enumerate(polynomials.values()):
                 if not served[t, p]:
                     continue
-                reg = score_imputation(model, images, target, inputs, device="cpu")
+                polynomial = evaluation_imputation(model, images, target, inputs).arrays[target]
                 for g, share in enumerate(grid):
-                    pred = share * net.pred + (1 - share) * reg.pred
+                    pred = share * net.arrays[target] + (1 - share) * polynomial
                     nmses[t, p, g] += nmse(pred, real, region) / len(case_dirs)
-                    kept[t, p, g] += tissue_identity(pred, real, given, region) > 0
+                    kept[t, p, g] += tissue_identity(pred, real, given, region, cells=cells) > 0
                     ssims[t, p, g] += masked_mean(ssim_map(pred[every], real[every], region[every]),
                                                   region[every]) / len(case_dirs)
     shares, sources, rows = [], [], []
@@ -142,6 +145,18 @@ def choose_shares(network, polynomials: Mapping[str, Tuple[object, Sequence[str]
                      "ssim_network": float(ssims[t, 0, alone]), "ssim_blend": float(ssims[t, p, g]),
                      "kept_blend": int(kept[t, p, g]), "cases": len(case_dirs)})
     return ShareChoice(shares, sources, rows)
+
+
+def evaluation_imputation(model, images: Mapping[str, object], target: str, inputs: Sequence[str]):
+    """``target`` imputed from ``inputs`` by ``model`` as ``CollaGANImputeLib.evaluate.score_imputation`` imputes it
+    (fp32 on the CPU), without its scores: :func:`choose_shares` scores the blends of the predictions instead.
+
+    Example:
+        >>> result = evaluation_imputation(model, read_case(folder, contrasts), "t2f", ["t1n", "t1c"])  # doctest: +SKIP
+        >>> result.arrays["t2f"].shape == result.case.mask.shape                                     # doctest: +SKIP
+        True
+    """
+    return impute({c: images[c] for c in inputs}, model, targets=[target], device="cpu", precision="fp32")
 
 
 def blended_state(state: dict, coef: torch.Tensor, mix: Sequence[float], source: str = "") -> dict:

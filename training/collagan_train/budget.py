@@ -19,7 +19,7 @@ from typing import Optional
 #: Steps timed before the cap is set, the first (slow: allocations, first data reads) not counted.
 TIMING_STEPS = 12
 #: The work after training that does not scale with the slices scored: imports, loading models, fitting the voxel
-#: regression, reading the training cases' profile, three exports (the network, the blend, the final file).
+#: regression, reading the training cases' profile, the exports (the network, the blend) and the final card.
 AFTER_FIXED_S = 90.0
 #: Seconds of scoring per slice inference after training, in units of a validation's seconds per slice (both run
 #: slices through a generator and score them; a validation also writes checkpoints): on 240x240x155 cases the

@@ -5,7 +5,7 @@ or ``prepare``'s OUT; what is not yet case folders with the recipe's contrasts i
 Cases are set aside (the recipe's ``n_select``, else a fifth) to choose the checkpoint on; the chosen one is scored
 there with a voxel regression fitted on the training cases (and the bundled model on the contrasts it has), and
 ``OUT_DIR/model.pt`` (the model contract: the cohort, contrasts and held-out figures on its card) and
-``OUT_DIR/report.md`` are written together (:func:`.finetune.score_and_export`). A rerun continues the run in
+``OUT_DIR/report.md`` are written together (:func:`.cohort_run.score_and_export`). A rerun continues the run in
 ``OUT_DIR/run``.
 
 Example:
@@ -27,18 +27,12 @@ import torch
 import torch.distributed as dist
 from CollaGANImputeLib.errors import InputError
 
+from .cohort import Cohort, cohort_cases, cohort_folder, pick_holdout
+from .cohort_run import score_and_export, training_run
 from .config import make_config, read_recipe
 from .data_loader import REPO_ROOT, SliceData
-from .finetune import (
-    BUNDLED_CHECKPOINTS,
-    Cohort,
-    _training_run,
-    cohort_cases,
-    cohort_folder,
-    pick_holdout,
-    score_and_export,
-)
 from .prepare import prepare
+from .source_model import BUNDLED_CHECKPOINTS
 
 #: The bundled model the report compares with, on the contrasts it has.
 REFERENCE = "collagan-lgg-t1n-t1c-t2f"
@@ -100,7 +94,7 @@ def train_cohort(args: argparse.Namespace, dist_setup: Callable) -> None:
     held_data = SliceData.build(held, cfg, folder)
     if cfg.aug_brain_only_p > 0:
         train.add_brain_only_copies()
-    chosen = _training_run(cfg, train, held_data, None, run_dir, rank=rank, world=world, device=device)
+    chosen = training_run(cfg, train, held_data, None, run_dir, rank=rank, world=world, device=device)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -22,7 +22,7 @@ from CollaGANImputeLib.cli import main as cli_main
 from CollaGANImputeLib.io import synthetic_label
 from CollaGANImputeLib.provenance import sidecar_path
 
-from training.collagan_train.finetune import cohort_folder
+from training.collagan_train.cohort import cohort_folder
 
 from .conftest import BRATS2021, FOUR_CONTRASTS, OPENMS, OPENMS_CASES, OPENMS_HELD_OUT, _digest
 

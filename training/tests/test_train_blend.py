@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.contract import load_model
+from CollaGANImputeLib.evaluate import score_imputation
 from CollaGANImputeLib.runtime import onnx_runner
 
 from training.collagan_train.blend import blended_state, parse_mix
@@ -100,6 +102,14 @@ def test_a_cohort_blend_takes_the_share_with_the_lowest_nmse(sample_slices, tmp_
     assert choice.shares == [0.0, 0.0, 0.0] and choice.sources == ["cohort"] * 3
     assert all(row["blend"] == row["regression"] < row["network"] for row in choice.rows)
     assert "| t1c | cohort | 0.0 |" in choice.table(contrasts)
+    # Each model alone scores as the core's evaluation scores it (EVALUATION.md v3): its NMSE, and I_T > 0 or not.
+    images = read_case(SAMPLE, contrasts)
+    network, alone = (score_imputation(m, images, "t1c", ["t1n", "t2f"], device="cpu").scores
+                      for m in (darker, regression))
+    assert choice.rows[1]["network"] == pytest.approx(network["nmse"], rel=1e-9)
+    assert choice.rows[1]["regression"] == pytest.approx(alone["nmse"], rel=1e-9)
+    assert choice.rows[1]["kept_network"] == int(network["identity_t"] > 0)
+    assert choice.rows[1]["kept_blend"] == int(alone["identity_t"] > 0)  # the blend chosen: the regression alone
     same = choose_shares(regression, {"cohort": (regression, contrasts)}, [SAMPLE], contrasts, grid=(0.0, 0.5, 1.0))
     assert same.shares == [1.0] * 3
     # A second polynomial serving T1+Gd only: the darker one blended with the regression wins there alone.

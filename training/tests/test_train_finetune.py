@@ -3,6 +3,7 @@ whole command on the two OpenMS patients (T2w added), whose model the core loads
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,10 @@ from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.pipeline import impute
 
 from training.collagan_train.data_loader import REPO_ROOT
-from training.collagan_train.finetune import expand_generator
 from training.collagan_train.main import main
 from training.collagan_train.model import Generator
 from training.collagan_train.solver import build_input
+from training.collagan_train.source_model import expand_generator
 
 OPENMS = REPO_ROOT.parent / "shared" / "data" / "openms"
 
@@ -50,6 +51,8 @@ def test_finetune_on_openms_adds_t2w_and_exports_a_model_the_core_runs(openms_co
     assert card.contrasts == ["t1n", "t1c", "t2w", "t2f"]
     assert card.training["fine_tuned_from"]["contrasts_added"] == ["t2w"]
     assert card.metrics["held_out_cases"] == ["OpenMS-patient19"] and "nmse" in card.metrics["t2w"]
+    scored = load_model(out / "run" / "model.pt").card  # the blend as exported and scored: its figures added
+    assert card == dataclasses.replace(scored, metrics=card.metrics) and not scored.metrics
     report = (out / "report.md").read_text()
     for row in ("| t2w | fine-tuned | t1n+t1c+t2f |", "| t2w | voxel regression |", "| t2f | bundled | t1n+t1c |",
                 "| t2f | fine-tuned, bundled's inputs | t1n+t1c |"):
@@ -98,7 +101,7 @@ def test_a_profile_of_one_training_case_judges_no_spread(openms_cohort: Path):
 
 
 def test_a_model_file_gives_back_the_generator_it_was_exported_from():
-    from training.collagan_train.finetune import source_checkpoint
+    from training.collagan_train.source_model import source_checkpoint
 
     path, state = source_checkpoint(str(REPO_ROOT / "Resources" / "Models" / "collagan_lgg_t1n_t1c_t2f.pt"))
     trained = torch.load(REPO_ROOT / "training" / "checkpoints" / "lgg_v6_mean_g.pt", map_location="cpu",
@@ -129,4 +132,5 @@ def test_finetune_again_from_its_own_model_file(openms_cohort: Path, openms_fine
           "--threads", "1", "--set", "crop=64", "--set", "val_slices=4", "--network-only", "--out", str(out)])
     card = load_model(out / "model.pt").card
     assert card.training["fine_tuned_from"]["model"] == str(source) and "unet_share" not in card.architecture
+    assert card == dataclasses.replace(load_model(out / "run" / "network.pt").card, metrics=card.metrics)
     assert card.training["warm_start"] == [{"checkpoint": str(source), "model_file": True}]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from CollaGANImputeLib import load_model
 
+from training.collagan_train.cohort import pick_holdout
 from training.collagan_train.config import (
     CONFIG_DIR,
     load_config,
@@ -20,7 +21,7 @@ from training.collagan_train.config import (
     recipe_overlay,
 )
 from training.collagan_train.data_loader import REPO_ROOT, locate_lgg, select_cases
-from training.collagan_train.finetune import DEFAULT_STEPS, FINETUNE_SETTINGS, pick_holdout
+from training.collagan_train.finetune import DEFAULT_STEPS, FINETUNE_SETTINGS
 from training.collagan_train.main import main
 from training.collagan_train.stages import BLEND, MEAN, plan
 
@@ -129,17 +130,17 @@ def test_train_on_a_cohort_needs_an_out_folder(openms_download: Path):
 
 
 def test_an_adversarial_fine_tune_starts_from_the_shipped_discriminator():
-    from training.collagan_train.finetune import BUNDLED_DISCRIMINATORS, _starting_discriminator
     from training.collagan_train.model import Discriminator
+    from training.collagan_train.source_model import BUNDLED_DISCRIMINATORS, starting_discriminator
 
     old, four = ["t1n", "t1c", "t2f"], ["t1n", "t1c", "t2w", "t2f"]
     base = {**load_config("finetune").to_dict(), "contrasts": four}
     shipped = torch.load(REPO_ROOT / BUNDLED_DISCRIMINATORS["collagan-lgg-t1n-t1c-t2f"], map_location="cpu",
                          weights_only=False)
     assert shipped["config"]["freeze_g"] and shipped["config"]["init_g"].endswith("lgg_v6_mean_g.pt")
-    start = _starting_discriminator("collagan-lgg-t1n-t1c-t2f", make_config({**base, "w_gan": 1.0}), old)
+    start = starting_discriminator("collagan-lgg-t1n-t1c-t2f", make_config({**base, "w_gan": 1.0}), old)
     Discriminator(4).load_state_dict(start)
     assert torch.equal(start["clsf_head.weight"][3], shipped["D"]["clsf_head.weight"][2])  # t2f keeps its row
     assert torch.equal(start["gan_head.weight"], shipped["D"]["gan_head.weight"])
     off = make_config({**base, "w_gan": 0.0, "w_g_clsf": 0.0, "w_d_clsf": 0.0})
-    assert _starting_discriminator("collagan-lgg-t1n-t1c-t2f", off, old) is None
+    assert starting_discriminator("collagan-lgg-t1n-t1c-t2f", off, old) is None

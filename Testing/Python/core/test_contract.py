@@ -95,3 +95,36 @@ def test_card_outside_head_is_checked():
     assert ModelCard(name="x", contrasts=["t1n", "t2f"]).outside_head == "model"
     with pytest.raises(ModelError, match="outside_head"):
         ModelCard(name="x", contrasts=["t1n", "t2f"], outside_head="blank")
+
+
+def test_a_copy_with_another_card_keeps_the_weights_and_its_onnx_export(tmp_path):
+    """The card of an exported model (and of its ONNX export beside it) takes other metrics without exporting the
+    weights again: the copy loads with its weights' hash checked and gives the same outputs from both files."""
+    onnx = pytest.importorskip("onnx")
+    from CollaGANImputeLib.contract import copy_with_card, onnx_path_for, save_onnx
+
+    torch.manual_seed(0)
+    model = TinyGenerator().eval()
+    source = tmp_path / "draft" / "network.pt"
+    source.parent.mkdir()
+    save_model(model, ModelCard(name="draft", contrasts=CONTRASTS, metrics={}), source)
+    save_onnx(model, read_card(source), onnx_path_for(source), torch.rand(2, 6, 32, 32))
+    before = {p.name: p.read_bytes() for p in source.parent.iterdir()}
+    card = dataclasses.replace(read_card(source), metrics={"t1c": {"nmse": 0.1}})
+    out = copy_with_card(source, tmp_path / "model.pt", card)
+    copied = load_model(out)
+    assert copied.card == card and copied.onnx == tmp_path / "model.onnx"  # the ONNX card checked against it
+    assert copied.card.weights_sha256 == read_card(source).weights_sha256
+    x = torch.rand(2, 6, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(copied.module(x), load_model(source).module(x))  # the hash was checked on this load
+    graphs = [onnx.load(str(p)) for p in (onnx_path_for(source), copied.onnx)]
+    for graph in graphs:
+        del graph.metadata_props[:]
+    assert graphs[0].SerializeToString() == graphs[1].SerializeToString()
+    assert {p.name: p.read_bytes() for p in source.parent.iterdir()} == before  # the source is only read
+    copy_with_card(source, source, card)  # in place
+    assert load_model(source).card == card and read_card(onnx_path_for(source)) == card
+    onnx_path_for(source).unlink()  # without an ONNX export, none stays beside the copy
+    copy_with_card(source, out, card)
+    assert load_model(out).onnx is None and not onnx_path_for(out).exists()

@@ -193,6 +193,18 @@ def test_conditional_mean_passes_tissue_identity_where_voxel_identity_fails():
     assert scores["identity_t"] == pytest.approx(tissue_identity(conditional_mean, flair, [t1, t1c], mask))
 
 
+def test_tissue_cells_given_once_score_every_prediction_as_without_them():
+    """Many predictions of one target (e.g. blends at several shares) share the inputs' cells: given once, each
+    prediction scores exactly as when the cells are binned for it."""
+    t1, t1c, flair, mask = _regression_case()
+    region = mask.copy()
+    region[0, :8] = False  # a target region smaller than M, as M_t is
+    cells = tissue_cells([t1, t1c], region)
+    for pred in (flair, t1, 0.3 * flair + 0.7 * t1c):
+        assert tissue_identity(pred, flair, [t1, t1c], region, cells=cells) == tissue_identity(
+            pred, flair, [t1, t1c], region)
+
+
 def test_copy_of_an_input_fails_tissue_identity():
     t1, t1c, flair, mask = _regression_case()
     for copy in (t1, t1c, 2.0 * t1c + 0.1):  # a relabelled input, also rescaled
