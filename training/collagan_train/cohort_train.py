@@ -27,8 +27,9 @@ import torch
 import torch.distributed as dist
 from CollaGANImputeLib.errors import InputError
 
+from .cases import REPO_ROOT
 from .config import make_config, read_recipe
-from .data_loader import REPO_ROOT, SliceData
+from .data_loader import SliceData
 from .finetune import (
     BUNDLED_CHECKPOINTS,
     Cohort,

@@ -39,8 +39,9 @@ from CollaGANImputeLib.io import OutputSet, find_case_files, find_lesion_mask, r
 from CollaGANImputeLib.resources import bundled_models
 
 from .budget import TimeBudget
+from .cases import REPO_ROOT, list_cases, select_cases
 from .config import TrainConfig, recipe_overlay
-from .data_loader import REPO_ROOT, SliceData, list_cases, select_cases
+from .data_loader import SliceData
 from .prepare import SUMMARY
 
 #: Bundled model name -> the training checkpoint of its network (the U-Net weights of the bundled file, which blends

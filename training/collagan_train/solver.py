@@ -83,7 +83,7 @@ def fixed_validation_slices(length: int, count: int) -> List[int]:
 
 def load_generator_weights(path: str, cfg: TrainConfig) -> Dict[str, torch.Tensor]:
     """G's state dict from a training checkpoint, refused when its contrasts or architecture differ."""
-    from .data_loader import repo_path
+    from .cases import repo_path
 
     file = repo_path(path)
     if not file.is_file():
@@ -202,7 +202,7 @@ class Solver:
 
     def sample(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch: images (B, N, h, w), target (B,), available (B, N) after input dropout, head masks and
-        lesion masks (B, h, w), and each contrast's factor to target units (B, N; :func:`.data_loader.target_scales`:
+        lesion masks (B, h, w), and each contrast's factor to target units (B, N; :func:`.stores.target_scales`:
         the images are in input units). The outer-head augmentation is applied here (it changes the masks); with
         ``target_coverage_only`` the head masks leave out where the real target has no data."""
         cfg = self.cfg

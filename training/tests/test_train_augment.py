@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from training.collagan_train import augment, losses
-from training.collagan_train.data_loader import select_cases
+from training.collagan_train.cases import select_cases
 from training.collagan_train.solver import Solver
 
 
