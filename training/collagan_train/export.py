@@ -31,9 +31,9 @@ from CollaGANImputeLib.contract import (
     save_onnx,
 )
 
+from .checkpoints import generator_from_checkpoint
 from .config import TrainConfig, loss_settings
 from .model import count_parameters
-from .solver import generator_from_checkpoint
 
 LICENCE = "CC BY-NC-SA 4.0 (inherited from the TCGA-LGG curated set; research use only)"
 DATA = ("TCGA-LGG (TCIA) as curated by Buda et al. 2019 / Mazurowski et al. 2017 (kaggle_3m 'LGG segmentation'), "

@@ -325,8 +325,8 @@ def _starting_discriminator(source: str, cfg: TrainConfig, old: Sequence[str]) -
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    from .checkpoints import generator_weights
     from .export import load_about
-    from .solver import generator_weights
 
     started = time.time()
     if args.minutes < 0:
