@@ -82,8 +82,9 @@ def child(args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(REPO))
     torch.set_num_threads(1)
+    from training.collagan_train.cases import list_cases
     from training.collagan_train.config import load_config
-    from training.collagan_train.data_loader import SliceData, list_cases
+    from training.collagan_train.data_loader import SliceData
     from training.collagan_train.solver import Solver
 
     folder = Path(args.data) / "complete"

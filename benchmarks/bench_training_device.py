@@ -30,8 +30,9 @@ import torch
 from bench_training import CONTRASTS, REPO, write_cases
 
 sys.path[:0] = [str(REPO / "CollaGANImpute"), str(REPO)]
+from training.collagan_train.cases import list_cases  # noqa: E402
 from training.collagan_train.config import load_config  # noqa: E402
-from training.collagan_train.data_loader import SliceData, list_cases  # noqa: E402
+from training.collagan_train.data_loader import SliceData  # noqa: E402
 from training.collagan_train.solver import Solver  # noqa: E402
 
 

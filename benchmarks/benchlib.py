@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the generator class lives in the training tree
     sys.path.insert(0, str(REPO))
 
+from training.collagan_train.checkpoints import generator_from_checkpoint  # noqa: E402
 from training.collagan_train.model import Generator  # noqa: E402
-from training.collagan_train.solver import generator_from_checkpoint  # noqa: E402
 
 BRATS_SHAPE = (155, 240, 240)  # (slices, rows, columns) of a BraTS volume
 

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from CollaGANImputeLib.contract import ModelCard, save_model
 
+from .cases import repo_path
 from .config import load_config
-from .data_loader import SliceData, load_data, repo_path
+from .data_loader import SliceData, load_data
 from .voxel_regression import VoxelRegression, n_features, quadratic_features
 
 LICENCE = "CC BY-NC-SA 4.0 (inherited from the TCGA-LGG curated set; research use only)"

@@ -30,10 +30,10 @@ from CollaGANImputeLib.metrics import masked_mean, nmse, scored_target, ssim_map
 from CollaGANImputeLib.pipeline import impute
 
 from .baselines import fit
+from .checkpoints import generator_weights
 from .config import TrainConfig, load_config
 from .data_loader import load_data
 from .export import record_run
-from .solver import generator_weights
 
 
 def parse_mix(text: str, contrasts: Sequence[str]) -> List[float]:

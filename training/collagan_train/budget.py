@@ -9,15 +9,26 @@ Example:
     699
     >>> budget.line(699, 1000, 1.6)
     'time budget 25 min: 699 of 1000 steps (1.60 s/step measured)'
+
+The trainer times its steps with :class:`StepTimes` and applies the budget through :class:`BudgetedSteps`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .data_loader import SliceData
 
 #: Steps timed before the cap is set, the first (slow: allocations, first data reads) not counted.
 TIMING_STEPS = 12
+#: The recent steps a mean step time is taken over (the progress, the log, the budget).
+RECENT_STEPS = 50
 #: The work after training that does not scale with the slices scored: imports, loading models, fitting the voxel
 #: regression, reading the training cases' profile, the exports (the network, the blend) and the final card.
 AFTER_FIXED_S = 90.0
@@ -99,4 +110,75 @@ def scaled_every(every: int, steps: int, requested: int) -> int:
     return max(1, round(every * steps / requested))
 
 
-__all__ = ["TimeBudget", "TIMING_STEPS", "VALIDATION_PER_SLICE", "scaled_every"]
+class StepTimes:
+    """The seconds of a process's recent steps, kept in one place for both of their uses: :attr:`mean` over the
+    last ``recent`` steps (the progress and the log) and :attr:`timed`, the same steps without the process's
+    first (allocations, first data reads), which the budget plans with.
+
+    Example:
+        >>> times = StepTimes(recent=2)
+        >>> for seconds in (5.0, 1.0, 2.0):
+        ...     times.add(seconds)
+        >>> times.mean, times.timed
+        (1.5, [1.0, 2.0])
+    """
+
+    def __init__(self, recent: int = RECENT_STEPS) -> None:
+        self.recent = recent
+        self.count = 0  # steps added in this process
+        self.seconds: List[float] = []  # the last recent + 1, so that timed can leave the first step out
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.seconds = (self.seconds + [seconds])[-(self.recent + 1):]
+
+    @property
+    def mean(self) -> float:
+        """Mean seconds of the last ``recent`` steps."""
+        return float(np.mean(self.seconds[-self.recent:]))
+
+    @property
+    def timed(self) -> List[float]:
+        """The seconds of the last ``recent`` steps but the process's first."""
+        first_kept = self.count == len(self.seconds)
+        return (self.seconds[1:] if first_kept else self.seconds)[-self.recent:]
+
+
+class BudgetedSteps:
+    """The budget side of :class:`~.solver.Solver`: its step count (and cadences) set to what fits a
+    :class:`TimeBudget`; the time per slice comes from its validation (``seconds_per_slice``)."""
+
+    # What it reads and sets on the solver.
+    cfg: TrainConfig
+    base_cfg: TrainConfig
+    val_data: Optional[SliceData]
+    n: int
+    step: int
+
+    def apply_budget(self, budget: TimeBudget, sec_per_step: float, sec_per_validation: Optional[float],
+                     every: Tuple[int, int, int]) -> Optional[str]:
+        """Set ``cfg.steps`` to what fits in ``budget`` (at most the requested steps), with the validation and
+        checkpoint cadence ``every`` = (requested steps, val_every, ckpt_every) scaled to it; the progress line to
+        print, if any. ``sec_per_validation``: the mean validation with its checkpoint, None before the first."""
+        requested, val_every, ckpt_every = every
+        slices = min(self.cfg.val_slices, len(self.val_data)) if self.val_data is not None else 0
+        if sec_per_validation is not None and slices:
+            # A validation runs its slices through G and scores them, as the scoring after training does.
+            sec_per_slice = sec_per_validation / (slices * self.n)
+        else:
+            sec_per_slice = self.seconds_per_slice()
+            sec_per_validation = VALIDATION_PER_SLICE * slices * self.n * sec_per_slice
+        steps = budget.steps_that_fit(time.time(), self.step, requested, sec_per_step, val_every,
+                                      sec_per_validation, sec_per_slice)
+        if steps == self.cfg.steps:
+            return None
+        budget.steps, budget.sec_per_step = (steps if steps < requested else None), sec_per_step
+        capped = {"steps": steps, "val_every": scaled_every(val_every, steps, requested),
+                  "ckpt_every": scaled_every(ckpt_every, steps, requested)}
+        # The checkpoints record the capped count: a resume asks the budget again from what was asked.
+        self.cfg, self.base_cfg = replace(self.cfg, **capped), replace(self.base_cfg, **capped)
+        return budget.tell(steps)
+
+
+__all__ = ["TimeBudget", "TIMING_STEPS", "VALIDATION_PER_SLICE", "RECENT_STEPS", "StepTimes", "BudgetedSteps",
+           "scaled_every"]

@@ -35,8 +35,8 @@ from typing import Dict, List, Optional, Sequence
 from CollaGANImputeLib.atomic import atomic_path, write_text_atomic
 from CollaGANImputeLib.contract import onnx_path_for, read_card, sha256_of
 
+from .cases import REPO_ROOT, lgg_folder_or_exit
 from .choose import named_run
-from .data_loader import REPO_ROOT, lgg_folder_or_exit
 from .export import export_checkpoint, load_about, snapshot_contrasts
 from .report import card_metrics, load_rows, report_text
 

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from CollaGANImputeLib.errors import InputError
 from CollaGANImputeLib.io import find_case_files
 
-from .data_loader import list_cases, select_cases
+from .cases import list_cases, select_cases
 from .prepare import SUMMARY
 
 #: Contrast names looked for in a cohort when --contrasts is not given (BraTS 2023 names), in model order.

@@ -27,10 +27,11 @@ import torch
 import torch.distributed as dist
 from CollaGANImputeLib.errors import InputError
 
+from .cases import REPO_ROOT
 from .cohort import Cohort, cohort_cases, cohort_folder, pick_holdout
 from .cohort_run import score_and_export, training_run
 from .config import make_config, read_recipe
-from .data_loader import REPO_ROOT, SliceData
+from .data_loader import SliceData
 from .prepare import prepare
 from .source_model import BUNDLED_CHECKPOINTS
 

@@ -51,7 +51,7 @@ class TrainConfig:
     val_cases_required: List[str] = field(default_factory=lambda: ["TCGA-HT-7882"])
     max_cases: int = 0              # >0: use only the first cases of each split (tests)
     min_foreground: float = 0.05    # a slice is used when at least this fraction of it is head
-    cache_dir: str = "runs/cache"    # per-case slice stores (built once, reused; data_loader.case_store)
+    cache_dir: str = "runs/cache"    # per-case slice stores (built once, reused; stores.case_store)
     loader_workers: int = 2         # DataLoader processes preparing batches ahead of the step (0 = in the trainer)
     crop: int = 0                   # >0: random in-plane crops of this size (multiple of 32)
     flip: bool = True               # random left-right flip (authors' code)

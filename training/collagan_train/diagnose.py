@@ -16,11 +16,13 @@ from typing import Callable, List, Optional
 
 import numpy as np
 import torch
+from CollaGANImputeLib.contract import model_input as build_input  # the contract's one layout
 from CollaGANImputeLib.metrics import nmse
 
+from .checkpoints import generator_from_checkpoint
 from .config import load_config
 from .data_loader import load_data
-from .solver import build_input, fixed_validation_slices, generator_from_checkpoint
+from .validation import fixed_validation_slices
 
 
 def load_predictor(path: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -29,7 +29,7 @@ from CollaGANImputeLib.io import find_lesion_mask, read_lesion_mask
 from CollaGANImputeLib.labels import METRIC_LABELS
 from CollaGANImputeLib.metrics import METRIC_NAMES, summarize
 
-from .data_loader import lgg_folder_or_exit, repo_path
+from .cases import lgg_folder_or_exit, repo_path
 
 LABELS = {key: metric.label for key, metric in METRIC_LABELS.items()}  # the core's one table of labels
 

@@ -31,9 +31,9 @@ from CollaGANImputeLib.contract import (
     save_onnx,
 )
 
+from .checkpoints import generator_from_checkpoint
 from .config import TrainConfig, loss_settings
 from .model import count_parameters
-from .solver import generator_from_checkpoint
 
 LICENCE = "CC BY-NC-SA 4.0 (inherited from the TCGA-LGG curated set; research use only)"
 DATA = ("TCGA-LGG (TCIA) as curated by Buda et al. 2019 / Mazurowski et al. 2017 (kaggle_3m 'LGG segmentation'), "
@@ -91,7 +91,7 @@ def warm_start_lineage(cfg: TrainConfig, max_depth: int = 5) -> list:
 
     Why: a staged recipe's card must name every stage, not only the last one's command and cost.
     """
-    from .data_loader import repo_path
+    from .cases import repo_path
 
     stages, init = [], cfg.init_g
     while init and len(stages) < max_depth:
@@ -135,7 +135,7 @@ def training_input_profile(cfg: TrainConfig) -> dict:
     from CollaGANImputeLib.case_files import training_profile_from_folders
     from CollaGANImputeLib.input_check import PROFILE_VERSION
 
-    from .data_loader import load_or_make_split, locate_lgg, repo_path
+    from .cases import load_or_make_split, locate_lgg, repo_path
 
     folder = locate_lgg(cfg.data_dir)
     if folder is None:

@@ -25,12 +25,12 @@ from typing import Optional, Sequence
 import torch
 
 from .budget import TimeBudget
+from .checkpoints import generator_weights
 from .cohort import KNOWN_CONTRASTS, Cohort, cohort_cases, cohort_folder, default_contrasts, pick_holdout
 from .cohort_run import score_and_export, training_run
 from .config import TrainConfig, recipe_overlay
 from .data_loader import SliceData
 from .export import load_about
-from .solver import generator_weights
 from .source_model import (
     BUNDLED_CHECKPOINTS,
     BUNDLED_DISCRIMINATORS,

@@ -1,4 +1,5 @@
-"""CollaGAN loss terms: cycle L1 + SSIM loss (eq. 2-3, 7-8), LSGAN, domain classification.
+"""CollaGAN loss terms: cycle L1 + SSIM loss (eq. 2-3, 7-8), LSGAN, domain classification; the direct, lesion
+and identity terms, weighted as a config sets them (:func:`direct_terms`, :func:`identity_terms`).
 
 Example:
     >>> x = torch.rand(2, 1, 32, 32)
@@ -9,11 +10,13 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from CollaGANImputeLib.metrics import NO_DATA_PATCH
+
+from .config import TrainConfig
 
 #: SSIM constants of EVALUATION.md (Gaussian window sigma 1.5, 11x11, K1 0.01, K2 0.03, data range 1).
 SSIM_SIGMA = 1.5
@@ -198,6 +201,59 @@ def cycle(recon: torch.Tensor, real: torch.Tensor, ssim_weight: float, l1_weight
         return {"cyc_l1": zero, "cyc_ssim": zero}
     return {"cyc_l1": l1_weight * l1(recon, real),
             "cyc_ssim": ssim_weight * ssim_loss(recon, real) if ssim_weight else recon.sum() * 0}
+
+
+def voxel_weight(masks: torch.Tensor, lesions: torch.Tensor, cfg: TrainConfig, dtype: torch.dtype
+                 ) -> Optional[torch.Tensor]:
+    """(B, 1, H, W) weights of the direct L1/L2 terms: lesion voxels (``lesion_weight``) and the head's outer band
+    (``edge_weight``, ``edge_px``) up-weighted, the higher weight where they meet; None when both weights are 1."""
+    weight = None
+    if cfg.lesion_weight != 1:
+        weight = 1 + (cfg.lesion_weight - 1) * lesions[:, None].to(dtype)
+    if cfg.edge_weight != 1:
+        # The scalp holds a third of the head's squared error and is where a FLAIR copied from the T1 shows
+        # most in the whole-head contrast identity (research/identity_counterfactual.py).
+        edge = 1 + (cfg.edge_weight - 1) * edge_band(masks, cfg.edge_px)[:, None].to(dtype)
+        weight = edge if weight is None else torch.maximum(weight, edge)
+    return weight
+
+
+def direct_terms(fake: torch.Tensor, real_t: torch.Tensor, masks: torch.Tensor, lesions: torch.Tensor,
+                 cfg: TrainConfig) -> Dict[str, torch.Tensor]:
+    """The weighted direct losses of ``cfg`` on the imputed (B, 1, H, W) target: L1/L2 (:func:`voxel_weight`),
+    SSIM, and the lesion-contrast term; ``masks`` and ``lesions`` (B, H, W). Terms of weight 0 are left out.
+
+    Example:
+        >>> cfg = TrainConfig(w_direct_l1=10.0, w_direct_ssim=0.0)
+        >>> real, head = torch.zeros(1, 1, 8, 8), torch.ones(1, 8, 8, dtype=torch.bool)
+        >>> {k: float(v) for k, v in direct_terms(real + 0.5, real, head, ~head, cfg).items()}
+        {'direct_l1': 5.0}
+    """
+    terms: Dict[str, torch.Tensor] = {}
+    lesion = lesions[:, None]
+    weight = voxel_weight(masks, lesions, cfg, fake.dtype)
+    if cfg.w_direct_l1 > 0:
+        terms["direct_l1"] = cfg.w_direct_l1 * l1(fake, real_t, weight)
+    if cfg.w_direct_l2 > 0:
+        terms["direct_l2"] = cfg.w_direct_l2 * l2(fake, real_t, weight)
+    if cfg.w_direct_ssim > 0:
+        terms["direct_ssim"] = cfg.w_direct_ssim * ssim_loss(fake, real_t)
+    if cfg.w_lesion_contrast > 0:
+        terms["lesion_contrast"] = cfg.w_lesion_contrast * lesion_contrast_loss(fake, real_t, masks[:, None], lesion)
+    return terms
+
+def identity_terms(fake: torch.Tensor, real_t: torch.Tensor, inputs: torch.Tensor, available: torch.Tensor,
+                   masks: torch.Tensor, target: torch.Tensor, cfg: TrainConfig) -> Dict[str, torch.Tensor]:
+    """The weighted contrast-identity terms of ``cfg`` (``w_identity``: :func:`identity_loss` per slice,
+    ``w_identity_pooled``: :func:`identity_loss_pooled`) of the imputed (B, 1, H, W) target against the (B, N, H, W)
+    ``inputs`` and their ``available`` (B, N) flags, inside the (B, H, W) head ``masks``; terms of weight 0 left out."""
+    terms: Dict[str, torch.Tensor] = {}
+    if cfg.w_identity > 0:
+        terms["identity"] = cfg.w_identity * identity_loss(fake, real_t, inputs, available, masks[:, None])
+    if cfg.w_identity_pooled > 0:
+        terms["identity_pooled"] = cfg.w_identity_pooled * identity_loss_pooled(
+            fake, real_t, inputs, available, masks[:, None], target)
+    return terms
 
 
 LOG2 = math.log(2.0)

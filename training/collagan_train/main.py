@@ -32,8 +32,9 @@ import torch
 import torch.distributed as dist
 from CollaGANImputeLib.errors import CollaGANError
 
+from .cases import repo_path
 from .config import TrainConfig, load_config, make_config, read_recipe, recipe_names
-from .data_loader import load_data, repo_path
+from .data_loader import load_data
 
 
 def _dist_setup(cfg: TrainConfig):

@@ -12,7 +12,7 @@ The contrast set is ``contrasts``, by default every contrast that all cases have
 named, with the flag that keeps it). Cases with every contrast of the set go to ``OUT/complete/<case>/``, the others
 to ``OUT/incomplete/<case>/`` (with what they have of the set); ``OUT/cohort.json`` lists both. Volumes keep their
 own grid, spacing and intensities (read and checked by the core, written as ``<case>-<contrast>.nii.gz``): training
-brings every slice to the model's field as inference does (:func:`.data_loader.prepare_slices`), so a BraTS
+brings every slice to the model's field as inference does (:func:`.stores.prepare_slices`), so a BraTS
 240x240 slice at 1 mm is zero-padded to 256x256 and other spacings are resampled. Each case folder is written all
 or nothing (the core's :class:`~CollaGANImputeLib.io.OutputSet`); a rerun keeps the cases already there
 (``overwrite`` replaces them). The source is only read.

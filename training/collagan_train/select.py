@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .bundle import MODEL_NAME, evaluate_once  # candidates are scored under the bundled model's name, as it would be
+from .cases import lgg_folder_or_exit
 from .choose import Scores, choose, named_run, print_choice, run_scores
-from .data_loader import lgg_folder_or_exit
 from .export import load_about, run_folder, snapshot_contrasts, split_used
 from .report import load_rows
 

@@ -23,8 +23,8 @@ import torch
 from CollaGANImputeLib.contract import load_model
 from CollaGANImputeLib.errors import InputError
 
+from .cases import REPO_ROOT
 from .config import TrainConfig, read_recipe
-from .data_loader import REPO_ROOT
 from .export import training_state
 
 #: Bundled model name -> the training checkpoint of its network (the U-Net weights of the bundled file, which blends

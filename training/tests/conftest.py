@@ -11,9 +11,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from training.collagan_train.cases import REPO_ROOT
 from training.collagan_train.config import load_config
-from training.collagan_train.data_loader import REPO_ROOT, SliceData, prepare_slices
+from training.collagan_train.data_loader import SliceData
 from training.collagan_train.main import main
+from training.collagan_train.stores import prepare_slices
 
 SAMPLE = REPO_ROOT / "Resources" / "SampleData" / "TCGA-HT-7882"
 TINY = REPO_ROOT / "training" / "collagan_train" / "configs" / "tiny.json"

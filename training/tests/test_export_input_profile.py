@@ -10,7 +10,7 @@ from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.contract import load_model
 from CollaGANImputeLib.input_check import check_case
 
-from training.collagan_train.data_loader import locate_lgg
+from training.collagan_train.cases import locate_lgg
 from training.collagan_train.export import export_checkpoint, training_input_profile
 from training.collagan_train.solver import Solver
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from training.collagan_train.data_loader import REPO_ROOT
+from training.collagan_train.cases import REPO_ROOT
 from training.collagan_train.main import main as train_main
 from training.collagan_train.prepare import prepare, recognise
 from training.collagan_train.prepare_lgg import PrepareError
@@ -153,7 +153,8 @@ LGG = REPO_ROOT.parent / "shared" / "data" / "lgg"
 def test_lgg_case_folders_prepare_with_the_incomplete_case_apart_and_load_in_the_trainer(tmp_path, tiny_cfg):
     import shutil
 
-    from training.collagan_train.data_loader import load_data, prepare_slices
+    from training.collagan_train.data_loader import load_data
+    from training.collagan_train.stores import prepare_slices
 
     source = tmp_path / "lgg"
     for kind, case in (("complete", "TCGA-CS-4941"), ("complete", "TCGA-CS-4942"), ("incomplete", "TCGA-DU-6407")):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from training.collagan_train.data_loader import REPO_ROOT
+from training.collagan_train.cases import REPO_ROOT
 from training.collagan_train.main import main as train_main
 from training.collagan_train.prepare_lgg import PrepareError, case_name, prepare_lgg, read_patient
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from training.collagan_train import augment, losses
-from training.collagan_train.data_loader import select_cases
+from training.collagan_train.cases import select_cases
 from training.collagan_train.solver import Solver
 
 
@@ -116,23 +116,23 @@ def test_lesion_contrast_loss_is_zero_when_kept_and_positive_when_lost():
     assert float(losses.lesion_contrast_loss(vanished, real, head, torch.zeros_like(lesion))) == 0.0
 
 
-def test_lesion_weight_raises_the_loss_of_errors_inside_the_lesion(tiny_cfg, sample_slices):
-    plain = Solver(tiny_cfg("method=l1"), sample_slices, None)
-    weighted = Solver(tiny_cfg("method=l1", "lesion_weight=5"), sample_slices, None)
+def test_lesion_weight_raises_the_loss_of_errors_inside_the_lesion(tiny_cfg):
+    plain = tiny_cfg("method=l1").with_method()  # the training step's config: the method's weights applied
+    weighted = tiny_cfg("method=l1", "lesion_weight=5").with_method()
     real = torch.zeros(1, 1, 16, 16)
     fake = torch.zeros(1, 1, 16, 16)
     lesion = torch.zeros(1, 16, 16, dtype=torch.bool)
     lesion[0, :4, :4] = True
     fake[0, 0, :4, :4] = 1.0  # the error sits in the lesion
     head = torch.ones_like(lesion)
-    a = plain._direct_terms(fake, real, head, lesion)["direct_l1"]
-    b = weighted._direct_terms(fake, real, head, lesion)["direct_l1"]
+    a = losses.direct_terms(fake, real, head, lesion, plain)["direct_l1"]
+    b = losses.direct_terms(fake, real, head, lesion, weighted)["direct_l1"]
     assert float(b) == float(a) * 5
 
 
-def test_edge_weight_raises_the_loss_of_errors_in_the_heads_outer_band(tiny_cfg, sample_slices):
-    plain = Solver(tiny_cfg("method=l1"), sample_slices, None)
-    weighted = Solver(tiny_cfg("method=l1", "edge_weight=3", "edge_px=2", "lesion_weight=5"), sample_slices, None)
+def test_edge_weight_raises_the_loss_of_errors_in_the_heads_outer_band(tiny_cfg):
+    plain = tiny_cfg("method=l1").with_method()
+    weighted = tiny_cfg("method=l1", "edge_weight=3", "edge_px=2", "lesion_weight=5").with_method()
     real = torch.zeros(1, 1, 16, 16)
     head = torch.zeros(1, 16, 16, dtype=torch.bool)
     head[0, 2:14, 2:14] = True
@@ -141,8 +141,8 @@ def test_edge_weight_raises_the_loss_of_errors_in_the_heads_outer_band(tiny_cfg,
     for region, factor in ((head & ~losses.edge_band(head, 2), 1), (losses.edge_band(head, 2) & ~lesion, 3),
                            (lesion, 5)):
         fake = torch.where(region[:, None], 1.0, real)
-        a = plain._direct_terms(fake, real, head, lesion)["direct_l1"]
-        b = weighted._direct_terms(fake, real, head, lesion)["direct_l1"]
+        a = losses.direct_terms(fake, real, head, lesion, plain)["direct_l1"]
+        b = losses.direct_terms(fake, real, head, lesion, weighted)["direct_l1"]
         assert math.isclose(float(b), float(a) * factor, rel_tol=1e-6), (factor, float(a), float(b))
 
 

@@ -8,12 +8,13 @@ import csv
 import doctest
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from CollaGANImputeLib import load_model
 
 from training.collagan_train import budget
-from training.collagan_train.budget import TIMING_STEPS, TimeBudget
+from training.collagan_train.budget import RECENT_STEPS, TIMING_STEPS, StepTimes, TimeBudget
 from training.collagan_train.main import main
 
 from .conftest import FOUR_CONTRASTS, OPENMS_HELD_OUT
@@ -37,6 +38,15 @@ def steps_of(run: Path) -> tuple:
 
 def test_the_budget_module_examples_hold():
     assert doctest.testmod(budget).failed == 0
+
+
+def test_step_times_give_the_recent_mean_and_the_budget_the_same_steps_but_the_first():
+    times = StepTimes()
+    seconds = [float(k * k % 17 + 1) for k in range(2 * RECENT_STEPS + 5)]
+    for k in range(1, len(seconds) + 1):
+        times.add(seconds[k - 1])
+        assert times.mean == float(np.mean(seconds[:k][-RECENT_STEPS:]))  # the progress and the log
+        assert times.timed == seconds[1:k][-RECENT_STEPS:]  # the budget: never the process's first step
 
 
 def test_the_steps_that_fit_grow_with_the_minutes_left_up_to_those_asked():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.collagan_train.data_loader import REPO_ROOT, lgg_folder_or_exit, locate_lgg, make_split
+from training.collagan_train.cases import REPO_ROOT, lgg_folder_or_exit, locate_lgg, make_split
 
 SPLIT = REPO_ROOT / "training" / "splits" / "lgg_split.json"
 
@@ -41,15 +41,15 @@ def test_the_lgg_folder_is_the_one_given_or_its_complete_subfolder_and_an_empty_
 
 
 def test_without_lgg_data_the_error_names_where_it_looked_and_what_to_pass(tmp_path, monkeypatch):
-    from training.collagan_train import data_loader
+    from training.collagan_train import cases
 
-    monkeypatch.setattr(data_loader, "REPO_ROOT", tmp_path / "repo")  # no shared/data/lgg beside it
-    monkeypatch.setenv(data_loader.DATA_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setattr(cases, "REPO_ROOT", tmp_path / "repo")  # no shared/data/lgg beside it
+    monkeypatch.setenv(cases.DATA_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(SystemExit) as raised:
         lgg_folder_or_exit(None, "--data-dir PATH")
     message = str(raised.value)
     assert "LGG data not found" in message and str(tmp_path / "shared/data/lgg") in message
-    assert "pass --data-dir PATH" in message and data_loader.DATA_ENV in message
+    assert "pass --data-dir PATH" in message and cases.DATA_ENV in message
 
 
 def test_batch_crop_flip_and_scale(sample_slices):
@@ -104,7 +104,7 @@ def test_targets_are_trained_in_the_units_the_evaluation_scores_them_in():
     from CollaGANImputeLib.case_files import read_case
     from CollaGANImputeLib.metrics import scored_target
 
-    from training.collagan_train.data_loader import target_scales
+    from training.collagan_train.stores import target_scales
 
     from .conftest import FOUR_CONTRASTS, OPENMS
 
@@ -121,3 +121,13 @@ def test_targets_are_trained_in_the_units_the_evaluation_scores_them_in():
         evaluated = float(np.median(real[inside] / case.arrays[target][inside]))
         assert scales[t] == pytest.approx(evaluated, abs=0.005), target
     assert scales[FOUR_CONTRASTS.index("t1c")] > 1.05
+
+
+def test_the_data_modules_examples_hold():
+    import doctest
+
+    from training.collagan_train import cases, data_loader, stores
+
+    for module in (cases, stores, data_loader):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -145,7 +145,7 @@ def test_voxel_regression_gives_the_same_output_for_channels_last_input():
 
 
 def test_card_words_name_the_version_given(tmp_path):
-    from training.collagan_train.data_loader import REPO_ROOT
+    from training.collagan_train.cases import REPO_ROOT
     from training.collagan_train.export import load_about
 
     card = REPO_ROOT / "training" / "collagan_train" / "configs" / "card_lgg.json"

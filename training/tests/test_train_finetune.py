@@ -13,7 +13,7 @@ from CollaGANImputeLib import load_model
 from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.pipeline import impute
 
-from training.collagan_train.data_loader import REPO_ROOT
+from training.collagan_train.cases import REPO_ROOT
 from training.collagan_train.main import main
 from training.collagan_train.model import Generator
 from training.collagan_train.solver import build_input

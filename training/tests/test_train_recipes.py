@@ -11,6 +11,7 @@ import pytest
 import torch
 from CollaGANImputeLib import load_model
 
+from training.collagan_train.cases import REPO_ROOT, locate_lgg, select_cases
 from training.collagan_train.cohort import pick_holdout
 from training.collagan_train.config import (
     CONFIG_DIR,
@@ -20,7 +21,6 @@ from training.collagan_train.config import (
     recipe_names,
     recipe_overlay,
 )
-from training.collagan_train.data_loader import REPO_ROOT, locate_lgg, select_cases
 from training.collagan_train.finetune import DEFAULT_STEPS, FINETUNE_SETTINGS
 from training.collagan_train.main import main
 from training.collagan_train.stages import BLEND, MEAN, plan

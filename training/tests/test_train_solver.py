@@ -125,7 +125,7 @@ def test_resuming_a_log_from_older_code_keeps_columns_aligned(tiny_cfg, sample_s
     (the new column appended), and old rows keep their values (not shifted: no row one field too long)."""
     import csv
 
-    from training.collagan_train.solver import LOG_FIELDS
+    from training.collagan_train.run_logs import LOG_FIELDS
 
     run = tmp_path / "run"
     run.mkdir()
@@ -245,3 +245,13 @@ def test_enhancement_into_a_contrast_the_model_lacks_is_refused(tiny_cfg, sample
 def test_pooled_identity_term_is_logged(tiny_cfg, sample_slices):
     solver = Solver(tiny_cfg("method=l1", "w_identity_pooled=1", "batch_size=4"), sample_slices, None)
     assert "identity_pooled" in solver.train_step()
+
+
+def test_the_training_modules_examples_hold():
+    import doctest
+
+    from training.collagan_train import losses, sampling, validation
+
+    for module in (losses, sampling, validation):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

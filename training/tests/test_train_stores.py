@@ -16,10 +16,11 @@ from CollaGANImputeLib.errors import InputError
 from CollaGANImputeLib.geometry import SliceGrid
 from CollaGANImputeLib.inference import impute_slices
 
-from training.collagan_train import data_loader
-from training.collagan_train.data_loader import CaseSlices, SliceData, load_data, training_batches
+from training.collagan_train import stores
+from training.collagan_train.data_loader import SliceData, load_data, training_batches
 from training.collagan_train.prepare import prepare
 from training.collagan_train.solver import build_input
+from training.collagan_train.stores import CaseSlices
 from training.tests.test_model_input import _weighted_sum
 from training.tests.test_prepare import brats_like, needs_openms, write_brats2023
 
@@ -90,12 +91,12 @@ def test_stores_are_built_once_whole_and_replaced_when_the_case_changes(cohort, 
     cfg = _cfg(tiny_cfg, tmp_path)
     cases = sorted(p.name for p in cohort.iterdir())
     first = SliceData.build(cases, cfg, cohort)
-    stores = sorted((tmp_path / "cache").rglob("*"))
-    assert len([p for p in stores if p.suffix == ".npy"]) == 6 and not [p for p in stores if ".tmp" in p.name]
+    written = sorted((tmp_path / "cache").rglob("*"))
+    assert len([p for p in written if p.suffix == ".npy"]) == 6 and not [p for p in written if ".tmp" in p.name]
 
     def refuse(*_):
         raise AssertionError("a store was built again")
-    monkeypatch.setattr(data_loader, "prepare_slices", refuse)
+    monkeypatch.setattr(stores, "prepare_slices", refuse)
     again = SliceData.build(cases, cfg, cohort)  # reused: no case goes through the core again
     assert again.index == first.index and np.array_equal(np.asarray(again.images), np.asarray(first.images))
     part = again.subset([cases[1]])
@@ -109,7 +110,7 @@ def test_stores_are_built_once_whole_and_replaced_when_the_case_changes(cohort, 
     sitk.WriteImage(image * 2, str(changed))
     SliceData.build(cases, cfg, cohort)
     after = sorted(p.name for p in (tmp_path / "cache").rglob("*.npy"))
-    assert len(after) == 6 and after != sorted(p.name for p in stores if p.suffix == ".npy")  # replaced, not added
+    assert len(after) == 6 and after != sorted(p.name for p in written if p.suffix == ".npy")  # replaced, not added
 
 
 def test_batches_are_the_same_with_or_without_workers_and_after_a_resume(sample_slices, tiny_cfg):
