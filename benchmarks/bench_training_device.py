@@ -36,6 +36,16 @@ from training.collagan_train.data_loader import SliceData  # noqa: E402
 from training.collagan_train.solver import Solver  # noqa: E402
 
 
+def timed_steps(solver: Solver, count: int, device: torch.device) -> float:
+    """Seconds for ``count`` training steps, the GPU's queued work included."""
+    start = time.perf_counter()
+    for _ in range(count):
+        solver.train_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def measure(train: SliceData, cfg, device: torch.device, compile_model: bool, steps: int, warmup: int) -> dict:
     """Train ``warmup`` untimed then ``steps`` timed steps; slices/s, peak memory and the warm-up's seconds."""
     solver = Solver(cfg, train, None, out_dir=cfg.out_dir, device=device)
@@ -44,18 +54,8 @@ def measure(train: SliceData, cfg, device: torch.device, compile_model: bool, st
         solver.D.compile()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(warmup):
-        solver.train_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        solver.train_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    first = timed_steps(solver, warmup, device)
+    seconds = timed_steps(solver, steps, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     del solver
     return {"slices_per_s": steps * cfg.batch_size / seconds, "peak_gpu_mib": peak, "first_steps_s": first}
