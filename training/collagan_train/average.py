@@ -22,7 +22,7 @@ import torch
 from CollaGANImputeLib.atomic import atomic_path
 
 from .config import loss_settings
-from .export import record_run
+from .run_records import record_run
 
 
 def average_generators(paths: Sequence[Path], weights: Optional[Sequence[float]] = None) -> dict:

@@ -33,7 +33,7 @@ from .baselines import fit
 from .checkpoints import generator_weights
 from .config import TrainConfig, load_config
 from .data_loader import load_data
-from .export import record_run
+from .run_records import record_run
 
 
 def parse_mix(text: str, contrasts: Sequence[str]) -> List[float]:

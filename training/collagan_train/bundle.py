@@ -37,8 +37,9 @@ from CollaGANImputeLib.contract import onnx_path_for, read_card, sha256_of
 
 from .cases import REPO_ROOT, lgg_folder_or_exit
 from .choose import named_run
-from .export import export_checkpoint, load_about, snapshot_contrasts
+from .export import export_checkpoint, load_about
 from .report import card_metrics, load_rows, report_text
+from .run_records import snapshot_contrasts
 
 MODEL_NAME = "collagan-lgg-t1n-t1c-t2f"  # the bundled model's name (Resources/Models/models.json)
 #: The size limit of a bundled model file.

@@ -21,8 +21,9 @@ from typing import Dict, List, Optional, Sequence
 from .bundle import MODEL_NAME, evaluate_once  # candidates are scored under the bundled model's name, as it would be
 from .cases import lgg_folder_or_exit
 from .choose import Scores, choose, named_run, print_choice, run_scores
-from .export import load_about, run_folder, snapshot_contrasts, split_used
+from .export import load_about
 from .report import load_rows
+from .run_records import run_folder, snapshot_contrasts, split_used
 
 
 def set_aside_cases(snapshot: Path) -> List[str]:

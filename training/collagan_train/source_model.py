@@ -25,7 +25,7 @@ from CollaGANImputeLib.errors import InputError
 
 from .cases import REPO_ROOT
 from .config import TrainConfig, read_recipe
-from .export import training_state
+from .run_records import training_state
 
 #: Bundled model name -> the training checkpoint of its network (the U-Net weights of the bundled file, which blends
 #: them with a voxel regression fitted on its own training data: a new cohort fine-tunes the network alone).

@@ -88,7 +88,7 @@ def test_average_is_the_mean_generator_and_selectable(tiny_cfg, sample_slices, t
         (str(first), 0.25, 0), (str(second), 0.75, 2)]
     assert card.training["weight_mean_of"][0]["losses"]["w_cyc_l1"] == solver.cfg.w_cyc_l1
     assert "last generator" in card.training["recipe_of"]
-    from training.collagan_train.export import weight_mean_of
+    from training.collagan_train.run_records import weight_mean_of
     assert weight_mean_of([("v5.pt", 0.5)]) == [{"checkpoint": "v5.pt", "weight": 0.5}]  # v6's own record
     assert "average" in (tmp_path / "soup" / "commands.txt").read_text()
     with pytest.raises(SystemExit, match="summing to 1"):
