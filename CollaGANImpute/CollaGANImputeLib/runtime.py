@@ -298,13 +298,29 @@ def _compiled(path: str, digest: str, runtime: str, precision: str, threads: int
         name = sessions[0].get_inputs()[0].name
         return OnnxRunner(runtime, precision, threads,
                           [functools.partial(_onnxruntime_run, session, name) for session in sessions])
-    import openvino
-
-    compiled = openvino.Core().compile_model(path, "CPU", {
+    compiled = openvino_core().compile_model(path, "CPU", {
         "INFERENCE_NUM_THREADS": per_engine * engines, "NUM_STREAMS": engines,  # one stream per engine
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
     requests = [compiled.create_infer_request() for _ in range(engines)]
     return OnnxRunner(runtime, precision, threads, [functools.partial(_openvino_run, r) for r in requests])
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one OpenVINO ``Core``: every compiled model comes from it.
+
+    Why one: each Core's CPU plugin installs an alternate signal stack of its own and, when freed, restores the
+    one it found. Plugins freed out of creation order (models dropped from the cache) leave the thread's alternate
+    stack pointing at freed memory, and the next handled signal (Ctrl-C, a child process's exit) then kills the
+    process with a segmentation fault. One Core means one plugin, freed at exit.
+
+    Example:
+        >>> openvino_core() is openvino_core()   # doctest: +SKIP
+        True
+    """
+    import openvino
+
+    return openvino.Core()
 
 
 def _onnxruntime_run(session: Any, name: str, x: np.ndarray) -> np.ndarray:

@@ -315,3 +315,26 @@ def test_auto_asks_torch_about_cuda_only_where_an_nvidia_driver_is_loaded(monkey
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc" / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module\n")
     assert runtime_choice.wants_cuda("auto") is True
+
+
+@pytest.mark.skipif(not runtime.installed("openvino"), reason="openvino absent")
+def test_openvino_models_freed_in_any_order_leave_signals_handled(bundled):
+    """Two compiled OpenVINO models freed in the order they were made, then a handled signal: the process goes on
+    (each compile on a Core of its own used to leave the thread's alternate signal stack unmapped: a segfault)."""
+    code = ("import gc, os, signal\n"
+            "from CollaGANImputeLib import runtime\n"
+            "from CollaGANImputeLib.models import default_model\n"
+            "model = default_model()\n"
+            "first = runtime.onnx_runner(model, 'openvino', 'fp32', engines=1)\n"
+            "runtime._compiled.cache_clear()  # the second is compiled anew\n"
+            "second = runtime.onnx_runner(model, 'openvino', 'fp32', engines=1)\n"
+            "runtime._compiled.cache_clear()\n"
+            "del first; gc.collect()\n"
+            "del second; gc.collect()\n"
+            "signal.signal(signal.SIGUSR1, lambda *_: print('handled', flush=True))\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "print('went on', flush=True)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=child_env(OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split() == ["handled", "went", "on"]
