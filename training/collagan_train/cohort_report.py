@@ -28,7 +28,9 @@ def scores_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> str:
         >>> row = {"target": "t2w", "inputs": "t1n+t2f", "nmse": 0.1, "psnr": 25.0, "ssim": 0.8,
         ...        "identity_t": 0.2, "lesion_kept": None}
         >>> scores_table({"fine-tuned": [row]}, ["t2w"]).splitlines()[2]
-        '| t2w | fine-tuned | t1n+t2f | 0.1000 | 25.00 | 0.8000 | +0.200 (1/1) | nan |'
+        '| t2w | fine-tuned | t1n+t2f | 0.1000 | 25.00 | 0.8000 | +0.200 (1/1) | n/a |'
+        >>> scores_table({"fine-tuned": [dict(row, lesion_kept=0.5)]}, ["t2w"]).splitlines()[2][-14:]
+        '| 0.50 (n=1) |'
     """
     lines = ["| target | model | inputs | NMSE | PSNR (dB) | SSIM | tissue identity I_T (I_T > 0) "
              "| lesion kept K (median) |",
@@ -43,9 +45,10 @@ def scores_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> str:
             ident, kept = _finite(mine, "identity_t"), _finite(mine, "lesion_kept")
             nmse, psnr, ssim = (np.mean(v) if v else float("nan") for v in (_finite(mine, k) for k in
                                                                               ("nmse", "psnr", "ssim")))
-            lines.append(f"| {target} | {name} | {inputs} | {nmse:.4f} | {psnr:.2f} | {ssim:.4f} | "
-                         f"{np.mean(ident) if ident else float('nan'):+.3f} ({sum(i > 0 for i in ident)}/{len(ident)})"
-                         f" | {np.median(kept) if kept else float('nan'):.2f} |")
+            identity = f"{np.mean(ident):+.3f} ({sum(i > 0 for i in ident)}/{len(ident)})" if ident else "n/a"
+            lesion = f"{np.median(kept):.2f} (n={len(kept)})" if kept else "n/a"  # as evaluate's table says it
+            lines.append(f"| {target} | {name} | {inputs} | {nmse:.4f} | {psnr:.2f} | {ssim:.4f} | {identity} "
+                         f"| {lesion} |")
     return "\n".join(lines) + "\n"
 
 
@@ -102,8 +105,10 @@ def report_text(title: str, cohort: Cohort, cfg: TrainConfig, chosen_step: int, 
         + f"direct L1 x{cfg.w_direct_l1:g} + SSIM x{cfg.w_direct_ssim:g}"
         + (f" (lesion voxels x{cfg.lesion_weight:g})" if cfg.lesion_weight != 1 else ""), "",
         "## Held-out cases, every target from every other contrast the model takes (EVALUATION.md v3)", "",
-        "NMSE lower is better; PSNR, SSIM higher; identity I > 0 means the synthetic image has the target's tissue "
-        "contrast rather than an input's; the bundled model has no row for contrasts it lacks. The head mask "
+        "NMSE lower is better; PSNR, SSIM higher; tissue identity I_T > 0 means the synthetic image has the "
+        "target's tissue contrast rather than an input's; lesion kept K is the share of the real lesion's contrast "
+        "the synthetic image keeps (1 all, 0 none; n/a without a lesion mask or where the real lesion has no "
+        "contrast); the bundled model has no row for contrasts it lacks. The head mask "
         f"comes from the inputs, so rows with other inputs score slightly different voxels: \"{label}, bundled's "
         "inputs\" scores that model exactly as the bundled one.", "",
         scores_table(runs, cfg.contrasts)]

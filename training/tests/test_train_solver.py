@@ -250,8 +250,8 @@ def test_pooled_identity_term_is_logged(tiny_cfg, sample_slices):
 def test_the_training_modules_examples_hold():
     import doctest
 
-    from training.collagan_train import losses, run_records, sampling, validation
+    from training.collagan_train import cohort_report, losses, run_records, sampling, validation
 
-    for module in (losses, run_records, sampling, validation):
+    for module in (cohort_report, losses, run_records, sampling, validation):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
