@@ -305,9 +305,13 @@ def _compiled(path: str, digest: str, runtime: str, precision: str, threads: int
     return OnnxRunner(runtime, precision, threads, [functools.partial(_openvino_run, r) for r in requests])
 
 
-@functools.cache
+_OPENVINO_CORE: list = []  # the one Core, once made
+_OPENVINO_CORE_LOCK = threading.Lock()
+
+
 def openvino_core() -> Any:
-    """The process's one OpenVINO ``Core``: every compiled model comes from it.
+    """The process's one OpenVINO ``Core`` (OpenVINO recommends one per application): every compiled model comes
+    from it, whichever thread asks first.
 
     Why one: each Core's CPU plugin installs an alternate signal stack of its own and, when freed, restores the
     one it found. Plugins freed out of creation order (models dropped from the cache) leave the thread's alternate
@@ -318,9 +322,12 @@ def openvino_core() -> Any:
         >>> openvino_core() is openvino_core()   # doctest: +SKIP
         True
     """
-    import openvino
+    with _OPENVINO_CORE_LOCK:
+        if not _OPENVINO_CORE:
+            import openvino
 
-    return openvino.Core()
+            _OPENVINO_CORE.append(openvino.Core())
+        return _OPENVINO_CORE[0]
 
 
 def _onnxruntime_run(session: Any, name: str, x: np.ndarray) -> np.ndarray:
