@@ -29,7 +29,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -264,7 +263,7 @@ def e2e_child(args: argparse.Namespace) -> None:
     written = pipeline_module.impute_case(args.e2e_child, model, out_dir=args.out, targets=[TARGET], device="cpu")
     total = time.perf_counter() - start
     print(json.dumps({"total_s": total, **{f"{k}_s": v for k, v in times.items()},
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_rss_mb": peak_rss_mb(),  # VmHWM: ru_maxrss would carry the parent's over exec
                       "others_cores": load.others_cores(), "written": str(written[TARGET])}))
 
 

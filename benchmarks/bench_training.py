@@ -8,8 +8,9 @@ and a small generator trains for a few steps with batches from DataLoader worker
 
     cases N: peak RSS X MB, Y slices/s
 
-where the peak is the largest resident set of the training process and of its DataLoader workers (``getrusage``,
-Linux ``ru_maxrss``) and the speed counts training slices per second after the first step (worker start-up). The
+where the peak is the largest resident set of the training process (its own high-water mark, ``VmHWM``) and of
+its DataLoader workers (``getrusage`` of the children: a forked worker's counts the pages it shares with the
+trainer) and the speed counts training slices per second after the first step (worker start-up). The
 data folder and its stores are removed after each size. From 100 to 1000 cases the peak may grow at most 1.3x;
 the benchmark exits non-zero otherwise.
 
@@ -82,6 +83,8 @@ def child(args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(REPO))
     torch.set_num_threads(1)
+    from benchlib import peak_rss_mb  # this process's own peak: ru_maxrss would carry the parent's over exec
+
     from training.collagan_train.cases import list_cases
     from training.collagan_train.config import load_config
     from training.collagan_train.data_loader import SliceData
@@ -95,7 +98,7 @@ def child(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     train = SliceData.build(list_cases(folder), cfg, folder)
     built = time.perf_counter() - start
-    data_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # stores built, index made, no model yet
+    data_mb = peak_rss_mb()  # stores built, index made, no model yet
     solver = Solver(cfg, train, None, out_dir=cfg.out_dir)
     solver.train_step()  # the workers start here: not timed
     start = time.perf_counter()
@@ -107,7 +110,7 @@ def child(args: argparse.Namespace) -> None:
 
     gc.collect()
     time.sleep(0.5)
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    own = peak_rss_mb()
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"slices": len(train), "build_s": built, "peak_mb": max(own, workers), "own_mb": own,
                       "workers_mb": workers, "slices_per_s": args.steps * args.batch / seconds, "data_mb": data_mb}))
