@@ -123,9 +123,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _peak_memory() -> str:
+    """This process's peak resident memory: Linux's own high-water mark (``ru_maxrss`` there would carry over the
+    memory of the process that started this one), macOS's ``ru_maxrss`` (bytes); n/a elsewhere."""
     try:
-        import resource  # POSIX only; the CLI must also start on Windows
-    except ImportError:
-        return "n/a"
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return f"{kib / 1024:.0f} MiB"
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return f"{int(line.split()[1]) / 1024:.0f} MiB"
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        import resource
+
+        return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.0f} MiB"
+    return "n/a"

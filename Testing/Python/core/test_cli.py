@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 from CollaGANImputeLib.cli import EXIT_INPUT, EXIT_MODEL, EXIT_NO_MODEL, EXIT_OK, main
 from CollaGANImputeLib.contract import sha256_of
+from core_fixtures import child_env
 
 
 def test_impute_case_folder(tiny_model_path, copied_sample, tmp_path, capsys):
@@ -176,3 +177,17 @@ def test_impute_batch_goes_on_past_a_bad_case_and_draws_montages(tiny_model_path
     assert sorted(p.name for p in out.iterdir()) == ["TCGA-HT-7882-t1c-synthetic-collagan.json",
                                                      "TCGA-HT-7882-t1c-synthetic-collagan.nii.gz",
                                                      "TCGA-HT-7882-t1c-synthetic-collagan.png"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the carried-over peak is Linux's")
+def test_demo_peak_memory_is_its_own_not_the_starting_process():
+    """Started by a process holding 300 MB, a small one reports its own peak memory: Linux keeps ``ru_maxrss``
+    across exec, which would report the starter's."""
+    code = ("import subprocess, sys\n"
+            "held = bytearray(300 * 2**20)\n"
+            "child = 'from CollaGANImputeLib.cli_evaluate import _peak_memory; print(_peak_memory())'\n"
+            "print(subprocess.run([sys.executable, '-c', child], capture_output=True, text=True).stdout)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    mib = float(done.stdout.split()[0])
+    assert 5 < mib < 250, done.stdout
