@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -37,11 +37,9 @@ def scores_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for target in contrasts:
         for name, rows in runs.items():
-            mine = [r for r in rows if r["target"] == target]
+            inputs, mine = _most_inputs(rows, target)
             if not mine:
                 continue
-            inputs = max({r["inputs"] for r in mine}, key=lambda s: len(s.split("+")))
-            mine = [r for r in mine if r["inputs"] == inputs]
             ident, kept = _finite(mine, "identity_t"), _finite(mine, "lesion_kept")
             nmse, psnr, ssim = (np.mean(v) if v else float("nan") for v in (_finite(mine, k) for k in
                                                                               ("nmse", "psnr", "ssim")))
@@ -50,6 +48,44 @@ def scores_table(runs: Dict[str, List[dict]], contrasts: Sequence[str]) -> str:
             lines.append(f"| {target} | {name} | {inputs} | {nmse:.4f} | {psnr:.2f} | {ssim:.4f} | {identity} "
                          f"| {lesion} |")
     return "\n".join(lines) + "\n"
+
+
+def _most_inputs(rows: List[dict], target: str) -> Tuple[str, List[dict]]:
+    """The rows of ``target`` imputed from the largest input set among ``rows``, and that set ("" and [] if none)."""
+    mine = [r for r in rows if r["target"] == target]
+    if not mine:
+        return "", []
+    inputs = max({r["inputs"] for r in mine}, key=lambda s: len(s.split("+")))
+    return inputs, [r for r in mine if r["inputs"] == inputs]
+
+
+def bundled_ahead(runs: Dict[str, List[dict]], label: str, contrasts: Sequence[str]) -> str:
+    """A line naming the targets where the bundled model's mean held-out NMSE is lower than the ``label`` model's
+    (each from every other contrast it takes; also ``label`` from the bundled model's inputs where scored), or ""
+    when there is none or no bundled model was scored.
+
+    Example:
+        >>> row = {"target": "t1c", "inputs": "t1n+t2f", "nmse": 0.0305}
+        >>> runs = {"bundled": [row], "fine-tuned": [dict(row, inputs="t1n+t2w+t2f", nmse=0.032)]}
+        >>> bundled_ahead(runs, "fine-tuned", ["t1c"])[:58]
+        'The bundled model is closer on the held-out cases for t1c '
+    """
+    if "bundled" not in runs or label not in runs:
+        return ""
+    ahead = []
+    for target in contrasts:
+        theirs_inputs, theirs = _most_inputs(runs["bundled"], target)
+        mine_inputs, mine = _most_inputs(runs[label], target)
+        theirs_nmse, mine_nmse = (_finite(theirs, "nmse"), _finite(mine, "nmse"))
+        if not theirs_nmse or not mine_nmse or np.mean(mine_nmse) <= np.mean(theirs_nmse):
+            continue
+        same = _finite(_most_inputs(runs.get(f"{label}, bundled's inputs", []), target)[1], "nmse")
+        ahead.append(f"{target} (NMSE {np.mean(theirs_nmse):.4f} from {theirs_inputs} against {np.mean(mine_nmse):.4f} "
+                     f"from {mine_inputs}" + (f"; {np.mean(same):.4f} from {theirs_inputs}" if same else "") + ")")
+    if not ahead:
+        return ""
+    return ("The bundled model is closer on the held-out cases for " + ", ".join(ahead) + ". For such a target, "
+            "score both models on more cases (`collagan-impute evaluate`) before using this model's images instead.")
 
 
 def _finite(rows: List[dict], key: str) -> List[float]:
@@ -112,6 +148,7 @@ def report_text(title: str, cohort: Cohort, cfg: TrainConfig, chosen_step: int, 
         f"comes from the inputs, so rows with other inputs score slightly different voxels: \"{label}, bundled's "
         "inputs\" scores that model exactly as the bundled one.", "",
         scores_table(runs, cfg.contrasts)]
+        + ([ahead, ""] if (ahead := bundled_ahead(runs, label, cfg.contrasts)) else [])
         + ([f"The input check found the held-out scans unlike the training data of: {', '.join(unlike)}.", ""]
            if unlike else []))
 

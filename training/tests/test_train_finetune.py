@@ -134,3 +134,19 @@ def test_finetune_again_from_its_own_model_file(openms_cohort: Path, openms_fine
     assert card.training["fine_tuned_from"]["model"] == str(source) and "unet_share" not in card.architecture
     assert card == dataclasses.replace(load_model(out / "run" / "network.pt").card, metrics=card.metrics)
     assert card.training["warm_start"] == [{"checkpoint": str(source), "model_file": True}]
+
+
+def test_the_report_names_the_targets_where_the_bundled_model_is_closer():
+    from training.collagan_train.cohort_report import bundled_ahead
+
+    def row(target, inputs, nmse):
+        return {"target": target, "inputs": inputs, "nmse": nmse}
+
+    runs = {"bundled": [row("t1c", "t1n+t2f", 0.03), row("t2f", "t1n+t1c", 0.10)],
+            "fine-tuned": [row("t1c", "t1n+t2w+t2f", 0.032), row("t1c", "t1n", 0.05),
+                           row("t2f", "t1n+t1c+t2w", 0.024), row("t2w", "t1n+t1c+t2f", 0.05)]}
+    line = bundled_ahead(runs, "fine-tuned", ["t1n", "t1c", "t2w", "t2f"])
+    assert "for t1c (NMSE 0.0300 from t1n+t2f against 0.0320 from t1n+t2w+t2f). For" in line and "t2f (" not in line
+    runs["fine-tuned"][0]["nmse"] = 0.029
+    assert bundled_ahead(runs, "fine-tuned", ["t1c", "t2f"]) == ""
+    assert bundled_ahead({"fine-tuned": runs["fine-tuned"]}, "fine-tuned", ["t1c"]) == ""
