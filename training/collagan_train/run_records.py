@@ -30,12 +30,10 @@ def run_folder(checkpoint: Path) -> Path:
     return folder.parent if folder.name == "snapshots" else folder
 
 
-
 def split_used(run_dir: Path) -> dict:
     """The split a training run used (with its set-aside ``select`` patients), {} for older runs."""
     path = run_dir / "split_used.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
 
 
 def record_run(out: Path, source: Path, command: Sequence[str] = ()) -> None:
@@ -49,7 +47,6 @@ def record_run(out: Path, source: Path, command: Sequence[str] = ()) -> None:
             handle.write(f"python -m training.collagan_train.main {shlex.join(command)}\n")
 
 
-
 def training_state(path: Path) -> Optional[dict]:
     """The pickled training state in ``path``, or None when it holds something else (e.g. a TorchScript model)."""
     with warnings.catch_warnings():
@@ -61,11 +58,9 @@ def training_state(path: Path) -> Optional[dict]:
     return state if isinstance(state, dict) else None
 
 
-
 def snapshot_contrasts(checkpoint: Path) -> List[str]:
     """The contrasts a checkpoint's generator was trained on (its config), in model order."""
     return list(torch.load(checkpoint, map_location="cpu", weights_only=False)["config"]["contrasts"])
-
 
 
 def last_validation(run_dir: Path) -> dict:
@@ -80,7 +75,6 @@ def last_validation(run_dir: Path) -> dict:
     return {"protocol": "training validation: fixed validation slices, full 256x256, all other inputs, "
                         "CollaGANImputeLib.metrics (not the full-volume evaluation of evaluate.py)",
             **{k: float(v) for k, v in best.items()}}
-
 
 
 def warm_start_lineage(cfg: TrainConfig, max_depth: int = 5) -> list:
@@ -109,7 +103,6 @@ def warm_start_lineage(cfg: TrainConfig, max_depth: int = 5) -> list:
             init = ""
         stages.append(stage)
     return stages
-
 
 
 def weight_mean_of(averaged_from: list) -> List[dict]:
