@@ -314,7 +314,7 @@ def openvino_core() -> Any:
     from it, whichever thread asks first.
 
     Why one: each Core's CPU plugin installs an alternate signal stack of its own and, when freed, restores the
-    one it found. Plugins freed out of creation order (models dropped from the cache) leave the thread's alternate
+    one it found. Plugins not freed newest first (models dropped from the cache) leave the thread's alternate
     stack pointing at freed memory, and the next handled signal (Ctrl-C, a child process's exit) then kills the
     process with a segmentation fault. One Core means one plugin, freed at exit.
 
