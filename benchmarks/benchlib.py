@@ -46,13 +46,10 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MB since the last :func:`reset_peak_rss` (else since start)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from CollaGANImputeLib.runtime import peak_memory_mb
+
+    peak = peak_memory_mb()
+    return peak if peak is not None else float("nan")
 
 
 # --------------------------------------------------------------------------------------------------- CPU

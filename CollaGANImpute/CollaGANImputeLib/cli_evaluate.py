@@ -123,17 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _peak_memory() -> str:
-    """This process's peak resident memory: Linux's own high-water mark (``ru_maxrss`` there would carry over the
-    memory of the process that started this one), macOS's ``ru_maxrss`` (bytes); n/a elsewhere."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return f"{int(line.split()[1]) / 1024:.0f} MiB"
-    except OSError:
-        pass
-    if sys.platform == "darwin":
-        import resource
+    from .runtime import peak_memory_mb
 
-        return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.0f} MiB"
-    return "n/a"
+    peak = peak_memory_mb()
+    return f"{peak:.0f} MiB" if peak is not None else "n/a"
