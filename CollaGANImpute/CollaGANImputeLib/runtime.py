@@ -282,9 +282,16 @@ def resolve_onnx_precision(runtime: str, precision: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _compiled(path: str, digest: str, runtime: str, precision: str, threads: int, engines: int) -> OnnxRunner:
+def compile_onnx(path: str, digest: str, runtime: str, precision: str, threads: int, engines: int
+                 ) -> OnnxRunner:
     """The compiled model of the file ``path`` (``digest`` keys the cache: a replaced file is compiled anew):
-    ``engines`` engines sharing ``threads`` threads (:class:`OnnxRunner`)."""
+    ``engines`` engines sharing ``threads`` threads (:class:`OnnxRunner`). Cached per process, the last four;
+    ``compile_onnx.cache_clear()`` frees them.
+
+    Example:
+        >>> model = load_model(bundled_model_path())                                          # doctest: +SKIP
+        >>> runner = compile_onnx(str(model.onnx), model.onnx_sha256, "openvino", "fp32", 2, 2)  # doctest: +SKIP
+    """
     per_engine = max(1, threads // engines)
     if runtime == "onnxruntime":
         import onnxruntime
@@ -373,7 +380,7 @@ def onnx_runner(model: LoadedModel, runtime: str, precision: str = "auto", engin
     precision = resolve_onnx_precision(runtime, precision)
     try:
         threads = num_threads()
-        return _compiled(str(model.onnx), model.onnx_sha256, runtime, precision, threads,
+        return compile_onnx(str(model.onnx), model.onnx_sha256, runtime, precision, threads,
                          max(1, min(threads, engines or threads)))
     except (MemoryError, KeyboardInterrupt):
         raise

@@ -117,7 +117,7 @@ def test_onnx_runtime_reports_progress_per_batch_and_stops_between_batches(bundl
 
 @pytest.mark.parametrize("name", ONNX_RUNTIMES)
 def test_onnx_engines_run_a_batch_side_by_side_with_each_slice_as_alone(bundled, name):
-    runner = runtime._compiled(str(bundled.onnx), bundled.onnx_sha256, name, "fp32", 2, 2)
+    runner = runtime.compile_onnx(str(bundled.onnx), bundled.onnx_sha256, name, "fp32", 2, 2)
     assert len(runner.engines) == 2  # one single-threaded engine per thread
     x = np.zeros((5, 6, 256, 256), dtype=np.float32)
     x[:, :2] = np.random.default_rng(2).random((5, 2, 256, 256), dtype=np.float32)
@@ -142,7 +142,7 @@ def test_onnx_engines_run_a_batch_side_by_side_with_each_slice_as_alone(bundled,
 def test_each_onnx_engine_is_first_called_on_the_callers_thread(bundled, name):
     # Two threads making a runtime's first NumPy call at once can deadlock in its bindings (seen with OpenVINO):
     # every engine's first call is made on the caller's thread, one after the other; later ones in parallel.
-    compiled = runtime._compiled(str(bundled.onnx), bundled.onnx_sha256, name, "fp32", 2, 2)
+    compiled = runtime.compile_onnx(str(bundled.onnx), bundled.onnx_sha256, name, "fp32", 2, 2)
     calls: list[tuple[int, str]] = []
 
     def recorded(k: int):
@@ -330,9 +330,9 @@ def test_openvino_models_freed_in_any_order_leave_signals_handled(bundled):
             "    print(len({id(c) for c in pool.map(lambda _: runtime.openvino_core(), range(4))}))\n"
             "model = default_model()\n"
             "first = runtime.onnx_runner(model, 'openvino', 'fp32', engines=1)\n"
-            "runtime._compiled.cache_clear()  # the second is compiled anew\n"
+            "runtime.compile_onnx.cache_clear()  # the second is compiled anew\n"
             "second = runtime.onnx_runner(model, 'openvino', 'fp32', engines=1)\n"
-            "runtime._compiled.cache_clear()\n"
+            "runtime.compile_onnx.cache_clear()\n"
             "del first; gc.collect()\n"
             "del second; gc.collect()\n"
             "signal.signal(signal.SIGUSR1, lambda *_: print('handled', flush=True))\n"
