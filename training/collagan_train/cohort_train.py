@@ -21,7 +21,7 @@ import json
 import shlex
 import time
 from pathlib import Path
-from typing import Callable, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -32,6 +32,7 @@ from .cohort import Cohort, cohort_cases, cohort_folder, pick_holdout
 from .cohort_run import score_and_export, training_run
 from .config import make_config, read_recipe
 from .data_loader import SliceData
+from .distributed import process_group
 from .prepare import prepare
 from .source_model import BUNDLED_CHECKPOINTS
 
@@ -57,7 +58,7 @@ def reference_contrasts() -> list:
     return list(state["config"]["contrasts"])
 
 
-def train_cohort(args: argparse.Namespace, dist_setup: Callable) -> None:
+def train_cohort(args: argparse.Namespace) -> None:
     started = time.time()
     if not args.out:
         raise InputError("Training on a cohort folder writes OUT_DIR/model.pt and OUT_DIR/report.md: give --out "
@@ -72,7 +73,7 @@ def train_cohort(args: argparse.Namespace, dist_setup: Callable) -> None:
     settings = make_config(recipe.final, args.set)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    rank, world, device = dist_setup(settings)
+    rank, world, device = process_group(settings)
     folder, name = cohort_input(source, out, settings.contrasts, prepare_here=rank == 0)
     if world > 1:
         dist.barrier()  # the other ranks read what rank 0 prepared

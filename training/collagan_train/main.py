@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -35,27 +34,14 @@ from CollaGANImputeLib.errors import CollaGANError
 from .cases import repo_path
 from .config import TrainConfig, load_config, make_config, read_recipe, recipe_names
 from .data_loader import load_data
-
-
-def _dist_setup(cfg: TrainConfig):
-    """(rank, world, device) from torchrun's environment; gloo on CPU, NCCL on GPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if world > 1:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+from .distributed import process_group
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     if args.cohort:  # a folder of cases: prepare, train, choose, score and export model.pt + report.md
         from .cohort_train import train_cohort
 
-        train_cohort(args, _dist_setup)
+        train_cohort(args)
         return
     if args.resume:
         state = torch.load(args.resume, map_location="cpu", weights_only=False)
@@ -82,7 +68,7 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> None:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world, device = _dist_setup(cfg)
+    rank, world, device = process_group(cfg)
     train, val, split = load_data(cfg)
     out_dir = repo_path(cfg.out_dir)
     if resume:

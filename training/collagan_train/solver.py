@@ -8,7 +8,8 @@ resume continues exactly at the same world size, and a resume at another world s
 position in the data.
 
 :class:`Solver` owns the training step and loop; its checkpoints (:mod:`.checkpoints`), validation
-(:mod:`.validation`) and time budget (:mod:`.budget`) come from mixins, its logs from :mod:`.run_logs`.
+(:mod:`.validation`) and time budget (:mod:`.budget`) come from mixins, its logs from :mod:`.run_logs`, its
+DistributedDataParallel wrapper from :mod:`.distributed`.
 
 Example:
     >>> solver = Solver(cfg, train_data, val_data, out_dir="runs/x")     # doctest: +SKIP
@@ -19,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import time
 from pathlib import Path
@@ -29,28 +29,17 @@ import numpy as np
 import torch
 from CollaGANImputeLib.contract import model_input as build_input  # the contract's one layout
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from . import losses
 from .budget import BudgetedSteps, StepTimes, TimeBudget
 from .checkpoints import CheckpointFiles, warm_start_generator
 from .config import TrainConfig
 from .data_loader import SliceData, training_batches
+from .distributed import wrap
 from .model import Discriminator, Generator
 from .run_logs import LOG_FIELDS, append_row, progress_postfix, truncate_logs
 from .sampling import restyle_inputs, sample_inputs, volume_strip_factors
 from .validation import Validation
-
-
-def distributed(module: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
-    """``module`` under DistributedDataParallel: its construction broadcasts rank 0's weights, its backward hooks
-    average gradients bucket by bucket while the backward pass still runs."""
-    ids = [device.index] if device.type == "cuda" else None
-    # No buffer changes during training (instance norm keeps no running stats): no broadcast before every
-    # forward (the keyword was renamed in PyTorch 2.13).
-    quiet = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
-             inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
-    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters, **quiet)
 
 
 class Solver(CheckpointFiles, Validation, BudgetedSteps):
@@ -87,9 +76,9 @@ class Solver(CheckpointFiles, Validation, BudgetedSteps):
         self._g: nn.Module = self.G
         self._d: nn.Module = self.D
         if world > 1:
-            self._g = distributed(self.G, self.device)
+            self._g = wrap(self.G, self.device)
             # D's GAN head is unused in the classifier warm-up: DDP must look for unused parameters there.
-            self._d = distributed(self.D, self.device, find_unused_parameters=True)
+            self._d = wrap(self.D, self.device, find_unused_parameters=True)
         # Sampling/augmentation stream (self.gen); train_step re-seeds it and the dropout stream every step.
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 1)
         self.step, self.epoch, self.cursor = 0, 0, 0
