@@ -9,6 +9,11 @@ After the uncompiled settings, a CPU row at the smallest batch for comparison. O
 
     python benchmarks/bench_training_device.py                         # a GPU machine: batch 8/32/64, CPU row
     python benchmarks/bench_training_device.py --device cpu --batches 8 --compile off --steps 3
+    python benchmarks/bench_training_device.py --device cpu --batches 2 --compile off --precision fp32,bf16
+
+``--precision auto`` is the trainer's own choice: bf16 autocast on CUDA and on CPUs that multiply bf16 natively
+(AVX-512-BF16, AMX), fp32 elsewhere. ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` in the environment
+makes torch use AVX2 code only, as on a CPU without AVX-512: there bf16 is emulated.
 
 Each setting stops early past ``--limit-s`` seconds in all (the remaining ones are listed as skipped), so the
 run fits a fixed time slot.
@@ -30,6 +35,8 @@ import torch
 from bench_training import CONTRASTS, REPO, write_cases
 
 sys.path[:0] = [str(REPO / "CollaGANImpute"), str(REPO)]
+from CollaGANImputeLib.runtime import native_bf16  # noqa: E402
+
 from training.collagan_train.cases import list_cases  # noqa: E402
 from training.collagan_train.config import load_config  # noqa: E402
 from training.collagan_train.data_loader import SliceData  # noqa: E402
@@ -69,6 +76,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--cases", type=int, default=8, help="synthetic cases, 16 slices each")
+    parser.add_argument("--precision", default="auto",
+                        help="auto (the trainer's default: bf16 on CUDA and on CPUs with native bf16), fp32, bf16 "
+                             "or fp32,bf16")
     parser.add_argument("--limit-s", type=float, default=420, help="skip the settings left after this long")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
@@ -78,10 +88,11 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     modes = [c == "on" for c in args.compile.split(",")]
     # Uncompiled first, then the CPU row, then compiled (its first steps compile, the longest part of the run).
-    settings = [(device, b, False) for b in batches if False in modes]
+    precisions = args.precision.split(",")
+    settings = [(device, b, False, p) for b in batches if False in modes for p in precisions]
     if device.type == "cuda":
-        settings.append((torch.device("cpu"), min(batches), False))
-    settings += [(device, b, True) for b in batches if True in modes]
+        settings += [(torch.device("cpu"), min(batches), False, p) for p in precisions]
+    settings += [(device, b, True, p) for b in batches if True in modes for p in precisions]
     started, rows = time.perf_counter(), []
     data = Path(tempfile.mkdtemp(prefix="bench-training-device-"))
     try:
@@ -94,12 +105,13 @@ def main() -> None:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         print(f"{name}; torch {torch.__version__}; recipe brats ({len(train)} training slices, {base.g_base}-channel "
               f"U-Net, {base.g_levels} levels); CPU threads {torch.get_num_threads()}", flush=True)
-        for where, batch, compiled in settings:
+        print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16: {native_bf16()}", flush=True)
+        for where, batch, compiled, precision in settings:
             label = f"{where.type:4s}  batch {batch:2d}  compile {'on ' if compiled else 'off'}"
             if time.perf_counter() - started > args.limit_s:
                 print(f"{label}: skipped (past --limit-s {args.limit_s:g})", flush=True)
                 continue
-            bf16 = where.type == "cuda"
+            bf16 = precision == "bf16" or (precision == "auto" and (where.type == "cuda" or native_bf16()))
             cfg = replace(base, batch_size=batch, bf16=bf16, device=where.type)
             try:
                 row = measure(train, cfg, where, compiled, args.steps if where.type == "cuda" else 3, args.warmup)

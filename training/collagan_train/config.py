@@ -120,7 +120,7 @@ class TrainConfig:
     # --- running ---
     threads: int = 0                # torch.set_num_threads; 0 = leave torch's default
     device: str = "auto"
-    bf16: Optional[bool] = None     # bf16 autocast; None: on for CUDA, off on CPU (true: CPUs with native bf16)
+    bf16: Optional[bool] = None     # bf16 autocast; None: on CUDA and on CPUs with native bf16 (else emulated: slow)
     channels_last: bool = False
     log_every: int = 10
     val_every: int = 500

@@ -25,8 +25,9 @@ from training.collagan_train.finetune import DEFAULT_STEPS, FINETUNE_SETTINGS
 from training.collagan_train.main import main
 from training.collagan_train.stages import BLEND, MEAN, plan
 
-#: Settings that say where a run was, not how it trained.
-WHERE = {"init_g", "out_dir", "data_dir", "cache_dir", "threads", "progress", "loader_workers", "steps"}
+#: Settings that say where a run was (its folders, the machine: threads, and bf16 autocast, which the default
+#: switches on where the CPU has native bf16, as the lineage's did), not how it trained.
+WHERE = {"init_g", "out_dir", "data_dir", "cache_dir", "threads", "progress", "loader_workers", "steps", "bf16"}
 #: The committed generators of the bundled model's lineage and the lgg stage each one ends.
 LINEAGE = {"e": "lgg_v3_stage_e_g.pt", "f": "lgg_v4_stage_f_g.pt", "g": "lgg_v5_stage_g_g.pt",
            "i": "lgg_v6_mean_g.pt"}  # the weight mean keeps its last input's (stage i's) settings

@@ -162,6 +162,18 @@ def test_bf16_autocast_and_channels_last_step(tiny_cfg, sample_slices):
     assert solver.G.out.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_bf16_autocast_by_default_only_where_the_cpu_multiplies_bf16(tiny_cfg, sample_slices, monkeypatch):
+    import training.collagan_train.solver as solver_module
+
+    for native in (False, True):  # emulated bf16 made a training step 20x slower than fp32 on an AVX2-only CPU
+        monkeypatch.setattr(solver_module, "native_bf16", lambda native=native: native)
+        solver = Solver(tiny_cfg("bf16=null"), sample_slices, None)
+        with solver.autocast():
+            assert torch.is_autocast_enabled("cpu") == native
+    with Solver(tiny_cfg("bf16=false"), sample_slices, None).autocast():
+        assert not torch.is_autocast_enabled("cpu")  # as asked, whatever the CPU
+
+
 def test_init_g_warm_starts_only_the_generator(tiny_cfg, sample_slices, tmp_path):
     donor = Solver(tiny_cfg("method=l1", "seed=3"), sample_slices, None, out_dir=str(tmp_path / "donor"))
     donor.train_step()
