@@ -35,12 +35,10 @@ import torch
 from bench_training import CONTRASTS, REPO, write_cases
 
 sys.path[:0] = [str(REPO / "CollaGANImpute"), str(REPO)]
-from CollaGANImputeLib.runtime import native_bf16  # noqa: E402
-
 from training.collagan_train.cases import list_cases  # noqa: E402
 from training.collagan_train.config import load_config  # noqa: E402
 from training.collagan_train.data_loader import SliceData  # noqa: E402
-from training.collagan_train.solver import Solver  # noqa: E402
+from training.collagan_train.solver import Solver, torch_native_bf16  # noqa: E402
 
 
 def timed_steps(solver: Solver, count: int, device: torch.device) -> float:
@@ -105,13 +103,14 @@ def main() -> None:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         print(f"{name}; torch {torch.__version__}; recipe brats ({len(train)} training slices, {base.g_base}-channel "
               f"U-Net, {base.g_levels} levels); CPU threads {torch.get_num_threads()}", flush=True)
-        print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16: {native_bf16()}", flush=True)
+        print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 native for torch: "
+              f"{torch_native_bf16()}", flush=True)
         for where, batch, compiled, precision in settings:
             label = f"{where.type:4s}  batch {batch:2d}  compile {'on ' if compiled else 'off'}"
             if time.perf_counter() - started > args.limit_s:
                 print(f"{label}: skipped (past --limit-s {args.limit_s:g})", flush=True)
                 continue
-            bf16 = precision == "bf16" or (precision == "auto" and (where.type == "cuda" or native_bf16()))
+            bf16 = precision == "bf16" or (precision == "auto" and (where.type == "cuda" or torch_native_bf16()))
             cfg = replace(base, batch_size=batch, bf16=bf16, device=where.type)
             try:
                 row = measure(train, cfg, where, compiled, args.steps if where.type == "cuda" else 3, args.warmup)

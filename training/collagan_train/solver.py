@@ -43,6 +43,12 @@ from .sampling import restyle_inputs, sample_inputs, volume_strip_factors
 from .validation import Validation
 
 
+def torch_native_bf16() -> bool:
+    """Whether torch multiplies bf16 natively here: the CPU can, and torch runs its AVX-512 (or newer) kernels,
+    not the AVX2 ones that ``ATEN_CPU_CAPABILITY=avx2`` selects."""
+    return native_bf16() and torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
+
+
 class Solver(CheckpointFiles, Validation, BudgetedSteps):
     """Owns models, optimizers, schedulers, RNG streams and the data position: everything a resume needs."""
 
@@ -133,7 +139,7 @@ class Solver(CheckpointFiles, Validation, BudgetedSteps):
     def autocast(self):
         """bf16 autocast where ``cfg.bf16`` (default: on CUDA and on CPUs that multiply bf16 natively; a CPU
         without emulates it, 20x slower than fp32 per training step with AVX2 alone)."""
-        enabled = self.cfg.bf16 if self.cfg.bf16 is not None else (self.device.type == "cuda" or native_bf16())
+        enabled = self.cfg.bf16 if self.cfg.bf16 is not None else (self.device.type == "cuda" or torch_native_bf16())
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
