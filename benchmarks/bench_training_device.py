@@ -38,7 +38,7 @@ sys.path[:0] = [str(REPO / "CollaGANImpute"), str(REPO)]
 from training.collagan_train.cases import list_cases  # noqa: E402
 from training.collagan_train.config import load_config  # noqa: E402
 from training.collagan_train.data_loader import SliceData  # noqa: E402
-from training.collagan_train.solver import Solver, torch_native_bf16  # noqa: E402
+from training.collagan_train.solver import Solver, torch_native_bf16, uses_bf16  # noqa: E402
 
 
 def timed_steps(solver: Solver, count: int, device: torch.device) -> float:
@@ -110,8 +110,9 @@ def main() -> None:
             if time.perf_counter() - started > args.limit_s:
                 print(f"{label}: skipped (past --limit-s {args.limit_s:g})", flush=True)
                 continue
-            bf16 = precision == "bf16" or (precision == "auto" and (where.type == "cuda" or torch_native_bf16()))
-            cfg = replace(base, batch_size=batch, bf16=bf16, device=where.type)
+            cfg = replace(base, batch_size=batch, bf16=None if precision == "auto" else precision == "bf16",
+                          device=where.type)
+            bf16 = uses_bf16(cfg, where)
             try:
                 row = measure(train, cfg, where, compiled, args.steps if where.type == "cuda" else 3, args.warmup)
             except Exception as exc:  # e.g. out of memory or no compiler: reported, the other settings still run

@@ -49,6 +49,12 @@ def torch_native_bf16() -> bool:
     return native_bf16() and torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
 
 
+def uses_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether training with ``cfg`` on ``device`` runs bf16 autocast: ``cfg.bf16`` where set, else on CUDA and on
+    CPUs where torch multiplies bf16 natively (a CPU without emulates it, 17x slower than fp32 with AVX2 alone)."""
+    return cfg.bf16 if cfg.bf16 is not None else (device.type == "cuda" or torch_native_bf16())
+
+
 class Solver(CheckpointFiles, Validation, BudgetedSteps):
     """Owns models, optimizers, schedulers, RNG streams and the data position: everything a resume needs."""
 
@@ -137,10 +143,8 @@ class Solver(CheckpointFiles, Validation, BudgetedSteps):
 
     # ----- one step -----
     def autocast(self):
-        """bf16 autocast where ``cfg.bf16`` (default: on CUDA and on CPUs that multiply bf16 natively; a CPU
-        without emulates it, 20x slower than fp32 per training step with AVX2 alone)."""
-        enabled = self.cfg.bf16 if self.cfg.bf16 is not None else (self.device.type == "cuda" or torch_native_bf16())
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        """bf16 autocast where :func:`uses_bf16`."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=uses_bf16(self.cfg, self.device))
 
     def to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the networks' memory format (channels-last where ``cfg.channels_last``)."""
