@@ -53,7 +53,16 @@ from benchlib import (
     wait_until_quiet,
     write_brats_sized_case,
 )
-from CollaGANImputeLib import LoadedModel, ModelCard, ccnr_export, load_model, runtime, runtime_choice, save_model
+from CollaGANImputeLib import (
+    LoadedModel,
+    ModelCard,
+    ccnr_export,
+    hardware,
+    load_model,
+    runtime,
+    runtime_choice,
+    save_model,
+)
 from CollaGANImputeLib import case_files as case_files_module
 from CollaGANImputeLib import pipeline as pipeline_module
 from CollaGANImputeLib import provenance as provenance_module
@@ -131,14 +140,14 @@ def build_options(eager: torch.nn.Module, models: Mapping[str, LoadedModel], ful
                   planned(InferencePlan(fast.module, CPU, "bf16", True, "autocast", True), 1)),
            Option("fast export, torch bf16 (precision auto)", lib(fast))] if bf16 else []),
     ]
-    threads = runtime.num_threads()
+    threads = hardware.num_threads()
 
     def one_engine(name: str) -> Runner:  # all threads in one engine: how the ONNX runtimes ran before
         engine = runtime.onnx_runner(fast, name, "fp32", engines=1)
         return planned(lambda x: torch.from_numpy(engine(x.numpy())), 8)  # type: ignore[arg-type]
 
     for name in runtime.ONNX_RUNTIMES:
-        if runtime.installed(name):
+        if hardware.installed(name):
             if threads > 1:
                 options.append(Option(f"ONNX {name} fp32, one {threads}-thread engine", one_engine(name)))
             options.append(Option(f"ONNX {name} fp32", lib(fast, runtime=name, precision="fp32")))
@@ -323,7 +332,7 @@ def report(args, weights, options, gflop, peaks, others, e2e, quality_targets) -
                                                                   "infer_s", "write_s") if k in r)
             print(f"  {mode:8s} total {r['total_s']:.2f} s ({stages}); peak RSS {r['peak_rss_mb']:.0f} MB; "
                   f"others used {r['others_cores']:.2f} cores")
-    return {"machine": {"cpu": runtime.cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"machine": {"cpu": hardware.cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                         "native_bf16": cpu_has_native_bf16(), "python": platform.python_version()},
             "weights": weights.source, "gflop_per_slice": gflop, "matmul_gflops": peaks,
             "others_cores": others, "rows": rows, "quality_targets": quality_targets, "end_to_end": e2e}
@@ -352,7 +361,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         return
     wall = time.perf_counter()
     weights = load_weights(args.checkpoint)
-    print(f"machine: {runtime.cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+    print(f"machine: {hardware.cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
           f"native bf16 {cpu_has_native_bf16()}; weights: {weights.source}")
     if not weights.trained:
         print("note: random weights - the quality check must be re-run on the bundled model")

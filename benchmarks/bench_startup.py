@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 from benchlib import CpuLoad, write_brats_sized_case
-from CollaGANImputeLib.runtime import cpu_name
+from CollaGANImputeLib.hardware import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ["torch", "SimpleITK", "scipy.ndimage", "skimage", "matplotlib", "CollaGANImputeLib.evaluate",

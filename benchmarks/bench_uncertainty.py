@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from benchlib import CpuLoad, write_brats_sized_case  # noqa: E402
 from CollaGANImputeLib import impute_case, load_model  # noqa: E402
+from CollaGANImputeLib.hardware import cpu_name  # noqa: E402
 from CollaGANImputeLib.models import default_model, sample_case_dir  # noqa: E402
-from CollaGANImputeLib.runtime import cpu_name  # noqa: E402
 from CollaGANImputeLib.uncertainty import ensemble_members  # noqa: E402
 
 BAR = 4.0

@@ -46,7 +46,7 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MB since the last :func:`reset_peak_rss` (else since start)."""
-    from CollaGANImputeLib.runtime import peak_memory_mb
+    from CollaGANImputeLib.hardware import peak_memory_mb
 
     peak = peak_memory_mb()
     return peak if peak is not None else float("nan")

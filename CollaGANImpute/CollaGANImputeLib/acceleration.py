@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .runtime import native_bf16
+from .hardware import native_bf16
 
 #: Accepted values of the ``precision`` argument.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

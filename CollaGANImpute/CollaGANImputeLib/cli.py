@@ -233,7 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "threads", None):
-            from .runtime import set_num_threads
+            from .hardware import set_num_threads
 
             set_num_threads(args.threads)
         with warnings.catch_warnings():

@@ -123,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _peak_memory() -> str:
-    from .runtime import peak_memory_mb
+    from .hardware import peak_memory_mb
 
     peak = peak_memory_mb()
     return f"{peak:.0f} MiB" if peak is not None else "n/a"

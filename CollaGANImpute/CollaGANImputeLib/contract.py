@@ -40,6 +40,7 @@ from .card import (  # noqa: F401  (re-exported: callers import the model's name
     sha256_of,
 )
 from .errors import ModelError
+from .hardware import torch_threads
 from .onnx_file import (  # noqa: F401  (re-exported, as above)
     ONNX_METADATA_KEY,
     ONNX_OPSET,
@@ -49,7 +50,6 @@ from .onnx_file import (  # noqa: F401  (re-exported, as above)
     onnx_readable,
     save_onnx,
 )
-from .runtime import torch_threads
 
 if TYPE_CHECKING:  # torch is optional on the CPU path: imported where a function needs it
     import torch

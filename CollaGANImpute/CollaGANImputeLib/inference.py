@@ -24,13 +24,8 @@ import numpy as np
 from .card import LoadedModel, ModelCard, model_input
 from .errors import Cancelled, InputError, ModelError
 from .geometry import SliceGrid
-from .runtime import (  # noqa: F401  (resolve_device, describe_device: re-exported, callers import them here)
-    RuntimeUsed,
-    default_batch_size,
-    describe_device,
-    onnx_runner,
-    resolve_device,
-)
+from .hardware import describe_device, resolve_device  # noqa: F401  (re-exported: callers import them here)
+from .runtime import RuntimeUsed, default_batch_size, onnx_runner
 from .runtime_choice import choose_runtime
 
 if TYPE_CHECKING:

@@ -26,20 +26,17 @@ import numpy as np
 
 from .atomic import write_text_atomic
 from .errors import InputError, ModelError
-from .runtime import (
-    ONNX_RUNTIMES,
-    RUNTIMES,
+from .hardware import (
     cpu_flags,
     cpu_name,
     describe_device,
     installed,
     num_threads,
     nvidia_driver_loaded,
-    onnx_runner,
     package_version,
     resolve_device,
-    resolve_onnx_precision,
 )
+from .runtime import ONNX_RUNTIMES, RUNTIMES, onnx_runner, resolve_onnx_precision
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +53,7 @@ def torch_usable(model: LoadedModel) -> bool:
 
 def wants_cuda(device: Union[str, torch.device, None]) -> bool:
     """Whether ``device`` names CUDA, or is ``auto`` with a usable GPU (asked of torch only where it is installed and
-    an NVIDIA driver is loaded: :func:`.runtime.nvidia_driver_loaded`)."""
+    an NVIDIA driver is loaded: :func:`.hardware.nvidia_driver_loaded`)."""
     text = str(device or "auto")
     if text.startswith("cuda"):
         return True

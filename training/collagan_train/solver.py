@@ -28,7 +28,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 from CollaGANImputeLib.contract import model_input as build_input  # the contract's one layout
-from CollaGANImputeLib.runtime import native_bf16
+from CollaGANImputeLib.hardware import native_bf16
 from torch import nn
 
 from . import losses

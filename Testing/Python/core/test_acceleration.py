@@ -16,9 +16,9 @@ from CollaGANImputeLib import (
     ModelCard,
     ModelError,
     acceleration,
+    hardware,
     load_model,
     prepare_case,
-    runtime,
     save_model,
 )
 from CollaGANImputeLib.acceleration import plan_inference, resolve_precision
@@ -130,11 +130,11 @@ def test_auto_falls_back_to_fp32_without_native_bf16(models, sample, monkeypatch
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch):
     acceleration.cpu_has_native_bf16.cache_clear()
     try:
-        monkeypatch.setattr(runtime.platform, "machine", lambda: "x86_64")
-        monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512bw", "avx512vl"})
+        monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512f", "avx512bw", "avx512vl"})
         assert not acceleration.cpu_has_native_bf16(), "AVX-512 without BF16 only emulates bf16: stay fp32"
         acceleration.cpu_has_native_bf16.cache_clear()
-        monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
         assert acceleration.cpu_has_native_bf16() == torch.ops.mkldnn._is_mkldnn_bf16_supported()
     finally:
         acceleration.cpu_has_native_bf16.cache_clear()

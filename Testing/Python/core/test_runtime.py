@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from CollaGANImputeLib import Cancelled, InputError, ModelError, load_model, runtime, runtime_choice
+from CollaGANImputeLib import Cancelled, InputError, ModelError, hardware, load_model, runtime, runtime_choice
 from CollaGANImputeLib.acceleration import resolve_precision
 from CollaGANImputeLib.contract import ModelCard, model_input, read_card, save_model, save_onnx, sha256_of
 from CollaGANImputeLib.evaluate import score_imputation
@@ -23,7 +23,7 @@ from CollaGANImputeLib.models import bundled_models, default_model
 from CollaGANImputeLib.pipeline import impute_case, read_case
 from core_fixtures import CONTRASTS, REPO, TinyGenerator, child_env
 
-ONNX_RUNTIMES = [pytest.param(name, marks=pytest.mark.skipif(not runtime.installed(name), reason=f"{name} absent"))
+ONNX_RUNTIMES = [pytest.param(name, marks=pytest.mark.skipif(not hardware.installed(name), reason=f"{name} absent"))
                  for name in runtime.ONNX_RUNTIMES]
 
 
@@ -81,7 +81,7 @@ def test_auto_measures_once_and_remembers_per_machine(bundled, tiny_model_path, 
     monkeypatch.setattr(runtime_choice, "measure", lambda model, names, precision="auto": measured.extend(names) or
                         real_measure(model, names, precision, rounds=2))
     choice = runtime_choice.choose_runtime(bundled, "auto", "cpu", "auto")
-    expected = ["torch"] + [r for r in runtime.ONNX_RUNTIMES if runtime.installed(r)]
+    expected = ["torch"] + [r for r in runtime.ONNX_RUNTIMES if hardware.installed(r)]
     assert measured == expected and choice in expected
     cache = json.loads((tmp_path / "cache" / "runtimes.json").read_text())
     [entry] = cache.values()
@@ -231,7 +231,7 @@ def test_cards_are_read_and_models_loaded_without_torch(bundled):
 def test_demo_runs_without_torch(tmp_path):
     """The CLI demo in a process where ``import torch`` fails: ONNX Runtime or OpenVINO imputes, and every
     volume written is labelled synthetic."""
-    if not any(runtime.installed(r) for r in runtime.ONNX_RUNTIMES):
+    if not any(hardware.installed(r) for r in runtime.ONNX_RUNTIMES):
         pytest.skip("no ONNX runtime installed")
     code = ("import sys; sys.modules['torch'] = None\n"
             "from CollaGANImputeLib.cli import main\n"
@@ -285,14 +285,14 @@ def test_the_torchscript_module_loads_on_first_use(bundled, tiny_model_path):
 def test_threads_set_before_torch_is_imported_reach_it_when_a_model_is_loaded(tiny_model_path):
     """``--threads`` does not import torch; the first model loaded for torch gives torch those threads."""
     code = ("import sys\n"
-            "from CollaGANImputeLib import runtime\n"
+            "from CollaGANImputeLib import hardware\n"
             "from CollaGANImputeLib.contract import load_model\n"
-            "runtime.set_num_threads(1)\n"
+            "hardware.set_num_threads(1)\n"
             f"model = load_model({str(tiny_model_path)!r})\n"
             "print('torch' in sys.modules)\n"
             "model.module\n"
             "import torch\n"
-            "print(torch.get_num_threads(), runtime.num_threads())")
+            "print(torch.get_num_threads(), hardware.num_threads())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False", "1", "1"]
@@ -301,23 +301,23 @@ def test_threads_set_before_torch_is_imported_reach_it_when_a_model_is_loaded(ti
 def test_auto_asks_torch_about_cuda_only_where_an_nvidia_driver_is_loaded(monkeypatch, tmp_path):
     """Without the driver's files a GPU cannot be usable: ``auto`` is the CPU without asking torch (whose answer
     here is forced to yes, so that asking it would show); with them, torch is asked as before."""
-    monkeypatch.setattr(runtime.platform, "system", lambda: "Linux")
-    monkeypatch.setattr(runtime, "NVIDIA_DRIVER_VERSION", tmp_path / "proc" / "version")
-    monkeypatch.setattr(runtime, "DEVICE_FILES", tmp_path / "dev")
+    monkeypatch.setattr(hardware.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(hardware, "NVIDIA_DRIVER_VERSION", tmp_path / "proc" / "version")
+    monkeypatch.setattr(hardware, "DEVICE_FILES", tmp_path / "dev")
     (tmp_path / "dev").mkdir()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert not runtime.nvidia_driver_loaded()
-    assert runtime_choice.wants_cuda("auto") is False and str(runtime.resolve_device("auto")) == "cpu"
+    assert not hardware.nvidia_driver_loaded()
+    assert runtime_choice.wants_cuda("auto") is False and str(hardware.resolve_device("auto")) == "cpu"
     assert runtime_choice.wants_cuda("cuda:0") is True
     (tmp_path / "dev" / "nvidiactl").touch()
-    assert runtime.nvidia_driver_loaded() and runtime_choice.wants_cuda("auto") is True
+    assert hardware.nvidia_driver_loaded() and runtime_choice.wants_cuda("auto") is True
     (tmp_path / "dev" / "nvidiactl").unlink()
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc" / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module\n")
     assert runtime_choice.wants_cuda("auto") is True
 
 
-@pytest.mark.skipif(not runtime.installed("openvino"), reason="openvino absent")
+@pytest.mark.skipif(not hardware.installed("openvino"), reason="openvino absent")
 def test_openvino_models_freed_in_any_order_leave_signals_handled(bundled):
     """Two compiled OpenVINO models freed in the order they were made, then a handled signal: the process goes on
     (each compile on a Core of its own used to leave the thread's alternate signal stack unmapped: a segfault).
