@@ -64,16 +64,18 @@ from CollaGANImputeLib import (
     save_model,
 )
 from CollaGANImputeLib import case_files as case_files_module
+from CollaGANImputeLib import imputation_steps as steps_module
 from CollaGANImputeLib import pipeline as pipeline_module
 from CollaGANImputeLib import provenance as provenance_module
 from CollaGANImputeLib.acceleration import InferencePlan, cpu_has_native_bf16, plan_inference
+from CollaGANImputeLib.case import prepare_case
+from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.ccnr_export import count_fast_units, optimize_for_inference
 from CollaGANImputeLib.contract import onnx_path_for, save_onnx
 from CollaGANImputeLib.geometry import pad_or_crop, to_canonical_array, undo_pad_or_crop
 from CollaGANImputeLib.inference import build_input, impute_slices
 from CollaGANImputeLib.metrics import nmse, score_volume
 from CollaGANImputeLib.models import sample_case_dir
-from CollaGANImputeLib.pipeline import prepare_case, read_case
 
 CONTRASTS = ["t1n", "t1c", "t2f"]
 INPUTS, TARGET = ["t1n", "t2f"], "t1c"
@@ -262,9 +264,9 @@ def e2e_child(args: argparse.Namespace) -> None:
 
     # Stage timers around the functions impute_case calls (by the names its modules call them).
     case_files_module.read_volume = timed("read", case_files_module.read_volume)
-    pipeline_module.prepare_case = timed("normalize", pipeline_module.prepare_case)
-    infer = before_impute_slices if args.mode == "before" else pipeline_module.impute_slices
-    pipeline_module.impute_slices = timed("infer", infer)
+    steps_module.prepare_case = timed("normalize", steps_module.prepare_case)
+    infer = before_impute_slices if args.mode == "before" else steps_module.impute_slices
+    steps_module.impute_slices = timed("infer", infer)
     provenance_module.write_volume = timed("write", provenance_module.write_volume)
     load = CpuLoad()
     start = time.perf_counter()

@@ -24,7 +24,8 @@ _EXPORTS = {
     "ModelError": "errors", "NoBundledModelError": "errors", "NoSampleCaseError": "errors",
     "bundled_models": "resources", "default_model": "models", "sample_case_dir": "resources",
     "ImputationResult": "case", "prepare_case": "case", "read_case": "case_files",
-    "ImputationSteps": "pipeline", "impute": "pipeline", "impute_case": "pipeline", "impute_steps": "pipeline",
+    "ImputationSteps": "imputation_steps", "impute": "pipeline", "impute_case": "pipeline",
+    "impute_steps": "imputation_steps",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -43,8 +44,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below i
         NoBundledModelError,
         NoSampleCaseError,
     )
+    from .imputation_steps import ImputationSteps, impute_steps  # noqa: F401
     from .models import default_model  # noqa: F401
-    from .pipeline import ImputationSteps, impute, impute_case, impute_steps  # noqa: F401
+    from .pipeline import impute, impute_case  # noqa: F401
     from .resources import bundled_models, sample_case_dir  # noqa: F401
 
 

@@ -18,8 +18,8 @@ import SimpleITK as sitk
 from ..card import LoadedModel
 from ..case import ImputationResult
 from ..errors import Cancelled
+from ..imputation_steps import ImputationSteps
 from ..inference import resolve_device
-from ..pipeline import ImputationSteps
 from ..registration import RigidAlignment
 from ..runtime import default_batch_size
 
@@ -34,7 +34,7 @@ CPU_SLICES_PER_STEP = 2
 class ChunkedImputation:
     """One imputation of ``target`` cut into short steps, so that a GUI timer can run it without freezing.
 
-    It runs the core's own steps (:class:`CollaGANImputeLib.pipeline.ImputationSteps`, as
+    It runs the core's own steps (:class:`CollaGANImputeLib.imputation_steps.ImputationSteps`, as
     :func:`CollaGANImputeLib.impute` does), so the result is the same: co-registration one input per step
     (``register``), the preparation, then ``slices_per_step`` axial slices per step for the imputation and for
     each member of the uncertainty map (``uncertainty``; ``passes`` in all), and the labelled result. The

@@ -207,7 +207,7 @@ def test_out_of_memory_halves_the_batch(tiny_model_path):
 
 
 def test_impute_steps_one_at_a_time_give_the_result_of_impute_and_stop_when_cancelled(tiny_model_path):
-    from CollaGANImputeLib.pipeline import impute_steps
+    from CollaGANImputeLib.imputation_steps import impute_steps
 
     model, images = load_model(tiny_model_path), _phantoms()
     options = dict(device="cpu", precision="fp32", uncertainty=True)

@@ -12,10 +12,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 from CollaGANImputeLib import ModelCard, impute, load_model, save_model
+from CollaGANImputeLib.case import prepare_case
+from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.cli import EXIT_OK, main
 from CollaGANImputeLib.errors import InputCheckWarning
 from CollaGANImputeLib.input_check import check_case, training_profile
-from CollaGANImputeLib.pipeline import prepare_case, read_case
 from CollaGANImputeLib.resources import bundled_models
 from core_fixtures import CONTRASTS, REPO, TinyGenerator
 

@@ -295,16 +295,16 @@ def _no_bundled(env: Env) -> list[str]:
 
 
 def _interrupt_with(env: Env, interrupt: Callable[[], None]) -> None:
-    import CollaGANImputeLib.pipeline as pipeline
+    import CollaGANImputeLib.imputation_steps as steps
 
-    real = pipeline.impute_slices
+    real = steps.impute_slices
 
     def impute_slices(*args, **kwargs):
         if kwargs.get("progress_offset", 0) > 0:  # the second target: the first one is computed
             interrupt()
         return real(*args, **kwargs)
 
-    env.monkeypatch.setattr(pipeline, "impute_slices", impute_slices)
+    env.monkeypatch.setattr(steps, "impute_slices", impute_slices)
 
 
 def _ctrl_c(env: Env) -> list[str]:
