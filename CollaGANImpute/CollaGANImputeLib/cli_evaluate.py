@@ -65,7 +65,8 @@ def _run_evaluation(model: LoadedModel, dirs: list[Path], out: Path, args: argpa
 
     _announce_runtime(model, args)
 
-    from .evaluate import coverage_warnings, evaluate_cases, markdown_table, summary_table, write_report
+    from .evaluate import evaluate_cases
+    from .evaluation_report import coverage_warnings, markdown_table, summary_table, write_report
 
     steps = tqdm(total=_evaluation_steps(model, dirs, args.target, args.all_subsets), desc="evaluating",
                  unit="imputation", file=sys.stderr)

@@ -14,7 +14,7 @@ CONTRASTS = ["t1n", "t1c", "t2f"]
 
 
 def _rows(model: str, offset: float) -> list:
-    """Score rows in the shape `CollaGANImputeLib.evaluate.write_report` writes (two cases, all subsets)."""
+    """Score rows in the shape `CollaGANImputeLib.evaluation_report.write_report` writes (two cases, all subsets)."""
     rows = []
     for case, base in (("A", 0.1), ("B", 0.3)):
         for t in CONTRASTS:
