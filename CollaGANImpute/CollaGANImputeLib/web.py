@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import os
 import shutil
 import tempfile
 import threading
 from pathlib import Path
 from typing import Optional
 
-from .web_uploads import UPLOAD_EXTENSIONS, sanitize_filename, volume_extension  # noqa: F401  (re-exported)
+from .web_uploads import MAX_UPLOAD_BYTES, UploadReceiver
 
-#: Largest upload accepted, per file (a 3D MR volume is a few to a few hundred MB); COLLAGAN_WEB_MAX_UPLOAD_MB.
-MAX_UPLOAD_BYTES = int(float(os.environ.get("COLLAGAN_WEB_MAX_UPLOAD_MB", "512")) * 1024 * 1024)
 #: State only the server writes: a client's change to one of these is dropped (the SYNTHETIC banner, labels, ...).
 SERVER_OWNED_KEYS = ("banner", "result_name", "status", "error", "warnings", "progress", "running", "volume_items",
                      "label_items", "scores", "legend", "error_limit", "ssim_plot", "uncertainty_legend", "model_name",
@@ -41,7 +38,7 @@ INPUT_VIEW, RESULT_VIEW = "Input", "Synthetic"
 ONE_JOB_TEXT = "This server runs one imputation at a time; all browser tabs share this session."
 
 
-class WebApp:
+class WebApp(UploadReceiver):
     """The page and its server: one MRML scene (trame-slicer's SlicerApp), the module's SceneLogic on it."""
 
     def __init__(self, model: Optional[str] = None, device: str = "auto", precision: str = "auto",
@@ -148,72 +145,6 @@ class WebApp:
             return
         self._refresh_volumes()
         self.state.status = "Sample case TCGA-HT-7882 loaded (t1n, t1c, t2f, lesion mask)."
-
-    async def on_uploads(self, uploads=None) -> None:
-        """The files chosen in the page, sent to the server alone: data files first (a header's companions), then
-        each volume checked off the event loop (other tabs stay live) and added to the scene."""
-        from .web_uploads import DATA_EXTENSIONS
-
-        files = [f for f in (uploads if isinstance(uploads, list) else [uploads]) if isinstance(f, dict)]
-        if not files:
-            return
-        loop = asyncio.get_running_loop()
-        messages, loaded, companions, volumes = [], [], [], []
-        for item in files:
-            name = str(item.get("name", ""))
-            if volume_extension(name) or not name.lower().endswith(DATA_EXTENSIONS):
-                volumes.append(item)  # a volume, or a file refused below with its own message
-                continue
-            try:
-                companions.append(self._write_upload(str(item.get("name")), item.get("content"), item.get("size")))
-            except Exception as error:
-                messages.append(self._upload_message(str(item.get("name")), error))
-        try:
-            for item in volumes:
-                name = str(item.get("name", "upload"))
-                try:
-                    path = self._write_upload(name, item.get("content"), item.get("size"))
-                    await loop.run_in_executor(None, self._check_upload, path)
-                    loaded.append(self._add_upload(path))
-                except Exception as error:
-                    messages.append(self._upload_message(name, error))
-        finally:
-            for path in companions:  # read into the scene with their headers: not kept
-                path.unlink(missing_ok=True)
-        with self.state:
-            self.state.error = " ".join(messages)
-            if loaded:
-                self._refresh_volumes()
-                self.state.status = f"Loaded {', '.join(loaded)}."
-
-    def _upload_message(self, name: str, error: Exception) -> str:
-        text = self.logic.plainError(error).replace(str(self.upload_dir) + os.sep, "")
-        return f"'{name}' was not loaded: {text}"  # no server paths on the page
-
-    def read_upload(self, name: str, content, size: int = 0) -> str:
-        """Write one uploaded file to the private folder, check it and read it with Slicer's reader; the node's
-        name (the page's uploads do the same, with the checks off the event loop)."""
-        path = self._write_upload(name, content, size)
-        self._check_upload(path)
-        return self._add_upload(path)
-
-    def _write_upload(self, name: str, content, size=0) -> Path:
-        from .web_uploads import write_upload
-
-        return write_upload(self.upload_dir, name, content, size, limit=MAX_UPLOAD_BYTES)
-
-    def _check_upload(self, path: Path) -> None:
-        from .web_uploads import check_saved_upload
-
-        check_saved_upload(path, self.upload_dir)
-
-    def _add_upload(self, path: Path) -> str:
-        try:
-            node = self.logic.readVolume(path)
-        except Exception:
-            path.unlink(missing_ok=True)
-            raise
-        return node.GetName()
 
     # --- imputation -----------------------------------------------------------------------------------------
 

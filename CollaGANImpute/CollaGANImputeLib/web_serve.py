@@ -14,7 +14,7 @@ import signal
 import threading
 from typing import Optional
 
-from . import web
+from . import web, web_uploads
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, model: Optional[str] = None, device: str = "auto",
@@ -27,7 +27,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, model: Optional[str] = None
     from .web_guard import normalize_origin
 
     allowed_origins = [normalize_origin(o) for o in allowed_origins]  # a bad one refused before the model loads
-    os.environ.setdefault("WSLINK_MAX_MSG_SIZE", str(web.MAX_UPLOAD_BYTES + 2 ** 20))
+    os.environ.setdefault("WSLINK_MAX_MSG_SIZE", str(web_uploads.MAX_UPLOAD_BYTES + 2 ** 20))
     app = web.WebApp(model=model, device=device, precision=precision, runtime=runtime)
     terminated = threading.Event()
 

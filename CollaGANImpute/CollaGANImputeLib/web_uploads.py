@@ -16,17 +16,20 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import re
 import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import SimpleITK as sitk
 
 from .errors import InputError
 
+#: Largest upload accepted, per file (a 3D MR volume is a few to a few hundred MB); COLLAGAN_WEB_MAX_UPLOAD_MB.
+MAX_UPLOAD_BYTES = int(float(os.environ.get("COLLAGAN_WEB_MAX_UPLOAD_MB", "512")) * 1024 * 1024)
 #: The most voxel data an uploaded volume may declare (a 512^3 float32 volume is 512 MiB); COLLAGAN_WEB_MAX_IMAGE_MB.
 MAX_IMAGE_BYTES = int(float(os.environ.get("COLLAGAN_WEB_MAX_IMAGE_MB", "1024")) * 2 ** 20)
 #: Data files of header-plus-data formats, accepted only as companions of an uploaded header.
@@ -188,3 +191,73 @@ def check_saved_upload(path: Path, folder: Path) -> None:
     except Exception:
         path.unlink(missing_ok=True)  # a refused upload is not kept
         raise
+
+
+class UploadReceiver:
+    """What the web app does with the files a page sends: written to the app's private ``upload_dir``, checked
+    (:func:`check_saved_upload`) and read into its scene (``self.logic``); messages go to ``self.state``. Mixed into
+    :class:`.web.WebApp`."""
+
+    upload_dir: Path
+    logic: Any  # the app's SceneLogic
+    state: Any  # the page's trame state
+
+    async def on_uploads(self, uploads=None) -> None:
+        """The files chosen in the page, sent to the server alone: data files first (a header's companions), then
+        each volume checked off the event loop (other tabs stay live) and added to the scene."""
+        files = [f for f in (uploads if isinstance(uploads, list) else [uploads]) if isinstance(f, dict)]
+        if not files:
+            return
+        loop = asyncio.get_running_loop()
+        messages, loaded, companions, volumes = [], [], [], []
+        for item in files:
+            name = str(item.get("name", ""))
+            if volume_extension(name) or not name.lower().endswith(DATA_EXTENSIONS):
+                volumes.append(item)  # a volume, or a file refused below with its own message
+                continue
+            try:
+                companions.append(self._write_upload(str(item.get("name")), item.get("content"), item.get("size")))
+            except Exception as error:
+                messages.append(self._upload_message(str(item.get("name")), error))
+        try:
+            for item in volumes:
+                name = str(item.get("name", "upload"))
+                try:
+                    path = self._write_upload(name, item.get("content"), item.get("size"))
+                    await loop.run_in_executor(None, self._check_upload, path)
+                    loaded.append(self._add_upload(path))
+                except Exception as error:
+                    messages.append(self._upload_message(name, error))
+        finally:
+            for path in companions:  # read into the scene with their headers: not kept
+                path.unlink(missing_ok=True)
+        with self.state:
+            self.state.error = " ".join(messages)
+            if loaded:
+                self._refresh_volumes()
+                self.state.status = f"Loaded {', '.join(loaded)}."
+
+    def _upload_message(self, name: str, error: Exception) -> str:
+        text = self.logic.plainError(error).replace(str(self.upload_dir) + os.sep, "")
+        return f"'{name}' was not loaded: {text}"  # no server paths on the page
+
+    def read_upload(self, name: str, content, size: int = 0) -> str:
+        """Write one uploaded file to the private folder, check it and read it with Slicer's reader; the node's
+        name (the page's uploads do the same, with the checks off the event loop)."""
+        path = self._write_upload(name, content, size)
+        self._check_upload(path)
+        return self._add_upload(path)
+
+    def _write_upload(self, name: str, content, size=0) -> Path:
+        return write_upload(self.upload_dir, name, content, size, limit=MAX_UPLOAD_BYTES)
+
+    def _check_upload(self, path: Path) -> None:
+        check_saved_upload(path, self.upload_dir)
+
+    def _add_upload(self, path: Path) -> str:
+        try:
+            node = self.logic.readVolume(path)
+        except Exception:
+            path.unlink(missing_ok=True)
+            raise
+        return node.GetName()

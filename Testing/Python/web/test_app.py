@@ -15,13 +15,14 @@ from CollaGANImputeLib.errors import InputError
 
 web = pytest.importorskip("CollaGANImputeLib.web", reason="the web extra is needed: pip install -e '.[web]'")
 pytest.importorskip("trame_slicer", reason="the web extra is needed: pip install -e '.[web]'")
+from CollaGANImputeLib import web_uploads  # noqa: E402
 
 
 def test_sanitize_filename_keeps_only_a_safe_base_name():
-    assert web.sanitize_filename("../../etc/passwd") == "passwd"
-    assert web.sanitize_filename("C:\\x\\case t1c.nii.gz") == "case_t1c.nii.gz"
-    assert web.sanitize_filename("...") == "upload"
-    assert web.volume_extension("A-T1C.NII.GZ") == ".nii.gz" and web.volume_extension("a.png") is None
+    assert web_uploads.sanitize_filename("../../etc/passwd") == "passwd"
+    assert web_uploads.sanitize_filename("C:\\x\\case t1c.nii.gz") == "case_t1c.nii.gz"
+    assert web_uploads.sanitize_filename("...") == "upload"
+    assert web_uploads.volume_extension("A-T1C.NII.GZ") == ".nii.gz" and web_uploads.volume_extension("a.png") is None
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_uploads_go_to_a_private_folder_and_bad_ones_are_refused(app):
 
 
 def test_upload_size_limit(app, monkeypatch):
-    monkeypatch.setattr(web, "MAX_UPLOAD_BYTES", 1000)
+    monkeypatch.setattr(web_uploads, "MAX_UPLOAD_BYTES", 1000)
     with pytest.raises(InputError, match="upload limit"):
         app.read_upload("big-t1n.nii.gz", b"x" * 1001)
 
