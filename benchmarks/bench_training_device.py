@@ -38,7 +38,8 @@ sys.path[:0] = [str(REPO / "CollaGANImpute"), str(REPO)]
 from training.collagan_train.cases import list_cases  # noqa: E402
 from training.collagan_train.config import load_config  # noqa: E402
 from training.collagan_train.data_loader import SliceData  # noqa: E402
-from training.collagan_train.solver import Solver, torch_native_bf16, uses_bf16  # noqa: E402
+from training.collagan_train.precision import torch_native_bf16, uses_bf16  # noqa: E402
+from training.collagan_train.solver import Solver  # noqa: E402
 
 
 def timed_steps(solver: Solver, count: int, device: torch.device) -> float:

@@ -1,4 +1,5 @@
-"""Average the generator weights of snapshots of one lineage (weight-space ensembling).
+"""Average the generator weights of snapshots of one lineage (weight-space ensembling); the training step's moving
+average of the generator (:func:`ema_update`).
 
 A generator fine-tuned from another sits in the same basin: the mean of their weights is a working generator
 that often keeps most of the fine-tune's gain and less of its regressions (Wortsman et al., "Robust fine-tuning
@@ -44,6 +45,15 @@ def average_generators(paths: Sequence[Path], weights: Optional[Sequence[float]]
                "losses": loss_settings(s.get("config", {}))}
               for p, w, s in zip(paths, weights, states)]
     return {**states[-1], "G": mean, "averaged_from": inputs}
+
+
+def ema_update(average: torch.nn.Module, live: torch.nn.Module, step: int, decay: float) -> None:
+    """One step of the exponential moving average of ``live``'s weights in ``average``, with the usual warm-up:
+    the average forgets the random start within about ten times its step count."""
+    decay = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for avg, weight in zip(average.parameters(), live.parameters()):
+            avg.lerp_(weight, 1 - decay)
 
 
 def cmd_average(args: argparse.Namespace) -> None:

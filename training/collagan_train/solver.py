@@ -9,7 +9,7 @@ position in the data.
 
 :class:`Solver` owns the training step and loop; its checkpoints (:mod:`.checkpoints`), validation
 (:mod:`.validation`) and time budget (:mod:`.budget`) come from mixins, its logs from :mod:`.run_logs`, its
-DistributedDataParallel wrapper from :mod:`.distributed`.
+DistributedDataParallel wrapper from :mod:`.distributed`, its precision from :mod:`.precision`.
 
 Example:
     >>> solver = Solver(cfg, train_data, val_data, out_dir="runs/x")     # doctest: +SKIP
@@ -28,31 +28,20 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 from CollaGANImputeLib.contract import model_input as build_input  # the contract's one layout
-from CollaGANImputeLib.hardware import native_bf16
 from torch import nn
 
 from . import losses
+from .average import ema_update
 from .budget import BudgetedSteps, StepTimes, TimeBudget
 from .checkpoints import CheckpointFiles, warm_start_generator
 from .config import TrainConfig
 from .data_loader import SliceData, training_batches
 from .distributed import wrap
 from .model import Discriminator, Generator
+from .precision import uses_bf16
 from .run_logs import LOG_FIELDS, append_row, progress_postfix, truncate_logs
 from .sampling import restyle_inputs, sample_inputs, volume_strip_factors
 from .validation import Validation
-
-
-def torch_native_bf16() -> bool:
-    """Whether torch multiplies bf16 natively here: the CPU can, and torch runs its AVX-512 (or newer) kernels,
-    not the AVX2 ones that ``ATEN_CPU_CAPABILITY=avx2`` selects."""
-    return native_bf16() and torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
-
-
-def uses_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether training with ``cfg`` on ``device`` runs bf16 autocast: ``cfg.bf16`` where set, else on CUDA and on
-    CPUs where torch multiplies bf16 natively (a CPU without emulates it, 17x slower than fp32 with AVX2 alone)."""
-    return cfg.bf16 if cfg.bf16 is not None else (device.type == "cuda" or torch_native_bf16())
 
 
 class Solver(CheckpointFiles, Validation, BudgetedSteps):
@@ -217,11 +206,7 @@ class Solver(CheckpointFiles, Validation, BudgetedSteps):
             loss_g.backward()
             self.opt_g.step()
             if self.G_ema is not None:
-                # The usual warm-up: the average forgets the random start within ~10x its step count.
-                decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
-                with torch.no_grad():
-                    for avg, live in zip(self.G_ema.parameters(), self.G.parameters()):
-                        avg.lerp_(live, 1 - decay)
+                ema_update(self.G_ema, self.G, self.step, cfg.ema_decay)
             out.update({k: v.item() for k, v in terms.items()}, loss_g=loss_g.item())
         if out["phase"] == "gan":  # G's schedule starts with G's training
             self.sched_g.step()

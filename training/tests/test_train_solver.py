@@ -163,10 +163,10 @@ def test_bf16_autocast_and_channels_last_step(tiny_cfg, sample_slices):
 
 
 def test_bf16_autocast_by_default_only_where_the_cpu_multiplies_bf16(tiny_cfg, sample_slices, monkeypatch):
-    import training.collagan_train.solver as solver_module
+    import training.collagan_train.precision as precision
 
     for native in (False, True):  # emulated bf16 made a training step 20x slower than fp32 on an AVX2-only CPU
-        monkeypatch.setattr(solver_module, "torch_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(precision, "torch_native_bf16", lambda native=native: native)
         solver = Solver(tiny_cfg("bf16=null"), sample_slices, None)
         with solver.autocast():
             assert torch.is_autocast_enabled("cpu") == native
