@@ -30,8 +30,8 @@ import argparse
 import numpy as np
 from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.evaluate import score_imputation
+from CollaGANImputeLib.fidelity import contrast_identity, lesion_contrast, pearson
 from CollaGANImputeLib.io import find_lesion_mask, read_lesion_mask
-from CollaGANImputeLib.metrics import contrast_identity, lesion_contrast, pearson
 from scipy import ndimage
 
 from . import add_study_arguments, study

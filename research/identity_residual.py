@@ -31,7 +31,8 @@ import numpy as np
 import SimpleITK as sitk
 from CollaGANImputeLib.case_files import read_case
 from CollaGANImputeLib.evaluate import score_imputation
-from CollaGANImputeLib.metrics import contrast_identity, nmse, not_acquired, pearson
+from CollaGANImputeLib.fidelity import contrast_identity, pearson
+from CollaGANImputeLib.metrics import nmse, not_acquired
 from scipy import ndimage
 
 from . import add_study_arguments, study

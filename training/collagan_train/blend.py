@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from CollaGANImputeLib.atomic import atomic_path
 from CollaGANImputeLib.case_files import read_case
-from CollaGANImputeLib.metrics import masked_mean, nmse, scored_target, ssim_map, tissue_cells, tissue_identity
+from CollaGANImputeLib.fidelity import tissue_cells, tissue_identity
+from CollaGANImputeLib.metrics import masked_mean, nmse, scored_target, ssim_map
 from CollaGANImputeLib.pipeline import impute
 
 from .baselines import fit

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from CollaGANImputeLib.metrics import contrast_identity
+from CollaGANImputeLib.fidelity import contrast_identity
 
 from research.identity_counterfactual import regression_bound
 from research.identity_residual import residual_shares

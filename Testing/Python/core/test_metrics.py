@@ -6,20 +6,17 @@ import math
 
 import numpy as np
 import pytest
+from CollaGANImputeLib.fidelity import pearson, tissue_cells, tissue_identity, tissue_profile
 from CollaGANImputeLib.metrics import (
     error_map,
     nmse,
     no_data_share,
-    pearson,
     per_slice_ssim,
     psnr,
     score_volume,
     ssim_map,
     summarize,
     target_mask,
-    tissue_cells,
-    tissue_identity,
-    tissue_profile,
 )
 from CollaGANImputeLib.normalization import normalize, p99
 from skimage.metrics import structural_similarity
