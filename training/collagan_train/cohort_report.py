@@ -77,11 +77,14 @@ def bundled_ahead(runs: Dict[str, List[dict]], label: str, contrasts: Sequence[s
         theirs_inputs, theirs = _most_inputs(runs["bundled"], target)
         mine_inputs, mine = _most_inputs(runs[label], target)
         theirs_nmse, mine_nmse = (_finite(theirs, "nmse"), _finite(mine, "nmse"))
-        if not theirs_nmse or not mine_nmse or np.mean(mine_nmse) <= np.mean(theirs_nmse):
+        if not theirs_nmse or not mine_nmse:
+            continue
+        theirs_mean, mine_mean = float(np.mean(theirs_nmse)), float(np.mean(mine_nmse))
+        if mine_mean <= theirs_mean:
             continue
         same = _finite(_most_inputs(runs.get(f"{label}, bundled's inputs", []), target)[1], "nmse")
-        ahead.append(f"{target} (NMSE {np.mean(theirs_nmse):.4f} from {theirs_inputs} against {np.mean(mine_nmse):.4f} "
-                     f"from {mine_inputs}" + (f"; {np.mean(same):.4f} from {theirs_inputs}" if same else "") + ")")
+        ahead.append(f"{target} (NMSE {theirs_mean:.4f} from {theirs_inputs} against {mine_mean:.4f} from "
+                     f"{mine_inputs}" + (f"; {np.mean(same):.4f} from {theirs_inputs}" if same else "") + ")")
     if not ahead:
         return ""
     return ("The bundled model is closer on the held-out cases for " + ", ".join(ahead) + ". For such a target, "

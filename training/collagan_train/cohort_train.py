@@ -71,8 +71,6 @@ def train_cohort(args: argparse.Namespace) -> None:
     if not source.is_dir():
         raise InputError(f"{source}: no such folder; give the downloaded BraTS folder or prepare's OUT.")
     settings = make_config(recipe.final, args.set)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
     rank, world, device = process_group(settings)
     folder, name = cohort_input(source, out, settings.contrasts, prepare_here=rank == 0)
     if world > 1:

@@ -22,7 +22,9 @@ from .config import TrainConfig
 
 def process_group(cfg: TrainConfig) -> Tuple[int, int, torch.device]:
     """(rank, world, device) from torchrun's environment, the process group joined where world > 1; gloo on CPU,
-    NCCL on GPU."""
+    NCCL on GPU. ``cfg.threads`` (where set) are each process's CPU threads."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if world > 1:

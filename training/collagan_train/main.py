@@ -66,8 +66,6 @@ def run_training(cfg: TrainConfig, resume: Optional[str] = None) -> None:
     """Train (or continue ``resume``) one run with ``cfg``, under torchrun too (one process per rank)."""
     from .solver import Solver
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     rank, world, device = process_group(cfg)
     train, val, split = load_data(cfg)
     out_dir = repo_path(cfg.out_dir)
