@@ -128,13 +128,17 @@ def nvidia_driver_loaded() -> bool:
 def resolve_device(device: Union[str, torch.device, None] = "auto") -> Union[torch.device, str]:
     """``auto`` picks CUDA when a GPU is usable, else CPU; ``cuda`` without a GPU is refused clearly.
 
-    Without torch installed only the CPU is usable: ``auto`` and ``cpu`` give the string ``"cpu"``; so does
-    ``auto`` where no NVIDIA driver is loaded (:func:`nvidia_driver_loaded`) and torch is not imported yet, which
-    spares importing it.
+    Without torch installed only the CPU is usable: ``auto`` and ``cpu`` give the string ``"cpu"``; so do ``cpu``,
+    and ``auto`` where no NVIDIA driver is loaded (:func:`nvidia_driver_loaded`), while torch is not imported yet:
+    that spares importing it (over a second) where an ONNX runtime runs the model.
+
+    Example:
+        >>> resolve_device("cpu")          # in a process that has not imported torch   # doctest: +SKIP
+        'cpu'
     """
-    if (device is None or str(device) == "auto") and not nvidia_driver_loaded():
+    if str(device) == "cpu" or ((device is None or str(device) == "auto") and not nvidia_driver_loaded()):
         # torch's device where torch is loaded already (its callers want one); else the string, sparing the import
-        return resolve_device("cpu") if "torch" in _loaded_modules() else "cpu"
+        return _torch_cpu() if "torch" in _loaded_modules() else "cpu"
     if not installed("torch"):
         if device is None or str(device) in ("auto", "cpu"):
             return "cpu"
@@ -152,6 +156,12 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> Union[tor
         raise InputError("CUDA was requested but no CUDA GPU is usable here (is the CUDA build of torch "
                          "installed and the driver loaded?). Use device 'cpu' or 'auto'.")
     return device
+
+
+def _torch_cpu() -> torch.device:
+    import torch
+
+    return torch.device("cpu")
 
 
 def describe_device(device: Union[torch.device, str]) -> str:

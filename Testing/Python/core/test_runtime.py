@@ -317,6 +317,19 @@ def test_auto_asks_torch_about_cuda_only_where_an_nvidia_driver_is_loaded(monkey
     assert runtime_choice.wants_cuda("auto") is True
 
 
+def test_the_cpu_asked_for_by_name_does_not_import_torch():
+    """``--device cpu`` on an ONNX runtime spares torch's import (over a second of every CLI run), as ``auto``
+    without an NVIDIA driver does; once torch is loaded, its callers get torch's device."""
+    code = ("import sys\n"
+            "from CollaGANImputeLib.hardware import resolve_device\n"
+            "print(repr(resolve_device('cpu')), 'torch' in sys.modules)\n"
+            "import torch\n"
+            "print(repr(resolve_device('cpu')), repr(resolve_device(torch.device('cpu'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["'cpu' False", "device(type='cpu') device(type='cpu')"]
+
+
 @pytest.mark.skipif(not hardware.installed("openvino"), reason="openvino absent")
 def test_openvino_models_freed_in_any_order_leave_signals_handled(bundled):
     """Two compiled OpenVINO models freed in the order they were made, then a handled signal: the process goes on
