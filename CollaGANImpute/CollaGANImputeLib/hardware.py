@@ -140,7 +140,7 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> Union[tor
         # torch's device where torch is loaded already (its callers want one); else the string, sparing the import
         return _torch_cpu() if "torch" in _loaded_modules() else "cpu"
     if not installed("torch"):
-        if device is None or str(device) in ("auto", "cpu"):
+        if device is None or str(device) == "auto":  # "cpu" was answered above
             return "cpu"
         raise InputError(f"Device '{device}' needs torch, which is not installed: pip install "
                          "'collagan-impute[torch]' (with CUDA for a GPU), or use device 'cpu'.")

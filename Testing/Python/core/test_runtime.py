@@ -293,9 +293,7 @@ def test_threads_set_before_torch_is_imported_reach_it_when_a_model_is_loaded(ti
             "model.module\n"
             "import torch\n"
             "print(torch.get_num_threads(), hardware.num_threads())")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["False", "1", "1"]
+    assert _python(code).split() == ["False", "1", "1"]
 
 
 def test_auto_asks_torch_about_cuda_only_where_an_nvidia_driver_is_loaded(monkeypatch, tmp_path):
@@ -325,9 +323,14 @@ def test_the_cpu_asked_for_by_name_does_not_import_torch():
             "print(repr(resolve_device('cpu')), 'torch' in sys.modules)\n"
             "import torch\n"
             "print(repr(resolve_device('cpu')), repr(resolve_device(torch.device('cpu'))))")
+    assert _python(code).splitlines() == ["'cpu' False", "device(type='cpu') device(type='cpu')"]
+
+
+def _python(code: str) -> str:
+    """The standard output of ``code`` run in a fresh interpreter (which must succeed)."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines() == ["'cpu' False", "device(type='cpu') device(type='cpu')"]
+    return done.stdout
 
 
 @pytest.mark.skipif(not hardware.installed("openvino"), reason="openvino absent")
