@@ -15,9 +15,11 @@ Example:
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
@@ -37,6 +39,31 @@ ONNX_RUNTIMES = ("onnxruntime", "openvino")
 #: progress and cancel are checked (a TorchScript model runs one slice per call; the ONNX runtimes measured no
 #: faster with larger batches); a GPU wants large batches to fill its cores.
 DEFAULT_BATCH = {"cpu": 4, "cuda": 32}
+#: Names the folder where measurements and compiled models are kept (default: the user cache folder).
+CACHE_ENV = "COLLAGAN_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where measurements and compiled models are kept: $COLLAGAN_CACHE_DIR, else the user cache folder."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
+    return Path(base) / "collagan-impute"
+
+
+def openvino_cache() -> Optional[str]:
+    """The folder where OpenVINO keeps compiled models (``CACHE_DIR``), or None where it cannot be written.
+
+    Why: a model compiled once loads from there in a third of the time (0.07 against 0.18-0.29 s for the bundled
+    model on a 2-core EPYC), every command after the first. OpenVINO checks a kept model against the file, so a
+    replaced file is compiled anew; deleting the folder only costs the next compile.
+    """
+    folder = cache_dir() / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(folder) if os.access(folder, os.W_OK) else None
 
 
 def default_batch_size(device: Union[str, torch.device, None]) -> int:
@@ -160,9 +187,12 @@ def compile_onnx(path: str, digest: str, runtime: str, precision: str, threads: 
         name = sessions[0].get_inputs()[0].name
         return OnnxRunner(runtime, precision, threads,
                           [functools.partial(_onnxruntime_run, session, name) for session in sessions])
-    compiled = openvino_core().compile_model(path, "CPU", {
-        "INFERENCE_NUM_THREADS": per_engine * engines, "NUM_STREAMS": engines,  # one stream per engine
-        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
+    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": per_engine * engines, "NUM_STREAMS": engines,  # one per engine
+                              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    kept = openvino_cache()
+    if kept is not None:
+        config["CACHE_DIR"] = kept
+    compiled = openvino_core().compile_model(path, "CPU", config)
     requests = [compiled.create_infer_request() for _ in range(engines)]
     return OnnxRunner(runtime, precision, threads, [functools.partial(_openvino_run, r) for r in requests])
 

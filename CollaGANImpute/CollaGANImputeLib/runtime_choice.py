@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
@@ -36,15 +34,12 @@ from .hardware import (
     package_version,
     resolve_device,
 )
-from .runtime import ONNX_RUNTIMES, RUNTIMES, onnx_runner, resolve_onnx_precision
+from .runtime import ONNX_RUNTIMES, RUNTIMES, cache_dir, onnx_runner, resolve_onnx_precision
 
 if TYPE_CHECKING:
     import torch
 
     from .card import LoadedModel
-
-CACHE_ENV = "COLLAGAN_CACHE_DIR"
-
 
 def torch_usable(model: LoadedModel) -> bool:
     """Whether torch can run ``model``: torch installed and a TorchScript module to load (neither is loaded here)."""
@@ -97,14 +92,6 @@ def choose_runtime(model: LoadedModel, runtime: str = "auto", device: Union[str,
     if len(candidates) == 1:
         return candidates[0]
     return fastest_runtime(model, candidates, precision)
-
-
-def cache_dir() -> Path:
-    """Where measurements are kept: $COLLAGAN_CACHE_DIR, else the user cache folder."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
-    return Path(base) / "collagan-impute"
 
 
 def machine_key(model: LoadedModel, candidates: list[str], precision: str) -> str:

@@ -29,7 +29,7 @@ ONNX_RUNTIMES = [pytest.param(name, marks=pytest.mark.skipif(not hardware.instal
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(runtime_choice.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +162,20 @@ def test_each_onnx_engine_is_first_called_on_the_callers_thread(bundled, name):
     assert {k for k, _ in calls} == {0, 1} and all(thread != main for _, thread in calls)  # then side by side
 
 
+@pytest.mark.skipif(not hardware.installed("openvino"), reason="openvino absent")
+def test_openvino_keeps_compiled_models_in_the_cache_folder(tiny_with_onnx, tmp_path, monkeypatch):
+    compile_anew = runtime.compile_onnx.__wrapped__  # past the per-process cache, as a new command would
+    model, x = tiny_with_onnx, np.random.default_rng(3).random((2, 6, 32, 32), dtype=np.float32)
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "kept"))
+    first = compile_anew(str(model.onnx), model.onnx_sha256, "openvino", "fp32", 1, 1)(x)
+    assert any((tmp_path / "kept" / "openvino").iterdir())
+    np.testing.assert_array_equal(compile_anew(str(model.onnx), model.onnx_sha256, "openvino", "fp32", 1, 1)(x), first)
+    (tmp_path / "a file").write_text("")  # a cache folder that cannot be made: compiled without keeping
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "a file"))
+    assert runtime.openvino_cache() is None
+    np.testing.assert_array_equal(compile_anew(str(model.onnx), model.onnx_sha256, "openvino", "fp32", 1, 1)(x), first)
+
+
 @pytest.fixture
 def tiny_with_onnx(tmp_path):
     """The tiny generator as a TorchScript file with its ONNX export beside it (the same weights and card)."""
@@ -236,7 +250,7 @@ def test_demo_runs_without_torch(tmp_path):
     code = ("import sys; sys.modules['torch'] = None\n"
             "from CollaGANImputeLib.cli import main\n"
             f"sys.exit(main(['demo', '--out', {str(tmp_path / 'out')!r}, '--threads', '1']))")
-    env = {**os.environ, runtime_choice.CACHE_ENV: str(tmp_path / "cache"),
+    env = {**os.environ, runtime.CACHE_ENV: str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join([str(REPO / "CollaGANImpute"), str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -264,7 +278,7 @@ def test_cpu_imputation_on_an_onnx_runtime_imports_neither_torch_nor_onnx(phanto
             f"'--threads', '1', '--out', {str(out)!r}])\n"
             "print(status, 'torch' in sys.modules, 'onnx' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env=child_env(**{runtime_choice.CACHE_ENV: str(tmp_path / "cache")}))
+                          env=child_env(**{runtime.CACHE_ENV: str(tmp_path / "cache")}))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-3:] == ["0", "False", "False"], done.stdout[-2000:]
     assert f"runtime {name} (asked for)" in done.stderr and ", 1 thread)" in done.stderr
