@@ -1,5 +1,6 @@
-"""Studies behind the figures and numbers of docs/RESULTS.md: the uncertainty maps' validation and the bound on the
-contrast identity of a regression. Not part of the installed product; run them from the repository root:
+"""Studies behind the figures and numbers of docs/RESULTS.md: the uncertainty maps' validation, the bound on the
+contrast identity of a regression, and what the choices the protocol leaves open move. Not part of the installed
+product; run them from the repository root:
 
     python -m research.validate_uncertainty --lgg DATA/lgg --openms DATA/openms --out runs/uncertainty
     python -m research.identity_counterfactual --data DATA/lgg > runs/cf.txt
