@@ -13,6 +13,7 @@ Examples:
     collagan-impute impute cases/TCGA-CS-4941 --register            # inputs moved between scans: align first
     collagan-impute impute --input t1n=a.nii.gz --input t2f=b.nrrd --target t1c --out out/
     collagan-impute evaluate data/lgg/complete --out eval/ --model model.pt  # score on complete cases
+    collagan-impute compare out/TCGA-CS-4941-t1c-synthetic-collagan.nii.gz cases/TCGA-CS-4941  # against the real
     collagan-impute demo --out demo-output
     collagan-impute info
 """
@@ -52,6 +53,7 @@ from .cli_common import (  # noqa: F401  (the exit codes a script relies on, imp
     _positive,
     _Progress,
 )
+from .cli_compare import cmd_compare
 from .cli_evaluate import cmd_demo, cmd_evaluate
 from .errors import Cancelled, CollaGANError, InputError, ModelError, NoBundledModelError, OutputError, Terminated
 
@@ -182,6 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help=REGISTER_HELP.replace("the inputs", "the inputs and the real target", 1))
     common(p, precision="fp32")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="score a synthetic volume against the acquired one (EVALUATION.md)")
+    p.add_argument("synthetic", help="the synthetic volume (this package's output, or another method's in p99 units)")
+    p.add_argument("case", nargs="?", help="case folder holding the acquired target and the inputs (BraTS names)")
+    p.add_argument("--target", help="contrast of the synthetic volume (default: what its sidecar records)")
+    p.add_argument("--inputs", help="comma-separated contrasts it was imputed from (default: its sidecar's, else "
+                                    "every other contrast of the case)")
+    p.add_argument("--real", help="the acquired target volume (instead of a case folder)")
+    p.add_argument("--input", action="append", default=[], metavar="CONTRAST=PATH",
+                   help="an input volume (instead of a case folder; repeatable)")
+    p.add_argument("--lesion", help="lesion label map (default: the case folder's <case>-seg file, if any)")
+    p.add_argument("--out", help="folder for the scores CSV, the signed error map and a picture (default: print only)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="the bundled sample case with the bundled model")
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")

@@ -35,6 +35,14 @@ class Comparison:
     error_image: sitk.Image
     slice_ssim: np.ndarray
     error_limit: float
+    #: The case the synthetic volume was scored on (its inputs in p99 units, mask and grid).
+    case: Optional[PreparedCase] = None
+    #: Canonical arrays on the case grid: the synthetic volume, the acquired one in p99 units inside ``region``
+    #: (M_t, where the scores are taken) and the lesion (None without one), for a picture of the comparison.
+    synthetic: Optional[np.ndarray] = None
+    real: Optional[np.ndarray] = None
+    region: Optional[np.ndarray] = None
+    lesion: Optional[np.ndarray] = None
 
 
 def compare_to_reference(
@@ -72,7 +80,8 @@ def compare_to_reference(
     inside = np.abs(errors[scored])
     limit = float(np.percentile(inside, 99)) if inside.size else 1.0
     return Comparison(scores=scores, error_image=error_image, slice_ssim=per_slice_ssim(
-        ssim_map(pred, gt, scored), scored), error_limit=max(limit, 1e-3))
+        ssim_map(pred, gt, scored), scored), error_limit=max(limit, 1e-3), case=case, synthetic=pred, real=gt,
+        region=scored, lesion=region)
 
 
 #: Labels of the results table: key in the core's score dict -> (label, unit / meaning), in display order (the

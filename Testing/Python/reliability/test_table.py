@@ -725,6 +725,29 @@ CASE_INPUT_FAULTS = [
 FAULTS += CASE_INPUT_FAULTS
 
 
+# ---------------------------------------------------- compare: a synthetic volume scored against the acquired one
+
+def _compare(env: Env, synthetic: Path, real: Path, *extra: str) -> list[str]:
+    return ["compare", str(synthetic), "--real", str(real), "--input", f"t1n={env.file('t1n')}", "--out",
+            str(env.out), *extra]
+
+
+def _compare_against_synthetic(env: Env) -> list[str]:
+    return _compare(env, env.file("t1n"), _labelled_synthetic(env), "--target", "t2f")
+
+
+def _compare_without_target(env: Env) -> list[str]:
+    return _compare(env, env.write("other-method.nii.gz", head_phantom(seed=7) / 100), env.file("t2f"))
+
+
+FAULTS += [
+    Fault("compare-synthetic-real", "`compare` with a synthetic volume given as the acquired one",
+          _compare_against_synthetic, 2, "is not an acquired scan"),
+    Fault("compare-no-target", "`compare` of another method's volume without `--target`", _compare_without_target,
+          2, "give --target"),
+]
+
+
 # ---------------------------------------------------------------------------------------------- the test
 
 @pytest.fixture(scope="module")
