@@ -1,6 +1,6 @@
 """``collagan-impute compare``: score a synthetic volume against the acquired one with the evaluation protocol
 (docs/EVALUATION.md), as the Slicer module's and the web page's Compare do. The scores go to stdout; with ``--out``
-also a CSV of them, the signed error map and a picture, written together or not at all.
+also a CSV of them, the signed error map, the scored region M_t and a picture, written together or not at all.
 
 The synthetic volume may come from this package (its JSON sidecar names the target and the inputs) or from any
 other method, given in p99 units as EVALUATION.md reads it: ``--target`` then names its contrast.
@@ -115,14 +115,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _write(out: Path, synthetic: Path, target: str, comparison: Comparison, context: dict[str, str],
            sources: list[Path], method: str) -> list[Path]:
-    """The scores CSV, the signed error map and the picture, staged and committed as one set."""
+    """The scores CSV, the signed error map, the scored region and the picture, staged and committed as one set."""
+    import numpy as np
+
     from .figures import montage_png
     from .io import OutputSet, write_volume
     from .refusals import refuse_overwriting_inputs
     from .scene.comparison import write_scores_csv
 
     stem = synthetic.name[: -len(".nii.gz")] if synthetic.name.lower().endswith(".nii.gz") else synthetic.stem
-    files = [out / f"{stem}-compare.csv", out / f"{stem}-error.nii.gz", out / f"{stem}-compare.png"]
+    files = [out / f"{stem}-compare.csv", out / f"{stem}-error.nii.gz", out / f"{stem}-scored-region.nii.gz",
+             out / f"{stem}-compare.png"]
     refuse_overwriting_inputs(files, {str(i): p for i, p in enumerate([synthetic, *sources])})
     out.mkdir(parents=True, exist_ok=True)
     case = comparison.case
@@ -130,7 +133,10 @@ def _write(out: Path, synthetic: Path, target: str, comparison: Comparison, cont
         outputs.stage(files[0], lambda tmp: write_scores_csv(tmp, comparison.scores, context), suffix=".csv")
         write_volume(comparison.error_image, files[1], outputs=outputs,
                      description=f"ERROR MAP synthetic minus acquired {target}, p99 units; not an image")
-        outputs.stage(files[2], lambda tmp: montage_png(
+        # Where the scores were taken (M_t), for scoring the same voxels with other code.
+        write_volume(case.to_image(comparison.region.astype(np.uint8)), files[2], outputs=outputs,
+                     description=f"SCORED REGION M_t of {target} (EVALUATION.md v3); 1 = scored")
+        outputs.stage(files[3], lambda tmp: montage_png(
             tmp, {c: case.arrays[c] for c in case.arrays}, comparison.synthetic, target, real=comparison.real,
             mask=comparison.region, lesion=comparison.lesion, rows=2, method=method,
             title=f"{synthetic.name} against {Path(context['real']).name}: NMSE {comparison.scores['nmse']:.3f}, "

@@ -112,7 +112,8 @@ READ_WARNING = "collagan_read_warning"
 def synthetic_label(image: sitk.Image) -> Optional[str]:
     """Why ``image``'s header says it is not an acquired scan (None when it does not): a ``collagan_synthetic`` or
     ``collagan_uncertainty`` key set to true or a ``collagan_error_map`` key (NRRD, MHA, a Slicer node), or a
-    description (NIfTI descrip) written by this package ("SYNTHETIC ...", "UNCERTAINTY ...", "ERROR MAP ...").
+    description (NIfTI descrip) written by this package ("SYNTHETIC", "UNCERTAINTY", "ERROR MAP", "SCORED
+    REGION" ...).
 
     Example:
         >>> synthetic_label(read_volume("out/P1-t1c-synthetic-collagan.nii.gz"))   # doctest: +SKIP
@@ -127,7 +128,7 @@ def synthetic_label(image: sitk.Image) -> Optional[str]:
         return "its header's collagan_error_map says it is an error map"
     for key in ("descrip", "ITK_FileNotes", "collagan_description"):
         if key in keys and image.GetMetaData(key).strip().upper().startswith(("SYNTHETIC", "UNCERTAINTY",
-                                                                              "ERROR MAP")):
+                                                                              "ERROR MAP", "SCORED REGION")):
             return f"its header's description reads '{image.GetMetaData(key).strip()}'"
     return None
 

@@ -45,15 +45,21 @@ def test_a_written_output_scores_as_evaluate_scores_it(written, copied_sample, t
     printed = capsys.readouterr().out
     assert "t1c from t1n+t2f" in printed and "NMSE" in printed  # target and inputs read from the sidecar
     stem = written.name[: -len(".nii.gz")]
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{stem}-{end}" for end in
-                                                           ("compare.csv", "compare.png", "error.nii.gz"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{stem}-{end}" for end in (
+        "compare.csv", "compare.png", "error.nii.gz", "scored-region.nii.gz"))
     images = read_case(copied_sample, ["t1n", "t1c", "t2f"])
     expected = score_imputation(load_model(tiny_model_path), images, "t1c", ["t1n", "t2f"],
                                 read_lesion_mask(find_lesion_mask(copied_sample)), device="cpu").scores
     for key, value in _scores(out / f"{stem}-compare.csv").items():
         assert value == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
-    error_map = read_input(out / f"{stem}-error.nii.gz")
-    assert synthetic_label(error_map) is not None  # never taken as an input unasked
+    for written_map in ("error.nii.gz", "scored-region.nii.gz"):  # never taken as an input unasked
+        assert synthetic_label(read_input(out / f"{stem}-{written_map}")) is not None
+    # The region file holds the voxels scored: NMSE recomputed there from the two files is the reported one.
+    region = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{stem}-scored-region.nii.gz"))) == 1
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(written))).astype(np.float64)[region]
+    real = sitk.GetArrayFromImage(images["t1c"]).astype(np.float64)[region]
+    real /= np.percentile(real, 99)
+    assert np.sum((pred - real) ** 2) / np.sum(real**2) == pytest.approx(expected["nmse"], rel=1e-5)
 
 
 def test_another_methods_copy_of_an_input_has_no_target_contrast(copied_sample, tmp_path, capsys):
