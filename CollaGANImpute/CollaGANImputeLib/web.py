@@ -28,6 +28,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from .web_downloads import ResultDownloads
 from .web_uploads import MAX_UPLOAD_BYTES, UploadReceiver
 
 #: State only the server writes: a client's change to one of these is dropped (the SYNTHETIC banner, labels, ...).
@@ -38,7 +39,7 @@ INPUT_VIEW, RESULT_VIEW = "Input", "Synthetic"
 ONE_JOB_TEXT = "This server runs one imputation at a time; all browser tabs share this session."
 
 
-class WebApp(UploadReceiver):
+class WebApp(UploadReceiver, ResultDownloads):
     """The page and its server: one MRML scene (trame-slicer's SlicerApp), the module's SceneLogic on it."""
 
     def __init__(self, model: Optional[str] = None, device: str = "auto", precision: str = "auto",
@@ -83,6 +84,7 @@ class WebApp(UploadReceiver):
         self.ctrl.trigger("upload")(self.on_uploads)  # a call to the server: the bytes reach no other client
         self.ctrl.trigger("download_volume")(self.download_volume)
         self.ctrl.trigger("download_sidecar")(self.download_sidecar)
+        self.ctrl.trigger("download_scores")(self.download_scores)
 
     # --- state ----------------------------------------------------------------------------------------------
 
@@ -244,34 +246,6 @@ class WebApp(UploadReceiver):
         self.state.ssim_plot = ssim_png(outputs.comparison.slice_ssim, self.result_node.GetName())
         self._show(RESULT_VIEW, self.result_node.GetID(), outputs.errorNode.GetID(), 0.6)
         self.state.status = f"Compared with '{reference.GetName()}': error map over the synthetic view."
-
-    # --- download -------------------------------------------------------------------------------------------
-
-    def _result_files(self) -> tuple[Path, Path]:
-        """The synthetic volume as NIfTI (labeled in its header) and its JSON provenance sidecar, written as one
-        set by the core (the CLI's writer) into a fresh private folder."""
-        from .io import OutputSet
-        from .provenance import sidecar_path, stage_imputed
-
-        node = self.result_node
-        result = self.logic.lastResults.get(node.GetID()) if node is not None else None
-        if result is None:
-            raise ValueError("Nothing to download: impute first.")
-        target = node.GetAttribute("collagan_target")
-        folder = Path(tempfile.mkdtemp(dir=self.upload_dir))
-        with OutputSet() as outputs:
-            path = stage_imputed(outputs, result.images[target], folder / f"{target}-synthetic-collagan.nii.gz",
-                                 self.model, result.cases.get(target, result.case))
-            outputs.commit()
-        return path, sidecar_path(path)
-
-    def download_volume(self):
-        path, _ = self._result_files()
-        return self.server.protocol.addAttachment(path.read_bytes())
-
-    def download_sidecar(self):
-        _, sidecar = self._result_files()
-        return self.server.protocol.addAttachment(sidecar.read_bytes())
 
     def cleanup(self) -> None:
         """Delete the uploads (and downloads) folder."""

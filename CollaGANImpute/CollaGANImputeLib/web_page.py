@@ -134,6 +134,9 @@ def panel(app: WebApp, v, html) -> None:
                     html.Span("+{{ error_limit.toFixed(2) }}")
                 html.Div("{{ legend }}", classes="text-caption")
             html.Img(v_if="ssim_plot", src=("ssim_plot",), id="ssim-plot", style="width:100%;")
+            v.VBtn("Scores (CSV)", id="download-scores", v_if="scores.length", block=True, classes="mt-2",
+                   click="utils.download(`${result_name.split(' ')[0]}-scores.csv`, trigger('download_scores'), "
+                         "'text/csv')")
     with v.VCard(title="4. Download", v_if="result_name"):
         with v.VCardText():
             v.VBtn("Synthetic volume (NIfTI)", id="download-nifti", block=True, classes="mb-2",

@@ -131,6 +131,23 @@ def test_compare_table_equals_collagan_impute_evaluate(page, tmp_path):
     assert {"NMSE", "SSIM"} <= set(shown)
 
 
+def test_the_scores_download_as_the_table_shows_them(page):
+    if page.locator("#scores .score-row").count() == 0:
+        if page.get_by_text("t1c (synthetic, CollaGAN)").count() == 0:
+            page.locator("#impute").click()
+            page.get_by_text("t1c (synthetic, CollaGAN)").first.wait_for()
+        page.locator("#compare").click()
+        page.locator("#scores .score-row").first.wait_for()
+    shown = {r.locator(".metric").inner_text(): r.locator(".value").inner_text()
+             for r in page.locator("#scores .score-row").all()}
+    with page.expect_download() as download:
+        page.locator("#download-scores").click()
+    assert download.value.suggested_filename == "t1c-scores.csv"
+    rows = {row["metric"]: row["value"] for row in csv.DictReader(Path(download.value.path()).open())}
+    assert rows["protocol"] == "v3" and f"{float(rows['nmse']):.4f}" == shown["NMSE"]
+    assert f"{float(rows['ssim']):.4f}" == shown["SSIM"]
+
+
 def _score_keys(shown: dict) -> set:
     from CollaGANImputeLib.scene.comparison import SCORE_LABELS
 
