@@ -116,18 +116,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _write(out: Path, synthetic: Path, target: str, comparison: Comparison, context: dict[str, str],
            sources: list[Path], method: str) -> list[Path]:
     """The scores CSV, the signed error map, the scored region and the picture, staged and committed as one set."""
-    import numpy as np
-
-    from .figures import montage_png
-    from .io import OutputSet, write_volume
     from .refusals import refuse_overwriting_inputs
-    from .scene.comparison import write_scores_csv
 
     stem = synthetic.name[: -len(".nii.gz")] if synthetic.name.lower().endswith(".nii.gz") else synthetic.stem
     files = [out / f"{stem}-compare.csv", out / f"{stem}-error.nii.gz", out / f"{stem}-scored-region.nii.gz",
              out / f"{stem}-compare.png"]
     refuse_overwriting_inputs(files, {str(i): p for i, p in enumerate([synthetic, *sources])})
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _commit(files, target, comparison, context, method, synthetic.name)
+    except BaseException:
+        if created:  # nothing is left of a set that was not written, the folder made for it included
+            out.rmdir()
+        raise
+
+
+def _commit(files: list[Path], target: str, comparison: Comparison, context: dict[str, str], method: str,
+            name: str) -> list[Path]:
+    import numpy as np
+
+    from .figures import montage_png
+    from .io import OutputSet, write_volume
+    from .scene.comparison import write_scores_csv
+
     case = comparison.case
     with OutputSet() as outputs:
         outputs.stage(files[0], lambda tmp: write_scores_csv(tmp, comparison.scores, context), suffix=".csv")
@@ -139,6 +151,6 @@ def _write(out: Path, synthetic: Path, target: str, comparison: Comparison, cont
         outputs.stage(files[3], lambda tmp: montage_png(
             tmp, {c: case.arrays[c] for c in case.arrays}, comparison.synthetic, target, real=comparison.real,
             mask=comparison.region, lesion=comparison.lesion, rows=2, method=method,
-            title=f"{synthetic.name} against {Path(context['real']).name}: NMSE {comparison.scores['nmse']:.3f}, "
+            title=f"{name} against {Path(context['real']).name}: NMSE {comparison.scores['nmse']:.3f}, "
                   f"SSIM {comparison.scores['ssim']:.3f}"), suffix=".png")
         return outputs.commit()

@@ -99,3 +99,18 @@ def test_refusals_name_the_fix_and_write_nothing(case, expected, written, copied
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and expected in error[0]
     assert not out.exists()
+
+
+def test_a_failed_write_leaves_no_file_and_no_new_folder(written, copied_sample, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import CollaGANImputeLib.figures as figures
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(figures, "montage_png", full_disk)  # the last of the set to be written
+    out = tmp_path / "new" / "compare"
+    assert main(["compare", str(written), str(copied_sample), "--out", str(out)]) == EXIT_INPUT
+    assert "No space left on device" in capsys.readouterr().err
+    assert not out.exists() and not any(p.name.startswith(".") for p in (tmp_path / "new").iterdir())

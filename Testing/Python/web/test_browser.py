@@ -98,16 +98,21 @@ def test_impute_shows_the_labeled_result_in_slice_views(page, tmp_path):
     assert right.std() > 10 and (right > 60).mean() > 0.05, (right.mean(), right.std())
 
 
-def test_compare_table_equals_collagan_impute_evaluate(page, tmp_path):
-    from CollaGANImputeLib.resources import sample_case_dir
-
+def _compared(page) -> dict[str, str]:
+    """Impute (unless done) and compare; the scores table as shown (label -> value)."""
     if page.get_by_text("t1c (synthetic, CollaGAN)").count() == 0:
         page.locator("#impute").click()
         page.get_by_text("t1c (synthetic, CollaGAN)").first.wait_for()
     page.locator("#compare").click()
     page.locator("#scores .score-row").first.wait_for()
-    shown = {r.locator(".metric").inner_text(): r.locator(".value").inner_text()
-             for r in page.locator("#scores .score-row").all()}
+    return {r.locator(".metric").inner_text(): r.locator(".value").inner_text()
+            for r in page.locator("#scores .score-row").all()}
+
+
+def test_compare_table_equals_collagan_impute_evaluate(page, tmp_path):
+    from CollaGANImputeLib.resources import sample_case_dir
+
+    shown = _compared(page)
     assert page.locator("#legend").inner_text().count("blue = synthetic too dark") == 1
     assert page.locator("#ssim-plot").get_attribute("src").startswith("data:image/png;base64,")
     out = tmp_path / "eval"
@@ -132,14 +137,7 @@ def test_compare_table_equals_collagan_impute_evaluate(page, tmp_path):
 
 
 def test_the_scores_download_as_the_table_shows_them(page):
-    if page.locator("#scores .score-row").count() == 0:
-        if page.get_by_text("t1c (synthetic, CollaGAN)").count() == 0:
-            page.locator("#impute").click()
-            page.get_by_text("t1c (synthetic, CollaGAN)").first.wait_for()
-        page.locator("#compare").click()
-        page.locator("#scores .score-row").first.wait_for()
-    shown = {r.locator(".metric").inner_text(): r.locator(".value").inner_text()
-             for r in page.locator("#scores .score-row").all()}
+    shown = _compared(page)
     with page.expect_download() as download:
         page.locator("#download-scores").click()
     assert download.value.suggested_filename == "t1c-scores.csv"
