@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from benchlib import eager_from_model, peak_rss_mb, write_brats_sized_case
 from CollaGANImputeLib import default_model, load_model
+from CollaGANImputeLib import imputation_steps as steps_module
 from CollaGANImputeLib import pipeline as pipeline_module
 from CollaGANImputeLib.geometry import pad_or_crop, undo_pad_or_crop
 from CollaGANImputeLib.inference import build_input, describe_device, resolve_device
@@ -38,8 +39,9 @@ INPUTS, TARGET = ["t1n", "t2f"], "t1c"
 
 
 def timed_stages(times: dict[str, list[float]]) -> Callable[[], None]:
-    """Wrap the functions ``pipeline.impute`` calls with timers; returns the function that undoes it."""
-    originals = {name: getattr(pipeline_module, name) for name in ("prepare_case", "impute_slices", "label_synthetic")}
+    """Wrap the functions ``pipeline.impute`` calls (through :mod:`.imputation_steps`) with timers; returns the
+    function that undoes it."""
+    originals = {name: getattr(steps_module, name) for name in ("prepare_case", "impute_slices", "label_synthetic")}
     stages = {"prepare_case": "mask + normalize", "impute_slices": "infer", "label_synthetic": "label"}
 
     def wrap(name: str) -> Callable:
@@ -52,8 +54,8 @@ def timed_stages(times: dict[str, list[float]]) -> Callable[[], None]:
         return timed
 
     for name in originals:
-        setattr(pipeline_module, name, wrap(name))
-    return lambda: [setattr(pipeline_module, name, function) for name, function in originals.items()]
+        setattr(steps_module, name, wrap(name))
+    return lambda: [setattr(steps_module, name, function) for name, function in originals.items()]
 
 
 def naive_slices_per_second(generator: torch.nn.Module, inputs: dict[str, np.ndarray], contrasts: list[str],
