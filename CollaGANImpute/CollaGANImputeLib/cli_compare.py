@@ -138,16 +138,17 @@ def _commit(files: list[Path], target: str, comparison: Comparison, context: dic
 
     from .figures import montage_png
     from .io import OutputSet, write_volume
+    from .provenance import error_map_description, scored_region_description
     from .scene.comparison import write_scores_csv
 
     case = comparison.case
     with OutputSet() as outputs:
         outputs.stage(files[0], lambda tmp: write_scores_csv(tmp, comparison.scores, context), suffix=".csv")
         write_volume(comparison.error_image, files[1], outputs=outputs,
-                     description=f"ERROR MAP synthetic minus acquired {target}, p99 units; not an image")
+                     description=error_map_description(target))
         # Where the scores were taken (M_t), for scoring the same voxels with other code.
         write_volume(case.to_image(comparison.region.astype(np.uint8)), files[2], outputs=outputs,
-                     description=f"SCORED REGION M_t of {target} (EVALUATION.md v3); 1 = scored")
+                     description=scored_region_description(target))
         outputs.stage(files[3], lambda tmp: montage_png(
             tmp, {c: case.arrays[c] for c in case.arrays}, comparison.synthetic, target, real=comparison.real,
             mask=comparison.region, lesion=comparison.lesion, rows=2, method=method,

@@ -82,6 +82,16 @@ def synthetic_description(target: str, inputs: Sequence[str], unreliable: bool =
     return f"SYNTHETIC {target} imputed by CollaGAN from {'+'.join(inputs)}; not acquired"
 
 
+def error_map_description(target: str) -> str:
+    """The header description of a comparison's signed error map (``.io.synthetic_label`` refuses it as a scan)."""
+    return f"ERROR MAP synthetic minus acquired {target}, p99 units; not an image"
+
+
+def scored_region_description(target: str) -> str:
+    """The header description of the region a comparison scored, M_t (refused as a scan too)."""
+    return f"SCORED REGION M_t of {target} (EVALUATION.md v3); 1 = scored"
+
+
 def sidecar_path(volume: PathLike) -> Path:
     """The JSON sidecar beside an output volume (BIDS style): ``case-t1c-synthetic-collagan.json``."""
     volume = Path(volume)

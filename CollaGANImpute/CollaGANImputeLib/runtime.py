@@ -1,6 +1,6 @@
-"""What runs the model: the ONNX export compiled on ONNX Runtime or OpenVINO (:func:`onnx_runner`), and what the
-outputs record of it (:class:`RuntimeUsed`). The machine's CPU, threads and devices are :mod:`.hardware`; which
-runtime runs a model is :mod:`.runtime_choice`.
+"""What runs the model: the ONNX export compiled on ONNX Runtime or OpenVINO (:func:`onnx_runner`; OpenVINO keeps
+compiled models in the cache folder, :func:`cache_dir`), and what the outputs record of it (:class:`RuntimeUsed`).
+The machine's CPU, threads and devices are :mod:`.hardware`; which runtime runs a model is :mod:`.runtime_choice`.
 
 The ONNX runtimes need no torch: ``pip install 'collagan-impute[cpu]'`` imputes on the CPU without it. This module
 imports neither torch nor a runtime until one is asked for.

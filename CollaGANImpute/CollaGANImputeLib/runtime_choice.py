@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from .card import LoadedModel
 
+
 def torch_usable(model: LoadedModel) -> bool:
     """Whether torch can run ``model``: torch installed and a TorchScript module to load (neither is loaded here)."""
     return model.has_module and installed("torch")
