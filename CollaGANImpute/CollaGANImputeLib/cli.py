@@ -195,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", default=[], metavar="CONTRAST=PATH",
                    help="an input volume (instead of a case folder; repeatable)")
     p.add_argument("--lesion", help="lesion label map (default: the case folder's <case>-seg file, if any)")
-    p.add_argument("--out", help="folder for the scores CSV, the signed error map and a picture (default: print only)")
+    p.add_argument("--out", help="folder for the scores CSV, the signed error map, the scored region and a picture "
+                                 "(default: print only)")
+    p.add_argument("--protocol", default="v3", choices=["v3", "v2"],
+                   help="docs/EVALUATION.md version (default: v3; v2 reproduces earlier tables)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="the bundled sample case with the bundled model")

@@ -94,19 +94,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
                          f"acquired '{target}'.")
     inputs = {c: read_input(p, c) for c, p in input_paths.items()}
     refuse_unusable_inputs(inputs, inputs)
-    comparison = compare_to_reference(synthetic, real, inputs, read_lesion_mask(lesion_path) if lesion_path else None)
+    comparison = compare_to_reference(synthetic, real, inputs, read_lesion_mask(lesion_path) if lesion_path else None,
+                                      protocol=args.protocol)
     level = float(np.percentile(comparison.synthetic[comparison.case.mask], 99))
     if not P99_UNITS[0] <= level <= P99_UNITS[1]:
         print(f"warning: {path.name}'s 99th percentile inside the head is {level:.3g}, not about 1: it is likely "
               "not in p99 units, which the scores assume (EVALUATION.md). Divide it by its 99th percentile inside "
               "the head first.", file=sys.stderr)
-    print(f"{path.name} against {real_path.name} ({target} from {'+'.join(inputs)}; EVALUATION.md v3):")
+    print(f"{path.name} against {real_path.name} ({target} from {'+'.join(inputs)}; EVALUATION.md {args.protocol}):")
     for label, value, note in score_table(comparison.scores):
         print(f"  {label:28s} {value:>10s}  {note}")
     if args.out:
         written = _write(Path(args.out), path, str(target), comparison, {
             "synthetic": str(path), "real": str(real_path), "inputs": "+".join(inputs),
-            "lesion": str(lesion_path or ""), "protocol": "v3"}, [real_path, *input_paths.values()],
+            "lesion": str(lesion_path or ""), "protocol": args.protocol}, [real_path, *input_paths.values()],
             str(recorded.get("model") or "given"))
         for file in written:
             print(f"wrote {file}")
@@ -148,7 +149,7 @@ def _commit(files: list[Path], target: str, comparison: Comparison, context: dic
                      description=error_map_description(target))
         # Where the scores were taken (M_t), for scoring the same voxels with other code.
         write_volume(case.to_image(comparison.region.astype(np.uint8)), files[2], outputs=outputs,
-                     description=scored_region_description(target))
+                     description=scored_region_description(target, context["protocol"]))
         outputs.stage(files[3], lambda tmp: montage_png(
             tmp, {c: case.arrays[c] for c in case.arrays}, comparison.synthetic, target, real=comparison.real,
             mask=comparison.region, lesion=comparison.lesion, rows=2, method=method,

@@ -87,9 +87,9 @@ def error_map_description(target: str) -> str:
     return f"ERROR MAP synthetic minus acquired {target}, p99 units; not an image"
 
 
-def scored_region_description(target: str) -> str:
-    """The header description of the region a comparison scored, M_t (refused as a scan too)."""
-    return f"SCORED REGION M_t of {target} (EVALUATION.md v3); 1 = scored"
+def scored_region_description(target: str, protocol: str = "v3") -> str:
+    """The header description of the region a comparison scored, M_t (v2: M; refused as a scan too)."""
+    return f"SCORED REGION {'M' if protocol == 'v2' else 'M_t'} of {target} (EVALUATION.md {protocol}); 1 = scored"
 
 
 def sidecar_path(volume: PathLike) -> Path:

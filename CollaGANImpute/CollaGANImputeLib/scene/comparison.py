@@ -24,7 +24,7 @@ from ..case import PreparedCase, prepare_case
 from ..errors import InputError
 from ..geometry import align_to_reference, to_canonical_array
 from ..labels import METRIC_LABELS
-from ..metrics import error_map, per_slice_ssim, score_volume, scored_target, ssim_map
+from ..metrics import DEFAULT_PROTOCOL, error_map, per_slice_ssim, score_volume, scored_target, ssim_map
 
 
 @dataclass
@@ -51,8 +51,10 @@ def compare_to_reference(
     inputs: Mapping[str, sitk.Image],
     lesion: Optional[sitk.Image] = None,
     case: Optional[PreparedCase] = None,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> Comparison:
-    """Score ``synthetic`` (p99 units, as imputed) against the acquired ``reference`` volume.
+    """Score ``synthetic`` (p99 units, as imputed) against the acquired ``reference`` volume with EVALUATION.md's
+    ``protocol`` (v3; "v2" for earlier tables).
 
     The head mask and the reference's p99 scaling come from the ``inputs`` the synthetic was imputed from
     (or from ``case`` when the imputation result is at hand), never from the target: EVALUATION.md. The
@@ -72,8 +74,8 @@ def compare_to_reference(
         on_grid = sitk.Resample(lesion, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, lesion.GetPixelID())
         region = to_canonical_array(on_grid) > 0
     # The inputs as the model saw them (p99 units on the case grid): contrast identity needs them.
-    scores = score_volume(pred, gt, case.mask, lesion=region, inputs=list(case.arrays.values()))
-    gt, scored = scored_target(gt, case.mask)  # the map and per-slice SSIM where the scores are taken (M_t)
+    scores = score_volume(pred, gt, case.mask, lesion=region, inputs=list(case.arrays.values()), protocol=protocol)
+    gt, scored = scored_target(gt, case.mask, protocol)  # the map and per-slice SSIM where the scores are taken
     errors = error_map(pred, gt, scored)
     error_image = case.to_image(errors)
     error_image.SetMetaData("collagan_error_map", "synthetic minus acquired, p99 units, 0 outside the head mask")

@@ -114,3 +114,26 @@ def test_a_failed_write_leaves_no_file_and_no_new_folder(written, copied_sample,
     assert main(["compare", str(written), str(copied_sample), "--out", str(out)]) == EXIT_INPUT
     assert "No space left on device" in capsys.readouterr().err
     assert not out.exists() and not any(p.name.startswith(".") for p in (tmp_path / "new").iterdir())
+
+
+def test_both_protocols_score_as_evaluate_where_the_real_slab_is_shorter(written, copied_sample, tiny_model_path,
+                                                                         tmp_path):
+    real_path = copied_sample / f"{NAME}-t1c.nii.gz"
+    real = sitk.ReadImage(str(real_path))
+    voxels = sitk.GetArrayFromImage(real)
+    voxels[:4] = 0  # the acquired T1+Gd slab misses the first four slices
+    shorter = sitk.GetImageFromArray(voxels)
+    shorter.CopyInformation(real)
+    sitk.WriteImage(shorter, str(real_path))
+    images = read_case(copied_sample, ["t1n", "t1c", "t2f"])
+    lesion = read_lesion_mask(find_lesion_mask(copied_sample))
+    found = {}
+    for protocol in ("v3", "v2"):
+        out = tmp_path / protocol
+        assert main(["compare", str(written), str(copied_sample), "--out", str(out), "--protocol", protocol]) == EXIT_OK
+        found[protocol] = _scores(next(out.glob("*-compare.csv")))
+        expected = score_imputation(load_model(tiny_model_path), images, "t1c", ["t1n", "t2f"], lesion, device="cpu",
+                                    protocol=protocol).scores
+        for key, value in found[protocol].items():
+            assert value == pytest.approx(expected[key], rel=1e-5, abs=1e-7), (protocol, key)
+    assert found["v2"]["nmse"] > found["v3"]["nmse"]  # v2 scores the missing slices against zeros
